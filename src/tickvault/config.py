@@ -1,0 +1,200 @@
+"""One Settings object for all of tickvault.
+
+This is the only module that reads the environment (prefix ``TICKVAULT_``). Everything else
+receives a :class:`Settings` instance. Secrets are ``SecretStr`` so they never print by accident;
+:func:`masked` is what ``tickvault config show`` displays.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "tickvault"
+
+
+class ConfigError(ValueError):
+    """A setting has a value tickvault cannot use; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TICKVAULT_", extra="ignore", validate_default=True)
+
+    # --- database -------------------------------------------------------------------------
+    database_url: SecretStr | None = Field(
+        None,
+        description="PostgreSQL URL of a server with the timescaledb extension. Unset: tickvault "
+        "starts and manages its own local TimescaleDB.",
+    )
+    db_cache_dir: Path = Field(
+        default_factory=_default_cache_dir,
+        description="Where the local TimescaleDB's root filesystem and data live (outside the repo).",
+    )
+    db_port: int = Field(55432, ge=1024, le=65535, description="Port of the local TimescaleDB on 127.0.0.1.")
+    db_name: str = Field("tickvault", description="Database name on the local server.")
+    debian_mirror: str = Field(
+        "http://deb.debian.org/debian", description="Debian mirror debootstrap builds the local server from."
+    )
+    db_pool_max: int = Field(8, ge=1, le=100, description="Max connections in each process's pool.")
+
+    # --- Alpaca ---------------------------------------------------------------------------
+    alpaca_key_id: SecretStr | None = Field(None, description="Alpaca API key id. Unset: `make run` uses the simulator.")
+    alpaca_secret_key: SecretStr | None = Field(None, description="Alpaca API secret key.")
+    alpaca_feed: Literal["iex", "sip"] = Field("iex", description="Market-data feed: iex (free) or sip.")
+    alpaca_data_url: str = Field("https://data.alpaca.markets", description="Market-data REST base URL.")
+    alpaca_trading_url: str = Field(
+        "https://paper-api.alpaca.markets", description="Trading REST base URL (paper by default)."
+    )
+    alpaca_stream_url: str = Field(
+        "wss://stream.data.alpaca.markets", description="Market-data WebSocket base URL; `/v2/{feed}` is appended."
+    )
+    alpaca_trade_stream_url: str = Field(
+        "wss://paper-api.alpaca.markets/stream", description="Trade-updates WebSocket URL."
+    )
+
+    # --- worker ---------------------------------------------------------------------------
+    symbols: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated symbols to subscribe to. Empty with the simulator: all simulated symbols.",
+    )
+    channels: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["trades", "quotes", "bars", "updatedBars"],
+        description="Comma-separated stream channels.",
+    )
+    queue_max_frames: int = Field(
+        256, ge=1, description="Bound of the reader→processor queue, in frames (≤ ~1000 messages each)."
+    )
+    writer_batch_rows: int = Field(
+        20_000, ge=1, description="Flush a table's buffer at this many rows (COPY cost is per batch, not per row)."
+    )
+    writer_flush_ms: int = Field(
+        100, ge=1, description="Flush a non-empty buffer at least this often (bounds received→committed latency)."
+    )
+    cache_ttl_s: float = Field(5.0, gt=0, description="A cached latest price older than this is stale.")
+    stats_interval_s: float = Field(10.0, gt=0, description="Seconds between `ingest_stats` rows.")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus endpoint port on 127.0.0.1 (0: off).")
+    strategy: str | None = Field(None, description="Strategy to load, as `module:attribute`. Unset: none runs.")
+    run_dir: Path = Field(
+        default_factory=lambda: _default_cache_dir() / "run",
+        description="Where the worker writes its pidfile and registration.",
+    )
+    worker_name: str = Field("worker-1", description="Name of this worker in registrations, stats and profiles.")
+
+    # --- simulator -------------------------------------------------------------------------
+    sim_host: str = Field("127.0.0.1", description="Simulator bind address (loopback only).")
+    sim_port: int = Field(8765, ge=0, le=65535, description="Simulator port (WebSocket and REST on one port).")
+    sim_rest_port: int = Field(8766, ge=0, le=65535, description="Simulator REST port (trading and market data).")
+    sim_symbols: int = Field(50, ge=1, description="Number of simulated symbols.")
+    sim_rate: float = Field(20_000, gt=0, description="Simulated trades per second across all symbols.")
+    sim_frame_size: int = Field(100, ge=1, le=10_000, description="Messages per simulated frame.")
+    sim_seed: int = Field(42, description="Seed of the simulator's random walk.")
+
+    # --- HTTP -----------------------------------------------------------------------------
+    http_timeout_s: float = Field(10.0, gt=0, description="Per-request timeout for Alpaca REST calls.")
+    http_max_connections: int = Field(10, ge=1, description="Connection pool size of the process's HTTP client.")
+    http_max_retries: int = Field(4, ge=0, description="Retries on 429/5xx/transport errors (backoff with jitter).")
+
+    # --- profiling and S3 -----------------------------------------------------------------
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO, moto, ...). Unset: AWS.")
+    s3_bucket: str | None = Field(None, description="Bucket for profiling reports. Unset: reports stay in profile_dir.")
+    s3_prefix: str = Field("tickvault/profiles", description="Key prefix for profiling reports.")
+    s3_region: str = Field("us-east-1", description="S3 region.")
+    s3_access_key_id: SecretStr | None = Field(None, description="S3 key id. Unset: the standard AWS chain.")
+    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key. Unset: the standard AWS chain.")
+    profile_dir: Path = Field(
+        default_factory=lambda: _default_cache_dir() / "profiles",
+        description="Local directory for profiling reports when no S3 bucket is set.",
+    )
+    profile_seconds: float = Field(30.0, gt=0, description="How long `profile_worker` samples the worker.")
+    profile_rate_hz: int = Field(100, ge=1, le=1000, description="py-spy sampling rate.")
+    profile_growth_threshold: float = Field(
+        0.05, gt=0, description="Flag a function whose share of samples grew by more than this (0.05 = 5 points)."
+    )
+
+    # --- retention (days; 0 keeps forever) -------------------------------------------------
+    retention_trades_days: int = Field(30, ge=0, description="Keep raw trades this many days.")
+    retention_quotes_days: int = Field(7, ge=0, description="Keep raw quotes this many days.")
+    retention_bars_days: int = Field(730, ge=0, description="Keep feed bars and OHLCV rollups this many days.")
+    retention_indicators_days: int = Field(730, ge=0, description="Keep indicator rows this many days.")
+    retention_ingest_stats_days: int = Field(30, ge=0, description="Keep ingest_stats rows this many days.")
+    retention_bad_messages_days: int = Field(30, ge=0, description="Keep bad_messages rows this many days.")
+
+    @field_validator("symbols", "channels", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("symbols")
+    @classmethod
+    def _upper_symbols(cls, value: list[str]) -> list[str]:
+        return [s.upper() for s in value]
+
+    @field_validator("sim_host")
+    @classmethod
+    def _loopback_only(cls, value: str) -> str:
+        if not (value.startswith("127.") or value in ("localhost", "::1")):
+            raise ValueError("the simulator binds to loopback only (127.0.0.0/8, localhost, ::1)")
+        return value
+
+    @property
+    def has_alpaca_keys(self) -> bool:
+        return self.alpaca_key_id is not None and self.alpaca_secret_key is not None
+
+
+SECRET_NAMES = ("database_url", "alpaca_key_id", "alpaca_secret_key", "s3_access_key_id", "s3_secret_access_key")
+
+
+def _mask_url(url: str) -> str:
+    """Hide the password of a URL, keep the rest (users need to see host, port and db)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:****@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def masked(settings: Settings) -> dict[str, str]:
+    """The effective settings as strings, with every secret masked."""
+    out: dict[str, str] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            raw = value.get_secret_value()
+            text = _mask_url(raw) if name == "database_url" else ("****" + raw[-2:] if len(raw) > 8 else "****")
+        elif isinstance(value, list):
+            text = ",".join(value)
+        elif value is None:
+            text = ""
+        else:
+            text = str(value)
+        out[name] = text
+    return out
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment; a bad value becomes a :class:`ConfigError` naming the variable."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"])
+            lines.append(f"TICKVAULT_{field.upper()}: {err['msg']}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()
