@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 import typer
 
@@ -56,6 +57,22 @@ def config_show() -> None:
     width = max(len(k) for k in values)
     for name, value in values.items():
         typer.echo(f"TICKVAULT_{name.upper():<{width}}  {value}")
+
+
+@config_app.command("doc")
+def config_doc() -> None:
+    """Print the settings as a Markdown table (the README's configuration table comes from here)."""
+    from tickvault.config import Settings
+
+    typer.echo("| variable | default | meaning |")
+    typer.echo("| --- | --- | --- |")
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is not None:
+            default = field.default_factory()
+            default = ",".join(default) if isinstance(default, list) else str(default).replace(str(Path.home()), "~")
+        else:
+            default = "" if field.default is None else str(field.default)
+        typer.echo(f"| `TICKVAULT_{name.upper()}` | `{default}` | {field.description or ''} |")
 
 
 # --- db -----------------------------------------------------------------------------------
@@ -200,6 +217,17 @@ def db_refresh_aggregates(
         typer.echo(f"{r.timeframe:>3}  {r.lo} → {r.hi}  {r.rows} rows")
     if not results:
         typer.echo("nothing to refresh")
+
+
+@app.command("run")
+def run_main() -> None:
+    """The main job: start the database (and migrate), then run what is configured."""
+    settings = _settings()
+    db_up(migrate_too=True)
+    from tickvault.config import _mask_url
+    from tickvault.db import database_url
+
+    typer.echo(f"TimescaleDB ready: {_mask_url(database_url(settings))}  (open it with `tickvault db psql`)")
 
 
 def main() -> None:  # pragma: no cover - console entry point

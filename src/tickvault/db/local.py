@@ -9,10 +9,10 @@ Layout under ``settings.db_cache_dir`` (default ``~/.cache/tickvault``)::
     trixie/            the finished root filesystem (only ever renamed into place when complete)
     trixie.partial/    a build in progress; found at the start of a build = interrupted, removed
     db.lock            flock held by every `up`/`down` so concurrent calls serialise
-    password           the cluster's superuser password (0600), generated at init
+    password-PORT      the cluster's superuser password (0600), generated at init
 
-The cluster's data directory lives inside the root filesystem at /var/lib/tickvault/pgdata, so
-the server never sees a host path. This module must never bind anything beyond loopback and
+Each cluster's data directory lives inside the root filesystem at /var/lib/tickvault/pgdata-PORT,
+so the server never sees a host path, and two clusters (say, a test's) can share one build. This module must never bind anything beyond loopback and
 never print the password.
 """
 
@@ -36,7 +36,6 @@ from tickvault.config import Settings
 SUITE = "trixie"
 PACKAGES = ("postgresql-17", "postgresql-17-timescaledb")
 PG_BIN = "/usr/lib/postgresql/17/bin"
-PGDATA = "/var/lib/tickvault/pgdata"  # path inside the chroot
 COMPLETE_MARKER = "etc/tickvault-rootfs-complete"
 
 # Server settings for an ingest-heavy, single-machine TimescaleDB. Each line says why.
@@ -115,14 +114,15 @@ class LocalTimescale:
         self.root = self.cache / SUITE
         self.partial = self.cache / f"{SUITE}.partial"
         self.lock_path = self.cache / "db.lock"
-        self.password_path = self.cache / "password"
         self.port = settings.db_port
+        self.password_path = self.cache / f"password-{self.port}"
+        self.pgdata = f"/var/lib/tickvault/pgdata-{self.port}"  # path inside the chroot
         self.log = log
 
     # --- paths ----------------------------------------------------------------------------
     @property
     def data_dir(self) -> Path:
-        return self.root / PGDATA.lstrip("/")
+        return self.root / self.pgdata.lstrip("/")
 
     @property
     def built(self) -> bool:
@@ -255,7 +255,7 @@ class LocalTimescale:
         try:
             self._chroot(
                 "initdb",
-                "-D", PGDATA,
+                "-D", self.pgdata,
                 "-U", "postgres",
                 "--encoding=UTF8",
                 "--locale=C.UTF-8",
@@ -291,7 +291,7 @@ class LocalTimescale:
             return False
         # `port` is also passed explicitly so a changed TICKVAULT_DB_PORT takes effect.
         proc = self._chroot(
-            "pg_ctl", "-D", PGDATA, "-l", f"{PGDATA}/startup.log", "-w", "-t", "90",
+            "pg_ctl", "-D", self.pgdata, "-l", f"{self.pgdata}/startup.log", "-w", "-t", "90",
             "-o", f"-p {self.port}", "start",
             check=False,
         )
@@ -309,7 +309,7 @@ class LocalTimescale:
         """Stop the server (fast shutdown: in-flight transactions roll back); False when not running."""
         if not self.initialised or self.running_pid() is None:
             return False
-        self._chroot("pg_ctl", "-D", PGDATA, "-m", "fast", "-w", "-t", "60", "stop")
+        self._chroot("pg_ctl", "-D", self.pgdata, "-m", "fast", "-w", "-t", "60", "stop")
         return True
 
     def admin_url(self, dbname: str = "postgres") -> str:

@@ -1,0 +1,63 @@
+"""The `tickvault` command: help reads well, config show masks secrets, db commands answer."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+TICKVAULT = [sys.executable, "-m", "tickvault.cli"]
+
+
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*TICKVAULT, *args], capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}
+    )
+
+
+def test_help_lists_the_commands():
+    out = run("--help")
+    assert out.returncode == 0
+    for word in ("config", "db", "worker", "sim"):
+        assert word in out.stdout
+    assert run("db", "--help").stdout.count("refresh-aggregates") == 1
+
+
+def test_config_show_masks_secrets():
+    secret_env = {
+        "TICKVAULT_ALPACA_KEY_ID": "PKTESTKEYID1234567890",
+        "TICKVAULT_ALPACA_SECRET_KEY": "verysecretvalue0987654321abcdef",
+        "TICKVAULT_DATABASE_URL": "postgresql://trader:hunter2pass@db.example:5432/ticks",
+        "TICKVAULT_S3_SECRET_ACCESS_KEY": "s3secretvalue123456",
+    }
+    out = run("config", "show", env=secret_env)
+    assert out.returncode == 0, out.stderr
+    for value in ("verysecretvalue0987654321abcdef", "hunter2pass", "PKTESTKEYID1234567890", "s3secretvalue123456"):
+        assert value not in out.stdout
+    assert "postgresql://trader:****@db.example:5432/ticks" in out.stdout
+    assert "TICKVAULT_ALPACA_FEED" in out.stdout
+
+
+def test_bad_config_is_a_clear_error():
+    out = run("config", "show", env={"TICKVAULT_DB_PORT": "not-a-port"})
+    assert out.returncode == 2
+    assert "TICKVAULT_DB_PORT" in out.stderr
+
+
+def test_db_status_reports_edition(admin_url):
+    if admin_url.startswith("postgresql://postgres:") and "127.0.0.1:55432" not in admin_url:
+        pytest.skip("status is exercised against the default local server")
+    out = run("db", "status")
+    assert out.returncode == 0, out.stderr
+    assert "edition (timescaledb.license): apache" in out.stdout or "timescale" in out.stdout
+    assert "running:  yes" in out.stdout or "TICKVAULT_DATABASE_URL" in out.stdout
+    url = run("db", "url")
+    assert "****" in url.stdout
+
+
+def test_psql_opens_the_database(admin_url):
+    out = run("db", "psql", "-At", "-c", "select extname from pg_extension where extname='timescaledb'")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "timescaledb"

@@ -1,0 +1,116 @@
+"""Every SQL recipe a trader uses runs against the real database and returns the expected rows."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from uuid import uuid4
+
+import psycopg
+import pytest
+
+from tickvault.db.recipes import recipe_names, run_recipe
+
+NY_DAY = "2026-03-10"  # a Tuesday; 14:30 UTC is 10:30 in New York (EDT)
+
+
+@pytest.fixture(scope="module")
+def rconn(fresh_database):
+    with psycopg.connect(fresh_database(), autocommit=True) as c:
+        t0 = datetime(2026, 3, 10, 14, 30, tzinfo=timezone.utc)
+        trades = [
+            (t0, "AAPL", 1, "V", 100.0, 10, False),
+            (t0 + timedelta(seconds=1), "AAPL", 2, "V", 101.0, 5, True),    # canceled: excluded
+            (t0 + timedelta(seconds=2), "AAPL", 3, "Q", 102.0, 7, False),
+            (t0 + timedelta(days=1), "AAPL", 4, "V", 110.0, 1, False),      # next day
+            (datetime(2026, 3, 10, 3, 0, tzinfo=timezone.utc), "AAPL", 5, "V", 90.0, 1, False),  # 23:00 NY the day before
+            (t0, "MSFT", 1, "V", 300.0, 3, False),
+        ]
+        for t, s, i, x, p, sz, canceled in trades:
+            c.execute(
+                "INSERT INTO trades (time, symbol, trade_id, exchange, price, size, time_ns, canceled) "
+                "VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
+                (t, s, i, x, p, sz, int(t.timestamp()) * 10**9 + i, canceled),
+            )
+        orders = [("c-open", "AAPL", "new"), ("c-part", "MSFT", "partially_filled"), ("c-done", "AAPL", "filled"),
+                  ("c-cxl", "AAPL", "canceled")]
+        for k, (cid, sym, status) in enumerate(orders):
+            c.execute(
+                "INSERT INTO orders (client_order_id, id, symbol, side, order_type, time_in_force, qty, status, submitted_at) "
+                "VALUES (%s, %s, %s, 'buy', 'limit', 'day', 10, %s, %s)",
+                (cid, uuid4(), sym, status, t0 + timedelta(minutes=k)),
+            )
+        oid = uuid4()
+        fills = [  # buy 10 @ 100, buy 10 @ 110 (avg 105), sell 5 @ 120 → +75; next day sell 15 @ 100 → -75
+            ("buy", "10", "100", "10", t0), ("buy", "10", "110", "20", t0 + timedelta(minutes=1)),
+            ("sell", "5", "120", "25", t0 + timedelta(minutes=2)),
+            ("sell", "15", "100", "40", t0 + timedelta(days=1)),
+        ]
+        for side, qty, price, cum, when in fills:
+            c.execute(
+                "INSERT INTO fills (order_id, cum_qty, symbol, side, qty, price, transaction_time) "
+                "VALUES (%s, %s, 'AAPL', %s, %s, %s, %s)",
+                (oid, Decimal(cum), side, Decimal(qty), Decimal(price), when),
+            )
+        for k, q in enumerate(["10", "20", "15"]):
+            c.execute(
+                "INSERT INTO position_snapshots (time, symbol, qty, avg_entry_price) VALUES (%s, 'AAPL', %s, 105)",
+                (t0 + timedelta(minutes=10 * k), Decimal(q)),
+            )
+        c.execute(
+            "INSERT INTO indicators (time, symbol, timeframe, rsi_14, sma_20) VALUES (%s, 'AAPL', '1m', 55.5, 101.0)",
+            (t0,),
+        )
+        yield c
+
+
+def test_every_recipe_is_tested():
+    assert set(recipe_names()) == {
+        "trade_history", "open_orders", "daily_realized_pnl", "position_history", "last_price", "bars_with_indicators"
+    }
+
+
+def test_trade_history_for_symbol_and_new_york_day(rconn):
+    rows = run_recipe(rconn, "trade_history", symbol="AAPL", day=NY_DAY)
+    assert [r[5] for r in rows] == [1, 3]  # not the canceled one, not the next day, not the previous NY day
+
+
+def test_open_orders(rconn):
+    rows = run_recipe(rconn, "open_orders")
+    assert sorted(r[0] for r in rows) == ["c-open", "c-part"]
+
+
+def test_daily_realized_pnl_average_cost(rconn):
+    rows = run_recipe(rconn, "daily_realized_pnl", from_day="2026-03-01", to_day="2026-03-31")
+    by_day = {str(r[0]): r[2] for r in rows}
+    assert by_day == {"2026-03-10": Decimal("75"), "2026-03-11": Decimal("-75")}
+    assert all(isinstance(r[2], Decimal) for r in rows)
+
+
+def test_position_history(rconn):
+    t0 = datetime(2026, 3, 10, 14, 30, tzinfo=timezone.utc)
+    rows = run_recipe(rconn, "position_history", symbol="AAPL", start=t0, end=t0 + timedelta(hours=1))
+    assert [r[1] for r in rows] == [Decimal("10"), Decimal("20"), Decimal("15")]
+
+
+def test_last_price_per_symbol(rconn):
+    rows = run_recipe(rconn, "last_price", symbols=["AAPL", "MSFT", "NONE"])
+    assert [(r[0], r[2]) for r in rows] == [("AAPL", 110.0), ("MSFT", 300.0)]
+
+
+def test_bars_with_indicators(rconn):
+    t0 = datetime(2026, 3, 10, 14, 30, tzinfo=timezone.utc)
+    rows = run_recipe(rconn, "bars_with_indicators", symbol="AAPL", start=t0, end=t0 + timedelta(minutes=5))
+    assert len(rows) == 1
+    bucket, o, h, low, close, volume, count, vwap, rsi, *_ = rows[0]
+    assert (o, h, low, close, volume, count) == (100.0, 102.0, 100.0, 102.0, 17, 2)
+    assert rsi == 55.5
+
+
+def test_trade_history_uses_the_symbol_time_index(rconn):
+    rconn.execute("SET enable_seqscan = off")
+    plan = "\n".join(r[0] for r in rconn.execute(
+        "EXPLAIN SELECT time, price FROM trades WHERE symbol = 'AAPL' AND time >= '2026-03-10' AND time < '2026-03-11'"
+    ))
+    rconn.execute("RESET enable_seqscan")
+    assert "trades_symbol_time_key" in plan or "_hyper_" in plan and "Index" in plan
