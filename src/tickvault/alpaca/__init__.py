@@ -1,0 +1,1 @@
+"""Alpaca: the wire protocol (sans-I/O, :mod:`tickvault.alpaca.protocol`), and the I/O shells around it."""

@@ -1,0 +1,401 @@
+"""Typed results of Alpaca's REST API: money and quantities as ``Decimal``, times as aware UTC.
+
+Two families, for two workloads:
+
+* Trading objects (:class:`Account`, :class:`Position`, :class:`Order`, :class:`FillActivity`,
+  :class:`OrderRequest`) are pydantic v2 models: few per call, validated field by field, unknown
+  fields Alpaca adds later ignored (``extra="ignore"``), never fatal.
+* Historical ticks (:class:`HistTrade`, :class:`HistQuote`, :class:`HistBar`) are slotted frozen
+  dataclasses built straight from the parsed JSON: a page holds up to 10,000 of them, so they skip
+  per-field validation machinery. Their time is kept as exact int nanoseconds since the epoch
+  (``time_ns``, parsed from the RFC 3339 text by :func:`parse_rfc3339_ns`, never through
+  ``datetime``, which stops at microseconds); ``timestamp`` gives the aware UTC datetime.
+
+Exactness: the REST client parses every JSON body once with ``parse_float=Decimal``, so a price
+sent as the number ``123.4500000001`` arrives as exactly that ``Decimal``, never through a float.
+
+What this module must never do: turn a price or quantity into a float, or fail a whole page
+because Alpaca added a field.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+__all__ = [
+    "Account",
+    "FillActivity",
+    "HistBar",
+    "HistQuote",
+    "HistTrade",
+    "Order",
+    "OrderRequest",
+    "Position",
+    "UtcDatetime",
+    "format_rfc3339",
+    "parse_rfc3339_ns",
+]
+
+# ---------------------------------------------------------------------------------------------
+# time
+
+
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):?(\d{2}))\Z",
+    re.ASCII,  # \d is 0-9 only
+)
+
+
+def _days_from_civil(y: int, m: int, d: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm, integers only)."""
+    y -= m <= 2
+    era = (y if y >= 0 else y - 399) // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+_DAYS_IN_MONTH = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def _leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+
+
+def parse_rfc3339_ns(text: str) -> int:
+    """Exact nanoseconds since the Unix epoch of an RFC 3339 timestamp.
+
+    ``"2024-01-02T14:30:00.123456789Z"`` → ``1704205800123456789``. Fractions shorter than 9 digits
+    are right-padded, longer ones truncated (Alpaca sends at most 9). Offsets other than ``Z`` are
+    applied. Integer arithmetic only: no float, no ``datetime``. Raises ``ValueError`` on bad input.
+    """
+    m = _RFC3339.match(text)
+    if m is None:
+        raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
+    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
+    if not (
+        1 <= month <= 12 and 1 <= day <= _DAYS_IN_MONTH[month] and hour < 24 and minute < 60 and second <= 60
+    ):
+        raise ValueError(f"RFC 3339 timestamp out of range: {text!r}")
+    if month == 2 and day == 29 and not _leap(year):
+        raise ValueError(f"RFC 3339 timestamp out of range: {text!r}")
+    frac = m.group(7)
+    nanos = int((frac + "000000000")[:9]) if frac else 0
+    seconds = _days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
+    if m.group(9):  # numeric offset: local time = UTC + offset, so UTC = local - offset
+        offset = int(m.group(10)) * 3600 + int(m.group(11)) * 60
+        seconds -= offset if m.group(9) == "+" else -offset
+    return seconds * 1_000_000_000 + nanos
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def ns_to_datetime(time_ns: int) -> datetime:
+    """Aware UTC datetime of epoch nanoseconds, truncated to microseconds (datetime's resolution)."""
+    return _EPOCH + timedelta(microseconds=time_ns // 1000)
+
+
+def format_rfc3339(value: datetime | str | int) -> str:
+    """RFC 3339 text for a query parameter: an aware datetime (naive means UTC), epoch ns, or text as-is."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        seconds, nanos = divmod(value, 1_000_000_000)
+        base = (_EPOCH + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{base}.{nanos:09d}Z" if nanos else f"{base}Z"
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _to_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_to_utc)]
+"""A datetime normalised to aware UTC (naive input is taken as UTC)."""
+
+
+def _decimal_or_none(value: Any) -> Any:
+    # Alpaca sends "" for some absent money fields; treat it as absent rather than failing.
+    return None if value == "" else value
+
+
+OptDecimal = Annotated[Decimal | None, BeforeValidator(_decimal_or_none)]
+
+# ---------------------------------------------------------------------------------------------
+# trading objects
+
+
+class _AlpacaModel(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+
+class Account(_AlpacaModel):
+    id: str
+    account_number: str
+    status: str
+    currency: str = "USD"
+    cash: Decimal
+    equity: Decimal
+    buying_power: Decimal
+    portfolio_value: OptDecimal = None
+    last_equity: OptDecimal = None
+    long_market_value: OptDecimal = None
+    short_market_value: OptDecimal = None
+    initial_margin: OptDecimal = None
+    maintenance_margin: OptDecimal = None
+    daytrading_buying_power: OptDecimal = None
+    regt_buying_power: OptDecimal = None
+    multiplier: OptDecimal = None
+    daytrade_count: int | None = None
+    pattern_day_trader: bool | None = None
+    trading_blocked: bool | None = None
+    transfers_blocked: bool | None = None
+    account_blocked: bool | None = None
+    shorting_enabled: bool | None = None
+    created_at: UtcDatetime | None = None
+
+
+class Position(_AlpacaModel):
+    asset_id: str
+    symbol: str
+    exchange: str | None = None
+    asset_class: str | None = None
+    avg_entry_price: Decimal
+    qty: Decimal
+    qty_available: OptDecimal = None
+    side: str
+    cost_basis: Decimal
+    market_value: OptDecimal = None
+    unrealized_pl: OptDecimal = None
+    unrealized_plpc: OptDecimal = None
+    unrealized_intraday_pl: OptDecimal = None
+    current_price: OptDecimal = None
+    lastday_price: OptDecimal = None
+    change_today: OptDecimal = None
+
+
+class Order(_AlpacaModel):
+    id: str
+    client_order_id: str
+    created_at: UtcDatetime
+    updated_at: UtcDatetime | None = None
+    submitted_at: UtcDatetime | None = None
+    filled_at: UtcDatetime | None = None
+    expired_at: UtcDatetime | None = None
+    canceled_at: UtcDatetime | None = None
+    failed_at: UtcDatetime | None = None
+    replaced_at: UtcDatetime | None = None
+    replaced_by: str | None = None
+    replaces: str | None = None
+    asset_id: str | None = None
+    symbol: str
+    asset_class: str | None = None
+    qty: OptDecimal = None
+    notional: OptDecimal = None
+    filled_qty: Decimal = Decimal(0)
+    filled_avg_price: OptDecimal = None
+    order_class: str | None = None
+    order_type: str | None = None
+    type: str | None = None
+    side: str
+    time_in_force: str
+    limit_price: OptDecimal = None
+    stop_price: OptDecimal = None
+    trail_price: OptDecimal = None
+    trail_percent: OptDecimal = None
+    status: str
+    extended_hours: bool = False
+
+    @model_validator(mode="after")
+    def _type_and_order_type(self) -> Order:
+        # Alpaca sends both `type` and the older `order_type`; fill whichever is missing.
+        if self.type is None and self.order_type is not None:
+            object.__setattr__(self, "type", self.order_type)
+        elif self.order_type is None and self.type is not None:
+            object.__setattr__(self, "order_type", self.type)
+        return self
+
+
+class FillActivity(_AlpacaModel):
+    id: str
+    activity_type: str = "FILL"
+    transaction_time: UtcDatetime
+    type: str  # fill | partial_fill
+    price: Decimal
+    qty: Decimal
+    side: str
+    symbol: str
+    leaves_qty: Decimal
+    order_id: str
+    cum_qty: Decimal
+    order_status: str | None = None
+
+
+class OrderRequest(_AlpacaModel):
+    """An order to submit. Exactly one of ``qty``/``notional``.
+
+    Give a ``client_order_id`` (up to 128 characters; ``new_client_order_id()`` makes one) to make
+    the submit idempotent: the client then retries it after timeouts and 5xx answers and, if the
+    first attempt turns out to have landed, returns that order instead of failing. Without one, a
+    submit is retried only when the request provably never reached Alpaca.
+    """
+
+    symbol: str
+    side: Literal["buy", "sell"]
+    qty: Decimal | None = None
+    notional: Decimal | None = None
+    type: Literal["market", "limit", "stop", "stop_limit", "trailing_stop"] = "market"
+    time_in_force: Literal["day", "gtc", "ioc", "fok", "opg", "cls"] = "day"
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    trail_price: Decimal | None = None
+    trail_percent: Decimal | None = None
+    client_order_id: str | None = Field(None, min_length=1, max_length=128)
+    extended_hours: bool | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OrderRequest:
+        if (self.qty is None) == (self.notional is None):
+            raise ValueError("give exactly one of qty or notional")
+        for amount in (self.qty, self.notional):
+            if amount is not None and amount <= 0:
+                raise ValueError("qty/notional must be positive")
+        if self.type in ("limit", "stop_limit") and self.limit_price is None:
+            raise ValueError(f"a {self.type} order needs limit_price")
+        if self.type in ("stop", "stop_limit") and self.stop_price is None:
+            raise ValueError(f"a {self.type} order needs stop_price")
+        if self.type == "trailing_stop" and (self.trail_price is None) == (self.trail_percent is None):
+            raise ValueError("a trailing_stop order needs exactly one of trail_price or trail_percent")
+        return self
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON body of ``POST /v2/orders``: decimals as strings (exact), absent fields omitted."""
+        body: dict[str, Any] = {}
+        for name, value in self:
+            if value is None:
+                continue
+            body[name] = str(value) if isinstance(value, Decimal) else value
+        return body
+
+    @staticmethod
+    def new_client_order_id(prefix: str = "tv") -> str:
+        import uuid
+
+        return f"{prefix}-{uuid.uuid4().hex}"
+
+
+# ---------------------------------------------------------------------------------------------
+# historical market data (hot path: built by hand from parsed JSON, no validation machinery)
+
+
+def _dec(value: Any) -> Decimal:
+    # Numbers already arrive as Decimal (parse_float=Decimal) or int; strings are parsed exactly.
+    return value if isinstance(value, Decimal) else Decimal(value)
+
+
+@dataclass(slots=True, frozen=True)
+class HistTrade:
+    symbol: str
+    time_ns: int
+    price: Decimal
+    size: Decimal
+    exchange: str
+    id: int | None
+    conditions: tuple[str, ...]
+    tape: str | None
+
+    @property
+    def timestamp(self) -> datetime:
+        return ns_to_datetime(self.time_ns)
+
+    @classmethod
+    def from_wire(cls, symbol: str, raw: dict[str, Any]) -> HistTrade:
+        c = raw.get("c")
+        i = raw.get("i")
+        return cls(
+            symbol,
+            parse_rfc3339_ns(raw["t"]),
+            _dec(raw["p"]),
+            _dec(raw["s"]),
+            raw.get("x", ""),
+            int(i) if i is not None else None,
+            tuple(c) if c else (),
+            raw.get("z"),
+        )
+
+
+@dataclass(slots=True, frozen=True)
+class HistQuote:
+    symbol: str
+    time_ns: int
+    bid_price: Decimal
+    bid_size: Decimal
+    bid_exchange: str
+    ask_price: Decimal
+    ask_size: Decimal
+    ask_exchange: str
+    conditions: tuple[str, ...]
+    tape: str | None
+
+    @property
+    def timestamp(self) -> datetime:
+        return ns_to_datetime(self.time_ns)
+
+    @classmethod
+    def from_wire(cls, symbol: str, raw: dict[str, Any]) -> HistQuote:
+        c = raw.get("c")
+        return cls(
+            symbol,
+            parse_rfc3339_ns(raw["t"]),
+            _dec(raw["bp"]),
+            _dec(raw["bs"]),
+            raw.get("bx", ""),
+            _dec(raw["ap"]),
+            _dec(raw["as"]),
+            raw.get("ax", ""),
+            tuple(c) if c else (),
+            raw.get("z"),
+        )
+
+
+@dataclass(slots=True, frozen=True)
+class HistBar:
+    symbol: str
+    time_ns: int  # bar start
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+    trade_count: int | None
+    vwap: Decimal | None
+
+    @property
+    def timestamp(self) -> datetime:
+        return ns_to_datetime(self.time_ns)
+
+    @classmethod
+    def from_wire(cls, symbol: str, raw: dict[str, Any]) -> HistBar:
+        n = raw.get("n")
+        vw = raw.get("vw")
+        return cls(
+            symbol,
+            parse_rfc3339_ns(raw["t"]),
+            _dec(raw["o"]),
+            _dec(raw["h"]),
+            _dec(raw["l"]),
+            _dec(raw["c"]),
+            _dec(raw["v"]),
+            int(n) if n is not None else None,
+            _dec(vw) if vw is not None else None,
+        )

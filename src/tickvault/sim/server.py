@@ -1,0 +1,1181 @@
+"""The Alpaca-protocol simulator: market-data WebSocket, trade-updates stream and REST, on 127.0.0.1.
+
+One event loop runs everything: the market task (generates trades at ``rate`` and fans frames out
+to subscribed clients), a ``websockets`` server routing on path (``/v2/{iex|sip|test}`` market data,
+``/stream`` trade updates) and a uvicorn/Starlette server for the REST paths, the fault switches
+(``POST /_sim/faults``) and the ground truth (``GET /_sim/truth``). It speaks exactly
+``alpaca-protocol.md`` through :mod:`tickvault.alpaca.protocol`; the official alpaca-py clients work
+against it unchanged.
+
+The market sends trades ``t``, quotes ``q`` and minute bars ``b`` (each at its minute's end);
+``u``/``c``/``x`` come only from the faults; statuses, LULD bands and daily bars are never generated
+(subscribing to them is acknowledged). Historical REST serves the retained ground truth.
+
+What it must never do: bind beyond loopback, grow without bound, log a secret. Bounds:
+- per market-data client: ``client_queue_frames`` encoded frames queued (each ≤ ``frame_size``
+  messages, ~80 B per message in msgpack) plus the socket's write buffer (``write_limit`` bytes);
+  with a ``rate``, a client whose queue is full is too slow: it gets error 407 and is closed; with
+  ``rate=None`` the market waits for the slowest client instead;
+- per trade-updates client: ``TRADE_UPDATES_QUEUE`` events (overflow closes it);
+- ground truth: see :class:`tickvault.sim.market.Market` (``truth_limit`` trades retained);
+- broker: see :class:`tickvault.sim.broker.Broker`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import re
+import signal
+import socket
+import time
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterator
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import urlsplit
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from tickvault.alpaca.protocol import (
+    ProtocolError,
+    decode_client_message,
+    encode_frame,
+    ns_to_rfc3339,
+    rfc3339_to_ns,
+)
+from tickvault.sim.broker import Broker, BrokerError
+from tickvault.sim.market import CONDITIONS, EXCHANGE, MINUTE_NS, TAPE, Market, TruthChecksum, symbol_names
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Simulator", "run_simulator"]
+
+FEEDS = ("iex", "sip", "test")
+_FEED_PATH = re.compile(r"/v2/(iex|sip|test)")
+_CHANNELS = ("trades", "quotes", "bars", "updatedBars", "dailyBars", "statuses", "lulds")
+TRADE_UPDATES_QUEUE = 1_000  # events buffered per trade-updates client; a client this far behind is closed
+MAX_PAGE = 10_000  # Alpaca's page limit for historical market data
+# msgpack never uses 0xc1: a frame starting with it cannot decode, whatever follows.
+GARBAGE_FRAME = b"\xc1\xc1 tickvault-sim malformed frame \xff\xfe"
+_TIMEFRAME = re.compile(r"(\d+)(Min|T|Hour|H|Day|D)")
+_TF_UNIT_NS = {
+    "Min": MINUTE_NS,
+    "T": MINUTE_NS,
+    "Hour": 60 * MINUTE_NS,
+    "H": 60 * MINUTE_NS,
+    "Day": 1440 * MINUTE_NS,
+    "D": 1440 * MINUTE_NS,
+}
+_FAR_FUTURE = 2**62
+
+
+class _QuietUvicorn(uvicorn.Server):
+    """uvicorn without its signal handlers: the process that runs the simulator owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class _MarketClient:
+    """One market-data WebSocket connection."""
+
+    __slots__ = (
+        "ws",
+        "feed",
+        "use_msgpack",
+        "key",
+        "authed",
+        "subs",
+        "sub_key",
+        "queue",
+        "sender",
+        "closed",
+        "frames_sent",
+    )
+
+    def __init__(self, ws: ServerConnection, feed: str, use_msgpack: bool, queue_frames: int) -> None:
+        self.ws = ws
+        self.feed = feed
+        self.use_msgpack = use_msgpack
+        self.key: str | None = None
+        self.authed = False
+        self.subs: dict[str, set[str]] = {ch: set() for ch in _CHANNELS}  # ≤ symbols per channel
+        self.sub_key: tuple | None = None  # hashable copy of subs for the per-round encode cache; None: none
+        self.queue: asyncio.Queue[bytes | str | None] = asyncio.Queue(queue_frames)
+        self.sender: asyncio.Task | None = None
+        self.closed = False
+        self.frames_sent = 0
+
+    def wants(self, channel: str, symbol: str) -> bool:
+        if channel == "_all":
+            return True
+        subs = self.subs.get(channel)
+        return bool(subs) and (symbol in subs or "*" in subs)
+
+    def subscription_message(self) -> dict:
+        msg: dict[str, Any] = {"T": "subscription"}
+        for ch in _CHANNELS:
+            msg[ch] = sorted(self.subs[ch])
+        msg["corrections"] = sorted(self.subs["trades"])
+        msg["cancelErrors"] = sorted(self.subs["trades"])
+        return msg
+
+
+class Simulator:
+    """Alpaca-protocol simulator; see the module docstring.
+
+    ``symbols``: a count or a list of names. ``rate``: trades per second across all symbols, or None
+    to generate as fast as the slowest subscribed client reads (then the market waits while nobody
+    is subscribed). ``max_trades``: stop generating after this many, then set :attr:`finished`.
+    ``quotes_per_trade``: quotes generated per trade (0.25: one quote every four trades).
+    ``ws_port``/``rest_port``: 0 picks free ports (read :attr:`ws_url`, :attr:`rest_url` after start).
+    ``clock``: ns since the epoch for trade times (default wall clock; a test may run time faster to
+    see minute bars sooner). Other keyword arguments state bounds; see the module docstring.
+    """
+
+    def __init__(
+        self,
+        symbols: int | list[str] = 50,
+        rate: float | None = 20_000.0,
+        frame_size: int = 100,
+        seed: int = 42,
+        max_trades: int | None = None,
+        quotes_per_trade: float = 0.25,
+        key: str = "key",
+        secret: str = "secret",
+        *,
+        host: str = "127.0.0.1",
+        ws_port: int = 0,
+        rest_port: int = 0,
+        client_queue_frames: int = 256,
+        write_limit: int = 2**20,
+        max_connections_per_key: int = 1,
+        auth_timeout: float = 10.0,
+        truth_limit: int = 5_000_000,
+        cash: str = "100000",
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        if not (host.startswith("127.") or host in ("localhost", "::1")):
+            raise ValueError("the simulator binds to loopback only")
+        if rate is not None and rate <= 0:
+            raise ValueError("rate must be > 0 (or None: as fast as the client reads)")
+        if frame_size < 1:
+            raise ValueError("frame_size must be >= 1")
+        names = symbol_names(symbols) if isinstance(symbols, int) else [s.upper() for s in symbols]
+        self.symbols = names
+        self.rate = rate
+        self.frame_size = frame_size
+        self.max_trades = max_trades
+        self.key = key
+        self.secret = secret
+        self.host = host
+        self._ws_port = ws_port
+        self._rest_port = rest_port
+        self.client_queue_frames = client_queue_frames
+        self.write_limit = write_limit
+        self.max_connections_per_key = max_connections_per_key
+        self.clock = clock  # wall clock in ns for trade times; tests may pass a faster one
+        self.auth_timeout = auth_timeout
+        self.market = Market(names, seed=seed, quotes_per_trade=quotes_per_trade, truth_limit=truth_limit)
+        self.broker = Broker(self._price_for_broker, cash=cash)
+        self.finished = asyncio.Event()
+        self.corrections: list[dict] = []  # one per send_correction() call (bounded by the caller)
+        self.cancels: list[dict] = []  # one per send_cancel() call (bounded by the caller)
+        self.stats: dict[str, int] = {
+            "connections": 0,
+            "auth_failures": 0,
+            "frames_sent": 0,
+            "drops": 0,
+            "slow_disconnects": 0,
+            "stall_dropped_frames": 0,
+            "rest_requests": 0,
+            "rest_faults": 0,
+        }
+        self._clients: set[_MarketClient] = set()  # every open market-data connection
+        self._authed: dict[
+            tuple[str, str], set[_MarketClient]
+        ] = {}  # (key, feed) → ≤ max_connections_per_key
+        self._tu_queues: set[asyncio.Queue] = set()  # one per listening trade-updates client
+        self._subscribed = asyncio.Event()  # set when some client has a subscription (rate=None pacing)
+        self._pending_garbage = 0
+        self._pending_unknown = 0
+        self._pending_extra: list[tuple[str, str, dict]] = []  # fault messages for the next round
+        self._fail_auth = 0
+        self._stall_until = 0.0
+        self._rest_fail: tuple[int, int, float | None] = (0, 0, None)  # (status, count, retry_after)
+        self._rest_latency_s = 0.0
+        self._ws_server: Server | None = None
+        self._uvicorn: _QuietUvicorn | None = None
+        self._uvicorn_task: asyncio.Task | None = None
+        self._market_task: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self.ws_port = 0
+        self.rest_port = 0
+        self.broker.listeners.append(self._on_trade_update)
+
+    @classmethod
+    def from_settings(cls, settings, **overrides: Any) -> Simulator:
+        """Build from :class:`~tickvault.config.Settings` (``sim_*``; keys from ``alpaca_*`` if set)."""
+        kwargs: dict[str, Any] = dict(
+            symbols=settings.sim_symbols,
+            rate=settings.sim_rate,
+            frame_size=settings.sim_frame_size,
+            seed=settings.sim_seed,
+            host=settings.sim_host,
+            ws_port=settings.sim_port,
+            rest_port=settings.sim_rest_port,
+        )
+        if settings.alpaca_key_id is not None and settings.alpaca_secret_key is not None:
+            kwargs["key"] = settings.alpaca_key_id.get_secret_value()
+            kwargs["secret"] = settings.alpaca_secret_key.get_secret_value()
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.ws_port}"
+
+    def stream_url(self, feed: str = "iex") -> str:
+        if feed not in FEEDS:
+            raise ValueError(f"feed must be one of {FEEDS}")
+        return f"{self.ws_url}/v2/{feed}"
+
+    @property
+    def trade_updates_url(self) -> str:
+        return f"{self.ws_url}/stream"
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{self.host}:{self.rest_port}"
+
+    async def start(self) -> None:
+        self._ws_server = await serve(
+            self._handle_ws,
+            self.host,
+            self._ws_port,
+            process_request=self._route_ws,
+            compression=None,  # deflate would cost more CPU than the loopback saves
+            write_limit=self.write_limit,
+            max_size=2**22,
+            max_queue=64,
+            ping_interval=20,
+            ping_timeout=60,
+        )
+        self.ws_port = self._ws_server.sockets[0].getsockname()[1]
+        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted sockets only when the listening
+        # socket says it is TCP; without it uvicorn's header/body writes hit Nagle + delayed ACK (~40 ms).
+        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM,
+                             socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self._rest_port))
+        sock.listen(128)  # connections before uvicorn is up wait in the backlog
+        sock.setblocking(False)
+        self.rest_port = sock.getsockname()[1]
+        config = uvicorn.Config(self._rest_app(), log_level="warning", lifespan="off", access_log=False)
+        self._uvicorn = _QuietUvicorn(config)
+        self._uvicorn_task = asyncio.create_task(self._uvicorn.serve(sockets=[sock]), name="sim-rest")
+        deadline = time.monotonic() + 10
+        while not self._uvicorn.started:
+            if self._uvicorn_task.done():
+                self._uvicorn_task.result()
+                raise RuntimeError("the simulator's REST server stopped during startup")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the simulator's REST server did not start within 10 s")
+            await asyncio.sleep(0.005)  # startup poll, not synchronisation of results
+        self._market_task = asyncio.create_task(self._run_market(), name="sim-market")
+        log.info("simulator up: market data %s, REST %s", self.ws_url, self.rest_url)
+
+    async def stop(self) -> None:
+        if self._market_task is not None:
+            self._market_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._market_task
+            self._market_task = None
+        if self._ws_server is not None:
+            self._ws_server.close()
+            await self._ws_server.wait_closed()
+            self._ws_server = None
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._uvicorn is not None and self._uvicorn_task is not None:
+            self._uvicorn.should_exit = True
+            await self._uvicorn_task
+            self._uvicorn = self._uvicorn_task = None
+
+    async def __aenter__(self) -> Simulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _spawn(self, coro, name: str) -> asyncio.Task:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ------------------------------------------------------------------ ground truth
+    def truth_count(self, symbol: str | None = None) -> int:
+        """Trades generated (all symbols, or one)."""
+        return self.market.truth_count(symbol)
+
+    def truth_checksum(self, symbol: str | None = None) -> TruthChecksum | dict[str, TruthChecksum]:
+        """Per-symbol checksum ``(count, sum(trade_id), sum(time_ns % 1000003), sum((time_ns/1000) %
+        1000003), sum(round(price*100)), sum(size))``; all symbols (those with trades) as a dict when
+        ``symbol`` is None. SQL recipe in :mod:`tickvault.sim.market`."""
+        return self.market.truth_checksum(symbol)
+
+    def truth_trades(self, symbol: str) -> Iterator[tuple[int, int, float, int]]:
+        """Retained trades of ``symbol``: ``(trade_id, time_ns, price, size)`` in time order."""
+        return self.market.truth_trades(symbol)
+
+    def _price_for_broker(self, symbol: str) -> int | None:
+        book = self.market.books.get(symbol)
+        return None if book is None else book.price_cents
+
+    # ------------------------------------------------------------------ faults
+    def drop_connections(self) -> int:
+        """Abort every market-data connection (no close frame, like a network failure). Returns how many."""
+        n = 0
+        for c in list(self._clients):
+            c.ws.transport.abort()
+            n += 1
+        self.stats["drops"] += n
+        return n
+
+    def stall(self, seconds: float) -> None:
+        """Stop sending market data for ``seconds`` (sockets stay open). With a ``rate``, what the market
+        makes meanwhile is not delivered (REST has it); with ``rate=None`` the market waits."""
+        self._stall_until = asyncio.get_running_loop().time() + seconds
+
+    def send_malformed(self) -> None:
+        """Each client's next data frame is preceded by one undecodable frame."""
+        self._pending_garbage += 1
+
+    def send_unknown_type(self) -> None:
+        """The next data frame carries one extra message with unknown ``T`` ("Z") among good ones."""
+        self._pending_unknown += 1
+
+    def fail_next_auth(self, count: int = 1) -> None:
+        """The next ``count`` auth attempts answer 402 even with the right key."""
+        self._fail_auth += count
+
+    def rest_fail(self, status: int = 500, count: int = 1, retry_after: float | None = None) -> None:
+        """The next ``count`` REST requests (not ``/_sim``) answer ``status`` (+ ``Retry-After`` if given)."""
+        self._rest_fail = (status, count, retry_after)
+
+    def rest_latency(self, ms: float) -> None:
+        """Add ``ms`` milliseconds before every REST answer (0 turns it off)."""
+        self._rest_latency_s = max(0.0, ms) / 1000
+
+    def send_updated_bar(self, symbol: str) -> dict | None:
+        """Send a ``u`` updated bar for ``symbol``'s last sent minute bar (same values: the sim has no late
+        trades). None if no bar was sent yet."""
+        bar = self.market.books[symbol].last_bar
+        if bar is None:
+            return None
+        msg = dict(bar, T="u")
+        self._pending_extra.append(("updatedBars", symbol, msg))
+        return msg
+
+    def send_correction(self, symbol: str) -> dict | None:
+        """Send a ``c`` correction of ``symbol``'s latest trade (price +1 cent, new id); recorded in
+        :attr:`corrections`. The ground-truth trades are not changed. None if it has no trade yet."""
+        book = self.market.books[symbol]
+        if not book.ids:
+            return None
+        tid, cents, size = book.ids[-1], book.cents[-1], book.sizes[-1]
+        corr_id = self.market.next_id
+        self.market.next_id += 1
+        t = book.last_ns = max(book.last_ns + 1, self.clock())
+        msg = {
+            "T": "c",
+            "S": symbol,
+            "x": EXCHANGE,
+            "oi": tid,
+            "op": cents / 100,
+            "os": size,
+            "oc": list(CONDITIONS),
+            "ci": corr_id,
+            "cp": (cents + 1) / 100,
+            "cs": size,
+            "cc": list(CONDITIONS),
+            "z": TAPE,
+            "t": t,
+        }
+        self.corrections.append(msg)
+        self._pending_extra.append(("trades", symbol, msg))
+        return msg
+
+    def send_cancel(self, symbol: str) -> dict | None:
+        """Send an ``x`` cancel of ``symbol``'s latest trade; recorded in :attr:`cancels`, truth unchanged."""
+        book = self.market.books[symbol]
+        if not book.ids:
+            return None
+        t = book.last_ns = max(book.last_ns + 1, self.clock())
+        msg = {
+            "T": "x",
+            "S": symbol,
+            "i": book.ids[-1],
+            "x": EXCHANGE,
+            "p": book.cents[-1] / 100,
+            "s": book.sizes[-1],
+            "a": "C",
+            "z": TAPE,
+            "t": t,
+        }
+        self.cancels.append(msg)
+        self._pending_extra.append(("trades", symbol, msg))
+        return msg
+
+    def apply_fault(self, spec: dict) -> Any:
+        """Apply ``{"fault": name, **kwargs}`` (what ``POST /_sim/faults`` receives)."""
+        name = spec.get("fault")
+        allowed = {
+            "drop_connections",
+            "stall",
+            "send_malformed",
+            "send_unknown_type",
+            "fail_next_auth",
+            "rest_fail",
+            "rest_latency",
+            "send_updated_bar",
+            "send_correction",
+            "send_cancel",
+        }
+        if name not in allowed:
+            raise ValueError(f"unknown fault {name!r}; one of {sorted(allowed)}")
+        kwargs = {k: v for k, v in spec.items() if k != "fault"}
+        return getattr(self, name)(**kwargs)
+
+    # ------------------------------------------------------------------ market loop
+    async def _run_market(self) -> None:
+        loop = asyncio.get_running_loop()
+        on_trade = self.broker.on_trade
+        made = 0
+        limit = self.max_trades
+        if self.rate is None:
+            while limit is None or made < limit:
+                if not any(c.sub_key is not None for c in self._clients):
+                    self._subscribed.clear()
+                    await self._subscribed.wait()
+                    continue
+                n = self.frame_size if limit is None else min(self.frame_size, limit - made)
+                items = self.market.generate(n, self.clock(), on_trade)
+                made += n
+                await self._fan_out_wait(items)
+                await asyncio.sleep(0)
+        else:
+            rate = self.rate
+            tick = min(0.05, max(0.001, self.frame_size / rate))  # ~one full frame per tick
+            max_batch = max(self.frame_size, int(rate * 0.05))  # bounded work per loop turn
+            t0 = loop.time()
+            while limit is None or made < limit:
+                due = int((loop.time() - t0) * rate) - made
+                if due <= 0:
+                    items = self.market.flush_bars(self.clock())
+                    if items or self._pending_extra:
+                        self._fan_out(items)
+                    await asyncio.sleep(tick)
+                    continue
+                n = min(due, max_batch) if limit is None else min(due, max_batch, limit - made)
+                items = self.market.generate(n, self.clock(), on_trade)
+                made += n
+                self._fan_out(items)
+                await asyncio.sleep(0)
+        self.finished.set()
+        log.info("simulator finished: %d trades", made)
+        # Keep delivering fault messages (corrections, updated bars) after the market stops.
+        while True:
+            if self._pending_extra:
+                if self.rate is None:
+                    await self._fan_out_wait([])
+                else:
+                    self._fan_out([])
+            await asyncio.sleep(0.01)
+
+    def _frames_for_round(self, items: list[tuple[str, str, dict]]) -> list[tuple[_MarketClient, list]]:
+        """Encode this round's messages per client (clients with equal subscriptions share the encoding)."""
+        clients = [c for c in self._clients if c.sub_key is not None and not c.closed]
+        if not clients:
+            return []  # pending faults wait for a subscribed client
+        if self._pending_extra:
+            items = items + self._pending_extra
+            self._pending_extra = []
+        if not items:
+            return []
+        if self._pending_unknown:
+            self._pending_unknown -= 1
+            first = items[0]
+            unknown = {"T": "Z", "S": first[1], "t": time.time_ns(), "note": "tickvault-sim unknown type"}
+            items = [first, ("_all", first[1], unknown), *items[1:]]
+        garbage = 0
+        if self._pending_garbage:
+            garbage, self._pending_garbage = self._pending_garbage, 0
+        fs = self.frame_size
+        cache: dict[tuple, list] = {}
+        out = []
+        for c in clients:
+            ck = (c.sub_key, c.use_msgpack)
+            frames = cache.get(ck)
+            if frames is None:
+                wants = c.wants
+                msgs = [m for ch, sym, m in items if wants(ch, sym)]
+                frames = [
+                    encode_frame(msgs[i : i + fs], use_msgpack=c.use_msgpack) for i in range(0, len(msgs), fs)
+                ]
+                if frames and garbage:
+                    junk = GARBAGE_FRAME if c.use_msgpack else "[{this is not json"
+                    frames = [junk] * garbage + frames
+                cache[ck] = frames
+            if frames:
+                out.append((c, frames))
+        return out
+
+    def _fan_out(self, items: list[tuple[str, str, dict]]) -> None:
+        """Rate mode: enqueue without waiting; a full queue means a slow client (407, closed)."""
+        rounds = self._frames_for_round(items)
+        stalled = self._stall_until > asyncio.get_running_loop().time()
+        for c, frames in rounds:
+            if stalled:
+                self.stats["stall_dropped_frames"] += len(frames)
+                continue
+            put = c.queue.put_nowait
+            try:
+                for f in frames:
+                    put(f)
+            except asyncio.QueueFull:
+                self._disconnect_slow(c)
+
+    async def _fan_out_wait(self, items: list[tuple[str, str, dict]]) -> None:
+        """rate=None: wait for room in every client's queue (the market runs at the slowest reader's pace)."""
+        for c, frames in self._frames_for_round(items):
+            for f in frames:
+                if c.closed:
+                    break
+                await c.queue.put(f)
+
+    def _disconnect_slow(self, c: _MarketClient) -> None:
+        self.stats["slow_disconnects"] += 1
+        c.closed = True
+        _drain(c.queue)
+        c.queue.put_nowait(
+            encode_frame([{"T": "error", "code": 407, "msg": "slow client"}], use_msgpack=c.use_msgpack)
+        )
+        c.queue.put_nowait(None)  # the sender closes the connection after the error
+
+    async def _send_loop(self, c: _MarketClient) -> None:
+        loop = asyncio.get_running_loop()
+        queue = c.queue
+        ws = c.ws
+        try:
+            while True:
+                frame = await queue.get()
+                if frame is None:
+                    await ws.close(1008, "slow client")
+                    return
+                wait = self._stall_until - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                await ws.send(frame)
+                c.frames_sent += 1
+                self.stats["frames_sent"] += 1
+        except ConnectionClosed:
+            pass
+
+    # ------------------------------------------------------------------ market-data WebSocket
+    def _route_ws(self, connection: ServerConnection, request: Any) -> Any:
+        path = urlsplit(request.path).path
+        if path == "/stream" or _FEED_PATH.fullmatch(path):
+            return None
+        return connection.respond(HTTPStatus.NOT_FOUND, "unknown path\n")
+
+    async def _handle_ws(self, ws: ServerConnection) -> None:
+        path = urlsplit(ws.request.path).path
+        if path == "/stream":
+            await self._handle_trade_updates(ws)
+            return
+        feed = _FEED_PATH.fullmatch(path).group(1)
+        content_type = ws.request.headers.get("Content-Type", "")
+        c = _MarketClient(
+            ws, feed, content_type.lower().startswith("application/msgpack"), self.client_queue_frames
+        )
+        self._clients.add(c)
+        self.stats["connections"] += 1
+        try:
+            await self._control(c, {"T": "success", "msg": "connected"})
+            while True:
+                if c.authed:
+                    data = await ws.recv()
+                else:
+                    try:
+                        async with asyncio.timeout(self.auth_timeout):
+                            data = await ws.recv()
+                    except TimeoutError:
+                        await self._error(c, 404)
+                        await ws.close()
+                        return
+                try:
+                    msg = decode_client_message(data)
+                except ProtocolError:
+                    await self._error(c, 400)
+                    continue
+                action = msg["action"]
+                if action == "auth":
+                    if not await self._auth(c, msg):
+                        await ws.close()
+                        return
+                elif action in ("subscribe", "unsubscribe"):
+                    if not c.authed:
+                        await self._error(c, 401)
+                        continue
+                    await self._subscribe(c, msg, action == "subscribe")
+                else:
+                    await self._error(c, 400)
+        except ConnectionClosed:
+            pass
+        finally:
+            c.closed = True
+            self._clients.discard(c)
+            if c.key is not None:
+                peers = self._authed.get((c.key, c.feed))
+                if peers is not None:
+                    peers.discard(c)
+            if c.sender is not None:
+                c.sender.cancel()
+            _drain(c.queue)  # unblocks a market waiting to put (rate=None)
+
+    async def _control(self, c: _MarketClient, msg: dict) -> None:
+        await c.ws.send(encode_frame([msg], use_msgpack=c.use_msgpack))
+
+    async def _error(self, c: _MarketClient, code: int) -> None:
+        from tickvault.alpaca.protocol import ERROR_CODES
+
+        await self._control(c, {"T": "error", "code": code, "msg": ERROR_CODES[code]})
+
+    async def _auth(self, c: _MarketClient, msg: dict) -> bool:
+        """Answer an auth action; False when the connection must close."""
+        if c.authed:
+            await self._error(c, 403)
+            return True
+        if self._fail_auth > 0 or msg.get("key") != self.key or msg.get("secret") != self.secret:
+            self._fail_auth = max(0, self._fail_auth - 1)
+            self.stats["auth_failures"] += 1
+            await self._error(c, 402)
+            return False
+        peers = self._authed.setdefault((self.key, c.feed), set())
+        if len(peers) >= self.max_connections_per_key:
+            await self._error(c, 406)
+            return False
+        peers.add(c)
+        c.key = self.key
+        c.authed = True
+        await self._control(c, {"T": "success", "msg": "authenticated"})
+        c.sender = self._spawn(self._send_loop(c), "sim-send")
+        return True
+
+    async def _subscribe(self, c: _MarketClient, msg: dict, add: bool) -> None:
+        new = {ch: set(syms) for ch, syms in c.subs.items()}
+        for ch in _CHANNELS:
+            symbols = msg.get(ch)
+            if not symbols:
+                continue
+            if not isinstance(symbols, list) or not all(isinstance(s, str) for s in symbols):
+                await self._error(c, 400)
+                return
+            symbols = {s.upper() for s in symbols}
+            if add:
+                new[ch] |= symbols
+            else:
+                new[ch] -= symbols
+        old = c.subs
+        c.subs = new
+        ack = c.subscription_message()
+        c.subs = old
+        await self._control(c, ack)  # the ack goes out before any data of the new subscription
+        c.subs = new
+        key = tuple((ch, frozenset(s)) for ch, s in new.items() if s)
+        c.sub_key = key or None
+        if c.sub_key is not None:
+            self._subscribed.set()
+
+    # ------------------------------------------------------------------ trade updates stream
+    def _on_trade_update(self, data: dict) -> None:
+        frame = json.dumps({"stream": "trade_updates", "data": data}, separators=(",", ":")).encode()
+        for q in list(self._tu_queues):
+            try:
+                q.put_nowait(frame)
+            except asyncio.QueueFull:
+                _drain(q)
+                q.put_nowait(None)  # too far behind: the sender closes it
+
+    async def _handle_trade_updates(self, ws: ServerConnection) -> None:
+        """Alpaca's ``/stream``: JSON in binary frames (as Alpaca sends them)."""
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(TRADE_UPDATES_QUEUE)
+        sender: asyncio.Task | None = None
+
+        async def send_events() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                while (frame := await queue.get()) is not None:
+                    await ws.send(frame)
+                await ws.close(1008, "slow client")
+
+        def reply(stream: str, data: dict) -> bytes:
+            return json.dumps({"stream": stream, "data": data}, separators=(",", ":")).encode()
+
+        authorized = False
+        try:
+            async for raw in ws:
+                try:
+                    msg = json.loads(raw)
+                    action = msg["action"]
+                    data = msg.get("data") or {}
+                except (ValueError, KeyError, TypeError):
+                    await ws.send(reply("error", {"error_message": "invalid syntax"}))
+                    continue
+                if action in ("authenticate", "auth"):
+                    ok = data.get("key_id") == self.key and data.get("secret_key") == self.secret
+                    status = "authorized" if ok else "unauthorized"
+                    await ws.send(reply("authorization", {"action": "authenticate", "status": status}))
+                    if not ok:
+                        await ws.close()
+                        return
+                    authorized = True
+                elif action == "listen":
+                    if not authorized:
+                        await ws.send(reply("authorization", {"action": "listen", "status": "unauthorized"}))
+                        continue
+                    streams = [s for s in data.get("streams", []) if s == "trade_updates"]
+                    await ws.send(reply("listening", {"streams": streams}))
+                    if streams and sender is None:
+                        self._tu_queues.add(queue)
+                        sender = self._spawn(send_events(), "sim-trade-updates")
+                    elif not streams and sender is not None:
+                        self._tu_queues.discard(queue)
+                else:
+                    await ws.send(reply("error", {"error_message": f"unknown action {action!r}"}))
+        except ConnectionClosed:
+            pass
+        finally:
+            self._tu_queues.discard(queue)
+            if sender is not None:
+                sender.cancel()
+
+    # ------------------------------------------------------------------ REST
+    def _rest_app(self) -> Starlette:
+        e = self._endpoint
+        routes = [
+            Route("/v2/stocks/trades", e(self._hist_trades)),
+            Route("/v2/stocks/quotes", e(self._hist_quotes)),
+            Route("/v2/stocks/bars", e(self._hist_bars)),
+            Route("/v2/stocks/trades/latest", e(self._latest_trades)),
+            Route("/v2/stocks/quotes/latest", e(self._latest_quotes)),
+            Route("/v2/stocks/bars/latest", e(self._latest_bars)),
+            Route("/v2/account", e(lambda r: self.broker.account())),
+            Route("/v2/positions", e(lambda r: self.broker.position_list())),
+            Route("/v2/orders", e(self._orders), methods=["GET", "POST", "DELETE"]),
+            Route("/v2/orders:by_client_order_id", e(self._order_by_client_id)),
+            Route("/v2/orders/{order_id}", e(self._order), methods=["GET", "DELETE"]),
+            Route("/v2/account/activities/{activity_type}", e(self._activities)),
+            Route("/v2/account/activities", e(self._activities)),
+            Route("/v2/clock", e(self._clock)),
+            Route("/_sim/faults", self._sim_faults, methods=["POST"]),
+            Route("/_sim/truth", self._sim_truth),
+            Route("/_sim/stats", self._sim_stats),
+        ]
+        return Starlette(routes=routes)
+
+    def _endpoint(self, fn: Callable[[Request], Any]) -> Callable[[Request], Any]:
+        """Wrap an Alpaca endpoint: latency and failure faults, auth headers, errors as Alpaca's JSON."""
+
+        async def endpoint(request: Request) -> Response:
+            self.stats["rest_requests"] += 1
+            if self._rest_latency_s:
+                await asyncio.sleep(self._rest_latency_s)
+            status, count, retry_after = self._rest_fail
+            if count > 0:
+                self._rest_fail = (status, count - 1, retry_after)
+                self.stats["rest_faults"] += 1
+                headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else None
+                message = "too many requests." if status == 429 else "internal server error (simulated)"
+                return JSONResponse({"code": status * 100000, "message": message}, status, headers=headers)
+            if (
+                request.headers.get("APCA-API-KEY-ID") != self.key
+                or request.headers.get("APCA-API-SECRET-KEY") != self.secret
+            ):
+                return JSONResponse({"code": 40110000, "message": "request is not authorized"}, 401)
+            try:
+                result = fn(request)
+                if asyncio.iscoroutine(result):
+                    result = await result
+            except BrokerError as exc:
+                return JSONResponse({"code": exc.code, "message": exc.message}, exc.status)
+            except (ValueError, KeyError) as exc:
+                return JSONResponse({"code": 42210000, "message": f"invalid request: {exc}"}, 422)
+            if isinstance(result, Response):
+                return result
+            return JSONResponse(result)
+
+        return endpoint
+
+    # --- market data
+    def _window(self, request: Request) -> tuple[list[str], int, int, int, bool, tuple[str, int] | None]:
+        q = request.query_params
+        symbols_text = q.get("symbols") or request.path_params.get("symbol") or ""
+        symbols = sorted({s.strip().upper() for s in symbols_text.split(",") if s.strip()})
+        if not symbols:
+            raise ValueError("symbols is required")
+        start = rfc3339_to_ns(q["start"]) if q.get("start") else 0
+        end = rfc3339_to_ns(q["end"]) if q.get("end") else _FAR_FUTURE
+        limit = int(q.get("limit") or 1000)
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
+        sort = q.get("sort") or "asc"
+        if sort not in ("asc", "desc"):
+            raise ValueError("sort must be asc or desc")
+        token = _decode_token(q["page_token"]) if q.get("page_token") else None
+        return symbols, start, end, limit, sort == "asc", token
+
+    def _page(
+        self,
+        symbols: list[str],
+        limit: int,
+        asc: bool,
+        token: tuple[str, int] | None,
+        ranges: Callable[[str], tuple[Any, int, int]],
+        row: Callable[[Any, int], dict],
+    ) -> tuple[dict[str, list[dict]], str | None]:
+        """Page over per-symbol, time-sorted sequences. ``ranges(symbol)`` → (times, lo, hi) of the
+        window; the token is (symbol, time of the next item), times being unique per symbol."""
+        if not asc:
+            symbols = symbols[::-1]
+        out: dict[str, list[dict]] = {}
+        remaining = limit
+        for sym in symbols:
+            if token is not None:
+                tsym = token[0]
+                if (asc and sym < tsym) or (not asc and sym > tsym):
+                    continue
+            if sym not in self.market.books:
+                continue
+            times, lo, hi = ranges(sym)
+            if token is not None and sym == token[0]:
+                if asc:
+                    lo = max(lo, bisect_left(times, token[1]))
+                else:
+                    hi = min(hi, bisect_right(times, token[1]))
+            if hi <= lo:
+                continue
+            if remaining == 0:
+                return out, _encode_token(sym, times[lo] if asc else times[hi - 1])
+            take = min(hi - lo, remaining)
+            idx = range(lo, lo + take) if asc else range(hi - 1, hi - 1 - take, -1)
+            out[sym] = [row(sym, i) for i in idx]
+            remaining -= take
+            if take < hi - lo:
+                return out, _encode_token(sym, times[lo + take] if asc else times[hi - 1 - take])
+        return out, None
+
+    def _hist_trades(self, request: Request) -> dict:
+        symbols, start, end, limit, asc, token = self._window(request)
+        books = self.market.books
+
+        def ranges(sym: str) -> tuple[Any, int, int]:
+            lo, hi = self.market.trade_range(sym, start, end)
+            return books[sym].times, lo, hi
+
+        def row(sym: str, i: int) -> dict:
+            b = books[sym]
+            return _trade_json(b.times[i], b.cents[i], b.sizes[i], b.ids[i])
+
+        data, next_token = self._page(symbols, limit, asc, token, ranges, row)
+        return {"trades": data, "next_page_token": next_token}
+
+    def _hist_quotes(self, request: Request) -> dict:
+        symbols, start, end, limit, asc, token = self._window(request)
+        books = self.market.books
+
+        def ranges(sym: str) -> tuple[Any, int, int]:
+            lo, hi = self.market.quote_range(sym, start, end)
+            return books[sym].q_times, lo, hi
+
+        def row(sym: str, i: int) -> dict:
+            b = books[sym]
+            return _quote_json(b.q_times[i], b.q_bid[i], b.q_bid_size[i], b.q_ask[i], b.q_ask_size[i])
+
+        data, next_token = self._page(symbols, limit, asc, token, ranges, row)
+        return {"quotes": data, "next_page_token": next_token}
+
+    def _bars_for(self, symbol: str, start: int, end: int, tf_ns: int) -> tuple[list[int], list[dict]]:
+        """Bars aggregated from the retained truth trades, bar start times in [start, end]."""
+        book = self.market.books[symbol]
+        first = -(-start // tf_ns) * tf_ns  # first bar start >= start
+        lo, hi = self.market.trade_range(symbol, first, (end // tf_ns + 1) * tf_ns - 1)
+        starts: list[int] = []
+        bars: list[dict] = []
+        times, cents, sizes = book.times, book.cents, book.sizes
+        i = lo
+        while i < hi:
+            bucket = times[i] - times[i] % tf_ns
+            nxt = bucket + tf_ns
+            o = h = low = cents[i]
+            v = n = pv = 0
+            c = o
+            while i < hi and times[i] < nxt:
+                p, s = cents[i], sizes[i]
+                if p > h:
+                    h = p
+                if p < low:
+                    low = p
+                c = p
+                v += s
+                n += 1
+                pv += p * s
+                i += 1
+            starts.append(bucket)
+            bars.append(
+                {
+                    "t": ns_to_rfc3339(bucket),
+                    "o": o / 100,
+                    "h": h / 100,
+                    "l": low / 100,
+                    "c": c / 100,
+                    "v": v,
+                    "n": n,
+                    "vw": pv / v / 100,
+                }
+            )
+        return starts, bars
+
+    def _hist_bars(self, request: Request) -> dict:
+        symbols, start, end, limit, asc, token = self._window(request)
+        tf = request.query_params.get("timeframe") or "1Min"
+        m = _TIMEFRAME.fullmatch(tf)
+        if m is None or int(m.group(1)) < 1:
+            raise ValueError(f"unsupported timeframe {tf!r} (the simulator serves NMin, NHour, NDay)")
+        tf_ns = int(m.group(1)) * _TF_UNIT_NS[m.group(2)]
+        cache: dict[str, tuple[list[int], list[dict]]] = {}
+
+        def ranges(sym: str) -> tuple[Any, int, int]:
+            cache[sym] = self._bars_for(sym, start, end, tf_ns)
+            return cache[sym][0], 0, len(cache[sym][0])
+
+        data, next_token = self._page(symbols, limit, asc, token, ranges, lambda sym, i: cache[sym][1][i])
+        return {"bars": data, "next_page_token": next_token}
+
+    def _latest_symbols(self, request: Request) -> list[str]:
+        text = request.query_params.get("symbols") or ""
+        symbols = [s.strip().upper() for s in text.split(",") if s.strip()]
+        if not symbols:
+            raise ValueError("symbols is required")
+        return [s for s in symbols if s in self.market.books]
+
+    def _latest_trades(self, request: Request) -> dict:
+        out = {}
+        for s in self._latest_symbols(request):
+            b = self.market.books[s]
+            if b.ids:
+                out[s] = _trade_json(b.times[-1], b.cents[-1], b.sizes[-1], b.ids[-1])
+        return {"trades": out}
+
+    def _latest_quotes(self, request: Request) -> dict:
+        out = {}
+        for s in self._latest_symbols(request):
+            b = self.market.books[s]
+            if b.q_times:
+                out[s] = _quote_json(
+                    b.q_times[-1], b.q_bid[-1], b.q_bid_size[-1], b.q_ask[-1], b.q_ask_size[-1]
+                )
+        return {"quotes": out}
+
+    def _latest_bars(self, request: Request) -> dict:
+        out = {}
+        for s in self._latest_symbols(request):
+            b = self.market.books[s]
+            if b.times:
+                minute = b.times[-1] - b.times[-1] % MINUTE_NS
+                _, bars = self._bars_for(s, minute, minute, MINUTE_NS)
+                out[s] = bars[-1]
+        return {"bars": out}
+
+    # --- trading
+    async def _orders(self, request: Request) -> Any:
+        if request.method == "POST":
+            try:
+                body = await request.json()
+            except ValueError:
+                raise BrokerError(400, 40010000, "request body is not valid JSON") from None
+            return self.broker.submit(body)
+        if request.method == "DELETE":
+            out = []
+            for order in self.broker.list_orders(status="open", limit=500):
+                self.broker.cancel(order["id"])
+                out.append({"id": order["id"], "status": 200, "body": self.broker.get(order["id"])})
+            return JSONResponse(out, 207)
+        q = request.query_params
+        symbols = [s for s in (q.get("symbols") or "").split(",") if s] or None
+        return self.broker.list_orders(
+            status=q.get("status") or "open",
+            limit=int(q.get("limit") or 50),
+            after=q.get("after"),
+            until=q.get("until"),
+            direction=q.get("direction") or "desc",
+            symbols=symbols,
+        )
+
+    def _order_by_client_id(self, request: Request) -> dict:
+        cid = request.query_params.get("client_order_id")
+        if not cid:
+            raise ValueError("client_order_id is required")
+        return self.broker.get_by_client_id(cid)
+
+    def _order(self, request: Request) -> Any:
+        order_id = request.path_params["order_id"]
+        if request.method == "DELETE":
+            self.broker.cancel(order_id)
+            return Response(status_code=204)
+        return self.broker.get(order_id)
+
+    def _activities(self, request: Request) -> list[dict]:
+        q = request.query_params
+        kind = request.path_params.get("activity_type") or q.get("activity_types") or "FILL"
+        if kind.upper() != "FILL":
+            return []
+        return self.broker.activities(
+            after=q.get("after"),
+            until=q.get("until"),
+            direction=q.get("direction") or "desc",
+            page_size=int(q.get("page_size") or 100),
+            page_token=q.get("page_token"),
+        )
+
+    def _clock(self, request: Request) -> dict:
+        now = time.time_ns()
+        day = 86_400 * 10**9
+        return {
+            "timestamp": ns_to_rfc3339(now),
+            "is_open": True,
+            "next_open": ns_to_rfc3339(now - now % day + day),
+            "next_close": ns_to_rfc3339(now - now % day + day - 1),
+        }
+
+    # --- simulator control (no auth, no faults: loopback only)
+    async def _sim_faults(self, request: Request) -> Response:
+        try:
+            body = await request.json()
+            specs = body if isinstance(body, list) else [body]
+            results = [self.apply_fault(spec) for spec in specs]
+        except (ValueError, TypeError, KeyError) as exc:
+            return JSONResponse({"message": str(exc)}, 422)
+        return JSONResponse({"applied": len(results), "results": [_jsonable(r) for r in results]})
+
+    def _sim_truth(self, request: Request) -> Response:
+        sym = request.query_params.get("symbol")
+        sums = {sym: self.truth_checksum(sym)} if sym else self.truth_checksum()
+        return JSONResponse(
+            {
+                "count": self.truth_count(sym) if sym else self.truth_count(),
+                "finished": self.finished.is_set(),
+                "formula": "count, sum(trade_id), sum(time_ns % 1000003), sum((time_ns/1000) % 1000003), "
+                "sum(round(price*100)), sum(size)",
+                "symbols": {s: cs._asdict() for s, cs in sums.items()},
+                "corrections": len(self.corrections),
+                "cancels": len(self.cancels),
+            }
+        )
+
+    def _sim_stats(self, request: Request) -> Response:
+        return JSONResponse(dict(self.stats, clients=len(self._clients), truth_count=self.truth_count()))
+
+
+# ---------------------------------------------------------------------- helpers
+def _trade_json(t: int, cents: int, size: int, tid: int) -> dict:
+    return {
+        "t": ns_to_rfc3339(t),
+        "x": EXCHANGE,
+        "p": cents / 100,
+        "s": size,
+        "c": list(CONDITIONS),
+        "i": tid,
+        "z": TAPE,
+    }
+
+
+def _quote_json(t: int, bid: int, bid_size: int, ask: int, ask_size: int) -> dict:
+    return {
+        "t": ns_to_rfc3339(t),
+        "ax": EXCHANGE,
+        "ap": ask / 100,
+        "as": ask_size,
+        "bx": EXCHANGE,
+        "bp": bid / 100,
+        "bs": bid_size,
+        "c": ["R"],
+        "z": TAPE,
+    }
+
+
+def _encode_token(symbol: str, time_ns: int) -> str:
+    return base64.urlsafe_b64encode(f"{symbol}|{time_ns}".encode()).decode()
+
+
+def _decode_token(token: str) -> tuple[str, int]:
+    try:
+        symbol, t = base64.urlsafe_b64decode(token.encode()).decode().split("|")
+        return symbol, int(t)
+    except Exception:  # noqa: BLE001
+        raise ValueError("invalid page_token") from None
+
+
+def _drain(queue: asyncio.Queue) -> None:
+    while True:
+        try:
+            queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str, list, dict)):
+        return value
+    return repr(value)
+
+
+async def run_simulator(
+    settings, *, stop: asyncio.Event | None = None, on_ready: Callable[[Simulator], None] | None = None
+) -> None:
+    """Run the simulator from :class:`~tickvault.config.Settings` until ``stop`` is set, SIGINT/SIGTERM
+    arrive (when run in the main thread), or the task is cancelled. ``on_ready(sim)`` is called once
+    the servers listen (the CLI prints the URLs there)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread, or no signal support: the caller stops us
+    try:
+        async with Simulator.from_settings(settings) as sim:
+            if on_ready is not None:
+                on_ready(sim)
+            await stop.wait()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)

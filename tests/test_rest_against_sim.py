@@ -1,0 +1,241 @@
+"""AlpacaREST against tickvault's Alpaca simulator (``tickvault.sim``): real HTTP over 127.0.0.1.
+
+The simulator runs in the test's own event loop (``async with Simulator(...)``); the client is a
+private pooled client built from Settings, as a flow run's would be. Ground truth comes from the
+simulator itself (``truth_trades``, ``broker``, ``stats``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+
+pytest.importorskip("tickvault.sim")
+
+from tickvault.alpaca.errors import ServerError, UnprocessableError
+from tickvault.alpaca.models import OrderRequest, format_rfc3339
+from tickvault.alpaca.rest import AlpacaREST, RetryPolicy, collect
+from tickvault.config import Settings
+from tickvault.http import build_http_client, pool_stats
+from tickvault.sim import Simulator
+
+KEY_ID = "PKSIMKEY0001"
+SECRET = "sim-secret-do-not-log-0001"
+FAST_RETRY = RetryPolicy(max_retries=3, backoff_base_s=0.01, backoff_cap_s=0.05)
+
+
+def _settings(sim: Simulator, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "alpaca_key_id": KEY_ID,
+        "alpaca_secret_key": SECRET,
+        "alpaca_trading_url": sim.rest_url,
+        "alpaca_data_url": sim.rest_url,
+        "http_timeout_s": 2.0,
+        "http_max_connections": 5,
+        "http_max_retries": 3,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+class SimREST:
+    """An AlpacaREST on its own pooled client, pointed at a simulator; closes its client on exit."""
+
+    def __init__(self, sim: Simulator, retry: RetryPolicy = FAST_RETRY, **overrides: Any) -> None:
+        self.settings = _settings(sim, **overrides)
+        self.client = build_http_client(self.settings)
+        self.rest = AlpacaREST(self.settings, self.client, retry=retry)
+
+    async def __aenter__(self) -> AlpacaREST:
+        return self.rest
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.aclose()
+
+
+def _sim(**kwargs: Any) -> Simulator:
+    kwargs.setdefault("symbols", 5)
+    kwargs.setdefault("rate", 50_000)
+    kwargs.setdefault("seed", 7)
+    kwargs.setdefault("max_trades", 2_000)
+    return Simulator(key=KEY_ID, secret=SECRET, **kwargs)
+
+
+async def test_account_positions_orders_and_fills_round_trip():
+    async with _sim() as sim, SimREST(sim) as rest:
+        symbol = sim.symbols[0]
+        sim.broker.set_position(symbol, 10, "100.5")
+        account, positions = await asyncio.gather(rest.get_account(), rest.get_positions())
+        assert account.status == "ACTIVE" and account.cash == Decimal(100000)
+        assert isinstance(account.equity, Decimal) and account.created_at is not None
+        assert [(p.symbol, p.qty, p.avg_entry_price) for p in positions] == [
+            (symbol, Decimal(10), Decimal("100.5"))
+        ]
+
+        # three market orders fill at once; a far-below limit order rests and is canceled
+        cids = [OrderRequest.new_client_order_id() for _ in range(3)]
+        market = [
+            await rest.submit_order(
+                OrderRequest(symbol=symbol, side="buy", qty=Decimal("1.5"), client_order_id=c)
+            )
+            for c in cids
+        ]
+        assert [o.client_order_id for o in market] == cids and all(o.qty == Decimal("1.5") for o in market)
+        resting = await rest.submit_order(
+            OrderRequest(
+                symbol=symbol, side="buy", qty=Decimal(1), type="limit", limit_price=Decimal("0.01"),
+                time_in_force="gtc", client_order_id="rest-1",
+            )
+        )  # fmt: skip
+        assert resting.status in ("new", "accepted") and resting.limit_price == Decimal("0.01")
+        assert (await rest.get_order(resting.id)).client_order_id == "rest-1"
+        assert (await rest.get_order_by_client_id(cids[1])).id == market[1].id
+        assert [o.id for o in await rest.list_orders(status="open")] == [resting.id]
+        everything = await rest.list_orders(status="all", direction="asc", symbols=[symbol])
+        assert [o.id for o in everything] == [o.id for o in market] + [resting.id]
+        filled = await rest.get_order(market[0].id)
+        assert (
+            filled.status == "filled" and filled.filled_qty == Decimal("1.5") and filled.filled_at is not None
+        )
+
+        await rest.cancel_order(resting.id)
+        assert (await rest.get_order(resting.id)).status == "canceled"
+        with pytest.raises(UnprocessableError, match="not cancelable"):
+            await rest.cancel_order(resting.id)
+
+        pages = [page async for page in rest.fill_activities(page_size=2)]
+        assert [len(p) for p in pages] == [2, 1]
+        fills = [f for p in pages for f in p]
+        assert [f.order_id for f in fills] == [o.id for o in market]
+        assert all(f.qty == Decimal("1.5") and f.symbol == symbol for f in fills)
+        positions = await rest.get_positions()
+        assert positions[0].qty == Decimal("14.5")
+
+
+async def test_submit_is_idempotent_when_the_first_answer_is_lost():
+    """The first POST creates the order but its answer is lost on the way back (a response hook turns
+    it into a read timeout, as a dropped connection would); the retry is refused as a duplicate
+    client_order_id, and the client returns the order the first attempt created.
+
+    (The simulator's own faults answer before processing, and its latency fault reads the body after
+    the delay, so a client timeout there never lands an order: the loss is injected on the way back.)"""
+    async with _sim() as sim, SimREST(sim) as rest:
+        cid = "idem-1"
+        posts = 0
+
+        async def lose_first_order_answer(response: httpx.Response) -> None:
+            nonlocal posts
+            if response.request.method == "POST" and response.request.url.path == "/v2/orders":
+                posts += 1
+                if posts == 1:
+                    assert response.status_code == 200  # it landed ...
+                    raise httpx.ReadTimeout("answer lost (injected)", request=response.request)  # ... unseen
+
+        rest.http_client.event_hooks["response"].append(lose_first_order_answer)
+        order = await rest.submit_order(
+            OrderRequest(symbol=sim.symbols[1], side="buy", qty=Decimal(2), client_order_id=cid)
+        )
+        assert posts == 2
+        assert order.client_order_id == cid
+        assert order.id == sim.broker.get_by_client_id(cid)["id"]
+        assert sum(1 for o in sim.broker.orders.values() if o.client_order_id == cid) == 1  # no double order
+        # reusing the id on purpose (no ambiguity) is still the caller's error
+        with pytest.raises(UnprocessableError, match="client_order_id must be unique"):
+            await rest.submit_order(
+                OrderRequest(symbol=sim.symbols[1], side="buy", qty=Decimal(2), client_order_id=cid)
+            )
+
+
+async def test_submit_survives_a_5xx_before_processing():
+    async with _sim() as sim, SimREST(sim) as rest:
+        sim.rest_fail(503, 2)
+        order = await rest.submit_order(
+            OrderRequest(symbol=sim.symbols[2], side="sell", qty=Decimal("0.25"), client_order_id="retry-503")
+        )
+        assert order.client_order_id == "retry-503" and sim.stats["rest_faults"] == 2
+        assert len([o for o in sim.broker.orders.values() if o.client_order_id == "retry-503"]) == 1
+
+
+async def test_historical_trades_paged_equal_the_simulator_ground_truth():
+    async with _sim(max_trades=12_000, rate=400_000) as sim, SimREST(sim) as rest:
+        await asyncio.wait_for(sim.finished.wait(), 10)
+        truth = {
+            (sym, tid, t, round(price * 100), size)
+            for sym in sim.symbols
+            for tid, t, price, size in sim.truth_trades(sym)
+        }
+        times = sorted(t for _, _, t, _, _ in truth)
+        start, end = times[len(times) // 10], times[-len(times) // 10]  # an inner window, edges included
+        expected = {row for row in truth if start <= row[2] <= end}
+
+        got = []
+        pages = 0
+        async for page in rest.historical_trades(
+            sim.symbols, format_rfc3339(start), format_rfc3339(end), limit=1_000
+        ):
+            assert 0 < len(page) <= 1_000
+            pages += 1
+            got.extend(page)
+        assert pages == -(-len(expected) // 1_000)
+        rows = [(t.symbol, t.id, t.time_ns, t.price * 100, t.size) for t in got]
+        assert len(rows) == len(set(rows)) == len(expected)  # nothing lost, nothing twice
+        assert {(s, i, ns, int(p), int(sz)) for s, i, ns, p, sz in rows} == expected
+        assert all(p == int(p) for _, _, _, p, _ in rows)  # prices are exact cents, no float residue
+        # per symbol ascending time, as Alpaca pages
+        for sym in sim.symbols:
+            ns = [t.time_ns for t in got if t.symbol == sym]
+            assert ns == sorted(ns)
+
+        quotes = await collect(
+            rest.historical_quotes(sim.symbols[:2], format_rfc3339(start), format_rfc3339(end))
+        )
+        assert quotes and all(q.bid_price <= q.ask_price and start <= q.time_ns <= end for q in quotes)
+        minute = 60 * 10**9  # bars are selected by their start time: start at the first trade's minute
+        bars = await collect(
+            rest.historical_bars(sim.symbols, times[0] - times[0] % minute, times[-1], timeframe="1Min")
+        )
+        assert sum(b.trade_count for b in bars) == len(truth)
+        latest = await rest.latest_trades(sim.symbols)
+        assert {s: t.time_ns for s, t in latest.items()} == {
+            s: max(t for sym, _, t, _, _ in truth if sym == s)
+            for s in sim.symbols
+            if any(r[0] == s for r in truth)
+        }
+
+
+async def test_rate_limit_and_server_faults_are_survived_by_retries():
+    async with _sim() as sim, SimREST(sim) as rest:
+        sim.rest_fail(429, 2, retry_after=0.1)
+        started = time.monotonic()
+        account = await rest.get_account()
+        assert account.status == "ACTIVE"
+        assert time.monotonic() - started >= 0.2  # Retry-After honoured twice
+        assert sim.stats["rest_faults"] == 2
+
+        sim.rest_fail(500, 3)
+        assert isinstance(await rest.get_positions(), list)
+        assert sim.stats["rest_faults"] == 5
+
+        sim.rest_fail(500, 4)  # one more than max_retries allows
+        with pytest.raises(ServerError) as info:
+            await rest.get_account()
+        assert info.value.attempts == 4 and sim.stats["rest_faults"] == 9
+
+
+async def test_latency_fault_with_many_gathered_calls_stays_within_the_pool():
+    async with _sim() as sim, SimREST(sim) as rest:
+        client = rest.http_client
+        sim.rest_latency(50)
+        before = sim.stats["rest_requests"]
+        started = time.monotonic()
+        results = await asyncio.gather(*[rest.get_account() for _ in range(40)])
+        elapsed = time.monotonic() - started
+        assert len(results) == 40 and sim.stats["rest_requests"] - before == 40
+        stats = pool_stats(client)
+        assert stats.connections_opened <= 5
+        assert elapsed >= 40 / 5 * 0.05 * 0.9  # at most 5 in flight: the pool, not the caller, bounds them
