@@ -219,15 +219,166 @@ def db_refresh_aggregates(
         typer.echo("nothing to refresh")
 
 
-@app.command("run")
-def run_main() -> None:
-    """The main job: start the database (and migrate), then run what is configured."""
+def _logging(level: str = "INFO") -> None:
+    import logging
+
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _status_line(metrics, started: float, last: dict) -> str:
+    now = time.monotonic()
+    trades = metrics.totals["trades"]
+    rate = (trades - last.get("trades", 0)) / max(now - last.get("t", started), 1e-9)
+    last.update(trades=trades, t=now)
+    p99p = metrics.lifetime["received_to_processed"].percentile_ms(0.99)
+    p99c = metrics.lifetime["received_to_committed"].percentile_ms(0.99)
+    import psutil
+
+    rss = psutil.Process().memory_info().rss / 2**20
+    return (
+        f"{rate:9,.0f} trades/s  total {int(trades):,}  p99 proc {p99p or 0:.3f} ms  commit {p99c or 0:.0f} ms  "
+        f"queue {metrics.queue_depth}  rss {rss:.0f} MB  reconnects {int(metrics.totals['reconnects'])}  "
+        f"rejects {int(metrics.totals['rejects'])}"
+    )
+
+
+async def _run_worker_foreground(settings: Settings, live: bool) -> None:
+    import asyncio
+
+    from tickvault.stream.worker import WorkerHandle, run_worker
+
+    handle = WorkerHandle()
+    started = time.monotonic()
+
+    async def ticker() -> None:
+        last: dict = {}
+        while not handle.stop_event.is_set():
+            try:
+                await asyncio.wait_for(handle.stop_event.wait(), 1.0)
+            except asyncio.TimeoutError:
+                sys.stderr.write("\r" + _status_line(handle.metrics, started, last) + " " * 4)
+                sys.stderr.flush()
+
+    tick = asyncio.create_task(ticker()) if live else None
+    try:
+        await run_worker(settings, handle, install_signal_handlers=True)
+    finally:
+        handle.stop_event.set()
+        if tick:
+            await tick
+            sys.stderr.write("\n")
+    typer.echo(f"worker stopped cleanly: {int(handle.metrics.totals['rows_committed']):,} rows committed", err=True)
+
+
+@worker_app.command("run")
+def worker_run(live: bool = typer.Option(True, "--live/--quiet", help="Show a one-line live status.")) -> None:
+    """Run the streaming worker in the foreground (SIGTERM/Ctrl-C: drain, flush, exit 0)."""
+    import asyncio
+
+    from tickvault.stream.reader import AuthFailed
+
     settings = _settings()
-    db_up(migrate_too=True)
-    from tickvault.config import _mask_url
+    _logging("WARNING" if live else "INFO")
+    try:
+        asyncio.run(_run_worker_foreground(settings, live and sys.stderr.isatty()))
+    except (AuthFailed, ValueError) as exc:
+        raise _fail(str(exc)) from None
+
+
+@worker_app.command("status")
+def worker_status(rows: int = typer.Option(5, help="How many recent intervals to show.")) -> None:
+    """The latest figures the worker wrote to ingest_stats, as a table."""
+    import psycopg
+
     from tickvault.db import database_url
 
-    typer.echo(f"TimescaleDB ready: {_mask_url(database_url(settings))}  (open it with `tickvault db psql`)")
+    settings = _settings()
+    with psycopg.connect(database_url(settings), connect_timeout=5) as conn:
+        found = conn.execute(
+            "SELECT time, worker, trades / interval_s, rows_committed / interval_s, received_to_processed_p99_ms, "
+            "received_to_committed_p99_ms, exchange_to_received_p99_ms, queue_depth, queue_max, rss_mb, cpu_percent, "
+            "reconnects, rejects, stalls, backfilled FROM ingest_stats WHERE worker = %s ORDER BY time DESC LIMIT %s",
+            (settings.worker_name, rows),
+        ).fetchall()
+    if not found:
+        typer.echo(f"no ingest_stats yet for worker {settings.worker_name!r}")
+        raise typer.Exit(3)
+    head = ("time (UTC)", "trades/s", "rows/s", "p99 proc ms", "p99 commit ms", "p99 feed ms", "queue", "q max",
+            "RSS MB", "CPU %", "reconn", "rejects", "stalls", "backfill")
+    table = [head]
+    for r in found:
+        table.append((r[0].strftime("%H:%M:%S"), f"{r[2]:,.0f}", f"{r[3]:,.0f}", *(f"{v:.3f}" if v is not None else "-" for v in r[4:7]),
+                      str(r[7]), str(r[8]), f"{r[9]:.0f}", f"{r[10]:.0f}", *(str(v) for v in r[11:15])))
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    typer.echo(f"worker {settings.worker_name}")
+    for row in table:
+        typer.echo("  ".join(cell.rjust(w) for cell, w in zip(row, widths)))
+
+
+@app.command("sim")
+def sim_command() -> None:
+    """Run the Alpaca-protocol simulator on 127.0.0.1 (market-data WebSocket, trading and data REST)."""
+    import asyncio
+
+    from tickvault.sim.server import run_simulator
+
+    settings = _settings()
+
+    def ready(sim) -> None:
+        typer.echo(f"simulator: {len(sim.symbols)} symbols, {sim.rate or 'max'} trades/s, frames of {sim.frame_size}")
+        typer.echo(f"  market data  {sim.stream_url(settings.alpaca_feed)}")
+        typer.echo(f"  trade updates {sim.trade_updates_url}")
+        typer.echo(f"  REST         {sim.rest_url}")
+        sys.stdout.flush()
+
+    asyncio.run(run_simulator(settings, on_ready=ready))
+
+
+@app.command("run")
+def run_main() -> None:
+    """The main job: database up and migrated, the simulator (unless Alpaca keys are set), the worker."""
+    import subprocess
+
+    settings = _settings()
+    db_up(migrate_too=True)
+    sim_proc = None
+    if not settings.has_alpaca_keys:
+        from tickvault.sim.market import symbol_names
+
+        typer.echo("no Alpaca keys configured: starting the simulator (set TICKVAULT_ALPACA_KEY_ID/SECRET_KEY for Alpaca)")
+        env = {**os.environ, "TICKVAULT_ALPACA_KEY_ID": "sim-key", "TICKVAULT_ALPACA_SECRET_KEY": "sim-secret"}
+        sim_proc = subprocess.Popen([sys.executable, "-m", "tickvault.cli", "sim"], env=env, stdout=subprocess.PIPE,
+                                    text=True, start_new_session=True)
+        for _ in range(4):  # the header line and three URL lines
+            line = sim_proc.stdout.readline()
+            if not line:
+                raise _fail("the simulator did not start")
+            typer.echo(line.rstrip())
+        base = f"http://{settings.sim_host}:{settings.sim_rest_port}"
+        settings = settings.model_copy(update={
+            "alpaca_key_id": env["TICKVAULT_ALPACA_KEY_ID"], "alpaca_secret_key": env["TICKVAULT_ALPACA_SECRET_KEY"],
+            "alpaca_stream_url": f"ws://{settings.sim_host}:{settings.sim_port}", "alpaca_data_url": base,
+            "alpaca_trading_url": base, "alpaca_trade_stream_url": f"ws://{settings.sim_host}:{settings.sim_port}/stream",
+            "symbols": settings.symbols or symbol_names(settings.sim_symbols),
+        })
+        from pydantic import SecretStr
+
+        settings.alpaca_key_id = SecretStr(env["TICKVAULT_ALPACA_KEY_ID"])
+        settings.alpaca_secret_key = SecretStr(env["TICKVAULT_ALPACA_SECRET_KEY"])
+    typer.echo(f"worker {settings.worker_name}: {len(settings.symbols) or 'all'} symbols, Ctrl-C stops everything cleanly")
+    import asyncio
+
+    try:
+        asyncio.run(_run_worker_foreground(settings, live=True))
+    finally:
+        if sim_proc is not None:
+            import signal as _signal
+
+            sim_proc.send_signal(_signal.SIGTERM)
+            try:
+                sim_proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                sim_proc.kill()
 
 
 def main() -> None:  # pragma: no cover - console entry point

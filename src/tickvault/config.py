@@ -8,6 +8,7 @@ receives a :class:`Settings` instance. Secrets are ``SecretStr`` so they never p
 from __future__ import annotations
 
 from functools import lru_cache
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -75,6 +76,14 @@ class Settings(BaseSettings):
     )
     writer_flush_ms: int = Field(
         100, ge=1, description="Flush a non-empty buffer at least this often (bounds received→committed latency)."
+    )
+    backfill_from: datetime | None = Field(
+        None, description="On a first start (no stored trades for the symbols), backfill trades and bars from "
+        "this time (ISO 8601, e.g. today's open). Unset: start from the live stream.",
+    )
+    feed_silence_s: float = Field(
+        30.0, ge=0, description="Reconnect (and backfill) after this long without market data on an open "
+        "socket (0: never). Pings catch dead sockets; this catches a live server that went quiet.",
     )
     cache_ttl_s: float = Field(5.0, gt=0, description="A cached latest price older than this is stale.")
     stats_interval_s: float = Field(10.0, gt=0, description="Seconds between `ingest_stats` rows.")

@@ -1,0 +1,73 @@
+"""Latest trade and quote per symbol, with a time-to-live.
+
+Bound: one entry per symbol the feed sends (the subscribed universe: ≤ ~12k US equities), each a
+small tuple. Updated once per symbol per frame (the newest message wins), never per message
+object. An entry older than ``ttl_s`` (by the worker's monotonic clock) is stale: ``latest_price``
+refreshes stale or missing symbols from the REST ``latest`` endpoints, and hits, misses and stale
+reads are counted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from tickvault.stream.metrics import Metrics
+
+LatestFetcher = Callable[[Sequence[str]], Awaitable[dict[str, tuple[int, float]]]]  # symbol → (time_ns, price)
+
+
+class PriceCache:
+    def __init__(self, ttl_s: float, metrics: Metrics, fetch_latest: LatestFetcher | None = None) -> None:
+        self.ttl_ns = int(ttl_s * 1e9)
+        self.metrics = metrics
+        self.fetch_latest = fetch_latest
+        self._trades: dict[str, tuple[tuple, int]] = {}  # symbol → (trade row, stored monotonic ns)
+        self._quotes: dict[str, tuple[tuple, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._trades)
+
+    def update_trades(self, trades: list[tuple], mono_ns: int) -> None:
+        newest: dict[str, tuple] = {}
+        for t in trades:
+            newest[t[1]] = t
+        store = self._trades
+        for sym, t in newest.items():
+            store[sym] = (t, mono_ns)
+
+    def update_quotes(self, quotes: list[tuple], mono_ns: int) -> None:
+        newest: dict[str, tuple] = {}
+        for q in quotes:
+            newest[q[1]] = q
+        store = self._quotes
+        for sym, q in newest.items():
+            store[sym] = (q, mono_ns)
+
+    def peek(self, symbol: str) -> tuple[float | None, bool]:
+        """(price, fresh) without any I/O; counts the read."""
+        entry = self._trades.get(symbol)
+        if entry is None:
+            self.metrics.add("cache_misses")
+            return None, False
+        if time.monotonic_ns() - entry[1] > self.ttl_ns:
+            self.metrics.add("cache_stale")
+            return entry[0][4], False
+        self.metrics.add("cache_hits")
+        return entry[0][4], True
+
+    def quote(self, symbol: str) -> tuple | None:
+        entry = self._quotes.get(symbol)
+        return entry[0] if entry else None
+
+    async def latest_price(self, symbol: str) -> float | None:
+        """The freshest price: the cache when fresh, else the REST latest trade (then cached)."""
+        price, fresh = self.peek(symbol)
+        if fresh or self.fetch_latest is None:
+            return price
+        fetched = await self.fetch_latest([symbol])
+        if symbol in fetched:
+            t_ns, p = fetched[symbol]
+            self._trades[symbol] = ((t_ns, symbol, None, None, p, None, None, None), time.monotonic_ns())
+            return p
+        return price

@@ -1,0 +1,154 @@
+"""The worker's self-measurement: fixed-size latency histograms, counters, a Prometheus endpoint.
+
+Nothing here allocates per observation: a histogram is a fixed list of bucket counts
+(log-spaced, 4 buckets per doubling from 1 µs to ~68 s: 105 ints, ±9 % resolution), a counter
+is an int. ``snapshot_and_reset`` hands the interval's figures to the stats writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass, field
+
+_SUB = 4  # buckets per doubling
+_MIN_NS = 1_000  # 1 µs
+_N = 26 * _SUB + 1  # up to 2^26 µs ≈ 67 s; the last bucket takes everything above
+_LOG2 = math.log2
+
+
+class LatencyHistogram:
+    """Log-bucketed latency histogram in nanoseconds; bounded memory (105 ints), O(1) record."""
+
+    __slots__ = ("counts", "total", "max_ns", "sum_ns")
+
+    def __init__(self) -> None:
+        self.counts = [0] * _N
+        self.total = 0
+        self.max_ns = 0
+        self.sum_ns = 0
+
+    def record(self, ns: int, n: int = 1) -> None:
+        if ns <= _MIN_NS:
+            idx = 0
+        else:
+            idx = int(_LOG2(ns / _MIN_NS) * _SUB) + 1
+            if idx >= _N:
+                idx = _N - 1
+        self.counts[idx] += n
+        self.total += n
+        self.sum_ns += ns * n
+        if ns > self.max_ns:
+            self.max_ns = ns
+
+    def percentile_ms(self, q: float) -> float | None:
+        if self.total == 0:
+            return None
+        rank = q * self.total
+        seen = 0
+        for idx, c in enumerate(self.counts):
+            seen += c
+            if seen >= rank and c:
+                upper_ns = _MIN_NS * 2 ** (idx / _SUB) if idx else _MIN_NS
+                return min(upper_ns, self.max_ns) / 1e6
+        return self.max_ns / 1e6
+
+    def summary(self) -> dict[str, float | None]:
+        return {
+            "p50_ms": self.percentile_ms(0.50),
+            "p90_ms": self.percentile_ms(0.90),
+            "p99_ms": self.percentile_ms(0.99),
+            "max_ms": self.max_ns / 1e6 if self.total else None,
+            "count": self.total,
+        }
+
+    def merge(self, other: LatencyHistogram) -> None:
+        for i, c in enumerate(other.counts):
+            self.counts[i] += c
+        self.total += other.total
+        self.sum_ns += other.sum_ns
+        self.max_ns = max(self.max_ns, other.max_ns)
+
+    def reset(self) -> None:
+        self.counts = [0] * _N
+        self.total = 0
+        self.max_ns = 0
+        self.sum_ns = 0
+
+
+STAGES = ("exchange_to_received", "received_to_processed", "received_to_committed")
+COUNTERS = (
+    "frames", "trades", "quotes", "bars", "other_messages", "rows_committed", "rejects", "drops",
+    "stalls", "stall_seconds", "reconnects", "backfilled", "db_errors", "cache_hits", "cache_misses",
+    "cache_stale", "orders_submitted", "fills_recorded",
+)
+
+
+@dataclass
+class Metrics:
+    """Interval figures (reset by the stats loop) and lifetime totals (for Prometheus)."""
+
+    interval: dict[str, LatencyHistogram] = field(default_factory=lambda: {s: LatencyHistogram() for s in STAGES})
+    lifetime: dict[str, LatencyHistogram] = field(default_factory=lambda: {s: LatencyHistogram() for s in STAGES})
+    counts: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    totals: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    queue_depth: int = 0
+    queue_max: int = 0
+    rss_mb: float = 0.0
+    cpu_percent: float = 0.0
+
+    def observe(self, stage: str, ns: int, n: int = 1) -> None:
+        self.interval[stage].record(ns, n)
+        self.lifetime[stage].record(ns, n)
+
+    def add(self, name: str, value: float = 1) -> None:
+        self.counts[name] += value
+        self.totals[name] += value
+
+    def snapshot_and_reset(self) -> tuple[dict[str, float], dict[str, dict]]:
+        counts = dict(self.counts)
+        hists = {s: h.summary() for s, h in self.interval.items()}
+        for k in self.counts:
+            self.counts[k] = 0
+        for h in self.interval.values():
+            h.reset()
+        return counts, hists
+
+    def prometheus(self, worker: str) -> str:
+        lines = []
+        label = f'worker="{worker}"'
+        for name, value in self.totals.items():
+            lines.append(f"# TYPE tickvault_{name}_total counter")
+            lines.append(f"tickvault_{name}_total{{{label}}} {value}")
+        for gauge in ("queue_depth", "queue_max", "rss_mb", "cpu_percent"):
+            lines.append(f"# TYPE tickvault_{gauge} gauge")
+            lines.append(f"tickvault_{gauge}{{{label}}} {getattr(self, gauge)}")
+        for stage, hist in self.lifetime.items():
+            lines.append(f"# TYPE tickvault_{stage}_ms summary")
+            for q in (0.5, 0.9, 0.99):
+                v = hist.percentile_ms(q)
+                if v is not None:
+                    lines.append(f'tickvault_{stage}_ms{{{label},quantile="{q}"}} {v:.6f}')
+            lines.append(f"tickvault_{stage}_ms_count{{{label}}} {hist.total}")
+            lines.append(f"tickvault_{stage}_ms_sum{{{label}}} {hist.sum_ns / 1e6:.6f}")
+        return "\n".join(lines) + "\n"
+
+
+async def serve_prometheus(metrics: Metrics, worker: str, port: int) -> asyncio.AbstractServer:
+    """A minimal HTTP/1.0 endpoint on 127.0.0.1 answering every GET with the metrics text."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+            body = metrics.prometheus(worker).encode()
+            writer.write(
+                b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: "
+                + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
+            await writer.drain()
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", port)

@@ -1,0 +1,226 @@
+"""The order gateway and the trade-updates listener.
+
+Gateway: strategy intents → orders at the broker, never twice. Each intent gets a deterministic
+``client_order_id`` (a hash of strategy, symbol, bar time, side, qty and tag), is recorded in
+``orders`` as ``pending_submit`` *before* the request (ON CONFLICT DO NOTHING: a duplicate intent
+after a restart finds the row and is skipped), then submitted through the REST client, which
+retries an ambiguous failure and recognises Alpaca's "client_order_id must be unique" as "the
+first attempt landed". Submit→ack latency is stored on the order. Intents wait in a bounded queue
+(``MAX_PENDING_INTENTS``); past it an intent is dropped, counted and logged — a strategy emitting
+more than that per bar is broken, and blocking ingest for it would be worse.
+
+Listener: Alpaca's trade-updates stream (JSON) → order status updates and ``fills`` rows keyed by
+(order_id, cum_qty), so a fill seen here and again by reconciliation lands once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import random
+import time
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import psycopg
+from websockets.asyncio.client import connect
+
+from tickvault.alpaca.models import Order, OrderRequest
+from tickvault.stream.metrics import Metrics
+from tickvault.stream.strategy import Bar, OrderIntent
+
+log = logging.getLogger("tickvault.orders")
+
+MAX_PENDING_INTENTS = 1000
+
+UPSERT_ORDER = """
+INSERT INTO orders (client_order_id, id, symbol, side, order_type, time_in_force, order_class, qty, notional,
+                    limit_price, stop_price, filled_qty, filled_avg_price, status, extended_hours, created_at,
+                    submitted_at, updated_at, filled_at, canceled_at, source, raw)
+VALUES (%(client_order_id)s, %(id)s, %(symbol)s, %(side)s, %(order_type)s, %(time_in_force)s, %(order_class)s,
+        %(qty)s, %(notional)s, %(limit_price)s, %(stop_price)s, %(filled_qty)s, %(filled_avg_price)s, %(status)s,
+        %(extended_hours)s, %(created_at)s, %(submitted_at)s, %(updated_at)s, %(filled_at)s, %(canceled_at)s,
+        %(source)s, %(raw)s)
+ON CONFLICT (client_order_id) DO UPDATE SET
+    id = excluded.id, status = excluded.status, filled_qty = excluded.filled_qty,
+    filled_avg_price = excluded.filled_avg_price, updated_at = excluded.updated_at,
+    submitted_at = coalesce(orders.submitted_at, excluded.submitted_at), filled_at = excluded.filled_at,
+    canceled_at = excluded.canceled_at, raw = excluded.raw
+WHERE orders.updated_at IS NULL OR excluded.updated_at IS NULL OR excluded.updated_at >= orders.updated_at
+"""
+
+INSERT_FILL = """
+INSERT INTO fills (order_id, cum_qty, fill_id, client_order_id, symbol, side, qty, price, leaves_qty, fill_type,
+                   transaction_time, source)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (order_id, cum_qty) DO NOTHING
+"""
+
+
+def client_order_id(strategy: str, bar: Bar, intent: OrderIntent) -> str:
+    """Deterministic id: the same intent on the same bar always maps to the same order."""
+    key = f"{strategy}|{intent.symbol}|{bar.time_ns}|{intent.side}|{intent.qty}|{intent.type}|{intent.limit_price}|{intent.tag}"
+    return "tv-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def order_params(order: Order, source: str = "worker") -> dict:
+    return {
+        "client_order_id": order.client_order_id, "id": order.id, "symbol": order.symbol, "side": order.side,
+        "order_type": order.order_type or order.type or "market", "time_in_force": order.time_in_force,
+        "order_class": order.order_class, "qty": order.qty, "notional": order.notional,
+        "limit_price": order.limit_price, "stop_price": order.stop_price, "filled_qty": order.filled_qty,
+        "filled_avg_price": order.filled_avg_price, "status": order.status, "extended_hours": order.extended_hours,
+        "created_at": order.created_at, "submitted_at": order.submitted_at, "updated_at": order.updated_at,
+        "filled_at": order.filled_at, "canceled_at": order.canceled_at, "source": source,
+        "raw": json.dumps(order.model_dump(mode="json")),
+    }
+
+
+async def record_order(conn: psycopg.AsyncConnection, order: Order, source: str = "worker") -> None:
+    """Upsert the broker's view of an order (a newer update never loses to an older one)."""
+    await conn.execute(UPSERT_ORDER, order_params(order, source))
+
+
+class OrderGateway:
+    def __init__(self, rest, pool, metrics: Metrics) -> None:
+        self.rest = rest
+        self.pool = pool
+        self.metrics = metrics
+        self._queue: asyncio.Queue = asyncio.Queue(maxsize=MAX_PENDING_INTENTS)
+        self._closing = False
+
+    def enqueue(self, strategy: str, bar: Bar, intent: OrderIntent) -> None:
+        """Called inline by the processor: never blocks."""
+        try:
+            self._queue.put_nowait((strategy, bar, intent))
+        except asyncio.QueueFull:
+            self.metrics.add("drops")
+            log.error("order intent dropped (more than %d pending): %s %s %s", MAX_PENDING_INTENTS,
+                      intent.side, intent.qty, intent.symbol)
+
+    def close(self) -> None:
+        self._closing = True
+        self._queue.put_nowait(None) if not self._queue.full() else None
+
+    async def run(self) -> None:
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            strategy, bar, intent = item
+            try:
+                await self.submit(strategy, bar, intent)
+            except Exception:  # noqa: BLE001 - logged with context; the order row says pending_submit
+                log.exception("submitting %s %s %s failed", intent.side, intent.qty, intent.symbol)
+
+    async def submit(self, strategy: str, bar: Bar, intent: OrderIntent) -> Order | None:
+        cid = client_order_id(strategy, bar, intent)
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "INSERT INTO orders (client_order_id, symbol, side, order_type, time_in_force, qty, limit_price, "
+                "status, source, strategy) VALUES (%s, %s, %s, %s, %s, %s, %s, 'pending_submit', 'worker', %s) "
+                "ON CONFLICT (client_order_id) DO NOTHING RETURNING 1",
+                (cid, intent.symbol, intent.side, intent.type, intent.time_in_force, intent.qty,
+                 intent.limit_price, strategy),
+            )
+            fresh = await cur.fetchone()
+            if not fresh:
+                row = await (await conn.execute("SELECT status FROM orders WHERE client_order_id = %s", (cid,))).fetchone()
+                if row and row[0] != "pending_submit":
+                    log.info("intent %s already submitted (status %s); not submitting again", cid, row[0])
+                    return None
+                # pending_submit from a crash mid-submit: submitting again is safe, the broker dedupes
+        request = OrderRequest(
+            symbol=intent.symbol, side=intent.side, qty=intent.qty, type=intent.type,
+            time_in_force=intent.time_in_force, limit_price=intent.limit_price, client_order_id=cid,
+        )
+        started = time.perf_counter()
+        order = await self.rest.submit_order(request)
+        latency_ms = (time.perf_counter() - started) * 1000
+        async with self.pool.connection() as conn:
+            await record_order(conn, order)
+            await conn.execute("UPDATE orders SET submit_latency_ms = %s, strategy = coalesce(strategy, %s) "
+                               "WHERE client_order_id = %s", (latency_ms, strategy, cid))
+        self.metrics.add("orders_submitted")
+        return order
+
+
+class TradeUpdatesListener:
+    """Alpaca's trade-updates stream → orders and fills. Reconnects with backoff; no replay, so
+    reconciliation (the Prefect flow) fetches fills missed while disconnected."""
+
+    def __init__(self, url: str, key: str, secret: str, pool, metrics: Metrics) -> None:
+        self.url = url
+        self._key = key
+        self._secret = secret
+        self.pool = pool
+        self.metrics = metrics
+        self.listening = asyncio.Event()
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        delay = 0.25
+        while not self._stop.is_set():
+            try:
+                async with connect(self.url, open_timeout=10, max_size=2**22) as ws:
+                    await ws.send(json.dumps({"action": "authenticate",
+                                              "data": {"key_id": self._key, "secret_key": self._secret}}))
+                    auth = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                    if (auth.get("data") or {}).get("status") != "authorized":
+                        raise PermissionError(f"trade updates stream refused the keys: {auth.get('data')}")
+                    await ws.send(json.dumps({"action": "listen", "data": {"streams": ["trade_updates"]}}))
+                    delay = 0.25
+                    stop_wait = asyncio.create_task(self._stop.wait())
+                    try:
+                        while True:
+                            recv = asyncio.create_task(ws.recv())
+                            done, _ = await asyncio.wait({recv, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                            if stop_wait in done:
+                                recv.cancel()
+                                return
+                            await self.handle(recv.result())
+                    finally:
+                        stop_wait.cancel()
+            except PermissionError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - reconnect on anything the network throws
+                if self._stop.is_set():
+                    return
+                log.warning("trade updates stream lost (%s); reconnecting", exc)
+                try:
+                    await asyncio.wait_for(self._stop.wait(), random.uniform(0, delay))
+                except asyncio.TimeoutError:
+                    pass
+                delay = min(delay * 2, 30.0)
+
+    async def handle(self, raw: str | bytes) -> None:
+        msg = json.loads(raw)
+        stream = msg.get("stream")
+        data = msg.get("data") or {}
+        if stream == "listening":
+            self.listening.set()
+            return
+        if stream != "trade_updates":
+            return
+        order = Order.model_validate(data["order"])
+        event = data.get("event")
+        async with self.pool.connection() as conn:
+            async with conn.transaction():
+                await record_order(conn, order, source="stream")
+                if event in ("fill", "partial_fill"):
+                    ts = data.get("timestamp")
+                    when = datetime.fromisoformat(ts.replace("Z", "+00:00")) if ts else datetime.now(timezone.utc)
+                    cur = await conn.execute(
+                        INSERT_FILL,
+                        (order.id, order.filled_qty, data.get("execution_id"), order.client_order_id, order.symbol,
+                         order.side, Decimal(str(data.get("qty"))), Decimal(str(data.get("price"))),
+                         (order.qty - order.filled_qty) if order.qty is not None else None,
+                         "fill" if event == "fill" else "partial_fill", when, "stream"),
+                    )
+                    if cur.rowcount:
+                        self.metrics.add("fills_recorded")

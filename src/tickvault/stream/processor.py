@@ -1,0 +1,147 @@
+"""The processor: one decoded frame at a time from the bounded queue → cache, indicators,
+strategy → the writer's buffers.
+
+Per frame, not per message: the cache keeps the newest trade per symbol of the frame, latency is
+recorded once per frame with the frame's message count as weight, and rows travel to the writer
+as the protocol's tuples (no per-message objects). Indicators update once per closed minute bar
+(O(1) each, bounded state per symbol). It must never block the loop: the strategy is called
+inline and must be fast; orders go out through the gateway's own bounded queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from tickvault.indicators import IndicatorSet
+from tickvault.stream.cache import PriceCache
+from tickvault.stream.metrics import Metrics
+from tickvault.stream.reader import QueuedFrame
+from tickvault.stream.strategy import Bar, OrderIntent, Strategy
+from tickvault.stream.writer import BatchWriter
+
+log = logging.getLogger("tickvault.processor")
+
+INDICATOR_KEYS = (
+    "rsi_14", "ema_12", "ema_26", "sma_20", "macd", "macd_signal", "macd_hist",
+    "bb_upper", "bb_middle", "bb_lower", "atr_14", "vwap",
+)
+
+
+def _nan_to_none(v: float) -> float | None:
+    return None if v != v else v
+
+
+class Processor:
+    def __init__(
+        self,
+        queue: asyncio.Queue,
+        writer: BatchWriter,
+        cache: PriceCache,
+        metrics: Metrics,
+        *,
+        strategy: Strategy | None = None,
+        on_intent: Callable[[str, Bar, OrderIntent], None] | None = None,
+    ) -> None:
+        self.queue = queue
+        self.writer = writer
+        self.cache = cache
+        self.metrics = metrics
+        self.strategy = strategy
+        self.on_intent = on_intent
+        # One IndicatorSet per symbol with bars: bounded by the subscribed universe; each set's
+        # state is bounded by its longest window (26 + 9 bars for MACD, 20 for Bollinger).
+        self.indicators: dict[str, IndicatorSet] = {}
+        self._vwap_day: dict[str, int] = {}
+
+    async def run(self) -> None:
+        """Process until a ``None`` sentinel arrives (after the reader stopped): drains the queue."""
+        queue = self.queue
+        while True:
+            item = await queue.get()
+            if item is None:
+                return
+            self.metrics.queue_depth = queue.qsize()
+            await self.handle(item)
+
+    async def handle(self, item: QueuedFrame) -> None:
+        f = item.frame
+        mono = item.received_mono_ns
+        metrics = self.metrics
+        metrics.add("frames")
+        n = 0
+        trades = f.trades
+        if trades:
+            n += len(trades)
+            metrics.add("trades", len(trades))
+            lag = item.received_wall_ns - trades[-1][0]
+            metrics.observe("exchange_to_received", lag if lag > 0 else 0, len(trades))
+            self.cache.update_trades(trades, mono)
+        if f.quotes:
+            n += len(f.quotes)
+            metrics.add("quotes", len(f.quotes))
+            self.cache.update_quotes(f.quotes, mono)
+        bar_rows: list[tuple] = []
+        indicator_rows: list[tuple] = []
+        if f.bars:
+            metrics.add("bars", len(f.bars))
+            for b in f.bars:
+                bar_rows.append((b[0], b[1], "1Min", b[2], b[3], b[4], b[5], int(b[6]), b[7], b[8], False, "stream"))
+                indicator_rows.append(self._on_bar(b))
+        if f.updated_bars:
+            metrics.add("bars", len(f.updated_bars))
+            for b in f.updated_bars:
+                bar_rows.append((b[0], b[1], "1Min", b[2], b[3], b[4], b[5], int(b[6]), b[7], b[8], True, "stream"))
+        if f.daily_bars:
+            metrics.add("bars", len(f.daily_bars))
+            for b in f.daily_bars:
+                bar_rows.append((b[0], b[1], "1Day", b[2], b[3], b[4], b[5], int(b[6]), b[7], b[8], False, "stream"))
+        other = len(f.corrections) + len(f.cancels) + len(f.statuses) + len(f.lulds)
+        if other:
+            metrics.add("other_messages", other)
+        bad = None
+        if f.rejects:
+            metrics.add("rejects", len(f.rejects))
+            bad = [("stream", r.reason, r.payload) for r in f.rejects]
+            for r in f.rejects:
+                log.warning("rejected input kept in bad_messages: %s", r.reason)
+        n += len(bar_rows) + other
+        if n:
+            metrics.observe("received_to_processed", time.monotonic_ns() - mono, n)
+        await self.writer.submit(
+            mono,
+            trades=trades,
+            quotes=f.quotes,
+            bars=bar_rows,
+            indicators=[r for r in indicator_rows if r is not None],
+            corrections=f.corrections,
+            cancels=f.cancels,
+            statuses=f.statuses,
+            lulds=f.lulds,
+            bad=bad,
+        )
+
+    def _on_bar(self, b: tuple) -> tuple | None:
+        time_ns, symbol, o, h, low, c, v, count, vw = b
+        ind = self.indicators.get(symbol)
+        if ind is None:
+            ind = self.indicators[symbol] = IndicatorSet()
+        day = time_ns // 86_400_000_000_000
+        if self._vwap_day.get(symbol) != day:  # VWAP is a session figure: restart it each UTC day
+            self._vwap_day[symbol] = day
+            ind.reset_session()
+        ind.update(h, low, c, v)
+        values = ind.values()
+        if self.strategy is not None:
+            bar = Bar(symbol, time_ns, o, h, low, c, int(v), count, vw)
+            try:
+                intents = self.strategy.on_bar(bar, values)
+            except Exception:  # noqa: BLE001 - a strategy bug must not stop ingest
+                log.exception("strategy %s failed on %s bar %d", self.strategy.name, symbol, time_ns)
+                intents = None
+            if intents and self.on_intent is not None:
+                for intent in intents:
+                    self.on_intent(self.strategy.name, bar, intent)
+        return (time_ns, symbol, "1m", c) + tuple(_nan_to_none(values[k]) for k in INDICATOR_KEYS)

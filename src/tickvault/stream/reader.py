@@ -1,0 +1,244 @@
+"""The reader: Alpaca's market-data WebSocket → decoded frames → the bounded queue.
+
+One connection, msgpack frames decoded whole (``tickvault.alpaca.protocol.decode_frame``). The
+reader never does more per frame than decode and ``queue.put``: when the queue is full it waits,
+stops reading the socket, and TCP pushes back on the server. websockets' own receive buffer is
+bounded too (``max_queue`` frames of at most ``max_size`` bytes).
+
+On any disconnect it reconnects with exponential backoff and full jitter (0.25 s doubling to
+30 s, reset after a successful subscription), re-authenticates, re-subscribes, then backfills the
+gap from the REST history — trades and minute bars from the last exchange time it received up to
+the exchange time of the first trade the new connection delivers (where the stream really resumes:
+a server may stay silent or drop data for a while after the ack) — and merges it through the
+writer's de-duplicating path. The stream itself has no replay. A gap still open at shutdown is
+closed by the next start, which resumes from the newest stored trade.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import websockets
+from websockets.asyncio.client import connect
+
+from tickvault.alpaca.protocol import (
+    DecodedFrame,
+    StreamError,
+    auth_message,
+    decode_frame,
+    encode_client_message,
+    subscribe_message,
+)
+from tickvault.stream.metrics import Metrics
+
+log = logging.getLogger("tickvault.reader")
+
+# websockets buffers at most MAX_QUEUE frames of at most MAX_SIZE bytes before it stops reading
+# the socket: 16 × 16 MiB worst case, in practice 16 × ~100 kB (1000 messages per frame).
+MAX_SIZE = 16 * 2**20
+MAX_QUEUE = 16
+BACKOFF_START_S = 0.25
+BACKOFF_MAX_S = 30.0
+
+
+@dataclass(slots=True)
+class QueuedFrame:
+    frame: DecodedFrame
+    received_wall_ns: int
+    received_mono_ns: int
+    backfill: bool = False
+
+
+class FeedSilent(ConnectionError):
+    """The server kept the socket open but sent nothing for too long: reconnect and backfill."""
+
+
+class AuthFailed(Exception):
+    """The server refused our keys; retrying will not help."""
+
+
+BackfillFn = Callable[[int, int], Awaitable[int]]
+
+
+class MarketDataReader:
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        secret: str,
+        queue: asyncio.Queue,
+        metrics: Metrics,
+        *,
+        channels: Sequence[str],
+        symbols: Sequence[str],
+        backfill: BackfillFn | None = None,
+        resume_from_ns: int | None = None,
+        silence_s: float = 0.0,
+    ) -> None:
+        self.url = url
+        self._key = key
+        self._secret = secret
+        self.queue = queue
+        self.metrics = metrics
+        self.channels = list(channels)
+        self.symbols = list(symbols) or ["*"]
+        self.backfill = backfill
+        self.last_exchange_ns = resume_from_ns  # latest exchange time received (or stored, at start)
+        self.silence_s = silence_s or None
+        self.connected = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._ws = None
+        self._backfills: set[asyncio.Task] = set()
+        self._gap_from: int | None = None  # start of a gap waiting for the stream to resume
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._ws is not None:
+            asyncio.ensure_future(self._ws.close())
+
+    async def wait_backfills(self) -> None:
+        if self._backfills:
+            await asyncio.gather(*self._backfills, return_exceptions=True)
+
+    async def run(self) -> None:
+        delay = BACKOFF_START_S
+        first = True
+        while not self._stopping.is_set():
+            try:
+                async with connect(
+                    self.url,
+                    additional_headers={"Content-Type": "application/msgpack"},
+                    max_size=MAX_SIZE,
+                    max_queue=MAX_QUEUE,
+                    compression=None,
+                    open_timeout=10,
+                    ping_interval=10,
+                    ping_timeout=180,
+                ) as ws:
+                    self._ws = ws
+                    await self._handshake(ws)
+                    self.connected.set()
+                    if not first:
+                        self.metrics.add("reconnects")
+                    first = False
+                    delay = BACKOFF_START_S
+                    if self.backfill is not None:
+                        start = self._gap_from if self._gap_from is not None else self.last_exchange_ns
+                        if start is not None:
+                            # What the market made up to the ack is in the REST history now; what it
+                            # makes between the ack and the first trade this connection delivers is
+                            # fetched when that trade arrives (a server may stay silent after the ack).
+                            ack_ns = time.time_ns()
+                            self._spawn_backfill(start, max(ack_ns, start))
+                            self._gap_from = max(ack_ns, start)
+                    await self._read(ws)
+            except AuthFailed:
+                raise
+            except (websockets.ConnectionClosed, OSError, asyncio.TimeoutError, StreamError,
+                    websockets.InvalidHandshake) as exc:
+                if self._stopping.is_set():
+                    break
+                self.connected.clear()
+                if isinstance(exc, StreamError) and exc.code == 406:
+                    delay = max(delay, 5.0)  # another connection holds the feed: give it time to go
+                log.warning("market-data stream lost (%s: %s); reconnecting in ≤ %.2f s", type(exc).__name__, exc, delay)
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), random.uniform(0, delay))
+                except asyncio.TimeoutError:
+                    pass
+                delay = min(delay * 2, BACKOFF_MAX_S)
+            finally:
+                self._ws = None
+
+    async def _handshake(self, ws) -> None:
+        welcome = decode_frame(await asyncio.wait_for(ws.recv(), 10))
+        self._check_control(welcome, "connected")
+        await ws.send(encode_client_message(auth_message(self._key, self._secret)))
+        reply = decode_frame(await asyncio.wait_for(ws.recv(), 10))
+        for msg in reply.control:
+            if msg.get("T") == "error" and msg.get("code") in (401, 402):
+                raise AuthFailed(f"Alpaca refused the API keys: {msg.get('msg')} (code {msg.get('code')})")
+        self._check_control(reply, "authenticated")
+        wanted = {ch: self.symbols for ch in self.channels}
+        sub = subscribe_message(
+            trades=wanted.get("trades", ()), quotes=wanted.get("quotes", ()), bars=wanted.get("bars", ()),
+            updated_bars=wanted.get("updatedBars", ()), daily_bars=wanted.get("dailyBars", ()),
+            statuses=wanted.get("statuses", ()), lulds=wanted.get("lulds", ()),
+        )
+        await ws.send(encode_client_message(sub))
+        while True:  # market data may already be flowing before the ack; keep it
+            frame = decode_frame(await asyncio.wait_for(ws.recv(), 10))
+            for msg in frame.control:
+                if msg.get("T") == "error":
+                    raise StreamError.from_control(msg)
+            if frame.market_count() or frame.rejects:
+                await self._enqueue(frame, time.time_ns(), time.monotonic_ns())
+            if any(m.get("T") == "subscription" for m in frame.control):
+                return
+
+    @staticmethod
+    def _check_control(frame: DecodedFrame, expected: str) -> None:
+        for msg in frame.control:
+            if msg.get("T") == "error":
+                raise StreamError.from_control(msg)
+            if msg.get("T") == "success" and msg.get("msg") == expected:
+                return
+        raise StreamError(400, f"expected '{expected}', got {frame.control!r}")
+
+    async def _read(self, ws) -> None:
+        recv = ws.recv
+        silence = self.silence_s
+        while True:
+            try:
+                data = await asyncio.wait_for(recv(), silence) if silence else await recv()
+            except asyncio.TimeoutError:
+                self.metrics.add("stalls")
+                raise FeedSilent(f"no market data for {silence:.1f} s on an open connection") from None
+            wall = time.time_ns()
+            mono = time.monotonic_ns()
+            frame = decode_frame(data)
+            for msg in frame.control:
+                if msg.get("T") == "error":
+                    raise StreamError.from_control(msg)
+            await self._enqueue(frame, wall, mono)
+
+    async def _enqueue(self, frame: DecodedFrame, wall: int, mono: int) -> None:
+        if frame.trades:
+            if self._gap_from is not None:
+                resumed = min(t[0] for t in frame.trades)
+                self._spawn_backfill(self._gap_from, max(resumed, self._gap_from))
+                self._gap_from = None
+            last = frame.trades[-1][0]
+            if self.last_exchange_ns is None or last > self.last_exchange_ns:
+                self.last_exchange_ns = last
+        item = QueuedFrame(frame, wall, mono)
+        queue = self.queue
+        if queue.full():
+            started = time.monotonic()
+            self.metrics.add("stalls")
+            await queue.put(item)
+            self.metrics.add("stall_seconds", time.monotonic() - started)
+        else:
+            queue.put_nowait(item)
+        depth = queue.qsize()
+        self.metrics.queue_depth = depth
+        if depth > self.metrics.queue_max:
+            self.metrics.queue_max = depth
+
+    def _spawn_backfill(self, start_ns: int, end_ns: int) -> None:
+        task = asyncio.create_task(self._run_backfill(start_ns, end_ns))
+        self._backfills.add(task)
+        task.add_done_callback(self._backfills.discard)
+
+    async def _run_backfill(self, start_ns: int, end_ns: int) -> None:
+        try:
+            rows = await self.backfill(start_ns, end_ns)
+            log.info("backfilled %d rows for the gap %d → %d", rows, start_ns, end_ns)
+        except Exception:  # noqa: BLE001 - a failed backfill is logged and counted, the stream goes on
+            self.metrics.add("db_errors")
+            log.exception("backfill of the gap %d → %d failed", start_ns, end_ns)

@@ -1,0 +1,265 @@
+"""The streaming worker: reader → bounded queue → processor → writer → TimescaleDB.
+
+``run_worker`` owns every task and its shutdown. On SIGTERM/SIGINT (or ``stop``) it stops
+reading, waits for running backfills, drains the queue through the processor, flushes and commits
+the writer, writes a last ``ingest_stats`` row, unregisters, and returns: no accepted tick is lost.
+The bounded queue (``queue_max_frames`` frames, ≤ ~1000 messages each) is the only buffer between
+the socket and the writer's bounded batch; see reader.py and writer.py for the other bounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import psutil
+
+from tickvault.config import Settings
+from tickvault.stream.cache import PriceCache
+from tickvault.stream.metrics import Metrics, serve_prometheus
+from tickvault.stream.processor import Processor
+from tickvault.stream.reader import MarketDataReader
+from tickvault.stream.writer import BatchWriter, ns_to_datetime
+
+log = logging.getLogger("tickvault.worker")
+
+BACKFILL_SYMBOLS_PER_REQUEST = 100  # keeps the query string short; pages are ≤ 10k rows each
+
+
+@dataclass
+class WorkerHandle:
+    """What tests and the CLI hold on a running worker."""
+
+    metrics: Metrics = field(default_factory=Metrics)
+    stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    reader: MarketDataReader | None = None
+    writer: BatchWriter | None = None
+    last_status: dict = field(default_factory=dict)
+    trade_updates: object | None = None
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+
+def stream_url(settings: Settings) -> str:
+    return f"{settings.alpaca_stream_url.rstrip('/')}/v2/{settings.alpaca_feed}"
+
+
+async def _resume_point(pool, symbols: Sequence[str]) -> int | None:
+    """Exchange time of the newest stored trade (of our symbols): the start of a restart's gap."""
+    async with pool.connection() as conn:
+        if symbols:
+            cur = await conn.execute(
+                "SELECT max(time_ns) FROM trades WHERE symbol = ANY(%s) AND time > now() - interval '3 days'",
+                (list(symbols),),
+            )
+        else:
+            cur = await conn.execute("SELECT max(time_ns) FROM trades WHERE time > now() - interval '3 days'")
+        row = await cur.fetchone()
+        return row[0] if row else None
+
+
+async def run_worker(
+    settings: Settings,
+    handle: WorkerHandle | None = None,
+    *,
+    install_signal_handlers: bool = False,
+    on_status: Callable[[dict], None] | None = None,
+) -> WorkerHandle:
+    from tickvault.alpaca.rest import AlpacaREST
+    from tickvault.db.pool import open_pool
+    from tickvault.registration import register_worker, unregister_worker
+
+    handle = handle or WorkerHandle()
+    metrics = handle.metrics
+    if not settings.has_alpaca_keys:
+        raise ValueError("the worker needs TICKVAULT_ALPACA_KEY_ID and TICKVAULT_ALPACA_SECRET_KEY (or the simulator's)")
+    key = settings.alpaca_key_id.get_secret_value()
+    secret = settings.alpaca_secret_key.get_secret_value()
+    symbols = list(settings.symbols)
+
+    pool = await open_pool(settings, min_size=2, name=f"tickvault-{settings.worker_name}")
+    rest = AlpacaREST(settings)
+    writer = BatchWriter(
+        pool, metrics, worker=settings.worker_name,
+        batch_rows=settings.writer_batch_rows, flush_ms=settings.writer_flush_ms,
+    )
+
+    async def fetch_latest(syms):
+        latest = await rest.latest_trades(syms)
+        return {s: (t.time_ns, float(t.price)) for s, t in latest.items()}
+
+    cache = PriceCache(settings.cache_ttl_s, metrics, fetch_latest)
+    strategy = None
+    gateway = None
+    if settings.strategy:
+        from tickvault.stream.strategy import load_strategy
+
+        strategy = load_strategy(settings.strategy)
+        from tickvault.stream.orders import OrderGateway
+
+        gateway = OrderGateway(rest, pool, metrics)
+    queue: asyncio.Queue = asyncio.Queue(maxsize=settings.queue_max_frames)
+    processor = Processor(queue, writer, cache, metrics, strategy=strategy,
+                          on_intent=gateway.enqueue if gateway else None)
+
+    async def backfill(start_ns: int, end_ns: int) -> int:
+        wanted = symbols or sorted(cache._trades)  # with "*", the symbols seen so far
+        if not wanted:
+            return 0
+        total = 0
+        start, end = ns_to_datetime(start_ns), ns_to_datetime(end_ns + 1000)
+        for i in range(0, len(wanted), BACKFILL_SYMBOLS_PER_REQUEST):
+            chunk = wanted[i:i + BACKFILL_SYMBOLS_PER_REQUEST]
+            async for page in rest.historical_trades(chunk, start, end, feed=settings.alpaca_feed):
+                rows = [(t.time_ns, t.symbol, t.id or 0, t.exchange, float(t.price), int(t.size),
+                         list(t.conditions) or None, t.tape) for t in page]
+                await writer.submit(time.monotonic_ns(), backfill_trades=rows)
+                total += len(rows)
+            async for page in rest.historical_bars(chunk, start, end, feed=settings.alpaca_feed):
+                bars = [(b.time_ns, b.symbol, "1Min", float(b.open), float(b.high), float(b.low), float(b.close),
+                         int(b.volume), b.trade_count, float(b.vwap) if b.vwap is not None else None, False, "backfill")
+                        for b in page]
+                await writer.submit(time.monotonic_ns(), bars=bars)
+        return total
+
+    resume = await _resume_point(pool, symbols)
+    if resume is None and settings.backfill_from is not None:
+        since = settings.backfill_from
+        if since.tzinfo is None:
+            raise ValueError("TICKVAULT_BACKFILL_FROM needs a time zone offset (e.g. 2026-03-10T09:30:00-05:00)")
+        resume = int(since.timestamp()) * 1_000_000_000 + since.microsecond * 1000
+    reader = MarketDataReader(
+        stream_url(settings), key, secret, queue, metrics,
+        channels=settings.channels, symbols=symbols, backfill=backfill, resume_from_ns=resume,
+        silence_s=settings.feed_silence_s,
+    )
+    handle.reader, handle.writer = reader, writer
+
+    loop = asyncio.get_running_loop()
+    if install_signal_handlers:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, handle.stop)
+    prom = await serve_prometheus(metrics, settings.worker_name, settings.metrics_port) if settings.metrics_port else None
+    register_worker(settings, name=settings.worker_name, pid=os.getpid(),
+                    extra={"metrics_port": settings.metrics_port, "stream": stream_url(settings)})
+    proc = psutil.Process()
+    proc.cpu_percent(None)
+
+    async def write_stats(interval_s: float) -> None:
+        metrics.rss_mb = proc.memory_info().rss / 2**20
+        metrics.cpu_percent = proc.cpu_percent(None)
+        counts, hists = metrics.snapshot_and_reset()
+        status = {
+            "worker": settings.worker_name, "interval_s": interval_s,
+            "trades_per_s": counts["trades"] / interval_s if interval_s else 0.0,
+            "rows_per_s": counts["rows_committed"] / interval_s if interval_s else 0.0,
+            "queue_depth": queue.qsize(), "queue_max": metrics.queue_max, "rss_mb": metrics.rss_mb,
+            "cpu_percent": metrics.cpu_percent, **{f"{k}": v for k, v in counts.items()},
+            **{f"{s}_{q}": h[q] for s, h in hists.items() for q in ("p50_ms", "p99_ms", "max_ms")},
+        }
+        handle.last_status = status
+        if on_status:
+            on_status(status)
+        h = hists
+        try:
+            async with pool.connection(timeout=5) as conn:
+                await conn.execute(
+                    "INSERT INTO ingest_stats (time, worker, interval_s, trades, quotes, bars, other_messages, "
+                    "rows_committed, rejects, drops, stalls, reconnects, backfilled, queue_depth, queue_max, "
+                    "exchange_to_received_p50_ms, exchange_to_received_p99_ms, received_to_processed_p50_ms, "
+                    "received_to_processed_p99_ms, received_to_processed_max_ms, received_to_committed_p50_ms, "
+                    "received_to_committed_p99_ms, received_to_committed_max_ms, rss_mb, cpu_percent, extra) "
+                    "VALUES (now(), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                    "%s, %s, %s, %s, %s)",
+                    (settings.worker_name, interval_s, counts["trades"], counts["quotes"], counts["bars"],
+                     counts["other_messages"], counts["rows_committed"], counts["rejects"], counts["drops"],
+                     counts["stalls"], counts["reconnects"], counts["backfilled"], queue.qsize(), metrics.queue_max,
+                     h["exchange_to_received"]["p50_ms"], h["exchange_to_received"]["p99_ms"],
+                     h["received_to_processed"]["p50_ms"], h["received_to_processed"]["p99_ms"],
+                     h["received_to_processed"]["max_ms"], h["received_to_committed"]["p50_ms"],
+                     h["received_to_committed"]["p99_ms"], h["received_to_committed"]["max_ms"],
+                     metrics.rss_mb, metrics.cpu_percent,
+                     json.dumps({k: counts[k] for k in ("stall_seconds", "db_errors", "cache_hits", "cache_misses",
+                                                        "cache_stale", "frames", "orders_submitted",
+                                                        "fills_recorded")})),
+                )
+        except Exception as exc:  # noqa: BLE001 - stats must never take the worker down
+            log.warning("could not write ingest_stats (%s); figures kept in memory", exc)
+        metrics.queue_max = queue.qsize()
+
+    async def stats_loop() -> None:
+        last = time.monotonic()
+        while not handle.stop_event.is_set():
+            try:
+                await asyncio.wait_for(handle.stop_event.wait(), settings.stats_interval_s)
+            except asyncio.TimeoutError:
+                pass
+            now = time.monotonic()
+            await write_stats(now - last)
+            last = now
+
+    writer_task = asyncio.create_task(writer.run(), name="writer")
+    processor_task = asyncio.create_task(processor.run(), name="processor")
+    reader_task = asyncio.create_task(reader.run(), name="reader")
+    stats_task = asyncio.create_task(stats_loop(), name="stats")
+    gateway_task = asyncio.create_task(gateway.run(), name="order-gateway") if gateway else None
+    from tickvault.stream.orders import TradeUpdatesListener
+
+    listener = TradeUpdatesListener(settings.alpaca_trade_stream_url, key, secret, pool, metrics)
+    handle.trade_updates = listener
+    listener_task = asyncio.create_task(listener.run(), name="trade-updates")
+    connected = asyncio.create_task(reader.connected.wait())
+    stopping = asyncio.create_task(handle.stop_event.wait())
+    try:
+        done, _ = await asyncio.wait({connected, stopping, reader_task}, return_when=asyncio.FIRST_COMPLETED)
+        if reader_task in done:
+            reader_task.result()  # AuthFailed and friends surface here
+        handle.ready.set()
+        done, _ = await asyncio.wait({stopping, reader_task, processor_task, writer_task},
+                                     return_when=asyncio.FIRST_COMPLETED)
+        for task in done - {stopping}:
+            task.result()  # a crashed component is an error, not a silent stop
+    finally:
+        connected.cancel()
+        stopping.cancel()
+        handle.stop_event.set()
+        reader.stop()
+        try:
+            await asyncio.wait_for(reader_task, 15)
+        except (asyncio.TimeoutError, Exception):  # noqa: BLE001
+            reader_task.cancel()
+        await reader.wait_backfills()
+        await queue.put(None)
+        await processor_task
+        await writer.drain()
+        writer.close()
+        await writer_task
+        if gateway_task is not None:
+            gateway.close()
+            await gateway_task
+        listener.stop()
+        try:
+            # It only waits on the socket: a second is plenty to leave cleanly, else it is cancelled.
+            await asyncio.wait_for(listener_task, 2)
+        except asyncio.TimeoutError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - a refused trade-updates stream is logged, not fatal at exit
+            log.warning("trade updates listener ended with %r", exc)
+        await stats_task
+        if prom is not None:
+            prom.close()
+        await rest.aclose() if hasattr(rest, "aclose") else None
+        await pool.close()
+        unregister_worker(settings, settings.worker_name, pid=os.getpid())
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+    return handle

@@ -1,0 +1,377 @@
+"""The batch writer: buffers decoded rows per table and commits them with binary COPY.
+
+A batch is every buffered row of every table, committed in ONE transaction together with a row
+in ``ingest_batches`` (its id). Bounds: at most ``max_pending_rows`` rows wait in memory; past
+that, :meth:`BatchWriter.submit` blocks the processor, the processor stops draining the bounded
+queue, the reader stops reading the socket, and TCP pushes back on the feed: the database's speed
+sets the pace and memory stays flat. Every such wait is counted as a stall.
+
+Durability and duplicates:
+* Live trades go straight into ``trades`` by COPY (fast path). If the unique key rejects a row (a
+  re-delivery), the batch is retried through a staging table with ``ON CONFLICT DO NOTHING``.
+  Backfilled trades always take that path. Bars upsert (an ``u`` updated bar replaces its bar).
+* A database that goes away makes the commit retry with backoff, forever, holding the batch; after
+  a failure where the COMMIT's outcome is unknown, the ledger says whether the batch landed.
+* Late trades below the OHLCV watermark are noted (tickvault_ohlcv_invalidate) in the same
+  transaction, so the rollups recompute those buckets.
+This module must never drop a row silently or open a connection per row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import struct
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import psycopg
+from psycopg import postgres
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from tickvault.stream.metrics import Metrics
+
+log = logging.getLogger("tickvault.writer")
+
+_PG_EPOCH_US = 946_684_800 * 1_000_000  # 2000-01-01 in Unix µs
+_pack_q = struct.Struct("!q").pack
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def ns_to_datetime(ns: int) -> datetime:
+    """Exact to the microsecond (no float on the way), for parameters outside COPY."""
+    return _EPOCH + timedelta(microseconds=ns // 1000)
+
+
+class _NsTimestamptz(Dumper):
+    """Binary timestamptz from int nanoseconds: no datetime object per row on the hot path."""
+
+    format = Format.BINARY
+    oid = postgres.types["timestamptz"].oid
+
+    def dump(self, obj: int) -> bytes:
+        return _pack_q(obj // 1000 - _PG_EPOCH_US)
+
+
+class _NsTime(int):
+    """Marker type to register the dumper on one cursor only."""
+
+
+TRADE_COPY = (
+    "COPY {table} (time, symbol, trade_id, exchange, price, size, conditions, tape, time_ns) FROM STDIN (FORMAT BINARY)",
+    ["timestamptz", "text", "int8", "text", "float8", "int8", "text[]", "text", "int8"],
+)
+QUOTE_COPY = (
+    "COPY quotes (time, symbol, bid_exchange, bid_price, bid_size, ask_exchange, ask_price, ask_size, conditions, "
+    "tape, time_ns) FROM STDIN (FORMAT BINARY)",
+    ["timestamptz", "text", "text", "float8", "int8", "text", "float8", "int8", "text[]", "text", "int8"],
+)
+BAR_COPY = (
+    "COPY bars_stage (time, symbol, timeframe, open, high, low, close, volume, trade_count, vwap, updated, source) "
+    "FROM STDIN (FORMAT BINARY)",
+    ["timestamptz", "text", "text", "float8", "float8", "float8", "float8", "int8", "int8", "float8", "bool", "text"],
+)
+STATUS_COPY = (
+    "COPY trading_statuses (time, symbol, status_code, status_message, reason_code, reason_message, tape, time_ns) "
+    "FROM STDIN (FORMAT BINARY)",
+    ["timestamptz", "text", "text", "text", "text", "text", "text", "int8"],
+)
+LULD_COPY = (
+    "COPY lulds (time, symbol, limit_up, limit_down, indicator, tape, time_ns) FROM STDIN (FORMAT BINARY)",
+    ["timestamptz", "text", "float8", "float8", "text", "text", "int8"],
+)
+BAD_COPY = (
+    "COPY bad_messages (source, reason, payload, worker) FROM STDIN (FORMAT BINARY)",
+    ["text", "text", "bytea", "text"],
+)
+INDICATOR_COLUMNS = (
+    "time", "symbol", "timeframe", "close", "rsi_14", "ema_12", "ema_26", "sma_20", "macd", "macd_signal",
+    "macd_hist", "bb_upper", "bb_middle", "bb_lower", "atr_14", "vwap",
+)
+
+
+@dataclass
+class Batch:
+    """Rows waiting for one transaction. Row tuples are the protocol's *_FIELDS tuples."""
+
+    trades: list[tuple] = field(default_factory=list)
+    backfill_trades: list[tuple] = field(default_factory=list)
+    quotes: list[tuple] = field(default_factory=list)
+    bars: list[tuple] = field(default_factory=list)  # (time_ns, symbol, timeframe, o, h, l, c, v, n, vw, updated, source)
+    corrections: list[tuple] = field(default_factory=list)
+    cancels: list[tuple] = field(default_factory=list)
+    statuses: list[tuple] = field(default_factory=list)
+    lulds: list[tuple] = field(default_factory=list)
+    indicators: list[tuple] = field(default_factory=list)  # INDICATOR_COLUMNS order, time as ns
+    bad: list[tuple] = field(default_factory=list)  # (source, reason, payload)
+    frames: list[tuple[int, int]] = field(default_factory=list)  # (received monotonic ns, rows) per frame
+    rows: int = 0
+    first_mono: int = 0
+    batch_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    dedupe: bool = False
+    maybe_committed: bool = False
+    backfilled: int = 0  # backfilled trades that were new (set at commit)
+
+
+class BatchWriter:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        metrics: Metrics,
+        *,
+        worker: str,
+        batch_rows: int,
+        flush_ms: int,
+        max_pending_rows: int | None = None,
+    ) -> None:
+        self.pool = pool
+        self.metrics = metrics
+        self.worker = worker
+        self.batch_rows = batch_rows
+        self.flush_ns = flush_ms * 1_000_000
+        # Twice a batch may wait while one commits: enough to keep COPY busy, small enough that
+        # memory is bounded (≈ 2 × batch_rows × ~200 B per row).
+        self.max_pending_rows = max_pending_rows or 2 * batch_rows
+        self._batch = Batch()
+        self._pending_rows = 0  # buffered + in flight
+        self._wake = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._closing = False
+        self._force = False  # set by drain(): flush now, whatever the batch's size and age
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.committed_batches = 0
+
+    # --- producer side --------------------------------------------------------------------
+    async def submit(self, recv_mono_ns: int, **rows: list) -> None:
+        """Buffer rows (keyword = Batch field). Blocks while too much is pending (backpressure)."""
+        if self._pending_rows >= self.max_pending_rows:
+            started = time.monotonic()
+            self.metrics.add("stalls")
+            while self._pending_rows >= self.max_pending_rows:
+                self._space.clear()
+                await self._space.wait()
+            self.metrics.add("stall_seconds", time.monotonic() - started)
+        batch = self._batch
+        n = 0
+        for name, values in rows.items():
+            if values:
+                getattr(batch, name).extend(values)
+                n += len(values)
+        if n == 0:
+            return
+        if not batch.frames:
+            batch.first_mono = recv_mono_ns
+        batch.frames.append((recv_mono_ns, n))
+        batch.rows += n
+        self._pending_rows += n
+        self._idle.clear()
+        if batch.rows >= self.batch_rows:
+            self._wake.set()
+
+    async def drain(self) -> None:
+        """Flush everything buffered and wait until it is committed."""
+        self._force = True
+        try:
+            while self._batch.rows or self._pending_rows:
+                self._idle.clear()
+                self._wake.set()
+                await self._idle.wait()
+        finally:
+            self._force = False
+
+    def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+
+    # --- consumer side --------------------------------------------------------------------
+    async def run(self) -> None:
+        """Commit batches until closed and empty."""
+        while True:
+            batch = self._batch
+            if batch.rows == 0:
+                if self._closing:
+                    self._idle.set()
+                    return
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            age = time.monotonic_ns() - batch.first_mono
+            if batch.rows < self.batch_rows and age < self.flush_ns and not (self._closing or self._force):
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), (self.flush_ns - age) / 1e9)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            self._batch = Batch()
+            await self._commit(batch)
+            self._pending_rows -= batch.rows
+            self._space.set()
+            if self._batch.rows == 0:
+                self._idle.set()
+
+    async def _commit(self, batch: Batch) -> None:
+        delay = 0.1
+        while True:
+            try:
+                async with self.pool.connection(timeout=10) as conn:
+                    if batch.maybe_committed and await self._landed(conn, batch):
+                        log.warning("batch %s had landed before the connection was lost; not writing it again",
+                                    batch.batch_id)
+                        break
+                    await self._write(conn, batch)
+                break
+            except psycopg.errors.UniqueViolation:
+                # A re-delivered trade: retry this batch through the de-duplicating path.
+                batch.dedupe = True
+                continue
+            except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, OSError) as exc:
+                batch.maybe_committed = True
+                self.metrics.add("db_errors")
+                log.warning("database unavailable (%s); retrying batch of %d rows in %.1f s",
+                            type(exc).__name__, batch.rows, delay)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
+        now = time.monotonic_ns()
+        for recv, n in batch.frames:
+            self.metrics.observe("received_to_committed", now - recv, n)
+        self.metrics.add("rows_committed", batch.rows)
+        if batch.backfilled:
+            self.metrics.add("backfilled", batch.backfilled)
+        self.committed_batches += 1
+
+    async def _landed(self, conn: psycopg.AsyncConnection, batch: Batch) -> bool:
+        cur = await conn.execute("SELECT 1 FROM ingest_batches WHERE batch_id = %s", (batch.batch_id,))
+        return await cur.fetchone() is not None
+
+    async def _write(self, conn: psycopg.AsyncConnection, batch: Batch) -> None:
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO ingest_batches (batch_id, worker, rows) VALUES (%s, %s, %s)",
+                (batch.batch_id, self.worker, batch.rows),
+            )
+            cur = conn.cursor()
+            cur.adapters.register_dumper(_NsTime, _NsTimestamptz)  # this cursor only
+            if batch.trades or batch.backfill_trades:
+                # Real feeds are not time-ordered (late prints carry earlier stamps): true min/max,
+                # one cheap call per batch, and the OHLCV rollups learn about any late trade.
+                times = [t[0] for t in batch.trades] + [t[0] for t in batch.backfill_trades]
+                lo, hi = min(times), max(times)
+                await cur.execute("SELECT tickvault_ohlcv_invalidate(%s, %s)", (ns_to_datetime(lo), ns_to_datetime(hi)))
+                if batch.trades:
+                    if batch.dedupe:
+                        await self._staged_trades(cur, batch.trades)
+                    else:
+                        await self._copy(cur, TRADE_COPY[0].format(table="trades"), TRADE_COPY[1],
+                                         (t + (t[0],) for t in batch.trades))
+                if batch.backfill_trades:
+                    inserted = await self._staged_trades(cur, batch.backfill_trades)
+                    batch.backfilled = inserted
+            if batch.quotes:
+                await self._copy(cur, *QUOTE_COPY, (q + (q[0],) for q in batch.quotes))
+            if batch.bars:
+                await self._upsert_bars(cur, batch.bars)
+            if batch.statuses:
+                await self._copy(cur, *STATUS_COPY, (s + (s[0],) for s in batch.statuses))
+            if batch.lulds:
+                await self._copy(cur, *LULD_COPY, (x + (x[0],) for x in batch.lulds))
+            if batch.indicators:
+                await self._upsert_indicators(cur, batch.indicators)
+            if batch.corrections or batch.cancels:
+                await self._apply_corrections(cur, batch.corrections, batch.cancels)
+            if batch.bad:
+                await self._copy(cur, *BAD_COPY, ((s, r, p, self.worker) for s, r, p in batch.bad))
+
+    @staticmethod
+    async def _copy(cur: psycopg.AsyncCursor, statement: str, types: list[str], rows) -> None:
+        async with cur.copy(statement) as copy:
+            copy.set_types(types)
+            write_row = copy.write_row
+            for row in rows:
+                await write_row(row)
+
+    async def _staged_trades(self, cur: psycopg.AsyncCursor, trades: list[tuple]) -> int:
+        """Insert through a staging table, skipping rows whose key is already stored; returns rows inserted."""
+        await cur.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS trades_stage (LIKE trades INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        await self._copy(cur, TRADE_COPY[0].format(table="trades_stage"), TRADE_COPY[1], (t + (t[0],) for t in trades))
+        await cur.execute(
+            "INSERT INTO trades (time, symbol, trade_id, exchange, price, size, conditions, tape, time_ns) "
+            "SELECT DISTINCT ON (symbol, time, trade_id, exchange) time, symbol, trade_id, exchange, price, size, "
+            "conditions, tape, time_ns FROM trades_stage ON CONFLICT DO NOTHING"
+        )
+        inserted = max(cur.rowcount, 0)
+        if len(trades) - inserted:
+            log.debug("%d re-delivered trades were already stored", len(trades) - inserted)
+        await cur.execute("TRUNCATE trades_stage")  # a dedupe retry and a backfill may share one transaction
+        return inserted
+
+    async def _upsert_bars(self, cur: psycopg.AsyncCursor, bars: list[tuple]) -> None:
+        await cur.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS bars_stage (LIKE bars INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        await self._copy(cur, *BAR_COPY, bars)
+        await cur.execute(
+            "INSERT INTO bars (time, symbol, timeframe, open, high, low, close, volume, trade_count, vwap, updated, source) "
+            "SELECT DISTINCT ON (symbol, time, timeframe) time, symbol, timeframe, open, high, low, close, volume, "
+            "trade_count, vwap, updated, source FROM bars_stage ORDER BY symbol, time, timeframe, updated DESC "
+            "ON CONFLICT (symbol, time, timeframe) DO UPDATE SET open = excluded.open, high = excluded.high, "
+            "low = excluded.low, close = excluded.close, volume = excluded.volume, trade_count = excluded.trade_count, "
+            "vwap = excluded.vwap, updated = bars.updated OR excluded.updated, "
+            "source = CASE WHEN excluded.updated THEN bars.source ELSE excluded.source END"
+        )
+
+    async def _upsert_indicators(self, cur: psycopg.AsyncCursor, rows: list[tuple]) -> None:
+        cols = ", ".join(INDICATOR_COLUMNS)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in INDICATOR_COLUMNS[3:])
+        placeholders = "to_timestamp(%s::float8 / 1e9), " + ", ".join(["%s"] * (len(INDICATOR_COLUMNS) - 1))
+        await cur.executemany(
+            f"INSERT INTO indicators ({cols}) VALUES ({placeholders}) "
+            f"ON CONFLICT (symbol, timeframe, time) DO UPDATE SET {updates}, computed_at = now()",
+            rows,
+        )
+
+    async def _apply_corrections(self, cur: psycopg.AsyncCursor, corrections: list[tuple], cancels: list[tuple]) -> None:
+        # Corrections refer to a trade sent earlier the same day: look back one day from the message.
+        for c in corrections:
+            (t_ns, sym, x, oid, op, osz, oc, cid, cp, cs, cc, tape) = c
+            await cur.execute(
+                "UPDATE trades SET price = %s, size = %s, conditions = %s, corrected = true "
+                "WHERE symbol = %s AND trade_id = %s AND time > to_timestamp(%s::float8 / 1e9) - interval '1 day' "
+                "AND time <= to_timestamp(%s::float8 / 1e9) RETURNING time",
+                (cp, cs, cc, sym, oid, t_ns, t_ns),
+            )
+            found = await cur.fetchall()
+            for (when,) in found:
+                await cur.execute("SELECT tickvault_ohlcv_invalidate(%s, %s)", (when, when))
+            await cur.execute(
+                "INSERT INTO trade_corrections (time, symbol, kind, exchange, orig_trade_id, orig_price, orig_size, "
+                "orig_conditions, corr_trade_id, corr_price, corr_size, corr_conditions, tape, time_ns, applied) "
+                "VALUES (to_timestamp(%s::float8 / 1e9), %s, 'correction', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (t_ns, sym, x, oid, op, osz, oc, cid, cp, cs, cc, tape, t_ns, bool(found)),
+            )
+        for c in cancels:
+            (t_ns, sym, tid, x, p, s, action, tape) = c
+            await cur.execute(
+                "UPDATE trades SET canceled = true WHERE symbol = %s AND trade_id = %s "
+                "AND time > to_timestamp(%s::float8 / 1e9) - interval '1 day' AND time <= to_timestamp(%s::float8 / 1e9) "
+                "RETURNING time",
+                (sym, tid, t_ns, t_ns),
+            )
+            found = await cur.fetchall()
+            for (when,) in found:
+                await cur.execute("SELECT tickvault_ohlcv_invalidate(%s, %s)", (when, when))
+            await cur.execute(
+                "INSERT INTO trade_corrections (time, symbol, kind, exchange, orig_trade_id, orig_price, orig_size, "
+                "tape, time_ns, applied) VALUES (to_timestamp(%s::float8 / 1e9), %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (t_ns, sym, "error" if action == "E" else "cancel", x, tid, p, s, tape, t_ns, bool(found)),
+            )
