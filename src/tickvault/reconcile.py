@@ -1,0 +1,741 @@
+"""Reconciliation: make the database agree with the broker, which is the truth for what happened.
+
+One run (:func:`reconcile`) does, in order:
+
+1. opens a row in ``reconciliation_runs`` (status ``running``, committed at once so a person sees it);
+2. picks the window: fills since the last *completed* run's start (minus :data:`WINDOW_OVERLAP`),
+   or the last :data:`DEFAULT_LOOKBACK` on a first run;
+3. fetches the broker's account, positions, open orders, recent closed orders and fill activities
+   **concurrently** (:func:`fetch_broker_state`, one ``asyncio.gather`` on the process's pooled
+   HTTP client), then looks up one by one — again concurrently — any order the database still
+   believes open that neither list returned (it closed before the window);
+4. in one transaction holding :data:`REPAIR_LOCK_KEY` (``pg_advisory_xact_lock``) compares that
+   state with ``orders``, ``fills`` and the latest ``position_snapshots``, repairs the database,
+   writes one ``reconciliation_diffs`` row per difference and fresh broker snapshots;
+5. closes the run row with counts and timings (or marks it ``failed`` with the error).
+
+Diff kinds (:data:`DIFF_KINDS`):
+
+* ``missing_fill`` — a fill activity at the broker with no ``fills`` row of the same
+  ``(order_id, cum_qty)``. Repair: insert it (``source = 'reconcile'``).
+* ``order_status_drift`` — an order known to both whose status or filled quantity differs, or a
+  row with no broker id yet. Repair: upsert the broker's order. A database row newer than the
+  broker's answer (``updated_at``) is not drift: the broker answer is the stale one. An order the
+  database thinks open that the broker says does not exist is recorded with broker status
+  ``not_found`` and left alone (a person must decide; reconciliation never sends orders).
+* ``unknown_order`` — an order at the broker absent from ``orders``. Repair: insert it
+  (``source = 'reconcile'``).
+* ``position_mismatch`` — the latest snapshot's quantity differs from the broker's position.
+* ``missing_position`` — the broker holds a position the snapshots have never seen.
+* ``stale_position`` — the latest snapshot holds a non-zero quantity the broker no longer has.
+  Repair of the three position kinds: a fresh ``position_snapshots`` row (``source = 'broker'``;
+  quantity 0 for a stale one). Every run also writes a snapshot of every broker position and of
+  the account, so the snapshot tables are a history of what the broker said.
+
+Concurrency: two runs at once fetch independently but compare and repair one after the other
+(the advisory lock is held for the compare *and* the repair), so the second sees the first's
+repairs and finds nothing left to do. A diff counts as repaired only if this run's statement
+changed a row (its rowcount, or a ``RETURNING`` row). Together two concurrent runs therefore
+report each drift repaired exactly once.
+
+What this module must never do: send, replace or cancel an order; write a secret into a run row,
+a diff or a log line; hold a database connection outside an ``async with``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from tickvault.alpaca.errors import NotFoundError
+from tickvault.alpaca.models import Account, FillActivity, Order, Position
+from tickvault.alpaca.rest import AlpacaREST, collect
+from tickvault.config import Settings
+from tickvault.stream.orders import INSERT_FILL, UPSERT_ORDER, order_params
+
+__all__ = [
+    "DIFF_KINDS",
+    "BrokerState",
+    "Diff",
+    "ReconcileError",
+    "ReconcileSummary",
+    "fetch_broker_state",
+    "reconcile",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DIFF_KINDS = (
+    "missing_fill",
+    "order_status_drift",
+    "unknown_order",
+    "position_mismatch",
+    "missing_position",
+    "stale_position",
+)
+
+# First run (or fills_after=None): a trading day and a bit; older history is a backfill's job.
+DEFAULT_LOOKBACK = timedelta(hours=24)
+# The next window starts this long before the previous run's start: a fill the broker reports a
+# little late (or stamped by a skewed clock) is still seen. Re-seeing a fill costs nothing: it is keyed.
+WINDOW_OVERLAP = timedelta(minutes=5)
+# Alpaca returns at most 500 orders per call; 20 pages bound one run's order list to 10,000
+# (a few MB of models). Past that a warning says the window was truncated.
+ORDERS_PAGE_LIMIT = 500
+MAX_ORDER_PAGES = 20
+# Orders open in the database but absent from the broker's lists are fetched one by one, at most
+# this many per run (the rest wait for the next run) and this many at once (under the HTTP pool size).
+MAX_ORDER_LOOKUPS = 200
+LOOKUP_CONCURRENCY = 8
+# A pending_submit row younger than this may be an order the gateway is submitting right now.
+PENDING_GRACE = timedelta(minutes=2)
+# Key of the transaction-scoped advisory lock serialising compare+repair across processes.
+REPAIR_LOCK_KEY = 0x7469636B_7265636E  # "tick" "recn"
+# Markdown artifacts list at most this many diffs (the table in the database has all of them).
+MARKDOWN_MAX_DIFFS = 200
+# Open statuses as tickvault stores them (same list as orders_open_idx, so the lookup uses it).
+OPEN_STATUSES = (
+    "pending_submit", "new", "accepted", "pending_new", "partially_filled",
+    "pending_cancel", "pending_replace", "accepted_for_bidding", "held",
+)  # fmt: skip
+
+
+class ReconcileError(RuntimeError):
+    """A reconciliation run failed; ``run_id`` names its ``reconciliation_runs`` row."""
+
+    def __init__(self, message: str, run_id: int | None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+# --------------------------------------------------------------------------------------------- types
+
+
+@dataclass(slots=True)
+class BrokerState:
+    """What the broker said, and how long each call took (seconds, ``time.perf_counter``)."""
+
+    account: Account
+    positions: list[Position]
+    open_orders: list[Order]
+    closed_orders: list[Order]
+    fills: list[FillActivity]
+    fills_after: datetime
+    observed_at: datetime  # when the fetch completed (UTC); snapshots are stamped with it
+    timings: dict[str, float] = field(default_factory=dict)  # call name → seconds
+    fetch_s: float = 0.0  # wall time of the whole concurrent fetch
+    looked_up: list[Order] = field(default_factory=list)  # orders fetched one by one (see module doc)
+    not_found: list[tuple[str, str | None]] = field(default_factory=list)  # (client_order_id, id)
+
+    def orders(self) -> dict[str, Order]:
+        """Every order the broker returned, by broker id (an order in two lists appears once)."""
+        out: dict[str, Order] = {}
+        for order in (*self.closed_orders, *self.open_orders, *self.looked_up):
+            seen = out.get(order.id)
+            if seen is None or _newer(order, seen):
+                out[order.id] = order
+        return out
+
+
+@dataclass(slots=True, frozen=True)
+class Diff:
+    """One difference between the database and the broker, as stored in ``reconciliation_diffs``."""
+
+    kind: str
+    symbol: str | None = None
+    order_id: str | None = None
+    client_order_id: str | None = None
+    db_value: dict[str, Any] | None = None
+    broker_value: dict[str, Any] | None = None
+    repaired: bool = False
+
+
+@dataclass(slots=True)
+class ReconcileSummary:
+    """The typed result of one run (also what the markdown artifact shows)."""
+
+    run_id: int
+    status: str
+    fills_after: datetime
+    counts: dict[str, int]  # every kind of DIFF_KINDS, 0 included
+    diffs: list[Diff]
+    repaired: int
+    orders_checked: int
+    fills_checked: int
+    positions_checked: int
+    fetch_s: float
+    duration_s: float
+    timings: dict[str, float]  # broker calls (account, positions, ...) and run phases (phase:*)
+
+    @property
+    def total_diffs(self) -> int:
+        return len(self.diffs)
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"# Reconciliation run {self.run_id}: {self.status}",
+            "",
+            (
+                f"Window: fills and closed orders since {self.fills_after.isoformat(timespec='seconds')}. "
+                f"{self.total_diffs} difference(s), {self.repaired} repaired in the database "
+                "(the broker is the truth; no order was sent or cancelled)."
+            ),
+            "",
+            "| checked | count |",
+            "|---|---:|",
+            f"| orders | {self.orders_checked} |",
+            f"| fills | {self.fills_checked} |",
+            f"| positions | {self.positions_checked} |",
+            "",
+            "| difference | found |",
+            "|---|---:|",
+            *(f"| {kind} | {self.counts.get(kind, 0)} |" for kind in DIFF_KINDS),
+            "",
+            "| timing | ms |",
+            "|---|---:|",
+            f"| broker fetch (concurrent) | {self.fetch_s * 1000:.1f} |",
+            *(f"| {name} | {secs * 1000:.1f} |" for name, secs in self.timings.items()),
+            f"| whole run | {self.duration_s * 1000:.1f} |",
+        ]
+        if self.diffs:
+            lines += [
+                "",
+                "## Differences",
+                "",
+                "| kind | symbol | order | database | broker | repaired |",
+                "|---|---|---|---|---|---|",
+            ]
+            for d in self.diffs[:MARKDOWN_MAX_DIFFS]:
+                order = d.client_order_id or d.order_id or ""
+                lines.append(
+                    f"| {d.kind} | {d.symbol or ''} | {_md(order)} | {_md(_brief(d.db_value))} "
+                    f"| {_md(_brief(d.broker_value))} | {'yes' if d.repaired else 'no'} |"
+                )
+            if len(self.diffs) > MARKDOWN_MAX_DIFFS:
+                lines.append(
+                    f"\n… and {len(self.diffs) - MARKDOWN_MAX_DIFFS} more in `reconciliation_diffs` "
+                    f"(run_id = {self.run_id})."
+                )
+        else:
+            lines += ["", "No differences: the database agrees with the broker."]
+        return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------- fetch
+
+
+async def _timed(timings: dict[str, float], name: str, call: Awaitable[T]) -> T:
+    started = time.perf_counter()
+    try:
+        return await call
+    finally:
+        timings[name] = time.perf_counter() - started
+
+
+async def _gather_or_cancel(*calls: Awaitable[Any]) -> list[Any]:
+    """``asyncio.gather`` that cancels the siblings when one call fails (no orphan requests)."""
+    tasks = [asyncio.ensure_future(c) for c in calls]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def _all_orders(rest: AlpacaREST, status: str, after: datetime | None) -> list[Order]:
+    """Every order of ``status`` submitted after ``after``, oldest first, paging past Alpaca's 500.
+
+    ``after`` is exclusive at the broker, so each next page starts 1 µs before the last order seen
+    (orders sharing a timestamp are not skipped) and repeats are dropped by id.
+    """
+    out: dict[str, Order] = {}
+    cursor = after
+    for _ in range(MAX_ORDER_PAGES):
+        page = await rest.list_orders(
+            status=status,
+            limit=ORDERS_PAGE_LIMIT,
+            after=cursor,
+            direction="asc",  # type: ignore[arg-type]
+        )
+        fresh = [o for o in page if o.id not in out]
+        for order in fresh:
+            out[order.id] = order
+        if len(page) < ORDERS_PAGE_LIMIT or not fresh:
+            return list(out.values())
+        last = page[-1]
+        cursor = (last.submitted_at or last.created_at) - timedelta(microseconds=1)
+    log.warning(
+        "reconcile: more than %d %s orders in the window; the rest wait for the next run", len(out), status
+    )
+    return list(out.values())
+
+
+async def fetch_broker_state(rest: AlpacaREST, *, fills_after: datetime | None) -> BrokerState:
+    """Account, positions, open orders, closed orders and fill activities since ``fills_after``
+    (None: the last :data:`DEFAULT_LOOKBACK`), all five requests in flight at once.
+
+    ``timings`` holds each call's own seconds (``account``, ``positions``, ``open_orders``,
+    ``closed_orders``, ``fills``; a paged call counts all its pages); ``fetch_s`` the wall time of
+    the whole fetch, which with the calls concurrent is about the slowest one.
+    """
+    since = fills_after if fills_after is not None else datetime.now(UTC) - DEFAULT_LOOKBACK
+    if since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    account, positions, open_orders, closed_orders, fills = await _gather_or_cancel(
+        _timed(timings, "account", rest.get_account()),
+        _timed(timings, "positions", rest.get_positions()),
+        _timed(timings, "open_orders", _all_orders(rest, "open", None)),
+        _timed(timings, "closed_orders", _all_orders(rest, "closed", since)),
+        _timed(timings, "fills", collect(rest.fill_activities(after=since, page_size=100))),
+    )
+    fetch_s = time.perf_counter() - started
+    return BrokerState(
+        account=account,
+        positions=positions,
+        open_orders=open_orders,
+        closed_orders=closed_orders,
+        fills=fills,
+        fills_after=since,
+        observed_at=datetime.now(UTC),
+        timings=dict(timings),
+        fetch_s=fetch_s,
+    )
+
+
+async def _look_up_db_open_orders(conn: psycopg.AsyncConnection, rest: AlpacaREST, state: BrokerState) -> int:
+    """Fetch, one by one, orders the database holds open that the broker's lists did not return
+    (they closed before the window). Fills ``state.looked_up`` / ``state.not_found``; returns how many."""
+    known = state.orders()
+    known_cids = {o.client_order_id for o in known.values()}
+    cur = await conn.execute(
+        "SELECT client_order_id, id::text FROM orders WHERE status = ANY(%s) "
+        "AND (id IS NULL OR id <> ALL(%s::uuid[])) AND client_order_id <> ALL(%s) "
+        "AND NOT (status = 'pending_submit' AND created_at > %s) ORDER BY created_at LIMIT %s",
+        (
+            list(OPEN_STATUSES),
+            list(known),
+            list(known_cids),
+            state.observed_at - PENDING_GRACE,
+            MAX_ORDER_LOOKUPS,
+        ),
+    )
+    wanted: list[tuple[str, str | None]] = [(cid, oid) for cid, oid in await cur.fetchall()]
+    if not wanted:
+        return 0
+    gate = asyncio.Semaphore(LOOKUP_CONCURRENCY)
+
+    async def one(cid: str, oid: str | None) -> Order | None:
+        async with gate:
+            try:
+                return await (rest.get_order(oid) if oid else rest.get_order_by_client_id(cid))
+            except NotFoundError:
+                return None
+
+    found = await _gather_or_cancel(*(one(cid, oid) for cid, oid in wanted))
+    for (cid, oid), order in zip(wanted, found, strict=True):
+        if order is None:
+            state.not_found.append((cid, oid))
+        else:
+            state.looked_up.append(order)
+    return len(wanted)
+
+
+# ------------------------------------------------------------------------------------- compare + repair
+
+
+def _newer(a: Order, b: Order) -> bool:
+    return (a.updated_at or a.created_at) >= (b.updated_at or b.created_at)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def _values(**fields: Any) -> dict[str, Any]:
+    return {k: _jsonable(v) for k, v in fields.items()}
+
+
+async def _returned(conn: psycopg.AsyncConnection, query: str, params: list[Any]) -> set[Any]:
+    """Run ``query`` (one ``RETURNING`` column or several) for each parameter set, pipelined; the set
+    of returned values (tuples when several columns): what this statement actually wrote."""
+    out: set[Any] = set()
+    if not params:
+        return out
+    async with conn.cursor() as cur:
+        await cur.executemany(query, params, returning=True)
+        while True:
+            for row in await cur.fetchall():
+                out.add(row[0] if len(row) == 1 else tuple(row))
+            if not cur.nextset():
+                break
+    return out
+
+
+async def _compare_orders(conn: psycopg.AsyncConnection, state: BrokerState) -> list[Diff]:
+    broker = state.orders()
+    if not broker and not state.not_found:
+        return []
+    ids = list(broker)
+    cids = [o.client_order_id for o in broker.values()] + [cid for cid, _ in state.not_found]
+    cur = await conn.execute(
+        "SELECT client_order_id, id::text, status, filled_qty, updated_at, symbol FROM orders "
+        "WHERE id = ANY(%s::uuid[]) OR client_order_id = ANY(%s)",
+        (ids, cids),
+    )
+    by_id: dict[str, tuple] = {}
+    by_cid: dict[str, tuple] = {}
+    for row in await cur.fetchall():
+        by_cid[row[0]] = row
+        if row[1] is not None:
+            by_id[row[1]] = row
+    diffs: list[Diff] = []
+    repairs: list[Order] = []
+    for order in broker.values():
+        row = by_id.get(order.id) or by_cid.get(order.client_order_id)
+        broker_value = _values(
+            status=order.status,
+            filled_qty=order.filled_qty,
+            filled_avg_price=order.filled_avg_price,
+            updated_at=order.updated_at,
+        )
+        if row is None:
+            kind, db_value = "unknown_order", None
+        else:
+            _, db_id, status, filled_qty, updated_at, _ = row
+            if db_id == order.id and status == order.status and filled_qty == order.filled_qty:
+                continue
+            if updated_at is not None and order.updated_at is not None and order.updated_at < updated_at:
+                continue  # the database heard of a later update than this answer: not drift
+            kind = "order_status_drift"
+            db_value = _values(status=status, filled_qty=filled_qty, updated_at=updated_at, id=db_id)
+        repairs.append(order)
+        diffs.append(Diff(kind, order.symbol, order.id, order.client_order_id, db_value, broker_value))
+    if repairs:
+        # The worker's own upsert (a newer broker update wins, an older one changes nothing), pipelined;
+        # a row returned is a row this statement inserted or changed.
+        changed = await _returned(
+            conn,
+            UPSERT_ORDER.rstrip() + " RETURNING client_order_id",
+            [order_params(o, source="reconcile") for o in repairs],
+        )
+        diffs = [replace(d, repaired=d.client_order_id in changed) for d in diffs]
+    for cid, oid in state.not_found:
+        row = by_cid.get(cid)
+        diffs.append(
+            Diff(
+                "order_status_drift",
+                row[5] if row else None,
+                oid,
+                cid,
+                _values(status=row[2] if row else None),
+                {"status": "not_found"},
+                repaired=False,
+            )
+        )
+    return diffs
+
+
+async def _repair_fills(conn: psycopg.AsyncConnection, state: BrokerState) -> list[Diff]:
+    if not state.fills:
+        return []
+    cids = {o.id: o.client_order_id for o in state.orders().values()}
+    params = [
+        (
+            f.order_id,
+            f.cum_qty,
+            f.id,
+            cids.get(f.order_id),
+            f.symbol,
+            f.side,
+            f.qty,
+            f.price,
+            f.leaves_qty,
+            "partial_fill" if f.type == "partial_fill" else "fill",
+            f.transaction_time,
+            "reconcile",
+        )
+        for f in state.fills
+    ]
+    # Insert-if-absent IS the comparison: a row returned is a fill the database was missing.
+    inserted = {
+        (oid.lower(), cum)
+        for oid, cum in await _returned(
+            conn, INSERT_FILL.rstrip() + " RETURNING order_id::text, cum_qty", params
+        )
+    }
+    diffs = []
+    for f in state.fills:
+        if (f.order_id.lower(), f.cum_qty) in inserted:
+            diffs.append(
+                Diff(
+                    "missing_fill",
+                    f.symbol,
+                    f.order_id,
+                    cids.get(f.order_id),
+                    None,
+                    _values(
+                        qty=f.qty,
+                        price=f.price,
+                        cum_qty=f.cum_qty,
+                        side=f.side,
+                        transaction_time=f.transaction_time,
+                        activity_id=f.id,
+                    ),
+                    repaired=True,
+                )
+            )
+    return diffs
+
+
+async def _compare_positions(conn: psycopg.AsyncConnection, state: BrokerState) -> list[Diff]:
+    cur = await conn.execute(
+        "SELECT DISTINCT ON (symbol) symbol, qty, time FROM position_snapshots ORDER BY symbol, time DESC"
+    )
+    latest = {symbol: (qty, when) for symbol, qty, when in await cur.fetchall()}
+    at = state.observed_at
+    pending: list[tuple[str, str, Decimal, dict | None, dict]] = []  # kind, symbol, qty, db, broker
+    snapshots: list[tuple] = []
+    broker = {p.symbol: p for p in state.positions}
+    for p in state.positions:
+        snapshots.append(
+            (at, p.symbol, p.qty, p.side, p.avg_entry_price, p.cost_basis, p.market_value, p.unrealized_pl)
+        )
+        seen = latest.get(p.symbol)
+        if seen is not None and seen[1] > at:
+            continue  # a snapshot newer than this answer exists: compare nothing against it
+        bval = _values(qty=p.qty, avg_entry_price=p.avg_entry_price, side=p.side)
+        if seen is None:
+            pending.append(("missing_position", p.symbol, p.qty, None, bval))
+        elif seen[0] != p.qty:
+            pending.append(("position_mismatch", p.symbol, p.qty, _values(qty=seen[0], time=seen[1]), bval))
+    for symbol, (qty, when) in latest.items():
+        if symbol in broker or qty == 0 or when > at:
+            continue
+        snapshots.append((at, symbol, Decimal(0), None, None, Decimal(0), Decimal(0), Decimal(0)))
+        pending.append(("stale_position", symbol, Decimal(0), _values(qty=qty, time=when), {"qty": "0"}))
+    written = await _returned(
+        conn,
+        "INSERT INTO position_snapshots (time, symbol, qty, side, avg_entry_price, cost_basis, "
+        "market_value, unrealized_pl, source) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'broker') "
+        "ON CONFLICT DO NOTHING RETURNING symbol",
+        snapshots,
+    )
+    return [
+        Diff(kind, symbol, None, None, db, bval, repaired=symbol in written)
+        for kind, symbol, _, db, bval in pending
+    ]
+
+
+async def _record_account(conn: psycopg.AsyncConnection, state: BrokerState) -> None:
+    a = state.account
+    await conn.execute(
+        "INSERT INTO account_snapshots (time, account_id, status, currency, cash, equity, buying_power, raw) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            state.observed_at,
+            a.id,
+            a.status,
+            a.currency,
+            a.cash,
+            a.equity,
+            a.buying_power,
+            Jsonb(a.model_dump(mode="json")),
+        ),
+    )
+
+
+async def _record_diffs(conn: psycopg.AsyncConnection, run_id: int, diffs: list[Diff]) -> None:
+    if not diffs:
+        return
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO reconciliation_diffs (run_id, kind, symbol, order_id, client_order_id, db_value, "
+            "broker_value, repaired) VALUES (%s, %s, %s, %s::uuid, %s, %s, %s, %s)",
+            [
+                (
+                    run_id,
+                    d.kind,
+                    d.symbol,
+                    d.order_id,
+                    d.client_order_id,
+                    Jsonb(d.db_value) if d.db_value is not None else None,
+                    Jsonb(d.broker_value) if d.broker_value is not None else None,
+                    d.repaired,
+                )
+                for d in diffs
+            ],
+        )
+
+
+# --------------------------------------------------------------------------------------------- the run
+
+
+async def _open_run(conn: psycopg.AsyncConnection) -> tuple[int, datetime | None]:
+    cur = await conn.execute(
+        "SELECT started_at FROM reconciliation_runs WHERE status = 'completed' "
+        "ORDER BY started_at DESC LIMIT 1"
+    )
+    row = await cur.fetchone()
+    last = row[0] if row else None
+    cur = await conn.execute("INSERT INTO reconciliation_runs (status) VALUES ('running') RETURNING id")
+    run_id = (await cur.fetchone())[0]  # type: ignore[index]
+    return run_id, (last - WINDOW_OVERLAP if last is not None else None)
+
+
+def _redactor(settings: Settings, url: str) -> Iterable[str]:
+    from urllib.parse import urlsplit
+
+    secrets = [s.get_secret_value() for s in (settings.alpaca_key_id, settings.alpaca_secret_key) if s]
+    password = urlsplit(url).password
+    if password:
+        secrets.append(password)
+    return sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True)
+
+
+def _error_text(exc: BaseException, secrets: Iterable[str]) -> str:
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    for secret in secrets:
+        text = text.replace(secret, "****")
+    return text[:2000]
+
+
+async def _fail_run(url: str, run_id: int, error: str, duration_s: float) -> None:
+    """Mark the run failed on a fresh connection (the run's own may be what broke)."""
+    try:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=10) as conn:
+            await conn.execute(
+                "UPDATE reconciliation_runs SET status = 'failed', finished_at = now(), error = %s, "
+                "duration_ms = %s WHERE id = %s",
+                (error, duration_s * 1000, run_id),
+            )
+    except Exception:
+        log.exception("reconcile: could not mark run %s failed", run_id)
+
+
+async def reconcile(
+    settings: Settings, *, rest: AlpacaREST | None = None, db_url: str | None = None
+) -> ReconcileSummary:
+    """One reconciliation run (see the module docstring). Raises :class:`ReconcileError` (with the
+    run id; the cause chained) after marking the run ``failed``; never sends or cancels an order."""
+    if db_url is None:
+        from tickvault.db import database_url
+
+        db_url = database_url(settings)
+    rest = rest or AlpacaREST(settings)
+    started = time.perf_counter()
+    phases: dict[str, float] = {}
+    run_id: int | None = None
+    try:
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+            t = time.perf_counter()
+            run_id, fills_after = await _open_run(conn)
+            phases["phase:open_run"] = time.perf_counter() - t
+
+            state = await fetch_broker_state(rest, fills_after=fills_after)
+            phases["phase:fetch"] = state.fetch_s
+
+            t = time.perf_counter()
+            lookups = await _look_up_db_open_orders(conn, rest, state)
+            phases["phase:order_lookups"] = time.perf_counter() - t
+
+            t = time.perf_counter()
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (REPAIR_LOCK_KEY,))
+                t_locked = time.perf_counter()
+                phases["phase:lock_wait"] = t_locked - t
+                diffs = await _compare_orders(conn, state)
+                diffs += await _repair_fills(conn, state)
+                diffs += await _compare_positions(conn, state)
+                await _record_account(conn, state)
+                await _record_diffs(conn, run_id, diffs)
+            phases["phase:compare_repair"] = time.perf_counter() - t_locked
+
+            counts = {kind: 0 for kind in DIFF_KINDS}
+            for d in diffs:
+                counts[d.kind] = counts.get(d.kind, 0) + 1
+            repaired = sum(d.repaired for d in diffs)
+            orders_checked = len(state.orders()) + len(state.not_found)
+            positions_checked = len(
+                {p.symbol for p in state.positions} | {d.symbol for d in diffs if d.kind == "stale_position"}
+            )
+            duration_s = time.perf_counter() - started
+            await conn.execute(
+                "UPDATE reconciliation_runs SET status = 'completed', finished_at = now(), "
+                "orders_checked = %s, "
+                "fills_checked = %s, positions_checked = %s, diffs = %s, repaired = %s, fetch_ms = %s, "
+                "duration_ms = %s WHERE id = %s",
+                (
+                    orders_checked,
+                    len(state.fills),
+                    positions_checked,
+                    len(diffs),
+                    repaired,
+                    state.fetch_s * 1000,
+                    duration_s * 1000,
+                    run_id,
+                ),
+            )
+    except BaseException as exc:
+        duration_s = time.perf_counter() - started
+        error = _error_text(exc, _redactor(settings, db_url))
+        if run_id is not None:
+            await asyncio.shield(_fail_run(db_url, run_id, error, duration_s))
+        log.error("reconcile run %s failed after %.3fs: %s", run_id, duration_s, error)
+        if isinstance(exc, Exception):
+            raise ReconcileError(f"reconciliation run {run_id} failed: {error}", run_id) from exc
+        raise
+    log.info(
+        "reconcile run %s: %d diff(s), %d repaired, %d lookup(s), fetch %.3fs, total %.3fs",
+        run_id,
+        len(diffs),
+        repaired,
+        lookups,
+        state.fetch_s,
+        duration_s,
+    )
+    return ReconcileSummary(
+        run_id=run_id,
+        status="completed",
+        fills_after=state.fills_after,
+        counts=counts,
+        diffs=diffs,
+        repaired=repaired,
+        orders_checked=orders_checked,
+        fills_checked=len(state.fills),
+        positions_checked=positions_checked,
+        fetch_s=state.fetch_s,
+        duration_s=duration_s,
+        timings={**state.timings, **phases},
+    )
+
+
+# --------------------------------------------------------------------------------------------- markdown
+
+
+def _brief(value: dict[str, Any] | None) -> str:
+    if not value:
+        return "—"
+    return ", ".join(f"{k}={v}" for k, v in value.items() if v is not None)
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")

@@ -1,0 +1,343 @@
+"""Retention: drop whole chunks of market data and operations tables older than their window.
+
+Windows come from :class:`~tickvault.config.Settings` (days; 0 keeps a table forever):
+
+==============================  ===========================================================
+``retention_trades_days``       trades, trade_corrections, trading_statuses, lulds
+``retention_quotes_days``       quotes
+``retention_bars_days``         bars and the OHLCV rollups (ohlcv_1m/5m/1h/1d)
+``retention_indicators_days``   indicators
+``retention_ingest_stats_days`` ingest_stats
+``retention_bad_messages_days`` bad_messages
+==============================  ===========================================================
+
+Trade history (orders, fills, position and account snapshots, reconciliation runs and diffs,
+profiles) is never purged here: it is the record of what happened to money. ``ingest_batches`` is a
+plain table (the writer's ledger of committed batch ids, only ever asked about recent batches), so
+its rows older than :data:`INGEST_BATCHES_KEEP` are deleted.
+
+How the boundary behaves. ``drop_chunks(table, older_than => now - window)`` drops only chunks whose
+whole time range ends at or before the cutoff. So **no row inside the window is ever touched** —
+not even one in the chunk that straddles the cutoff — and, by the same rule, a few rows older than
+the window survive in that straddling chunk until the whole chunk ages out (at most one chunk
+interval later: 1 day for trades, 6 hours for quotes, 7 days for bars). The report counts them
+(``rows_older_remaining``). Deleting them row by row would cost a scan and bloat for no gain.
+
+The OHLCV relations are rollup hypertables (``ohlcv_1m_rollup``...) on the Apache edition and
+continuous aggregates (``ohlcv_1m``...) on the Timescale edition; :func:`purge_retention` finds
+whichever exists, so the flow never needs to know the edition.
+
+What this module must never do: touch a row inside a window, purge trade history, or delete row by
+row from a hypertable (whole chunks only).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+from psycopg import sql
+
+from tickvault.config import Settings
+
+__all__ = [
+    "INGEST_BATCHES_KEEP",
+    "PurgeError",
+    "PurgeReport",
+    "TablePurge",
+    "purge_retention",
+    "retention_plan",
+]
+
+log = logging.getLogger(__name__)
+
+# The writer asks ingest_batches about a batch only right after an ambiguous commit (seconds); a
+# week of ids is ample and keeps the table small.
+INGEST_BATCHES_KEEP = timedelta(days=7)
+# drop_chunks needs an exclusive lock on each chunk; a long reader would make it wait, and the
+# writer's inserts would queue behind it. Give up on that table after this long and say so.
+LOCK_TIMEOUT = "10s"
+# Session-level advisory lock: two purges at once would only contend on the same chunk locks.
+PURGE_LOCK_KEY = 0x7469636B_70757267  # "tick" "purg"
+
+# (setting, tables) in the order they are purged.
+_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("retention_trades_days", ("trades", "trade_corrections", "trading_statuses", "lulds")),
+    ("retention_quotes_days", ("quotes",)),
+    ("retention_bars_days", ("bars", "ohlcv_1m", "ohlcv_5m", "ohlcv_1h", "ohlcv_1d")),
+    ("retention_indicators_days", ("indicators",)),
+    ("retention_ingest_stats_days", ("ingest_stats",)),
+    ("retention_bad_messages_days", ("bad_messages",)),
+)
+
+
+def retention_plan(settings: Settings) -> list[tuple[str, str, int]]:
+    """``(table, setting, days)`` for every table retention manages (days 0: keep forever)."""
+    return [
+        (table, setting, int(getattr(settings, setting))) for setting, tables in _RULES for table in tables
+    ]
+
+
+class PurgeError(RuntimeError):
+    """At least one table could not be purged; ``report`` has every table's outcome (the rest ran)."""
+
+    def __init__(self, report: PurgeReport) -> None:
+        failed = ", ".join(f"{t.table} ({t.error})" for t in report.tables if t.error)
+        super().__init__(f"retention purge failed for: {failed}")
+        self.report = report
+
+
+@dataclass(slots=True)
+class TablePurge:
+    """One table's outcome. Sizes are ``hypertable_size`` bytes (heap + indexes + TOAST)."""
+
+    table: str  # the name the settings speak of (ohlcv_1m, not its rollup or materialization table)
+    setting: str
+    window_days: int
+    cutoff: datetime | None = None  # None: kept forever (window 0) or skipped
+    relation: str | None = None  # the hypertable actually purged
+    chunks: list[str] = field(default_factory=list)  # dropped (or, in a dry run, droppable) chunks
+    bytes_before: int = 0
+    bytes_after: int = 0
+    chunk_bytes: int = 0  # size of `chunks`, measured before the drop
+    rows_older_remaining: int = 0  # rows older than the cutoff left in the straddling chunk
+    skipped: str | None = None
+    error: str | None = None
+
+    @property
+    def chunks_dropped(self) -> int:
+        return len(self.chunks)
+
+    @property
+    def bytes_freed(self) -> int:
+        return max(0, self.bytes_before - self.bytes_after)
+
+
+@dataclass(slots=True)
+class PurgeReport:
+    now: datetime
+    dry_run: bool
+    tables: list[TablePurge]
+    ingest_batches_deleted: int = 0
+    duration_s: float = 0.0
+
+    @property
+    def chunks_dropped(self) -> int:
+        return sum(t.chunks_dropped for t in self.tables)
+
+    @property
+    def bytes_freed(self) -> int:
+        """Bytes freed (dry run: the size of the chunks a real run would drop)."""
+        if self.dry_run:
+            return sum(t.chunk_bytes for t in self.tables)
+        return sum(t.bytes_freed for t in self.tables)
+
+    @property
+    def ok(self) -> bool:
+        return not any(t.error for t in self.tables)
+
+    def table(self, name: str) -> TablePurge:
+        return next(t for t in self.tables if t.table == name)
+
+    def to_markdown(self) -> str:
+        verb = "would drop" if self.dry_run else "dropped"
+        lines = [
+            f"# Retention purge{' (dry run: nothing dropped)' if self.dry_run else ''}",
+            "",
+            (
+                f"As of {self.now.isoformat(timespec='seconds')}: {verb} {self.chunks_dropped} chunk(s), "
+                f"{'would free' if self.dry_run else 'freed'} {_human(self.bytes_freed)}; "
+                f"{'would delete' if self.dry_run else 'deleted'} {self.ingest_batches_deleted} "
+                f"ingest_batches row(s) older than {INGEST_BATCHES_KEEP.days} days. "
+                f"Took {self.duration_s:.2f} s."
+            ),
+            "",
+            (
+                "Only whole chunks older than the cutoff are dropped: nothing inside a window is touched, "
+                "and rows older than the cutoff in the chunk that straddles it stay until that chunk ages "
+                "out (*older rows left*)."
+            ),
+            "",
+            (
+                f"| table | window | cutoff | chunks {verb} | size before | size after | freed "
+                "| older rows left |"
+            ),
+            "|---|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        for t in self.tables:
+            if t.skipped or t.error:
+                note = f"error: {t.error}" if t.error else t.skipped
+                lines.append(f"| {t.table} | {_window(t)} | {note} | | | | | |")
+                continue
+            freed = t.chunk_bytes if self.dry_run else t.bytes_freed
+            cutoff = t.cutoff.isoformat(timespec="seconds") if t.cutoff else ""
+            lines.append(
+                f"| {t.table} | {_window(t)} | {cutoff} | {t.chunks_dropped} | {_human(t.bytes_before)} "
+                f"| {_human(t.bytes_after)} | {_human(freed)} | {t.rows_older_remaining} |"
+            )
+        lines += [
+            "",
+            (
+                "Never purged: orders, fills, position_snapshots, account_snapshots, "
+                "reconciliation_runs, reconciliation_diffs, profiles."
+            ),
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def _window(t: TablePurge) -> str:
+    return "forever" if t.window_days == 0 else f"{t.window_days} d"
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+async def _resolve(conn: psycopg.AsyncConnection, name: str) -> tuple[str, str, str] | None:
+    """``(drop target, hypertable holding the chunks, its time column)`` for a table name, or None.
+
+    ``ohlcv_*``: the Apache edition's ``<name>_rollup`` hypertable, else the Timescale edition's
+    continuous aggregate (dropped by its own name; chunks live in its materialization hypertable).
+    """
+    candidates = [f"{name}_rollup", name] if name.startswith("ohlcv_") else [name]
+    for rel in candidates:
+        row = await (await conn.execute(
+            "SELECT format('%%I.%%I', h.hypertable_schema, h.hypertable_name), d.column_name "
+            "FROM timescaledb_information.hypertables h JOIN timescaledb_information.dimensions d "
+            "USING (hypertable_schema, hypertable_name) "
+            "WHERE format('%%I.%%I', h.hypertable_schema, h.hypertable_name)::regclass = to_regclass(%s) "
+            "AND d.dimension_number = 1",
+            (rel,),
+        )).fetchone()  # fmt: skip
+        if row:
+            return row[0], row[0], row[1]
+    if name.startswith("ohlcv_"):
+        row = await (await conn.execute(
+            "SELECT format('%%I.%%I', c.view_schema, c.view_name), "
+            "format('%%I.%%I', c.materialization_hypertable_schema, c.materialization_hypertable_name), "
+            "d.column_name FROM timescaledb_information.continuous_aggregates c "
+            "JOIN timescaledb_information.dimensions d "
+            "ON d.hypertable_schema = c.materialization_hypertable_schema "
+            "AND d.hypertable_name = c.materialization_hypertable_name AND d.dimension_number = 1 "
+            "WHERE format('%%I.%%I', c.view_schema, c.view_name)::regclass = to_regclass(%s)",
+            (name,),
+        )).fetchone()  # fmt: skip
+        if row:
+            return row[0], row[1], row[2]
+    return None
+
+
+async def _purge_table(conn: psycopg.AsyncConnection, t: TablePurge, cutoff: datetime, dry_run: bool) -> None:
+    resolved = await _resolve(conn, t.table)
+    if resolved is None:
+        t.skipped = "not a hypertable in this database"
+        return
+    target, hypertable, time_column = resolved
+    t.relation, t.cutoff = hypertable, cutoff
+    size_sql = "SELECT coalesce(hypertable_size(%s::regclass), 0)"
+    t.bytes_before = (await (await conn.execute(size_sql, (hypertable,))).fetchone())[0]  # type: ignore[index]
+    # show_chunks(older_than) is exactly the set drop_chunks(older_than) drops; their ranges and sizes
+    # say where the surviving old rows can be and what the drop frees.
+    rows = await (await conn.execute(
+        "SELECT s.chunk::text, c.range_end, coalesce(z.total_bytes, 0) "
+        "FROM show_chunks(%s::regclass, older_than => %s::timestamptz) AS s(chunk) "
+        "JOIN timescaledb_information.chunks c "
+        "ON format('%%I.%%I', c.chunk_schema, c.chunk_name)::regclass = s.chunk "
+        "LEFT JOIN chunks_detailed_size(%s::regclass) z "
+        "ON format('%%I.%%I', z.chunk_schema, z.chunk_name)::regclass = s.chunk "
+        "ORDER BY c.range_end",
+        (target, cutoff, hypertable),
+    )).fetchall()  # fmt: skip
+    t.chunks = [r[0] for r in rows]
+    t.chunk_bytes = sum(r[2] for r in rows)
+    boundary = rows[-1][1] if rows else None  # every row before it is in a droppable chunk
+    if not dry_run and rows:
+        dropped = await (await conn.execute(
+            "SELECT d::text FROM drop_chunks(%s::regclass, older_than => %s::timestamptz) AS d",
+            (target, cutoff),
+        )).fetchall()  # fmt: skip
+        t.chunks = [r[0] for r in dropped]
+    t.bytes_after = (
+        t.bytes_before if dry_run
+        else (await (await conn.execute(size_sql, (hypertable,))).fetchone())[0]  # type: ignore[index]
+    )  # fmt: skip
+    # Old rows outside the droppable chunks: only the straddling chunk is scanned (chunk exclusion).
+    count = sql.SQL("SELECT count(*) FROM {} WHERE {col} < %s AND {col} >= %s").format(
+        sql.SQL(hypertable), col=sql.Identifier(time_column)
+    )
+    t.rows_older_remaining = (await (await conn.execute(
+        count, (cutoff, boundary or datetime.min.replace(tzinfo=UTC))
+    )).fetchone())[0]  # type: ignore[index]  # fmt: skip
+
+
+async def purge_retention(
+    settings: Settings,
+    *,
+    db_url: str | None = None,
+    now: datetime | None = None,
+    dry_run: bool = False,
+) -> PurgeReport:
+    """Drop chunks older than each table's window (see the module docstring) and report what went.
+
+    ``now``: the reference time (default: the current UTC time; tests pin it). ``dry_run``: list the
+    chunks that would be dropped (``show_chunks``) and their size, drop and delete nothing.
+    A table that fails (lock timeout, ...) does not stop the others; :class:`PurgeError` is raised at
+    the end with the full report.
+    """
+    if db_url is None:
+        from tickvault.db import database_url
+
+        db_url = database_url(settings)
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    started = time.perf_counter()
+    report = PurgeReport(now=now, dry_run=dry_run, tables=[])
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        await conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
+        await conn.execute("SELECT pg_advisory_lock(%s)", (PURGE_LOCK_KEY,))
+        try:
+            for table, setting, days in retention_plan(settings):
+                t = TablePurge(table=table, setting=setting, window_days=days)
+                report.tables.append(t)
+                if days == 0:
+                    t.skipped = f"kept forever ({setting}=0)"
+                    continue
+                try:
+                    await _purge_table(conn, t, now - timedelta(days=days), dry_run)
+                except psycopg.Error as exc:
+                    t.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+                    log.error("retention: %s: %s", table, t.error)
+                    continue
+                log.info(
+                    "retention: %s %s %d chunk(s) older than %s (%d bytes), %d older row(s) remain",
+                    table,
+                    "would drop" if dry_run else "dropped",
+                    t.chunks_dropped,
+                    t.cutoff,
+                    t.chunk_bytes,
+                    t.rows_older_remaining,
+                )
+            batches_cutoff = now - INGEST_BATCHES_KEEP
+            if dry_run:
+                cur = await conn.execute(
+                    "SELECT count(*) FROM ingest_batches WHERE committed_at < %s", (batches_cutoff,)
+                )
+                report.ingest_batches_deleted = (await cur.fetchone())[0]  # type: ignore[index]
+            else:
+                cur = await conn.execute(
+                    "DELETE FROM ingest_batches WHERE committed_at < %s", (batches_cutoff,)
+                )
+                report.ingest_batches_deleted = cur.rowcount
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (PURGE_LOCK_KEY,))
+    report.duration_s = time.perf_counter() - started
+    if not report.ok:
+        raise PurgeError(report)
+    return report

@@ -1,0 +1,346 @@
+"""Reconciliation against the real simulator over HTTP and a real, freshly migrated TimescaleDB.
+
+The module has its own database, emptied before each test (planted drift must not meet another
+test's rows), and each test its own simulator. The simulator runs with ``rate=None`` and no
+market-data subscriber, so prices stand still: a resting limit order far below the price stays
+open for the whole test.
+
+Planted drift (one of each kind):
+  missing_fill        a fill row deleted
+  order_status_drift  a filled order set back to 'new' with filled_qty 0
+  position_mismatch   a newer snapshot with a wrong quantity
+  unknown_order       an order submitted at the broker and never recorded
+  missing_position    a position planted at the broker, never snapshotted
+  stale_position      a snapshot of a symbol the broker holds no position in
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+import pytest_asyncio
+
+from tickvault.alpaca.models import Order, OrderRequest
+from tickvault.alpaca.rest import AlpacaREST, RetryPolicy, collect
+from tickvault.config import Settings, load_settings
+from tickvault.http import aclose_http_client
+from tickvault.reconcile import DIFF_KINDS, ReconcileError, fetch_broker_state, reconcile
+from tickvault.sim import Simulator
+from tickvault.stream.orders import INSERT_FILL, record_order
+
+pytestmark = pytest.mark.db
+
+KEY_ID = "PKRECONCILE0001"
+SECRET = "reconcile-secret-never-logged-0001"
+# Fast backoff keeps fault tests short; Retry-After from the server is still honoured.
+FAST_RETRY = RetryPolicy(max_retries=4, backoff_base_s=0.01, backoff_cap_s=0.05)
+STALE_SYMBOL = "GONECO"
+
+
+@dataclass
+class Env:
+    sim: Simulator
+    settings: Settings
+    rest: AlpacaREST
+    db_url: str
+
+
+@pytest.fixture(scope="module")
+def reconcile_db(fresh_database) -> str:
+    """One fresh database for this module; each test empties the tables reconciliation reads."""
+    return fresh_database()
+
+
+# The simulator must run on the test's own loop (fixtures default to the session loop here).
+@pytest_asyncio.fixture(loop_scope="function")
+async def env(reconcile_db: str) -> AsyncIterator[Env]:
+    url = reconcile_db
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(
+            "TRUNCATE orders, fills, position_snapshots, account_snapshots, reconciliation_runs CASCADE"
+        )
+    async with Simulator(symbols=6, rate=None, seed=11, key=KEY_ID, secret=SECRET) as sim:
+        settings = load_settings(
+            database_url=url, alpaca_key_id=KEY_ID, alpaca_secret_key=SECRET,
+            alpaca_trading_url=sim.rest_url, alpaca_data_url=sim.rest_url, http_timeout_s=5.0,
+        )  # fmt: skip
+        try:
+            yield Env(sim, settings, AlpacaREST(settings, retry=FAST_RETRY), url)
+        finally:
+            await aclose_http_client()
+
+
+@dataclass
+class Planted:
+    missing_fill: Order
+    drifted: Order
+    unknown: Order
+    mismatch_symbol: str
+    missing_symbol: str
+
+
+async def _buy(rest: AlpacaREST, symbol: str, qty: int, **extra: Any) -> Order:
+    return await rest.submit_order(
+        OrderRequest(
+            symbol=symbol,
+            side="buy",
+            qty=Decimal(qty),
+            client_order_id=OrderRequest.new_client_order_id("test"),
+            **extra,
+        )
+    )
+
+
+async def _record_worker_view(env: Env, orders: list[Order]) -> None:
+    """What a healthy worker would have stored: the orders, their fills, a snapshot of positions."""
+    fills = await collect(env.rest.fill_activities())
+    positions = await env.rest.get_positions()
+    earlier = datetime.now(UTC) - timedelta(minutes=1)
+    async with await psycopg.AsyncConnection.connect(env.db_url, autocommit=True) as conn:
+        for order in orders:
+            await record_order(conn, order, source="stream")
+        for f in fills:
+            await conn.execute(
+                INSERT_FILL,
+                (
+                    f.order_id,
+                    f.cum_qty,
+                    f.id,
+                    None,
+                    f.symbol,
+                    f.side,
+                    f.qty,
+                    f.price,
+                    f.leaves_qty,
+                    f.type,
+                    f.transaction_time,
+                    "stream",
+                ),
+            )
+        for p in positions:
+            await conn.execute(
+                "INSERT INTO position_snapshots (time, symbol, qty, avg_entry_price) VALUES (%s, %s, %s, %s)",
+                (earlier, p.symbol, p.qty, p.avg_entry_price),
+            )
+
+
+async def _plant_drift(env: Env) -> Planted:
+    s = env.sim.symbols
+    orders = [await _buy(env.rest, s[0], 10), await _buy(env.rest, s[1], 5), await _buy(env.rest, s[2], 3)]
+    assert all(o.status == "filled" for o in orders)
+    await _record_worker_view(env, orders)
+    # A resting limit far below the price: open at the broker, never recorded here.
+    unknown = await _buy(env.rest, s[3], 1, type="limit", limit_price=Decimal("0.01"), time_in_force="gtc")
+    assert unknown.status == "new"
+    env.sim.broker.set_position(s[4], 7, "50")
+    async with await psycopg.AsyncConnection.connect(env.db_url, autocommit=True) as conn:
+        await conn.execute("DELETE FROM fills WHERE order_id = %s", (orders[0].id,))
+        await conn.execute("UPDATE orders SET status = 'new', filled_qty = 0 WHERE id = %s", (orders[1].id,))
+        await conn.execute(
+            "INSERT INTO position_snapshots (time, symbol, qty) "
+            "VALUES (now() - interval '10 seconds', %s, 999)",
+            (s[2],),
+        )
+        await conn.execute(
+            "INSERT INTO position_snapshots (time, symbol, qty) VALUES (now() - interval '1 hour', %s, 4)",
+            (STALE_SYMBOL,),
+        )
+    return Planted(orders[0], orders[1], unknown, s[2], s[4])
+
+
+async def _one(conn: psycopg.AsyncConnection, sql: str, *params: Any) -> Any:
+    row = await (await conn.execute(sql, params)).fetchone()
+    return row[0] if row and len(row) == 1 else row
+
+
+async def _assert_database_agrees_with_broker(env: Env, planted: Planted) -> None:
+    positions = {p.symbol: p.qty for p in await env.rest.get_positions()}
+    async with await psycopg.AsyncConnection.connect(env.db_url, autocommit=True) as conn:
+        assert (
+            await _one(conn, "SELECT count(*) FROM fills WHERE order_id = %s", planted.missing_fill.id) == 1
+        )
+        assert (
+            await _one(conn, "SELECT source FROM fills WHERE order_id = %s", planted.missing_fill.id)
+            == "reconcile"
+        )
+        assert await _one(
+            conn, "SELECT status, filled_qty FROM orders WHERE id = %s", planted.drifted.id
+        ) == ("filled", planted.drifted.filled_qty)
+        assert await _one(
+            conn,
+            "SELECT status, source FROM orders WHERE client_order_id = %s",
+            planted.unknown.client_order_id,
+        ) == ("new", "reconcile")
+        cur = await conn.execute(
+            "SELECT DISTINCT ON (symbol) symbol, qty FROM position_snapshots ORDER BY symbol, time DESC"
+        )
+        latest = {sym: qty for sym, qty in await cur.fetchall() if qty != 0}
+        assert latest == positions
+        assert await _one(conn, "SELECT count(*) FROM account_snapshots") >= 1
+
+
+def _kinds(summary) -> dict[str, int]:
+    return {k: v for k, v in summary.counts.items() if v}
+
+
+async def test_reconcile_finds_and_repairs_exactly_the_planted_drift(env: Env):
+    planted = await _plant_drift(env)
+
+    first = await reconcile(env.settings, rest=env.rest, db_url=env.db_url)
+
+    assert _kinds(first) == {kind: 1 for kind in DIFF_KINDS}
+    assert first.repaired == 6 and all(d.repaired for d in first.diffs)
+    by_kind = {d.kind: d for d in first.diffs}
+    assert by_kind["missing_fill"].order_id == planted.missing_fill.id
+    assert by_kind["order_status_drift"].order_id == planted.drifted.id
+    assert by_kind["order_status_drift"].db_value["status"] == "new"
+    assert by_kind["order_status_drift"].broker_value["status"] == "filled"
+    assert by_kind["unknown_order"].client_order_id == planted.unknown.client_order_id
+    assert by_kind["position_mismatch"].symbol == planted.mismatch_symbol
+    assert by_kind["position_mismatch"].db_value["qty"] == "999"
+    assert by_kind["missing_position"].symbol == planted.missing_symbol
+    assert by_kind["stale_position"].symbol == STALE_SYMBOL
+    assert first.orders_checked == 4 and first.fills_checked == 3 and first.positions_checked == 5
+    assert set(first.timings) >= {"account", "positions", "open_orders", "closed_orders", "fills"}
+    await _assert_database_agrees_with_broker(env, planted)
+
+    async with await psycopg.AsyncConnection.connect(env.db_url, autocommit=True) as conn:
+        run = await _one(
+            conn,
+            "SELECT status, diffs, repaired, orders_checked, fills_checked, error, "
+            "fetch_ms > 0, duration_ms >= fetch_ms, finished_at IS NOT NULL "
+            "FROM reconciliation_runs WHERE id = %s",
+            first.run_id,
+        )
+        assert run == ("completed", 6, 6, 4, 3, None, True, True, True)
+        cur = await conn.execute(
+            "SELECT kind, repaired FROM reconciliation_diffs WHERE run_id = %s ORDER BY kind", (first.run_id,)
+        )
+        assert await cur.fetchall() == [(k, True) for k in sorted(DIFF_KINDS)]
+
+    md = first.to_markdown()
+    assert f"Reconciliation run {first.run_id}: completed" in md
+    for kind in DIFF_KINDS:
+        assert f"| {kind} | 1 |" in md  # counts table
+        assert f"\n| {kind} | " in md.split("## Differences", 1)[1]  # one row per diff
+    assert planted.unknown.client_order_id in md and STALE_SYMBOL in md
+    assert SECRET not in md and KEY_ID not in md
+
+    second = await reconcile(env.settings, rest=env.rest, db_url=env.db_url)
+    assert second.total_diffs == 0 and second.repaired == 0 and _kinds(second) == {}
+    assert second.fills_after < datetime.now(UTC)  # window from the first run, with the overlap
+    assert "No differences" in second.to_markdown()
+
+
+async def test_reconcile_completes_under_rest_faults_and_a_failed_run_is_recorded(env: Env):
+    planted = await _plant_drift(env)
+    env.sim.rest_latency(50)
+    faults_before = env.sim.stats["rest_faults"]
+    env.sim.rest_fail(429, 2, retry_after=0.1)
+    first = await reconcile(env.settings, rest=env.rest, db_url=env.db_url)
+    assert env.sim.stats["rest_faults"] == faults_before + 2
+    assert _kinds(first) == {kind: 1 for kind in DIFF_KINDS} and first.repaired == 6
+    await _assert_database_agrees_with_broker(env, planted)
+
+    async with await psycopg.AsyncConnection.connect(env.db_url, autocommit=True) as conn:
+        await conn.execute("DELETE FROM fills WHERE order_id = %s", (planted.drifted.id,))
+    env.sim.rest_fail(500, 2)
+    second = await reconcile(env.settings, rest=env.rest, db_url=env.db_url)
+    assert env.sim.stats["rest_faults"] == faults_before + 4
+    assert _kinds(second) == {"missing_fill": 1} and second.repaired == 1
+
+    # More failures than retries: the run fails, and its row says so without a secret in it.
+    env.sim.rest_latency(0)
+    env.sim.rest_fail(500, 1000)
+    with pytest.raises(ReconcileError) as caught:
+        await reconcile(env.settings, rest=env.rest, db_url=env.db_url)
+    env.sim.rest_fail(500, 0)
+    async with await psycopg.AsyncConnection.connect(env.db_url, autocommit=True) as conn:
+        status, error = await _one(
+            conn, "SELECT status, error FROM reconciliation_runs WHERE id = %s", caught.value.run_id
+        )
+    assert status == "failed" and "500" in error
+    assert SECRET not in error and KEY_ID not in error and SECRET not in str(caught.value)
+
+
+async def test_two_concurrent_runs_repair_each_drift_exactly_once(env: Env):
+    planted = await _plant_drift(env)
+    env.sim.rest_latency(20)  # both fetches in flight at the same time
+
+    a, b = await asyncio.gather(
+        reconcile(env.settings, rest=env.rest, db_url=env.db_url),
+        reconcile(env.settings, rest=env.rest, db_url=env.db_url),
+    )
+
+    assert a.run_id != b.run_id
+    combined = {kind: a.counts[kind] + b.counts[kind] for kind in DIFF_KINDS}
+    assert combined == {kind: 1 for kind in DIFF_KINDS}
+    assert a.repaired + b.repaired == 6
+    repaired = [d for d in (*a.diffs, *b.diffs) if d.repaired]
+    assert sorted(d.kind for d in repaired) == sorted(DIFF_KINDS)
+    await _assert_database_agrees_with_broker(env, planted)
+    async with await psycopg.AsyncConnection.connect(env.db_url, autocommit=True) as conn:
+        assert await _one(conn, "SELECT count(*) FROM reconciliation_diffs WHERE repaired") == 6
+        assert await _one(conn, "SELECT count(*) FROM reconciliation_runs WHERE status = 'completed'") == 2
+
+
+async def test_orders_closed_before_the_window_are_looked_up_one_by_one(env: Env):
+    """An order the database still holds open but the broker closed before the window is fetched by
+    id and repaired; an open order the broker never heard of is reported, not repaired (reconciliation
+    never sends orders)."""
+    s = env.sim.symbols
+    filled = await _buy(env.rest, s[0], 2)
+    await _record_worker_view(env, [filled])
+    ghost_cid = "tv-ghost-order"
+    async with await psycopg.AsyncConnection.connect(env.db_url, autocommit=True) as conn:
+        await conn.execute(
+            "UPDATE orders SET status = 'accepted', filled_qty = 0 WHERE id = %s", (filled.id,)
+        )
+        await conn.execute(
+            "INSERT INTO orders (client_order_id, symbol, side, order_type, time_in_force, qty, status, "
+            "created_at) "
+            "VALUES (%s, %s, 'buy', 'market', 'day', 1, 'pending_submit', now() - interval '1 hour')",
+            (ghost_cid, s[1]),
+        )
+        # A completed run "in the future": the window then excludes every closed order and fill.
+        await conn.execute(
+            "INSERT INTO reconciliation_runs (started_at, status) "
+            "VALUES (now() + interval '1 hour', 'completed')"
+        )
+
+    summary = await reconcile(env.settings, rest=env.rest, db_url=env.db_url)
+
+    assert summary.fills_checked == 0
+    drift = {d.client_order_id: d for d in summary.diffs if d.kind == "order_status_drift"}
+    assert set(drift) == {filled.client_order_id, ghost_cid}
+    assert (
+        drift[filled.client_order_id].repaired
+        and drift[filled.client_order_id].broker_value["status"] == "filled"
+    )
+    ghost = drift[ghost_cid]
+    assert not ghost.repaired and ghost.broker_value == {"status": "not_found"} and ghost.symbol == s[1]
+    async with await psycopg.AsyncConnection.connect(env.db_url, autocommit=True) as conn:
+        assert await _one(conn, "SELECT status FROM orders WHERE id = %s", filled.id) == "filled"
+        assert (
+            await _one(conn, "SELECT status FROM orders WHERE client_order_id = %s", ghost_cid)
+            == "pending_submit"
+        )
+    assert env.sim.broker.open_count == 0 and len(env.sim.broker.orders) == 1  # nothing was sent
+
+
+async def test_broker_calls_go_out_concurrently(env: Env):
+    env.sim.rest_latency(50)
+    state = await fetch_broker_state(env.rest, fills_after=None)
+    calls = ("account", "positions", "open_orders", "closed_orders", "fills")
+    assert set(state.timings) == set(calls)
+    assert all(state.timings[c] >= 0.05 for c in calls)
+    # One after another would take the sum (≥ 250 ms); together they take about the slowest one.
+    assert state.fetch_s < 1.5 * max(state.timings.values())
+    assert state.fills_after < state.observed_at
