@@ -29,6 +29,17 @@ app.add_typer(db_app, name="db")
 app.add_typer(worker_app, name="worker")
 
 
+def _mount_prefect() -> None:
+    # Prefect is imported only when its commands run; mounting them costs nothing at start-up.
+    from tickvault.deploy import deploy_command, prefect_app
+
+    app.add_typer(prefect_app, name="prefect")  # tickvault prefect deploy|server|worker
+    app.command("deploy")(deploy_command)  # tickvault deploy (what `make deploy` calls)
+
+
+_mount_prefect()
+
+
 def _settings() -> Settings:
     try:
         return get_settings()

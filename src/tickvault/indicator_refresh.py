@@ -1,0 +1,287 @@
+"""Refresh the OHLCV aggregates, then recompute the 1-minute indicators of every symbol with new
+bars, vectorized, and upsert them into ``indicators`` (``source = 'flow'``).
+
+The values equal what the streaming worker's incremental :class:`~tickvault.indicators.IndicatorSet`
+produces for the same bars (same definitions, VWAP restarted at each UTC day as the worker does).
+EMA, RSI, ATR and MACD are recursive: a value depends on every bar since the series began. Rather
+than replaying a symbol's whole history every minute, each symbol loads a warm-up of
+:data:`WARMUP_BARS` bars before its first new bar (and at least back to the start of that UTC day,
+for VWAP). The slowest-decaying state is Wilder's (weight 13/14 per bar for RSI/ATR 14): after 1000
+bars a difference in the seed has shrunk by (13/14)**1000 ≈ 1e-32, far below float64 resolution,
+so the result equals a replay from the first bar. A symbol with fewer bars than that is replayed
+from its first bar, exactly as the worker saw it.
+
+"New bars" of a symbol are those at or after the newest bar the flow already computed (that bar
+may have been still open then, so it is recomputed), or after ``since`` when given. Re-running is
+idempotent: the same bars give the same rows.
+
+Aggregates: :func:`tickvault.db.aggregates.refresh_ohlcv` without a window refreshes exactly what
+changed since the last refresh on either edition (the Apache routine moves its watermark and
+consumes late-data invalidations; Timescale's continuous-aggregate refresh consumes its own
+invalidation log), so this module never needs to know the edition.
+
+Nothing here uses Prefect, and nothing here may run on an event loop's thread: it blocks on the
+database. From async code call the ``*_async`` wrappers, which use a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import psycopg
+
+from tickvault.db.aggregates import RefreshResult, refresh_ohlcv
+from tickvault.indicators import COLUMNS, compute_all
+
+__all__ = [
+    "DEFAULT_INITIAL_LOOKBACK",
+    "WARMUP_BARS",
+    "IndicatorRefreshSummary",
+    "NewBars",
+    "SymbolRefresh",
+    "compute_symbol",
+    "find_new_bars",
+    "refresh_aggregates",
+    "refresh_indicators",
+    "refresh_indicators_async",
+]
+
+TIMEFRAME = "1m"  # the worker computes indicators on 1-minute bars; so does the flow
+SOURCE = "flow"
+# See the module docstring: (13/14)**1000 ≈ 1e-32, so 1000 bars of warm-up equal a full replay.
+WARMUP_BARS = 1000
+# The warm-up search looks back at most this far (1000 market-hours bars are ~2.6 sessions; 30
+# days covers weekends and holidays with room to spare while bounding the scan).
+MAX_HISTORY = timedelta(days=30)
+# When the flow has never run, it starts this far back from now rather than scanning all history.
+DEFAULT_INITIAL_LOOKBACK = timedelta(days=1)
+
+_UPSERT = (
+    f"INSERT INTO indicators (time, symbol, timeframe, close, {', '.join(COLUMNS)}, source, computed_at) "
+    f"VALUES (%s, %s, %s, %s, {', '.join(['%s'] * len(COLUMNS))}, %s, now()) "
+    "ON CONFLICT (symbol, timeframe, time) DO UPDATE SET close = excluded.close, "
+    + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS)
+    + ", source = excluded.source, computed_at = excluded.computed_at"
+)
+
+
+@dataclass(frozen=True)
+class NewBars:
+    """A symbol whose bars from ``start`` (inclusive) to ``last`` need indicators."""
+
+    symbol: str
+    start: datetime
+    last: datetime
+    bars: int
+
+
+@dataclass(frozen=True)
+class SymbolRefresh:
+    symbol: str
+    history_bars: int  # bars loaded, warm-up included
+    rows_upserted: int  # new bars written
+    first: datetime | None
+    last: datetime | None
+    last_close: float | None
+    last_rsi: float | None
+
+
+@dataclass
+class IndicatorRefreshSummary:
+    """What one refresh did; :meth:`to_markdown` is the flow's artifact."""
+
+    started_at: datetime
+    aggregates: list[RefreshResult] = field(default_factory=list)
+    symbols: list[SymbolRefresh] = field(default_factory=list)
+    aggregates_s: float = 0.0
+    compute_s: float = 0.0
+    duration_s: float = 0.0
+
+    @property
+    def rows_upserted(self) -> int:
+        return sum(s.rows_upserted for s in self.symbols)
+
+    def to_markdown(self) -> str:
+        lines = [
+            "# Indicator refresh",
+            "",
+            f"- started: {self.started_at:%Y-%m-%d %H:%M:%S} UTC, took {self.duration_s:.2f} s "
+            f"(aggregates {self.aggregates_s:.2f} s, indicators {self.compute_s:.2f} s)",
+            f"- symbols with new bars: **{len(self.symbols)}**, indicator rows upserted: "
+            f"**{self.rows_upserted}** (timeframe {TIMEFRAME}, source `{SOURCE}`)",
+            "",
+            "## OHLCV aggregates refreshed",
+            "",
+        ]
+        if self.aggregates:
+            lines += ["| timeframe | from | to | rows |", "|---|---|---|---|"]
+            for r in self.aggregates:
+                rows = "n/a" if r.rows is None else str(r.rows)
+                lines.append(f"| {r.timeframe} | {_fmt(r.lo)} | {_fmt(r.hi)} | {rows} |")
+        else:
+            lines.append("Nothing new to materialize.")
+        lines += ["", "## Symbols", ""]
+        if self.symbols:
+            lines += ["| symbol | new bars | history loaded | first | last | close | RSI 14 |",
+                      "|---|---:|---:|---|---|---:|---:|"]
+            for s in self.symbols:
+                lines.append(
+                    f"| {s.symbol} | {s.rows_upserted} | {s.history_bars} | {_fmt(s.first)} | {_fmt(s.last)} "
+                    f"| {_num(s.last_close)} | {_num(s.last_rsi)} |"
+                )
+        else:
+            lines.append("No new bars since the last refresh.")
+        return "\n".join(lines) + "\n"
+
+
+def _fmt(when: datetime | None) -> str:
+    return "-" if when is None else when.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _none_if_nan(value: float) -> float | None:
+    return None if math.isnan(value) else float(value)
+
+
+# --- steps ------------------------------------------------------------------------------------
+
+
+def refresh_aggregates(url: str) -> list[RefreshResult]:
+    """Materialize what changed since the last refresh, on either edition (see the module docstring)."""
+    return refresh_ohlcv(url)
+
+
+def find_new_bars(
+    url: str,
+    *,
+    since: datetime | None = None,
+    symbols: Sequence[str] | None = None,
+    now: datetime | None = None,
+    initial_lookback: timedelta = DEFAULT_INITIAL_LOOKBACK,
+) -> list[NewBars]:
+    """Symbols with bars needing indicators, and from when.
+
+    Without ``since``: from each symbol's newest flow-computed bar (inclusive); a symbol the flow
+    never computed starts where the oldest cursor is, or ``initial_lookback`` before ``now`` on the
+    very first run. With ``since``: every bar at or after it (an explicit recompute).
+    """
+    now = now or datetime.now(UTC)
+    wanted = [s.upper() for s in symbols] if symbols else None
+    with psycopg.connect(url, autocommit=True) as conn:
+        cursors: dict[str, datetime] = {}
+        if since is None:
+            rows = conn.execute(
+                "SELECT symbol, max(time) FROM indicators WHERE timeframe = %s AND source = %s GROUP BY symbol",
+                (TIMEFRAME, SOURCE),
+            ).fetchall()
+            cursors = {sym: t for sym, t in rows}
+            floor = min(cursors.values()) if cursors else now - initial_lookback
+        else:
+            floor = since
+        query = "SELECT symbol, min(bucket), max(bucket), count(*) FROM ohlcv_1m WHERE bucket >= %s"
+        params: list[object] = [floor]
+        if wanted:
+            query += " AND symbol = ANY(%s)"
+            params.append(wanted)
+        query += " GROUP BY symbol ORDER BY symbol"
+        found = []
+        for sym, first, last, count in conn.execute(query, params).fetchall():
+            start = cursors.get(sym, floor)
+            if start > last:
+                continue
+            if start > first:
+                count = conn.execute(
+                    "SELECT count(*) FROM ohlcv_1m WHERE symbol = %s AND bucket >= %s", (sym, start)
+                ).fetchone()[0]
+            if count:
+                found.append(NewBars(sym, max(start, first), last, count))
+        return found
+
+
+def compute_symbol(url: str, new: NewBars, *, warmup_bars: int = WARMUP_BARS) -> SymbolRefresh:
+    """Load the warm-up and the new bars of one symbol, compute all indicators, upsert the new rows."""
+    day_start = new.start.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT bucket FROM ohlcv_1m WHERE symbol = %s AND bucket < %s AND bucket >= %s "
+            "ORDER BY bucket DESC OFFSET %s LIMIT 1",
+            (new.symbol, new.start, new.start - MAX_HISTORY, max(warmup_bars - 1, 0)),
+        ).fetchone()
+        # None: fewer than warmup_bars bars before the start, so replay from the symbol's first bar
+        # (within MAX_HISTORY).
+        history_start = min(row[0], day_start) if row else min(new.start - MAX_HISTORY, day_start)
+        bars = conn.execute(
+            "SELECT bucket, high, low, close, volume FROM ohlcv_1m "
+            "WHERE symbol = %s AND bucket >= %s AND bucket <= %s ORDER BY bucket",
+            (new.symbol, history_start, new.last),
+        ).fetchall()
+        if not bars:
+            return SymbolRefresh(new.symbol, 0, 0, None, None, None, None)
+        buckets = [b[0] for b in bars]
+        high = np.fromiter((b[1] for b in bars), dtype=np.float64, count=len(bars))
+        low = np.fromiter((b[2] for b in bars), dtype=np.float64, count=len(bars))
+        close = np.fromiter((b[3] for b in bars), dtype=np.float64, count=len(bars))
+        volume = np.fromiter((b[4] for b in bars), dtype=np.float64, count=len(bars))
+        # VWAP restarts each UTC day, as in the worker (tickvault.stream.processor).
+        days = np.fromiter((int(b.timestamp()) // 86_400 for b in buckets), dtype=np.int64, count=len(bars))
+        session_start = np.empty(len(bars), dtype=bool)
+        session_start[0] = True
+        session_start[1:] = days[1:] != days[:-1]
+        values = compute_all(high, low, close, volume, session_start=session_start)
+        first_new = next(i for i, b in enumerate(buckets) if b >= new.start)
+        columns = [values[c] for c in COLUMNS]
+        rows = [
+            (buckets[i], new.symbol, TIMEFRAME, float(close[i]),
+             *(_none_if_nan(col[i]) for col in columns), SOURCE)
+            for i in range(first_new, len(bars))
+        ]
+        with conn.cursor() as cur:
+            cur.executemany(_UPSERT, rows)
+        conn.commit()
+    last = len(bars) - 1
+    return SymbolRefresh(
+        symbol=new.symbol,
+        history_bars=len(bars),
+        rows_upserted=len(rows),
+        first=buckets[first_new],
+        last=buckets[last],
+        last_close=float(close[last]),
+        last_rsi=_none_if_nan(values["rsi_14"][last]),
+    )
+
+
+def refresh_indicators(
+    url: str,
+    *,
+    since: datetime | None = None,
+    symbols: Sequence[str] | None = None,
+    warmup_bars: int = WARMUP_BARS,
+    refresh: bool = True,
+    now: datetime | None = None,
+    initial_lookback: timedelta = DEFAULT_INITIAL_LOOKBACK,
+) -> IndicatorRefreshSummary:
+    """The whole job in one call (what tests and scripts use; the flow runs the same steps as tasks)."""
+    t0 = time.perf_counter()
+    summary = IndicatorRefreshSummary(started_at=datetime.now(UTC))
+    if refresh:
+        summary.aggregates = refresh_aggregates(url)
+    t1 = time.perf_counter()
+    summary.aggregates_s = t1 - t0
+    for new in find_new_bars(url, since=since, symbols=symbols, now=now, initial_lookback=initial_lookback):
+        summary.symbols.append(compute_symbol(url, new, warmup_bars=warmup_bars))
+    summary.compute_s = time.perf_counter() - t1
+    summary.duration_s = time.perf_counter() - t0
+    return summary
+
+
+async def refresh_indicators_async(url: str, **kwargs: object) -> IndicatorRefreshSummary:
+    return await asyncio.to_thread(refresh_indicators, url, **kwargs)  # type: ignore[arg-type]

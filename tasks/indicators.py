@@ -1,0 +1,67 @@
+"""Indicator refresh tasks: aggregates, which symbols have new bars, vectorized indicators.
+
+The work is :mod:`tickvault.indicator_refresh` (blocking psycopg + numpy), run in threads so the
+flow's event loop stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import datetime
+
+from prefect import task
+
+from tasks import JITTER, NO_CACHE, READ_RETRIES, WRITE_RETRIES, backoff
+from tickvault import indicator_refresh as logic
+from tickvault.db.aggregates import RefreshResult
+
+# Symbols computed at once: each holds one database connection for its load + upsert, so this
+# bounds the flow's connections (the worker's pool needs the rest).
+SYMBOL_CONCURRENCY = 4
+
+
+@task(
+    name="Refresh OHLCV aggregates",
+    retries=WRITE_RETRIES,  # both editions' refreshes are idempotent
+    retry_delay_seconds=backoff(WRITE_RETRIES),
+    retry_jitter_factor=JITTER,
+    timeout_seconds=300,
+    cache_policy=NO_CACHE,
+)
+async def refresh_ohlcv_aggregates(url: str) -> list[RefreshResult]:
+    return await asyncio.to_thread(logic.refresh_aggregates, url)
+
+
+@task(
+    name="Find symbols with new bars",
+    retries=READ_RETRIES,
+    retry_delay_seconds=backoff(READ_RETRIES),
+    retry_jitter_factor=JITTER,
+    timeout_seconds=60,
+    cache_policy=NO_CACHE,
+)
+async def find_new_bars(
+    url: str, since: datetime | None = None, symbols: Sequence[str] | None = None
+) -> list[logic.NewBars]:
+    return await asyncio.to_thread(logic.find_new_bars, url, since=since, symbols=symbols)
+
+
+@task(
+    name="Compute and upsert indicators",
+    retries=WRITE_RETRIES,  # an upsert keyed by (symbol, timeframe, time): idempotent
+    retry_delay_seconds=backoff(WRITE_RETRIES),
+    retry_jitter_factor=JITTER,
+    timeout_seconds=300,
+    cache_policy=NO_CACHE,
+)
+async def compute_indicators(
+    url: str, new_bars: Sequence[logic.NewBars], warmup_bars: int = logic.WARMUP_BARS
+) -> list[logic.SymbolRefresh]:
+    gate = asyncio.Semaphore(SYMBOL_CONCURRENCY)
+
+    async def one(new: logic.NewBars) -> logic.SymbolRefresh:
+        async with gate:
+            return await asyncio.to_thread(logic.compute_symbol, url, new, warmup_bars=warmup_bars)
+
+    return list(await asyncio.gather(*(one(n) for n in new_bars)))

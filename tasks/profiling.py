@@ -1,0 +1,113 @@
+"""Profiling tasks: find the worker, record it with py-spy, store the report, remember it.
+
+A worker that is not running or a py-spy without permission raises the specific exception from
+:mod:`tickvault.registration` / :mod:`tickvault.profiling`; the flow turns it into a Failed state
+with that message. Recording is never retried (it is the expensive part, and a permission
+problem will not fix itself); storing and reading reports are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from prefect import task
+from psycopg.types.json import Jsonb
+
+from tasks import JITTER, NO_CACHE, READ_RETRIES, WRITE_RETRIES, backoff
+from tickvault.config import Settings
+from tickvault.profiling import (
+    DUMP_TEXT_FILE,
+    FLAMEGRAPH_FILE,
+    SPEEDSCOPE_FILE,
+    ProfileReport,
+    Regression,
+    profile_process_async,
+)
+from tickvault.registration import WorkerInfo, find_worker
+from tickvault.reports import ReportStore, StoredReport
+
+# py-spy needs a moment to attach and to write its files after the window (profiling.py allows
+# 30 s of grace per recorder); on top of that, a margin before the task is declared hung.
+RECORD_MARGIN_S = 90
+
+
+@task(name="Find running worker", timeout_seconds=30, cache_policy=NO_CACHE)
+async def locate_worker(settings: Settings, name: str | None = None) -> WorkerInfo:
+    return find_worker(settings, name)
+
+
+@task(name="Record py-spy profile", timeout_seconds=3600, cache_policy=NO_CACHE)
+async def record_profile(pid: int, seconds: float, rate_hz: int, out_dir: Path) -> ProfileReport:
+    """The task's own timeout is a backstop; call it ``.with_options(timeout_seconds=seconds + RECORD_MARGIN_S)``."""
+    return await profile_process_async(pid, seconds=seconds, rate_hz=rate_hz, out_dir=out_dir)
+
+
+@task(
+    name="Read previous profile summary",
+    retries=READ_RETRIES,
+    retry_delay_seconds=backoff(READ_RETRIES),
+    retry_jitter_factor=JITTER,
+    timeout_seconds=120,
+    cache_policy=NO_CACHE,
+)
+async def previous_summary(store: ReportStore, worker: str, before: datetime) -> dict[str, Any] | None:
+    return await store.latest_summary_async(worker, before)
+
+
+@task(
+    name="Upload profile report",
+    retries=WRITE_RETRIES,  # the same keys are overwritten: idempotent
+    retry_delay_seconds=backoff(WRITE_RETRIES),
+    retry_jitter_factor=JITTER,
+    timeout_seconds=600,
+    cache_policy=NO_CACHE,
+)
+async def upload_report(
+    store: ReportStore, worker: str, when: datetime, files: Mapping[str, Path], summary: Mapping[str, Any]
+) -> StoredReport:
+    return await store.put_report_async(worker, when, files, summary)
+
+
+@task(name="Record profile row", timeout_seconds=60, cache_policy=NO_CACHE)  # an INSERT: not retried
+async def insert_profile_row(
+    url: str, report: ProfileReport, stored: StoredReport, regressions: Sequence[Regression]
+) -> int:
+    summary = report.summary
+    rss = (summary.get("rss") or {}).get("mean_bytes")
+
+    def key(name: str) -> str | None:
+        artifact = stored.artifacts.get(name)
+        return artifact.key if artifact else None
+
+    async with await psycopg.AsyncConnection.connect(url, connect_timeout=10) as conn:
+        cur = await conn.execute(
+            "INSERT INTO profiles (time, worker, pid, duration_s, location, speedscope_key, flamegraph_key, "
+            "dump_key, summary_key, cpu_percent, rss_mb, summary, regressions) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            (
+                stored.when,
+                stored.worker,
+                report.pid,
+                report.seconds,
+                stored.location,
+                key(SPEEDSCOPE_FILE),
+                key(FLAMEGRAPH_FILE),
+                key(DUMP_TEXT_FILE),
+                stored.summary.key,
+                (summary.get("cpu") or {}).get("mean_percent"),
+                rss / 2**20 if rss is not None else None,
+                Jsonb(summary),
+                Jsonb([
+                    {"function": r.function, "previous_share": r.previous_share,
+                     "current_share": r.current_share, "kind": r.kind}
+                    for r in regressions
+                ]),
+            ),
+        )
+        row = await cur.fetchone()
+        await conn.commit()
+    return int(row[0])
