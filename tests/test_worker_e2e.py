@@ -96,10 +96,11 @@ async def test_worker_stores_exactly_the_simulators_trades(fresh_database, tmp_p
     url = fresh_database()
     since = datetime.now(timezone.utc)
     async with Simulator(symbols=50, rate=40_000, frame_size=100, max_trades=200_000, seed=3) as sim:
-        settings = _settings_for(sim, url, tmp_path, since)
+        settings = _settings_for(sim, url, tmp_path / "run", since)
         handle = WorkerHandle()
         task = asyncio.create_task(run_worker(settings, handle))
         await asyncio.wait_for(handle.ready.wait(), 30)
+        assert (tmp_path / "run" / "worker-e2e.json").exists()  # registered for the profiler
         await asyncio.wait_for(sim.finished.wait(), 120)
         await wait_until(lambda: _truth_reached(url, sim), 60, "all trades committed")
         handle.stop()
@@ -107,8 +108,9 @@ async def test_worker_stores_exactly_the_simulators_trades(fresh_database, tmp_p
     _assert_equals_truth(url, sim)
     m = handle.metrics
     assert m.totals["rejects"] == 0
-    # streamed, not merely backfilled: at this rate the worker keeps up with the feed
-    assert m.totals["trades"] + m.totals["backfilled"] >= 200_000 and m.totals["trades"] > 150_000
+    # mostly streamed, not merely backfilled (the in-process simulator shares the worker's loop, so a
+    # busy machine can make it drop the worker as slow once: the backfill then covers the gap)
+    assert m.totals["trades"] + m.totals["backfilled"] >= 200_000 and m.totals["trades"] > 100_000
     assert m.lifetime["received_to_processed"].total > 0 and m.lifetime["received_to_committed"].total > 0
     with psycopg.connect(url) as conn:
         stats = conn.execute(
@@ -136,7 +138,7 @@ async def test_worker_survives_faults_and_restart_with_exact_ground_truth(fresh_
     since = datetime.now(timezone.utc)
     # 30 s of market at 20k trades/s: every fault below happens while the market still trades.
     async with Simulator(symbols=50, rate=20_000, frame_size=100, max_trades=600_000, seed=5) as sim:
-        env = {**os.environ, **_env_for(sim, url, tmp_path, since, TICKVAULT_FEED_SILENCE_S="1.0")}
+        env = {**os.environ, **_env_for(sim, url, tmp_path / "run", since, TICKVAULT_FEED_SILENCE_S="1.0")}
 
         logs: list[Path] = []
 
@@ -227,3 +229,61 @@ async def test_worker_survives_faults_and_restart_with_exact_ground_truth(fresh_
     assert len(bad) >= 2 and "unknown" in reasons.lower()
     assert reconnects >= 6  # five drops and the silent feed
     assert backfilled > 0 and stalls >= 1
+
+
+async def test_shutdown_with_database_gone_spills_then_next_start_commits(fresh_database, admin_url, tmp_path):
+    """SIGTERM while the database refuses connections: exit within the deadline, rows kept in a file,
+    committed by the next start; the table still ends equal to the ground truth."""
+    url = fresh_database()
+    dbname = url.rsplit("/", 1)[1]
+    since = datetime.now(timezone.utc)
+    admin = admin_url.rsplit("/", 1)[0] + "/postgres"
+    async with Simulator(symbols=20, rate=20_000, frame_size=100, max_trades=120_000, seed=9) as sim:
+        env = {**os.environ, **_env_for(sim, url, tmp_path / "run", since, TICKVAULT_SHUTDOWN_TIMEOUT_S="3")}
+        cmd = [sys.executable, "-m", "tickvault.cli", "worker", "run", "--quiet"]
+        log = open(tmp_path / "worker.log", "w")
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            await wait_until(lambda: _grew_past(url, 10_000), 60, "first rows")
+            with psycopg.connect(admin, autocommit=True) as conn:  # the database goes away
+                conn.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS false')
+                conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (dbname,))
+            await wait_until(lambda: _worker_buffered(sim), 30, "the market to go on while the database is away")
+            proc.send_signal(signal.SIGTERM)
+            rc = await asyncio.to_thread(proc.wait, 30)
+            assert rc == 3, (tmp_path / "worker.log").read_text()[-3000:]
+            spills = list((tmp_path / "run" / "spill").glob("e2e-*.spill.jsonl"))
+            assert len(spills) == 1 and spills[0].stat().st_size > 0
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS true')
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
+            await asyncio.wait_for(sim.finished.wait(), 120)
+            await wait_until(lambda: _truth_reached(url, sim), 90, "all trades after recovery")
+            assert not list((tmp_path / "run" / "spill").glob("*.spill.jsonl"))  # recovered and removed
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(proc.wait, 60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS true')
+    _assert_equals_truth(url, sim)
+    with psycopg.connect(url) as conn:  # quotes have no natural key: the batch ledger kept them single
+        dup = conn.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM quotes GROUP BY symbol, time_ns, bid_price, ask_price, bid_size, "
+            "ask_size HAVING count(*) > 1) d"
+        ).fetchone()[0]
+    assert dup == 0
+
+
+async def _grew_past(url: str, n: int) -> bool:
+    return await _count(url) >= n
+
+
+_market_mark: dict = {}
+
+
+async def _worker_buffered(sim: Simulator) -> bool:
+    """True once the market made 5k more trades after the database went away (so rows are buffered)."""
+    start = _market_mark.setdefault(id(sim), sim.truth_count())
+    return sim.truth_count() >= start + 5_000

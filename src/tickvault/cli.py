@@ -287,11 +287,14 @@ def worker_run(live: bool = typer.Option(True, "--live/--quiet", help="Show a on
     import asyncio
 
     from tickvault.stream.reader import AuthFailed
+    from tickvault.stream.worker import ShutdownIncomplete
 
     settings = _settings()
     _logging("WARNING" if live else "INFO")
     try:
         asyncio.run(_run_worker_foreground(settings, live and sys.stderr.isatty()))
+    except ShutdownIncomplete as exc:
+        raise _fail(str(exc), code=3) from None
     except (AuthFailed, ValueError) as exc:
         raise _fail(str(exc)) from None
 

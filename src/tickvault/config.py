@@ -85,6 +85,10 @@ class Settings(BaseSettings):
         30.0, ge=0, description="Reconnect (and backfill) after this long without market data on an open "
         "socket (0: never). Pings catch dead sockets; this catches a live server that went quiet.",
     )
+    shutdown_timeout_s: float = Field(
+        30.0, gt=0, description="On SIGTERM, how long to wait for the database to take what is buffered; "
+        "past it (or on a second signal) the rest is spilled to run_dir/spill and committed on the next start.",
+    )
     cache_ttl_s: float = Field(5.0, gt=0, description="A cached latest price older than this is stale.")
     stats_interval_s: float = Field(10.0, gt=0, description="Seconds between `ingest_stats` rows.")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus endpoint port on 127.0.0.1 (0: off).")

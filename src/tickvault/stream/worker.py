@@ -32,6 +32,10 @@ log = logging.getLogger("tickvault.worker")
 BACKFILL_SYMBOLS_PER_REQUEST = 100  # keeps the query string short; pages are ≤ 10k rows each
 
 
+class ShutdownIncomplete(RuntimeError):
+    """The database did not take every buffered row before the deadline; they were spilled to a file."""
+
+
 @dataclass
 class WorkerHandle:
     """What tests and the CLI hold on a running worker."""
@@ -44,7 +48,13 @@ class WorkerHandle:
     last_status: dict = field(default_factory=dict)
     trade_updates: object | None = None
 
+    force_event: asyncio.Event = field(default_factory=asyncio.Event)
+    spilled: tuple | None = None  # (path, rows) when shutdown had to spill
+
     def stop(self) -> None:
+        """First call: stop and drain. A second call (a second Ctrl-C): stop waiting, spill, exit."""
+        if self.stop_event.is_set():
+            self.force_event.set()
         self.stop_event.set()
 
 
@@ -130,6 +140,11 @@ async def run_worker(
                 await writer.submit(time.monotonic_ns(), bars=bars)
         return total
 
+    spill_dir = settings.run_dir / "spill"
+    writer_task = asyncio.create_task(writer.run(), name="writer")
+    recovered = await writer.recover(spill_dir)  # what a previous run could not commit, first
+    if recovered:
+        log.warning("committed %d rows spilled by the previous run", recovered)
     resume = await _resume_point(pool, symbols)
     if resume is None and settings.backfill_from is not None:
         since = settings.backfill_from
@@ -195,18 +210,22 @@ async def run_worker(
             log.warning("could not write ingest_stats (%s); figures kept in memory", exc)
         metrics.queue_max = queue.qsize()
 
+    stats_clock = {"last": time.monotonic()}
+
+    async def stats_tick() -> None:
+        now = time.monotonic()
+        await write_stats(now - stats_clock["last"])
+        stats_clock["last"] = now
+
     async def stats_loop() -> None:
-        last = time.monotonic()
-        while not handle.stop_event.is_set():
+        # Ends on stop; the last row is written after the drain, so it counts the drained rows.
+        while True:
             try:
                 await asyncio.wait_for(handle.stop_event.wait(), settings.stats_interval_s)
+                return
             except asyncio.TimeoutError:
-                pass
-            now = time.monotonic()
-            await write_stats(now - last)
-            last = now
+                await stats_tick()
 
-    writer_task = asyncio.create_task(writer.run(), name="writer")
     processor_task = asyncio.create_task(processor.run(), name="processor")
     reader_task = asyncio.create_task(reader.run(), name="reader")
     stats_task = asyncio.create_task(stats_loop(), name="stats")
@@ -236,15 +255,43 @@ async def run_worker(
             await asyncio.wait_for(reader_task, 15)
         except (asyncio.TimeoutError, Exception):  # noqa: BLE001
             reader_task.cancel()
-        await reader.wait_backfills()
-        await queue.put(None)
-        await processor_task
-        await writer.drain()
-        writer.close()
-        await writer_task
+        deadline = asyncio.get_running_loop().time() + settings.shutdown_timeout_s
+
+        async def until_deadline(aw) -> bool:
+            """Await `aw` until the shutdown deadline or a second signal; False if cut short."""
+            task = asyncio.ensure_future(aw)
+            force = asyncio.create_task(handle.force_event.wait())
+            remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+            done, _ = await asyncio.wait({task, force}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            force.cancel()
+            if task in done:
+                task.result()
+                return True
+            task.cancel()
+            return False
+
+        drained = (
+            await until_deadline(reader.wait_backfills())
+            and await until_deadline(queue.put(None))
+            and await until_deadline(processor_task)
+            and await until_deadline(writer.drain())
+        )
+        if drained:
+            writer.close()
+            await writer_task
+        else:
+            processor_task.cancel()
+            writer_task.cancel()
+            await asyncio.gather(processor_task, writer_task, return_exceptions=True)
+            handle.spilled = writer.spill(spill_dir)
+            if handle.spilled:
+                log.error("the database did not take %d buffered rows within %.0f s; kept in %s and committed "
+                          "on the next start", handle.spilled[1], settings.shutdown_timeout_s, handle.spilled[0])
         if gateway_task is not None:
             gateway.close()
-            await gateway_task
+            if not await until_deadline(gateway_task):
+                log.error("order gateway did not finish within the shutdown deadline; pending intents are "
+                          "stay pending_submit in orders, where reconciliation reports them")
         listener.stop()
         try:
             # It only waits on the socket: a second is plenty to leave cleanly, else it is cancelled.
@@ -253,13 +300,21 @@ async def run_worker(
             pass
         except Exception as exc:  # noqa: BLE001 - a refused trade-updates stream is logged, not fatal at exit
             log.warning("trade updates listener ended with %r", exc)
-        await stats_task
+        stats_task.cancel()
+        await asyncio.gather(stats_task, return_exceptions=True)
+        if drained:
+            await stats_tick()
         if prom is not None:
             prom.close()
         await rest.aclose() if hasattr(rest, "aclose") else None
-        await pool.close()
+        await pool.close(timeout=5 if drained else 0.5)
         unregister_worker(settings, settings.worker_name, pid=os.getpid())
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+    if handle.spilled:
+        raise ShutdownIncomplete(
+            f"{handle.spilled[1]} rows were not committed before shutdown; they are kept in {handle.spilled[0]} "
+            "and committed by the next `tickvault worker run`"
+        )
     return handle
