@@ -131,7 +131,19 @@ class OrderGateway:
                 if row and row[0] != "pending_submit":
                     log.info("intent %s already submitted (status %s); not submitting again", cid, row[0])
                     return None
-                # pending_submit from a crash mid-submit: submitting again is safe, the broker dedupes
+        if not fresh:
+            # pending_submit left by a run that stopped mid-submit: did the broker get it?
+            from tickvault.alpaca.errors import NotFoundError
+
+            try:
+                order = await self.rest.get_order_by_client_id(cid)
+            except NotFoundError:
+                order = None
+            if order is not None:
+                async with self.pool.connection() as conn:
+                    await record_order(conn, order)
+                log.info("intent %s had reached the broker before a restart; recorded, not resubmitted", cid)
+                return order
         request = OrderRequest(
             symbol=intent.symbol, side=intent.side, qty=intent.qty, type=intent.type,
             time_in_force=intent.time_in_force, limit_price=intent.limit_price, client_order_id=cid,
@@ -139,7 +151,7 @@ class OrderGateway:
         started = time.perf_counter()
         order = await self.rest.submit_order(request)
         latency_ms = (time.perf_counter() - started) * 1000
-        async with self.pool.connection() as conn:
+        async with self.pool.connection() as conn, conn.transaction():  # one commit, not two
             await record_order(conn, order)
             await conn.execute("UPDATE orders SET submit_latency_ms = %s, strategy = coalesce(strategy, %s) "
                                "WHERE client_order_id = %s", (latency_ms, strategy, cid))

@@ -1,0 +1,167 @@
+"""Order gateway, trade-updates listener and the strategy hook against the simulator and the real database."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from decimal import Decimal
+
+import psycopg
+import pytest
+import pytest_asyncio
+from psycopg_pool import AsyncConnectionPool
+
+from tickvault.alpaca.models import OrderRequest
+from tickvault.alpaca.rest import AlpacaREST
+from tickvault.config import load_settings
+from tickvault.sim.server import Simulator
+from tickvault.stream.metrics import Metrics
+from tickvault.stream.orders import OrderGateway, TradeUpdatesListener, client_order_id
+from tickvault.stream.strategy import Bar, OrderIntent, StrategyLoadError, load_strategy
+
+
+async def wait_until(predicate, timeout: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@pytest_asyncio.fixture(loop_scope="function")  # the pool lives in the test's own loop
+async def env(fresh_database):
+    url = fresh_database()
+    async with Simulator(symbols=["AAPL", "MSFT"], rate=2_000, seed=1) as sim:
+        settings = load_settings(
+            database_url=url, alpaca_key_id=sim.key, alpaca_secret_key=sim.secret,
+            alpaca_trading_url=sim.rest_url, alpaca_data_url=sim.rest_url,
+        )
+        pool = AsyncConnectionPool(url, min_size=1, max_size=4, open=False)
+        await pool.open()
+        try:
+            yield sim, settings, pool, url
+        finally:
+            await pool.close()
+
+
+BAR = Bar("AAPL", 1_767_000_000_000_000_000, 100.0, 101.0, 99.0, 100.5, 1000, 10, 100.2)
+
+
+async def test_gateway_submits_each_intent_once(env):
+    sim, settings, pool, url = env
+    metrics = Metrics()
+    gateway = OrderGateway(AlpacaREST(settings), pool, metrics)
+    intent = OrderIntent("AAPL", "buy", Decimal("3"))
+    first = await gateway.submit("s1", BAR, intent)
+    again = await gateway.submit("s1", BAR, intent)  # the same bar seen twice (restart, duplicate frame)
+    assert first is not None and again is None
+    cid = client_order_id("s1", BAR, intent)
+    assert first.client_order_id == cid
+    broker = await AlpacaREST(settings).list_orders(status="all")
+    assert [o.client_order_id for o in broker].count(cid) == 1
+    with psycopg.connect(url) as conn:
+        status, qty, latency, strategy = conn.execute(
+            "SELECT status, qty, submit_latency_ms, strategy FROM orders WHERE client_order_id = %s", (cid,)
+        ).fetchone()
+    assert status in ("filled", "accepted", "new") and qty == Decimal("3") and latency > 0 and strategy == "s1"
+    assert metrics.totals["orders_submitted"] == 1
+
+
+async def test_restart_mid_submit_finds_the_order_instead_of_resubmitting(env):
+    sim, settings, pool, url = env
+    intent = OrderIntent("MSFT", "sell", Decimal("2"))
+    cid = client_order_id("s2", BAR, intent)
+    rest = AlpacaREST(settings)
+    # the previous run recorded the intent and the broker took the order, then the run died before the ack
+    await rest.submit_order(OrderRequest(symbol="MSFT", side="sell", qty=Decimal("2"), client_order_id=cid))
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO orders (client_order_id, symbol, side, order_type, time_in_force, qty, status) "
+            "VALUES (%s, 'MSFT', 'sell', 'market', 'day', 2, 'pending_submit')", (cid,)
+        )
+    order = await OrderGateway(rest, pool, Metrics()).submit("s2", BAR, intent)
+    assert order is not None and order.client_order_id == cid
+    broker = await rest.list_orders(status="all")
+    assert [o.client_order_id for o in broker].count(cid) == 1
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT status FROM orders WHERE client_order_id = %s", (cid,)).fetchone()[0] != "pending_submit"
+
+
+async def test_trade_updates_stream_records_fills(env):
+    sim, settings, pool, url = env
+    metrics = Metrics()
+    listener = TradeUpdatesListener(sim.trade_updates_url, sim.key, sim.secret, pool, metrics)
+    task = asyncio.create_task(listener.run())
+    try:
+        await asyncio.wait_for(listener.listening.wait(), 10)
+        rest = AlpacaREST(settings)
+        order = await rest.submit_order(OrderRequest(symbol="AAPL", side="buy", qty=Decimal("5"), client_order_id="tu-1"))
+
+        async def filled() -> bool:
+            async with await psycopg.AsyncConnection.connect(url) as conn:
+                cur = await conn.execute("SELECT qty, price, cum_qty, source FROM fills WHERE order_id = %s", (order.id,))
+                return await cur.fetchone() is not None
+
+        await wait_until(filled, 10, "the fill from the trade-updates stream")
+        with psycopg.connect(url) as conn:
+            qty, price, cum, source = conn.execute(
+                "SELECT qty, price, cum_qty, source FROM fills WHERE order_id = %s", (order.id,)
+            ).fetchone()
+            status = conn.execute("SELECT status FROM orders WHERE id = %s", (order.id,)).fetchone()[0]
+        assert (qty, cum, source, status) == (Decimal("5"), Decimal("5"), "stream", "filled") and price > 0
+        assert metrics.totals["fills_recorded"] == 1
+    finally:
+        listener.stop()
+        await asyncio.wait_for(task, 10)
+
+
+def test_strategy_loading_errors_are_clear():
+    with pytest.raises(StrategyLoadError, match="package.module:Name"):
+        load_strategy("no_colon_here")
+    with pytest.raises(StrategyLoadError, match="cannot load"):
+        load_strategy("tests.support.nothing_here:X")
+    assert load_strategy("tests.support.strategies:BuyOneShareEachBar").name == "buy-each-bar"
+
+
+async def test_worker_strategy_turns_bars_into_orders_and_fills(fresh_database, tmp_path):
+    """Minute bars with indicators reach a configured strategy; its intents become broker orders once each,
+    and their fills come back through the trade-updates stream."""
+    from tickvault.stream.worker import WorkerHandle, run_worker
+
+    url = fresh_database()
+    t0 = time.time_ns()
+    fast = lambda: t0 + (time.time_ns() - t0) * 120  # noqa: E731 - a simulated minute every 0.5 s
+    async with Simulator(symbols=["AAPL", "MSFT"], rate=2_000, seed=2, clock=fast) as sim:
+        settings = load_settings(
+            database_url=url, alpaca_key_id=sim.key, alpaca_secret_key=sim.secret,
+            alpaca_stream_url=sim.ws_url, alpaca_data_url=sim.rest_url, alpaca_trading_url=sim.rest_url,
+            alpaca_trade_stream_url=sim.trade_updates_url, symbols="AAPL,MSFT", metrics_port=0,
+            run_dir=tmp_path / "run", worker_name="strat", strategy="tests.support.strategies:BuyOneShareEachBar",
+        )
+        handle = WorkerHandle()
+        task = asyncio.create_task(run_worker(settings, handle))
+
+        async def orders_filled() -> bool:
+            async with await psycopg.AsyncConnection.connect(url) as conn:
+                cur = await conn.execute(
+                    "SELECT count(*) FROM orders o JOIN fills f ON f.order_id = o.id WHERE o.strategy = 'buy-each-bar'"
+                )
+                return (await cur.fetchone())[0] >= 4
+
+        try:
+            await wait_until(orders_filled, 60, "strategy orders filled")
+        finally:
+            handle.stop()
+            await asyncio.wait_for(task, 60)
+    with psycopg.connect(url) as conn:
+        bars = conn.execute("SELECT count(*) FROM bars").fetchone()[0]
+        indicators = conn.execute("SELECT count(*) FROM indicators WHERE timeframe = '1m'").fetchone()[0]
+        dupes = conn.execute(
+            "SELECT count(*) FROM (SELECT client_order_id FROM orders GROUP BY 1 HAVING count(*) > 1) d"
+        ).fetchone()[0]
+    broker = [o for o in sim.broker.orders.values()] if hasattr(sim.broker, "orders") else []
+    assert bars >= 4 and indicators >= 4 and dupes == 0
+    if broker:
+        cids = [o["client_order_id"] if isinstance(o, dict) else o.client_order_id for o in broker]
+        assert len(cids) == len(set(cids))
