@@ -382,8 +382,12 @@ def run_main() -> None:
     typer.echo(f"worker {settings.worker_name}: {len(settings.symbols) or 'all'} symbols, Ctrl-C stops everything cleanly")
     import asyncio
 
+    from tickvault.stream.worker import ShutdownIncomplete
+
     try:
         asyncio.run(_run_worker_foreground(settings, live=True))
+    except ShutdownIncomplete as exc:
+        raise _fail(str(exc), code=3) from None
     finally:
         if sim_proc is not None:
             import signal as _signal

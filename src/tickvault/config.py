@@ -101,7 +101,7 @@ class Settings(BaseSettings):
 
     # --- simulator -------------------------------------------------------------------------
     sim_host: str = Field("127.0.0.1", description="Simulator bind address (loopback only).")
-    sim_port: int = Field(8765, ge=0, le=65535, description="Simulator port (WebSocket and REST on one port).")
+    sim_port: int = Field(8765, ge=0, le=65535, description="Simulator WebSocket port (market data at /v2/{feed}, trade updates at /stream).")
     sim_rest_port: int = Field(8766, ge=0, le=65535, description="Simulator REST port (trading and market data).")
     sim_symbols: int = Field(50, ge=1, description="Number of simulated symbols.")
     sim_rate: float = Field(20_000, gt=0, description="Simulated trades per second across all symbols.")

@@ -100,6 +100,9 @@ class OrderGateway:
             log.error("order intent dropped (more than %d pending): %s %s %s", MAX_PENDING_INTENTS,
                       intent.side, intent.qty, intent.symbol)
 
+    def pending(self) -> int:
+        return self._queue.qsize()
+
     def close(self) -> None:
         self._closing = True
         self._queue.put_nowait(None) if not self._queue.full() else None

@@ -32,6 +32,7 @@ from tickvault.alpaca.protocol import (
     auth_message,
     decode_frame,
     encode_client_message,
+    ns_to_rfc3339,
     subscribe_message,
 )
 from tickvault.stream.metrics import Metrics
@@ -44,6 +45,8 @@ MAX_SIZE = 16 * 2**20
 MAX_QUEUE = 16
 BACKOFF_START_S = 0.25
 BACKOFF_MAX_S = 30.0
+SILENCE_MAX_S = 1800.0
+BACKFILL_ATTEMPTS = 6  # 1+2+4+8+16 s between them: rides out a REST or database outage of ~30 s
 
 
 @dataclass(slots=True)
@@ -90,6 +93,9 @@ class MarketDataReader:
         self.backfill = backfill
         self.last_exchange_ns = resume_from_ns  # latest exchange time received (or stored, at start)
         self.silence_s = silence_s or None
+        # A quiet feed (overnight, weekends) is not a fault: each silent reconnect that brings no data
+        # doubles the limit, up to 30 min; data resets it.
+        self._silence_now = self.silence_s
         self.connected = asyncio.Event()
         self._stopping = asyncio.Event()
         self._ws = None
@@ -192,13 +198,15 @@ class MarketDataReader:
 
     async def _read(self, ws) -> None:
         recv = ws.recv
-        silence = self.silence_s
         while True:
+            silence = self._silence_now
             try:
                 data = await asyncio.wait_for(recv(), silence) if silence else await recv()
             except asyncio.TimeoutError:
                 self.metrics.add("stalls")
+                self._silence_now = min(silence * 2, SILENCE_MAX_S)
                 raise FeedSilent(f"no market data for {silence:.1f} s on an open connection") from None
+            self._silence_now = self.silence_s
             wall = time.time_ns()
             mono = time.monotonic_ns()
             frame = decode_frame(data)
@@ -236,9 +244,19 @@ class MarketDataReader:
         task.add_done_callback(self._backfills.discard)
 
     async def _run_backfill(self, start_ns: int, end_ns: int) -> None:
-        try:
-            rows = await self.backfill(start_ns, end_ns)
-            log.info("backfilled %d rows for the gap %d → %d", rows, start_ns, end_ns)
-        except Exception:  # noqa: BLE001 - a failed backfill is logged and counted, the stream goes on
-            self.metrics.add("db_errors")
-            log.exception("backfill of the gap %d → %d failed", start_ns, end_ns)
+        delay = 1.0
+        for attempt in range(1, BACKFILL_ATTEMPTS + 1):
+            try:
+                rows = await self.backfill(start_ns, end_ns)
+                log.info("backfilled %d rows for the gap %d → %d", rows, start_ns, end_ns)
+                return
+            except Exception as exc:  # noqa: BLE001 - retried, then logged with the exact window
+                self.metrics.add("db_errors")
+                if attempt == BACKFILL_ATTEMPTS:
+                    log.error("backfill of the gap %s → %s failed %d times (%s): the trades of that window are "
+                              "NOT stored", ns_to_rfc3339(start_ns),
+                              ns_to_rfc3339(end_ns), attempt, exc)
+                    return
+                log.warning("backfill attempt %d failed (%s); retrying in %.0f s", attempt, exc, delay)
+                await asyncio.sleep(delay)
+                delay *= 2

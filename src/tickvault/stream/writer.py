@@ -93,7 +93,7 @@ BAD_COPY = (
     "COPY bad_messages (source, reason, payload, worker) FROM STDIN (FORMAT BINARY)",
     ["text", "text", "bytea", "text"],
 )
-YIELD_EVERY = 2000  # rows formatted between event-loop turns (~5 ms of work)
+YIELD_EVERY = 250  # rows formatted between event-loop turns (~0.6 ms): keeps processing p99 under 1 ms
 
 INDICATOR_COLUMNS = (
     "time", "symbol", "timeframe", "close", "rsi_14", "ema_12", "ema_26", "sma_20", "macd", "macd_signal",
