@@ -28,11 +28,9 @@ def _admin_url() -> str:
 
 
 def _with_db(url: str, dbname: str) -> str:
-    base, _, _ = url.rpartition("/")
-    query = ""
-    if "?" in url.rsplit("/", 1)[1]:
-        query = "?" + url.rsplit("?", 1)[1]
-    return f"{base}/{dbname}{query}"
+    from tickvault.db import url_for_database
+
+    return url_for_database(url, dbname)
 
 
 @pytest.fixture(scope="session")

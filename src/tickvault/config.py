@@ -75,7 +75,7 @@ class Settings(BaseSettings):
         20_000, ge=1, description="Flush a table's buffer at this many rows (COPY cost is per batch, not per row)."
     )
     writer_flush_ms: int = Field(
-        100, ge=1, description="Flush a non-empty buffer at least this often (bounds received→committed latency)."
+        50, ge=1, description="Flush a non-empty buffer at least this often (bounds received→committed latency)."
     )
     backfill_from: datetime | None = Field(
         None, description="On a first start (no stored trades for the symbols), backfill trades and bars from "

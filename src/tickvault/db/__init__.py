@@ -7,6 +7,13 @@ from urllib.parse import quote
 from tickvault.config import Settings
 
 
+def url_for_database(url: str, dbname: str) -> str:
+    """The same server URL pointing at another database (query parameters kept)."""
+    base, _, tail = url.rpartition("/")
+    query = "?" + tail.split("?", 1)[1] if "?" in tail else ""
+    return f"{base}/{quote(dbname, safe='')}{query}"
+
+
 def database_url(settings: Settings) -> str:
     """The URL every component connects to: ``TICKVAULT_DATABASE_URL``, else the local server's."""
     if settings.database_url is not None:
