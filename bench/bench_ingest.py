@@ -25,18 +25,15 @@ frames are built, so exchange→received is replay lag here, not feed latency.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import secrets
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 
 from bench.bench_decode import KEY, SECRET, ReplayServer, machine_info, make_frames
-from bench.common import write_results
+from bench.common import scratch_database, write_results
 
 SYMBOLS = 50
 FRAME_SIZE = 100  # the simulator's default
@@ -53,30 +50,6 @@ STAGES = ("exchange_to_received", "received_to_processed", "received_to_committe
 
 
 # ------------------------------------------------------------------------- scratch database
-def _with_db(url: str, dbname: str) -> str:
-    base, _, tail = url.rpartition("/")
-    query = "?" + tail.split("?", 1)[1] if "?" in tail else ""
-    return f"{base}/{dbname}{query}"
-
-
-@contextlib.contextmanager
-def scratch_database(prefix: str) -> Iterator[str]:
-    """A new, migrated database on the configured server (tests/conftest.py's pattern); dropped after."""
-    from tickvault.config import load_settings
-    from tickvault.db import database_url
-    from tickvault.db.local import ensure_database
-    from tickvault.db.migrate import migrate
-
-    admin = database_url(load_settings())
-    name = f"{prefix}_{secrets.token_hex(4)}"
-    ensure_database(_with_db(admin, "postgres"), name)
-    url = _with_db(admin, name)
-    try:
-        migrate(url)
-        yield url
-    finally:
-        with psycopg.connect(_with_db(admin, "postgres"), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def fresh_tables(url: str) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 import psutil
 
 from bench.bench_decode import KEY, SECRET, machine_info
-from bench.bench_ingest import scratch_database
+from bench.common import scratch_database
 from bench.common import write_results
 
 SYMBOLS = 500

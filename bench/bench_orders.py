@@ -25,7 +25,7 @@ from decimal import Decimal
 import numpy as np
 
 from bench.bench_decode import KEY, SECRET, machine_info
-from bench.bench_ingest import scratch_database
+from bench.common import scratch_database
 from bench.bench_memory import SimProcess
 from bench.common import write_results
 

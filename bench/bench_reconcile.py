@@ -24,17 +24,16 @@ Goal: concurrent ≤ :data:`GOAL_RATIO` × the slowest single call. The HTTP poo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import platform
-import secrets
 import statistics
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import psycopg
+
+from bench.common import scratch_database
 
 from tickvault.alpaca.models import FillActivity, Order, OrderRequest
 from tickvault.alpaca.rest import AlpacaREST, collect
@@ -61,29 +60,6 @@ KEY_ID = "PKBENCHRECONCILE"
 SECRET = "bench-reconcile-secret"
 
 
-def _with_db(url: str, dbname: str) -> str:
-    base, _, tail = url.rpartition("/")
-    query = "?" + tail.split("?", 1)[1] if "?" in tail else ""
-    return f"{base}/{dbname}{query}"
-
-
-@contextlib.contextmanager
-def scratch_database(prefix: str) -> Iterator[str]:
-    """A new, migrated database on the configured server; dropped after."""
-    from tickvault.db import database_url
-    from tickvault.db.local import ensure_database
-    from tickvault.db.migrate import migrate
-
-    admin = database_url(load_settings())
-    name = f"{prefix}_{secrets.token_hex(4)}"
-    ensure_database(_with_db(admin, "postgres"), name)
-    url = _with_db(admin, name)
-    try:
-        migrate(url)
-        yield url
-    finally:
-        with psycopg.connect(_with_db(admin, "postgres"), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def _seed(sim: Simulator, rest: AlpacaREST) -> tuple[list[Order], list[FillActivity]]:
