@@ -100,7 +100,10 @@ def stack(fresh_database, tmp_path_factory) -> Iterator[Stack]:
     procs: list[subprocess.Popen] = []
     mp = pytest.MonkeyPatch()
     home = tmp / "prefect-home"
-    for k, v in {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}.items():
+    for k, v in {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
+                 # this pytest process runs no flows; without this its API log handler tries to flush
+                 # to the (by then stopped) test server at exit and prints a connection error
+                 "PREFECT_LOGGING_TO_API_ENABLED": "false"}.items():
         mp.setenv(k, v)
     server = LocalPrefectServer(home=home, port=_free_port())
     moto = None
@@ -156,6 +159,7 @@ def stack(fresh_database, tmp_path_factory) -> Iterator[Stack]:
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "DO_NOT_TRACK": "1",
             "PREFECT_WORKER_QUERY_SECONDS": "1",  # pick scheduled runs up within a second
+            "PREFECT_LOGGING_TO_API_ENABLED": "true",  # flow-run logs reach the server (the UI shows them)
         }
 
         # The streaming worker the profile flow attaches to.
