@@ -8,6 +8,7 @@ One Prefect server for the module (a start costs ~20 s); deployments are run one
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -335,3 +336,21 @@ def test_stopping_the_local_server_never_signals_a_process_it_did_not_start(tmp_
     finally:
         other.stdin.close()
         other.wait(timeout=10)
+
+
+async def test_a_finished_run_reruns_as_the_ui_retry_does(stack: Stack) -> None:
+    """The UI's Retry puts a flow run back into a scheduled state; the process worker runs it again."""
+    from prefect.client.orchestration import PrefectClient
+    from prefect.states import AwaitingRetry
+
+    run, _, _ = await _run(stack, "purge-retention/nightly")
+    async with PrefectClient(stack.api_url) as client:
+        await client.set_flow_run_state(run.id, AwaitingRetry(), force=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RUN_TIMEOUT_S
+        while True:
+            again = await client.read_flow_run(run.id)
+            if again.state is not None and again.state.is_completed() and again.run_count >= 2:
+                break
+            assert loop.time() < deadline, f"rerun did not complete: {again.state}"
+            await asyncio.sleep(0.5)
