@@ -178,13 +178,16 @@ class BatchWriter:
                 n += len(values)
         if n == 0:
             return
-        if not batch.frames:
+        first = not batch.frames
+        if first:
             batch.first_mono = recv_mono_ns
         batch.frames.append((recv_mono_ns, n))
         batch.rows += n
         self._pending_rows += n
         self._idle.clear()
-        if batch.rows >= self.batch_rows:
+        # The first rows of a batch start its age clock (the writer sleeps untimed while empty);
+        # a full batch goes at once.
+        if first or batch.rows >= self.batch_rows:
             self._wake.set()
 
     async def drain(self) -> None:
