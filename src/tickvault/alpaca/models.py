@@ -20,13 +20,14 @@ because Alpaca added a field.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from tickvault.alpaca.protocol import ns_to_datetime, ns_to_rfc3339, rfc3339_to_ns
 
 __all__ = [
     "Account",
@@ -46,61 +47,8 @@ __all__ = [
 # time
 
 
-_RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):?(\d{2}))\Z",
-    re.ASCII,  # \d is 0-9 only
-)
-
-
-def _days_from_civil(y: int, m: int, d: int) -> int:
-    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm, integers only)."""
-    y -= m <= 2
-    era = (y if y >= 0 else y - 399) // 400
-    yoe = y - era * 400
-    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
-    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-    return era * 146097 + doe - 719468
-
-
-_DAYS_IN_MONTH = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
-
-
-def _leap(year: int) -> bool:
-    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
-
-
-def parse_rfc3339_ns(text: str) -> int:
-    """Exact nanoseconds since the Unix epoch of an RFC 3339 timestamp.
-
-    ``"2024-01-02T14:30:00.123456789Z"`` → ``1704205800123456789``. Fractions shorter than 9 digits
-    are right-padded, longer ones truncated (Alpaca sends at most 9). Offsets other than ``Z`` are
-    applied. Integer arithmetic only: no float, no ``datetime``. Raises ``ValueError`` on bad input.
-    """
-    m = _RFC3339.match(text)
-    if m is None:
-        raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
-    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
-    if not (
-        1 <= month <= 12 and 1 <= day <= _DAYS_IN_MONTH[month] and hour < 24 and minute < 60 and second <= 60
-    ):
-        raise ValueError(f"RFC 3339 timestamp out of range: {text!r}")
-    if month == 2 and day == 29 and not _leap(year):
-        raise ValueError(f"RFC 3339 timestamp out of range: {text!r}")
-    frac = m.group(7)
-    nanos = int((frac + "000000000")[:9]) if frac else 0
-    seconds = _days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
-    if m.group(9):  # numeric offset: local time = UTC + offset, so UTC = local - offset
-        offset = int(m.group(10)) * 3600 + int(m.group(11)) * 60
-        seconds -= offset if m.group(9) == "+" else -offset
-    return seconds * 1_000_000_000 + nanos
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def ns_to_datetime(time_ns: int) -> datetime:
-    """Aware UTC datetime of epoch nanoseconds, truncated to microseconds (datetime's resolution)."""
-    return _EPOCH + timedelta(microseconds=time_ns // 1000)
+# One exact parser and converter for the whole project: the wire module's.
+parse_rfc3339_ns = rfc3339_to_ns
 
 
 def format_rfc3339(value: datetime | str | int) -> str:
@@ -108,9 +56,7 @@ def format_rfc3339(value: datetime | str | int) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, int):
-        seconds, nanos = divmod(value, 1_000_000_000)
-        base = (_EPOCH + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S")
-        return f"{base}.{nanos:09d}Z" if nanos else f"{base}Z"
+        return ns_to_rfc3339(value)
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

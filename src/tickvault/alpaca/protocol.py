@@ -22,6 +22,7 @@ import json
 import re
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import msgpack
@@ -196,12 +197,26 @@ def rfc3339_to_ns(s: str) -> int:
     if m is None:
         raise ValueError(f"not an RFC 3339 time: {s!r}")
     y, mo, d, hh, mm, ss, frac, _z, sign, oh, om = m.groups()
-    secs = calendar.timegm((int(y), int(mo), int(d), int(hh or 0), int(mm or 0), int(ss or 0), 0, 0, 0))
+    year, month, day, hour, minute, second = int(y), int(mo), int(d), int(hh or 0), int(mm or 0), int(ss or 0)
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    days_in_month = (31, 29 if leap else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+    if not (1 <= month <= 12 and 1 <= day <= days_in_month[month - 1] and hour < 24 and minute < 60
+            and second <= 60):
+        raise ValueError(f"RFC 3339 time out of range: {s!r}")
+    secs = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
     if sign is not None:
         offset = int(oh) * 3600 + int(om) * 60
         secs += -offset if sign == "+" else offset
     ns = int(frac.ljust(9, "0")) if frac else 0
     return secs * 1_000_000_000 + ns
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def ns_to_datetime(ns: int) -> datetime:
+    """Aware UTC datetime of epoch ns, truncated to µs (datetime's resolution), with no float on the way."""
+    return _EPOCH + timedelta(microseconds=ns // 1000)
 
 
 def ns_to_rfc3339(ns: int) -> str:

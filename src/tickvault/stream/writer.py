@@ -29,7 +29,6 @@ import struct
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import psycopg
@@ -38,18 +37,13 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from tickvault.alpaca.protocol import ns_to_datetime
 from tickvault.stream.metrics import Metrics
 
 log = logging.getLogger("tickvault.writer")
 
 _PG_EPOCH_US = 946_684_800 * 1_000_000  # 2000-01-01 in Unix µs
 _pack_q = struct.Struct("!q").pack
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-def ns_to_datetime(ns: int) -> datetime:
-    """Exact to the microsecond (no float on the way), for parameters outside COPY."""
-    return _EPOCH + timedelta(microseconds=ns // 1000)
 
 
 class _NsTimestamptz(Dumper):
