@@ -250,7 +250,12 @@ async def test_shutdown_with_database_gone_spills_then_next_start_commits(fresh_
             with psycopg.connect(admin, autocommit=True) as conn:  # the database goes away
                 conn.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS false')
                 conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (dbname,))
-            await wait_until(lambda: _worker_buffered(sim), 30, "the market to go on while the database is away")
+            mark = sim.truth_count()
+
+            async def market_moved_on() -> bool:  # rows pile up in the worker while the database is away
+                return sim.truth_count() >= mark + 5_000
+
+            await wait_until(market_moved_on, 30, "the market to go on while the database is away")
             proc.send_signal(signal.SIGTERM)
             rc = await asyncio.to_thread(proc.wait, 30)
             assert rc == 3, (tmp_path / "worker.log").read_text()[-3000:]
@@ -287,15 +292,6 @@ async def test_shutdown_with_database_gone_spills_then_next_start_commits(fresh_
 
 async def _grew_past(url: str, n: int) -> bool:
     return await _count(url) >= n
-
-
-_market_mark: dict = {}
-
-
-async def _worker_buffered(sim: Simulator) -> bool:
-    """True once the market made 5k more trades after the database went away (so rows are buffered)."""
-    start = _market_mark.setdefault(id(sim), sim.truth_count())
-    return sim.truth_count() >= start + 5_000
 
 
 async def test_a_trickle_of_rows_is_committed_within_the_flush_interval(fresh_database):

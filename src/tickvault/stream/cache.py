@@ -28,6 +28,10 @@ class PriceCache:
     def __len__(self) -> int:
         return len(self._trades)
 
+    def symbols(self) -> list[str]:
+        """Symbols with a cached trade, sorted (with a "*" subscription: the symbols seen so far)."""
+        return sorted(self._trades)
+
     def update_trades(self, trades: list[tuple], mono_ns: int) -> None:
         newest: dict[str, tuple] = {}
         for t in trades:

@@ -105,8 +105,8 @@ class Processor:
         if f.rejects:
             metrics.add("rejects", len(f.rejects))
             bad = [("stream", r.reason, r.payload) for r in f.rejects]
-            for r in f.rejects:
-                log.warning("rejected input kept in bad_messages: %s", r.reason)
+            # one line per frame, not per message: a broken feed must not flood the log
+            log.warning("%d rejected message(s) kept in bad_messages, e.g. %s", len(f.rejects), f.rejects[0].reason)
         n += len(bar_rows) + other
         if n:
             metrics.observe("received_to_processed", time.monotonic_ns() - mono, n)

@@ -130,7 +130,7 @@ async def run_worker(
                           on_intent=gateway.enqueue if gateway else None)
 
     async def backfill(start_ns: int, end_ns: int) -> int:
-        wanted = symbols or sorted(cache._trades)  # with "*", the symbols seen so far
+        wanted = symbols or cache.symbols()
         if not wanted:
             return 0
         total = 0
