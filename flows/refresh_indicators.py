@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from prefect import flow
 
-from tasks.indicators import compute_indicators, find_new_bars, refresh_ohlcv_aggregates
+from tasks.indicators import check_timescaledb_jobs, compute_indicators, find_new_bars, refresh_ohlcv_aggregates
 from tasks.publish import publish_markdown
 from tickvault.config import load_settings
 from tickvault.db import database_url
@@ -32,9 +32,14 @@ async def refresh_indicators_flow(
     new_bars = await find_new_bars(url, since=since, symbols=symbols)
     summary.symbols = await compute_indicators(url, new_bars, warmup_bars=warmup_bars)
     summary.aggregates_s, summary.compute_s = t1 - t0, time.perf_counter() - t1
+    summary.jobs = await check_timescaledb_jobs(url)
     summary.duration_s = time.perf_counter() - t0
+    failing = sum(j.failing for j in summary.jobs)
     await publish_markdown(
-        ARTIFACT_KEY, summary.to_markdown(), f"{summary.rows_upserted} indicator rows, {len(summary.symbols)} symbols"
+        ARTIFACT_KEY,
+        summary.to_markdown(),
+        f"{summary.rows_upserted} indicator rows, {len(summary.symbols)} symbols"
+        + (f", {failing} failing TimescaleDB job(s)" if failing else ""),
     )
     return summary
 

@@ -15,6 +15,7 @@ from prefect import task
 from tasks import JITTER, NO_CACHE, READ_RETRIES, WRITE_RETRIES, backoff
 from tickvault import indicator_refresh as logic
 from tickvault.db.aggregates import RefreshResult
+from tickvault.db.jobs import JobHealth
 
 # Symbols computed at once: each holds one database connection for its load + upsert, so this
 # bounds the flow's connections (the worker's pool needs the rest).
@@ -31,6 +32,19 @@ SYMBOL_CONCURRENCY = 4
 )
 async def refresh_ohlcv_aggregates(url: str) -> list[RefreshResult]:
     return await asyncio.to_thread(logic.refresh_aggregates, url)
+
+
+@task(
+    name="Check TimescaleDB background jobs",
+    retries=READ_RETRIES,
+    retry_delay_seconds=backoff(READ_RETRIES),
+    retry_jitter_factor=JITTER,
+    timeout_seconds=60,
+    cache_policy=NO_CACHE,
+)
+async def check_timescaledb_jobs(url: str) -> list[JobHealth]:
+    """A failing refresh policy stops the OHLCV views materializing: warn in the run's log and artifact."""
+    return await asyncio.to_thread(logic.check_jobs, url)
 
 
 @task(

@@ -1,14 +1,23 @@
-"""OHLCV rollups on the Apache edition equal a direct GROUP BY over trades, late data included."""
+"""OHLCV aggregates equal a direct GROUP BY over trades, late data included, and a retention purge
+followed by any refresh keeps every aggregate row whose raw trades it dropped.
+
+Every test runs unchanged on both TimescaleDB editions (tickvault's rollups on ``apache``, continuous
+aggregates on ``timescale``); the only edition-specific lines check tickvault's own late-data log,
+which the ``timescale`` edition replaces with Timescale's.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from datetime import datetime, timedelta, timezone
 
 import psycopg
 import pytest
 
-from tickvault.db.aggregates import TIMEFRAMES, refresh_ohlcv
+from tickvault.config import load_settings
+from tickvault.db.aggregates import TIMEFRAMES, raw_horizon, refresh_ohlcv, refresh_window
+from tickvault.retention import purge_retention
 
 WIDTH = {"1m": "1 minute", "5m": "5 minutes", "1h": "1 hour", "1d": "1 day"}
 DIRECT = """
@@ -57,9 +66,11 @@ def _assert_views_equal_direct(conn: psycopg.Connection) -> None:
 @pytest.fixture
 def ohlcv_conn(fresh_database):
     with psycopg.connect(fresh_database(), autocommit=True) as c:
-        if c.execute("SELECT current_setting('timescaledb.license')").fetchone()[0] != "apache":
-            pytest.skip("the tickvault rollup routine runs on the apache edition")
         yield c
+
+
+def _edition(conn: psycopg.Connection) -> str:
+    return conn.execute("SELECT current_setting('timescaledb.license')").fetchone()[0]
 
 
 def test_rollups_equal_direct_group_by_with_late_trades(ohlcv_conn):
@@ -79,17 +90,23 @@ def test_rollups_equal_direct_group_by_with_late_trades(ohlcv_conn):
     # late trades into already-materialized buckets, plus a canceled trade, plus fresh ones
     late = _trades(rng, symbols, now - timedelta(hours=20), now - timedelta(hours=1), 300, 100_000)
     _insert(conn, late)
-    assert conn.execute("SELECT count(*) FROM ohlcv_invalidations").fetchone()[0] == 1
+    apache = _edition(conn) == "apache"  # tickvault's own late-data log (Timescale keeps its own)
+    if apache:
+        assert conn.execute("SELECT count(*) FROM ohlcv_invalidations").fetchone()[0] == 1
     conn.execute("UPDATE trades SET canceled = true WHERE trade_id = 5")
     conn.execute("SELECT tickvault_ohlcv_invalidate(time, time) FROM trades WHERE trade_id = 5")
+    assert conn.execute(  # stale until refreshed: the materialized buckets do not see the late trades yet
+        "SELECT sum(trade_count) FROM ohlcv_1d"
+    ).fetchone()[0] < conn.execute("SELECT count(*) FROM trades WHERE NOT canceled").fetchone()[0]
     refresh_ohlcv(_dsn(conn))
-    assert conn.execute("SELECT count(*) FROM ohlcv_invalidations").fetchone()[0] == 0
+    if apache:
+        assert conn.execute("SELECT count(*) FROM ohlcv_invalidations").fetchone()[0] == 0
     _assert_views_equal_direct(conn)
 
     # idempotent: refreshing again changes nothing
-    before = conn.execute("SELECT * FROM ohlcv_5m_rollup ORDER BY symbol, bucket").fetchall()
+    before = {tf: _view(conn, tf) for tf in TIMEFRAMES}
     refresh_ohlcv(_dsn(conn))
-    assert conn.execute("SELECT * FROM ohlcv_5m_rollup ORDER BY symbol, bucket").fetchall() == before
+    assert {tf: _view(conn, tf) for tf in TIMEFRAMES} == before
 
 
 def test_explicit_window_recomputes_without_invalidation(ohlcv_conn):
@@ -113,3 +130,111 @@ def test_explicit_window_recomputes_without_invalidation(ohlcv_conn):
 def _dsn(conn: psycopg.Connection) -> str:
     info = conn.info
     return f"postgresql://{info.user}:{info.password}@{info.host}:{info.port}/{info.dbname}"
+
+
+def _view(conn: psycopg.Connection, tf: str, where: str = "true", params=()) -> list[tuple]:
+    return conn.execute(
+        f"SELECT bucket, symbol, open, high, low, close, volume, trade_count, vwap FROM ohlcv_{tf} "
+        f"WHERE {where} ORDER BY symbol, bucket",
+        params,
+    ).fetchall()
+
+
+def _day(when: datetime) -> datetime:
+    return when.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def test_purge_then_any_refresh_keeps_every_aggregate_row_and_reflects_late_trades(fresh_database):
+    """Raw trades kept 30 days, aggregates 730: after the purge, neither a routine refresh nor a
+    refresh over all time (the data loss of issue 7) touches a bucket whose trades were dropped;
+    a late trade inside the raw window is reflected; one below the horizon is stored, not aggregated."""
+    url = fresh_database()
+    now = datetime.now(timezone.utc)
+    rng = random.Random(23)
+    symbols = ["AAA", "BBB"]
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = []
+        for days_ago in range(45, -1, -1):  # 45 days of history, a few trades an hour in the session
+            start = _day(now) - timedelta(days=days_ago) + timedelta(hours=14)
+            end = min(start + timedelta(hours=7), now - timedelta(minutes=2))
+            if end > start:
+                rows += _trades(rng, symbols, start, end, 40, first_id=len(rows) * 10 + 1)
+        _insert(conn, rows)
+        refresh_ohlcv(url)
+        _assert_views_equal_direct(conn)
+        before = {tf: _view(conn, tf) for tf in TIMEFRAMES}
+
+        report = asyncio.run(purge_retention(
+            load_settings(retention_trades_days=30, retention_bars_days=730), db_url=url, now=now
+        ))
+        horizon = _day(now - timedelta(days=30))  # the straddling day chunk stays whole
+        assert report.table("trades").chunks_dropped == 15 and report.raw_horizon == horizon
+        assert conn.execute("SELECT min(time) FROM trades").fetchone()[0] >= horizon
+        kept_below = {tf: sum(1 for r in before[tf] if r[0] < horizon) for tf in TIMEFRAMES}
+        assert kept_below["1d"] == 15 * len(symbols) and all(n > 0 for n in kept_below.values())
+
+        def below(tf: str, rows: list[tuple]) -> list[tuple]:
+            return [r for r in rows if r[0] < horizon]
+
+        refresh_ohlcv(url)  # the flow's routine refresh
+        for tf in TIMEFRAMES:  # every kept row below the horizon, bit for bit
+            assert _view(conn, tf, "bucket < %s", (horizon,)) == below(tf, before[tf]), tf
+        _assert_raw_part_equals_direct(conn, horizon)
+        refresh_ohlcv(url, datetime(2000, 1, 1, tzinfo=timezone.utc), now)  # a refresh over all time
+        for tf in TIMEFRAMES:
+            kept = _view(conn, tf, "bucket < %s", (horizon,))
+            assert kept == below(tf, before[tf]) and len(kept) == kept_below[tf], tf
+        _assert_raw_part_equals_direct(conn, horizon)
+
+        # a late trade inside the raw window, and one into purged history (below the horizon)
+        late_in = now - timedelta(days=10)
+        late_in = late_in.replace(hour=15, minute=30, second=0, microsecond=0)
+        purged = horizon - timedelta(days=5) + timedelta(hours=15)
+        _insert(conn, [
+            (late_in, "AAA", 9_000_001, "V", 1.0, 7, int(late_in.timestamp()) * 10**9),
+        ])
+        _insert(conn, [
+            (purged, "AAA", 9_000_002, "V", 0.5, 9, int(purged.timestamp()) * 10**9),
+        ])
+        refresh_ohlcv(url)
+        for tf in TIMEFRAMES:  # below the horizon: exactly what was kept
+            assert _view(conn, tf, "bucket < %s", (horizon,)) == below(tf, before[tf]), tf
+        _assert_raw_part_equals_direct(conn, horizon)  # from the horizon on: the late trade included
+        low = conn.execute(
+            "SELECT low FROM ohlcv_1d WHERE symbol = 'AAA' AND bucket = %s", (_day(late_in),)
+        ).fetchone()[0]
+        assert low == 1.0
+        assert conn.execute("SELECT count(*) FROM trades WHERE trade_id = 9000002").fetchone()[0] == 1
+
+
+def _assert_raw_part_equals_direct(conn: psycopg.Connection, horizon: datetime) -> None:
+    for tf in TIMEFRAMES:
+        view = _view(conn, tf, "bucket >= %s", (horizon,))
+        direct = conn.execute(
+            DIRECT.replace("WHERE NOT canceled", "WHERE NOT canceled AND time >= %s").format(w=WIDTH[tf]), (horizon,)
+        ).fetchall()
+        assert len(view) == len(direct), tf
+        for got, want in zip(view, direct):
+            assert got[:8] == want[:8] and got[8] == pytest.approx(want[8], rel=1e-12), (tf, got, want)
+
+
+def test_refresh_window_never_reaches_below_the_raw_horizon_or_into_the_open_bucket(ohlcv_conn):
+    conn = ohlcv_conn
+    now = datetime.now(timezone.utc)
+    assert refresh_window(conn, "1m") is None  # no raw trades at all: nothing may be refreshed
+    assert raw_horizon(conn) is None
+    t = now - timedelta(days=3)
+    _insert(conn, [(t, "WIN", 1, "V", 10.0, 1, int(t.timestamp()) * 10**9)])
+    horizon = raw_horizon(conn)
+    assert horizon == _day(t)  # the oldest trades chunk's start (1-day chunks)
+    conn.execute("INSERT INTO raw_horizons (relation, dropped_before) VALUES ('trades', %s)",
+                 (_day(t) + timedelta(hours=13, minutes=7),))
+    assert raw_horizon(conn) == _day(t) + timedelta(hours=13, minutes=7)
+    lo, hi = refresh_window(conn, "1h", datetime(2000, 1, 1, tzinfo=timezone.utc), now + timedelta(days=1))
+    assert lo == _day(t) + timedelta(hours=14)  # rounded up to a whole bucket
+    assert hi == now.replace(minute=0, second=0, microsecond=0)  # the open hour is never materialized
+    lo, hi = refresh_window(conn, "1d")
+    assert lo == _day(t) + timedelta(days=1) and hi == _day(now)
+    assert refresh_window(conn, "1m", None, _day(t)) is None  # a window entirely below the horizon
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="unknown OHLCV timeframe"):
+        refresh_window(conn, "2m")

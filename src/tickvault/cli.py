@@ -106,6 +106,20 @@ def db_up(migrate_too: bool = typer.Option(True, "--migrate/--no-migrate", help=
         typer.echo("using TICKVAULT_DATABASE_URL (no local server started)")
     if migrate_too:
         _migrate(database_url(settings))
+        _apply_policies(database_url(settings), settings)
+
+
+def _apply_policies(url: str, settings: Settings) -> None:
+    """The edition's refresh and compression policies, as the settings say (see tickvault.db.policies)."""
+    import psycopg
+
+    from tickvault.db.policies import apply_policies
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        report = apply_policies(conn, settings)
+    for change in report.changed:
+        typer.echo(f"timescaledb policy: {change}")
+    typer.echo(report.note)
 
 
 def _migrate(url: str) -> None:
@@ -161,6 +175,39 @@ def db_status() -> None:
     typer.echo(f"postgres: {pg}")
     typer.echo(f"timescaledb: {version or 'not installed'}    edition (timescaledb.license): {edition}")
     typer.echo(f"migrations applied: {migrations}")
+    if migrations and version:
+        _edition_status(database_url(settings))
+
+
+def _edition_status(url: str) -> None:
+    """Aggregates, compression and background jobs: what the edition gives and whether it works."""
+    import psycopg
+
+    from tickvault.db.aggregates import raw_horizon
+    from tickvault.db.jobs import job_health, warning_lines
+    from tickvault.db.policies import compression_stats, current_policies
+    from tickvault.retention import human_bytes
+
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        policies = current_policies(conn)
+        horizon = raw_horizon(conn)
+        compression = compression_stats(conn)
+        jobs = job_health(conn)
+    typer.echo(policies.note)
+    if horizon is None:
+        typer.echo("raw horizon: none (no raw trades)")
+    else:
+        typer.echo(f"raw horizon: {horizon.isoformat(timespec='seconds')} (OHLCV buckets before it are kept, never refreshed)")
+    for c in compression:
+        typer.echo(
+            f"compression: {c.table} {c.compressed_chunks}/{c.chunks} chunks compressed, "
+            f"{human_bytes(c.bytes_before)} -> {human_bytes(c.bytes_after)} (saved {human_bytes(c.bytes_saved)})"
+        )
+    typer.echo(f"jobs: {len(jobs)}" + ("" if jobs else " (none)"))
+    for j in jobs:
+        typer.echo(f"  {j.job_id:>5}  {j.what:<60}  {j.state}")
+    for line in warning_lines(jobs):
+        typer.secho(f"WARNING: {line}", fg="yellow", err=True)
 
 
 @db_app.command("url")
@@ -225,9 +272,10 @@ def db_refresh_aggregates(
 
     results = refresh_ohlcv(database_url(_settings()), parse(start), parse(end))
     for r in results:
-        typer.echo(f"{r.timeframe:>3}  {r.lo} → {r.hi}  {r.rows} rows")
+        rows = "" if r.rows is None else f"  {r.rows} rows"
+        typer.echo(f"{r.timeframe:>3}  {r.lo} → {r.hi}{rows}")
     if not results:
-        typer.echo("nothing to refresh")
+        typer.echo("nothing to refresh (no raw trades in the window, or all of it is below the raw horizon)")
 
 
 def _logging(level: str = "INFO") -> None:
@@ -327,6 +375,21 @@ def worker_status(rows: int = typer.Option(5, help="How many recent intervals to
     typer.echo(f"worker {settings.worker_name}")
     for row in table:
         typer.echo("  ".join(cell.rjust(w) for cell, w in zip(row, widths)))
+    _warn_failing_jobs(database_url(settings))
+
+
+def _warn_failing_jobs(url: str) -> None:
+    """TimescaleDB background jobs that keep failing (a refresh policy, compression): said, not hidden."""
+    import psycopg
+
+    from tickvault.db.jobs import job_health, warning_lines
+
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        jobs = job_health(conn)
+    lines = warning_lines(jobs)
+    typer.echo(f"TimescaleDB jobs: {len(jobs)}, failing: {len(lines)}")
+    for line in lines:
+        typer.secho(f"WARNING: {line}", fg="yellow", err=True)
 
 
 @app.command("sim")

@@ -137,6 +137,14 @@ class Settings(BaseSettings):
     retention_indicators_days: int = Field(730, ge=0, description="Keep indicator rows this many days.")
     retention_ingest_stats_days: int = Field(30, ge=0, description="Keep ingest_stats rows this many days.")
     retention_bad_messages_days: int = Field(30, ge=0, description="Keep bad_messages rows this many days.")
+    compress_after_hours: float = Field(
+        24.0,
+        ge=0,
+        description=(
+            "Timescale edition: compress trades and quotes chunks older than this (0: no compression policy). "
+            "The Apache edition has no compression."
+        ),
+    )
 
     @field_validator("symbols", "channels", mode="before")
     @classmethod

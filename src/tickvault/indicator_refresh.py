@@ -27,6 +27,7 @@ database. From async code call the ``*_async`` wrappers, which use a worker thre
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -37,7 +38,10 @@ import numpy as np
 import psycopg
 
 from tickvault.db.aggregates import RefreshResult, refresh_ohlcv
+from tickvault.db.jobs import JobHealth, job_health, jobs_markdown, warning_lines
 from tickvault.indicators import COLUMNS, compute_all
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_INITIAL_LOOKBACK",
@@ -102,6 +106,7 @@ class IndicatorRefreshSummary:
     aggregates_s: float = 0.0
     compute_s: float = 0.0
     duration_s: float = 0.0
+    jobs: list[JobHealth] = field(default_factory=list)  # TimescaleDB background jobs, failing first
 
     @property
     def rows_upserted(self) -> int:
@@ -137,6 +142,7 @@ class IndicatorRefreshSummary:
                 )
         else:
             lines.append("No new bars since the last refresh.")
+        lines += ["", jobs_markdown(self.jobs)]
         return "\n".join(lines) + "\n"
 
 
@@ -158,6 +164,15 @@ def _none_if_nan(value: float) -> float | None:
 def refresh_aggregates(url: str) -> list[RefreshResult]:
     """Materialize what changed since the last refresh, on either edition (see the module docstring)."""
     return refresh_ohlcv(url)
+
+
+def check_jobs(url: str) -> list[JobHealth]:
+    """TimescaleDB's background jobs with their health; each failing one is logged as a warning."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        jobs = job_health(conn)
+    for line in warning_lines(jobs):
+        log.warning("%s", line)
+    return jobs
 
 
 def find_new_bars(
@@ -279,6 +294,7 @@ def refresh_indicators(
     for new in find_new_bars(url, since=since, symbols=symbols, now=now, initial_lookback=initial_lookback):
         summary.symbols.append(compute_symbol(url, new, warmup_bars=warmup_bars))
     summary.compute_s = time.perf_counter() - t1
+    summary.jobs = check_jobs(url)
     summary.duration_s = time.perf_counter() - t0
     return summary
 

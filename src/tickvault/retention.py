@@ -25,7 +25,14 @@ interval later: 1 day for trades, 6 hours for quotes, 7 days for bars). The repo
 
 The OHLCV relations are rollup hypertables (``ohlcv_1m_rollup``...) on the Apache edition and
 continuous aggregates (``ohlcv_1m``...) on the Timescale edition; :func:`purge_retention` finds
-whichever exists, so the flow never needs to know the edition.
+whichever exists, so the flow never needs to know the edition. Aggregates keep their own window
+(``retention_bars_days``), dropped on the aggregate itself.
+
+Retention and refresh agree by construction (:mod:`tickvault.db.aggregates`): dropping trades chunks
+records the newest dropped chunk end as the raw horizon in the same transaction, below which no
+refresh ever runs, so the aggregates kept for 730 days survive the raw trades' 30; the purge holds
+the retention lock exclusively (a refresh holds it shared); and it first brings the ``timescale``
+edition's refresh policies inside the raw window (:func:`tickvault.db.policies.apply_policies`).
 
 What this module must never do: touch a row inside a window, purge trade history, or delete row by
 row from a hypertable (whole chunks only).
@@ -33,6 +40,7 @@ row from a hypertable (whole chunks only).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -42,6 +50,9 @@ import psycopg
 from psycopg import sql
 
 from tickvault.config import Settings
+from tickvault.db.aggregates import RETENTION_LOCK_KEY
+from tickvault.db.jobs import JobHealth, job_health, jobs_markdown, warning_lines
+from tickvault.db.policies import CompressionStats, apply_policies, compression_stats
 
 __all__ = [
     "INGEST_BATCHES_KEEP",
@@ -60,8 +71,12 @@ INGEST_BATCHES_KEEP = timedelta(days=7)
 # drop_chunks needs an exclusive lock on each chunk; a long reader would make it wait, and the
 # writer's inserts would queue behind it. Give up on that table after this long and say so.
 LOCK_TIMEOUT = "10s"
-# Session-level advisory lock: two purges at once would only contend on the same chunk locks.
-PURGE_LOCK_KEY = 0x7469636B_70757267  # "tick" "purg"
+# Session-level advisory lock, exclusive here and shared by every aggregate refresh: two purges at
+# once would only contend on the same chunk locks, and a refresh must not read a raw horizon that a
+# purge is about to move.
+PURGE_LOCK_KEY = RETENTION_LOCK_KEY
+# The raw table the OHLCV aggregates are computed from: its drops move the raw horizon.
+RAW_TABLE = "trades"
 
 # (setting, tables) in the order they are purged.
 _RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -123,6 +138,10 @@ class PurgeReport:
     tables: list[TablePurge]
     ingest_batches_deleted: int = 0
     duration_s: float = 0.0
+    raw_horizon: datetime | None = None  # no aggregate refresh covers time before it (None: no trades)
+    policy_note: str = ""  # the edition's refresh/compression policies now in force
+    compression: list[CompressionStats] = field(default_factory=list)  # empty on apache
+    jobs: list[JobHealth] = field(default_factory=list)
 
     @property
     def chunks_dropped(self) -> int:
@@ -149,7 +168,7 @@ class PurgeReport:
             "",
             (
                 f"As of {self.now.isoformat(timespec='seconds')}: {verb} {self.chunks_dropped} chunk(s), "
-                f"{'would free' if self.dry_run else 'freed'} {_human(self.bytes_freed)}; "
+                f"{'would free' if self.dry_run else 'freed'} {human_bytes(self.bytes_freed)}; "
                 f"{'would delete' if self.dry_run else 'deleted'} {self.ingest_batches_deleted} "
                 f"ingest_batches row(s) older than {INGEST_BATCHES_KEEP.days} days. "
                 f"Took {self.duration_s:.2f} s."
@@ -175,8 +194,8 @@ class PurgeReport:
             freed = t.chunk_bytes if self.dry_run else t.bytes_freed
             cutoff = t.cutoff.isoformat(timespec="seconds") if t.cutoff else ""
             lines.append(
-                f"| {t.table} | {_window(t)} | {cutoff} | {t.chunks_dropped} | {_human(t.bytes_before)} "
-                f"| {_human(t.bytes_after)} | {_human(freed)} | {t.rows_older_remaining} |"
+                f"| {t.table} | {_window(t)} | {cutoff} | {t.chunks_dropped} | {human_bytes(t.bytes_before)} "
+                f"| {human_bytes(t.bytes_after)} | {human_bytes(freed)} | {t.rows_older_remaining} |"
             )
         lines += [
             "",
@@ -184,15 +203,48 @@ class PurgeReport:
                 "Never purged: orders, fills, position_snapshots, account_snapshots, "
                 "reconciliation_runs, reconciliation_diffs, profiles."
             ),
+            "",
+            "## Aggregates and compression",
+            "",
         ]
+        if not self.dry_run:
+            horizon = "none (no raw trades)" if self.raw_horizon is None else self.raw_horizon.isoformat(timespec="seconds")
+            lines.append(
+                f"- raw horizon: {horizon} — OHLCV aggregates before it are kept as they are and never "
+                "refreshed (their raw trades are gone)"
+            )
+        if self.policy_note:
+            lines.append(f"- {self.policy_note}")
+        if self.compression:
+            saved = sum(c.bytes_saved for c in self.compression)
+            parts = ", ".join(
+                f"{c.table} {c.compressed_chunks}/{c.chunks} chunks ({human_bytes(c.bytes_before)} → {human_bytes(c.bytes_after)})"
+                for c in self.compression
+            )
+            lines.append(f"- compression saved {human_bytes(saved)}: {parts}")
+        elif self.policy_note:
+            lines.append("- compression: not available on this edition")
+        lines.append("")
+        lines.append(jobs_markdown(self.jobs))
         return "\n".join(lines) + "\n"
+
+
+def _apply_policies(db_url: str, settings: Settings) -> str:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        return apply_policies(conn, settings).note
+
+
+def _server_health(db_url: str) -> tuple[list[CompressionStats], list[JobHealth]]:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        return compression_stats(conn), job_health(conn)
 
 
 def _window(t: TablePurge) -> str:
     return "forever" if t.window_days == 0 else f"{t.window_days} d"
 
 
-def _human(n: int) -> str:
+def human_bytes(n: int) -> str:
+    """Bytes for people: 512 B, 1.5 MB."""
     size = float(n)
     for unit in ("B", "kB", "MB", "GB"):
         if size < 1024 or unit == "GB":
@@ -260,11 +312,20 @@ async def _purge_table(conn: psycopg.AsyncConnection, t: TablePurge, cutoff: dat
     t.chunk_bytes = sum(r[2] for r in rows)
     boundary = rows[-1][1] if rows else None  # every row before it is in a droppable chunk
     if not dry_run and rows:
-        dropped = await (await conn.execute(
-            "SELECT d::text FROM drop_chunks(%s::regclass, older_than => %s::timestamptz) AS d",
-            (target, cutoff),
-        )).fetchall()  # fmt: skip
-        t.chunks = [r[0] for r in dropped]
+        async with conn.transaction():
+            dropped = await (await conn.execute(
+                "SELECT d::text FROM drop_chunks(%s::regclass, older_than => %s::timestamptz) AS d",
+                (target, cutoff),
+            )).fetchall()  # fmt: skip
+            t.chunks = [r[0] for r in dropped]
+            if t.table == RAW_TABLE and t.chunks:
+                # The raw horizon moves with the drop, atomically: no refresh may cover what went.
+                await conn.execute(
+                    "INSERT INTO raw_horizons (relation, dropped_before) VALUES (%s, %s) "
+                    "ON CONFLICT (relation) DO UPDATE SET "
+                    "dropped_before = greatest(raw_horizons.dropped_before, excluded.dropped_before), updated_at = now()",
+                    (RAW_TABLE, boundary),
+                )
     t.bytes_after = (
         t.bytes_before if dry_run
         else (await (await conn.execute(size_sql, (hypertable,))).fetchone())[0]  # type: ignore[index]
@@ -299,9 +360,12 @@ async def purge_retention(
     now = (now or datetime.now(UTC)).astimezone(UTC)
     started = time.perf_counter()
     report = PurgeReport(now=now, dry_run=dry_run, tables=[])
+    if not dry_run:  # the refresh policies first: never a policy reaching past what is dropped next
+        report.policy_note = await asyncio.to_thread(_apply_policies, db_url, settings)
     async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
-        await conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
+        # Wait for running refreshes (they hold the lock shared) before lock_timeout applies.
         await conn.execute("SELECT pg_advisory_lock(%s)", (PURGE_LOCK_KEY,))
+        await conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
         try:
             for table, setting, days in retention_plan(settings):
                 t = TablePurge(table=table, setting=setting, window_days=days)
@@ -335,8 +399,13 @@ async def purge_retention(
                     "DELETE FROM ingest_batches WHERE committed_at < %s", (batches_cutoff,)
                 )
                 report.ingest_batches_deleted = cur.rowcount
+            cur = await conn.execute("SELECT h FROM tickvault_raw_horizon() h WHERE isfinite(h)")
+            report.raw_horizon = row[0] if (row := await cur.fetchone()) else None
         finally:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (PURGE_LOCK_KEY,))
+    report.compression, report.jobs = await asyncio.to_thread(_server_health, db_url)
+    for line in warning_lines(report.jobs):
+        log.warning("%s", line)
     report.duration_s = time.perf_counter() - started
     if not report.ok:
         raise PurgeError(report)

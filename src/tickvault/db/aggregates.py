@@ -1,8 +1,29 @@
-"""Refresh the OHLCV aggregates on either TimescaleDB edition.
+"""Refresh the OHLCV aggregates on either TimescaleDB edition, never below the raw horizon.
 
-``timescale``: ``refresh_continuous_aggregate`` per timeframe (it must run outside a transaction).
-``apache``: ``tickvault_refresh_ohlcv()`` from migration 004 (watermark + invalidations, idempotent).
-Callers never need to know which one ran.
+The invariant (both editions): **no refresh — manual, flow or policy — ever covers time below the
+raw horizon**, the oldest time from which ``trades`` is complete (``tickvault_raw_horizon()``,
+migration 006: the newest end of any trades chunk retention dropped, or the oldest trades chunk's
+start if later). Refreshing a bucket whose trades were dropped recomputes it from what is left, so
+on both editions it would delete or shrink an aggregate row that retention meant to keep. How it
+holds:
+
+* every window goes through ``tickvault_ohlcv_window(timeframe, start, end)``, which clamps the start
+  to the horizon (rounded up to a bucket) and the end to the still-open bucket (never materialized:
+  on ``timescale`` that would push the watermark into the future and hide new trades);
+* a refresh holds the retention lock shared (:data:`tickvault.retention.PURGE_LOCK_KEY`) and a purge
+  holds it exclusively, so a horizon read here cannot move under a running refresh;
+* the ``timescale`` edition's background refresh policies start at most
+  ``retention_trades_days - 1 day`` back (:mod:`tickvault.db.policies`), so they stay inside the
+  raw window without any lock.
+
+``timescale``: ``refresh_continuous_aggregate`` per timeframe, outside a transaction, with typed
+window parameters. Without a window it covers [horizon, open bucket): Timescale's invalidation log
+decides what is really recomputed there, so the cost is what is pending, never "everything".
+``apache``: ``tickvault_refresh_ohlcv()`` (migrations 004, 007: watermark + invalidations,
+idempotent, clamped the same way). Callers never need to know which one ran; both record the
+refreshed range in ``ohlcv_state`` (``watermark``, ``refreshed_at``).
+
+What this module must never do: refresh a window it did not clamp, or materialize the open bucket.
 """
 
 from __future__ import annotations
@@ -15,6 +36,8 @@ import psycopg
 from tickvault.db.migrate import server_edition
 
 TIMEFRAMES = ("1m", "5m", "1h", "1d")
+# Shared with tickvault.retention (a purge takes it exclusively): "tick" "purg".
+RETENTION_LOCK_KEY = 0x7469636B_70757267
 
 
 @dataclass(frozen=True)
@@ -25,14 +48,59 @@ class RefreshResult:
     rows: int | None  # None where the server does not report it (continuous aggregates)
 
 
+def raw_horizon(conn: psycopg.Connection) -> datetime | None:
+    """The oldest time from which raw trades are complete (None: no raw trades at all)."""
+    row = conn.execute("SELECT h FROM tickvault_raw_horizon() h WHERE isfinite(h)").fetchone()
+    return None if row is None else row[0]
+
+
+def refresh_window(
+    conn: psycopg.Connection, timeframe: str, start: datetime | None = None, end: datetime | None = None
+) -> tuple[datetime, datetime] | None:
+    """``[lo, hi)`` a refresh of ``timeframe`` may cover (see the module docstring); None if empty."""
+    row = conn.execute(
+        "SELECT lo, hi FROM tickvault_ohlcv_window(%s, %s::timestamptz, %s::timestamptz) "
+        "WHERE isfinite(lo) AND lo < hi",
+        (timeframe, start, end),
+    ).fetchone()
+    return None if row is None else (row[0], row[1])
+
+
 def refresh_ohlcv(url: str, start: datetime | None = None, end: datetime | None = None) -> list[RefreshResult]:
+    """Refresh every timeframe; with ``start``/``end``, recompute that range too (clamped).
+
+    Returns one result per range actually refreshed; an empty list means nothing was refreshable
+    (no raw trades, or a window entirely below the raw horizon).
+    """
     with psycopg.connect(url, autocommit=True) as conn:
-        if server_edition(conn) == "timescale":
-            results = []
-            for tf in TIMEFRAMES:
-                conn.execute("CALL refresh_continuous_aggregate(%s, %s, %s)", (f"ohlcv_{tf}", start, end))
-                conn.execute("UPDATE ohlcv_state SET refreshed_at = now() WHERE timeframe = %s", (tf,))
-                results.append(RefreshResult(tf, start, end, None))
-            return results
-        rows = conn.execute("SELECT * FROM tickvault_refresh_ohlcv(%s, %s)", (start, end)).fetchall()
-        return [RefreshResult(tf, lo, hi, n) for tf, lo, hi, n in rows]
+        conn.execute("SELECT pg_advisory_lock_shared(%s)", (RETENTION_LOCK_KEY,))
+        try:
+            if server_edition(conn) == "timescale":
+                return _refresh_continuous_aggregates(conn, start, end)
+            rows = conn.execute(
+                "SELECT * FROM tickvault_refresh_ohlcv(%s::timestamptz, %s::timestamptz)", (start, end)
+            ).fetchall()
+            return [RefreshResult(tf, lo, hi, n) for tf, lo, hi, n in rows]
+        finally:
+            conn.execute("SELECT pg_advisory_unlock_shared(%s)", (RETENTION_LOCK_KEY,))
+
+
+def _refresh_continuous_aggregates(
+    conn: psycopg.Connection, start: datetime | None, end: datetime | None
+) -> list[RefreshResult]:
+    results = []
+    for tf in TIMEFRAMES:
+        window = refresh_window(conn, tf, start, end)
+        if window is not None:
+            lo, hi = window
+            conn.execute(
+                "CALL refresh_continuous_aggregate(%s, %s::timestamptz, %s::timestamptz)", (f"ohlcv_{tf}", lo, hi)
+            )
+            results.append(RefreshResult(tf, lo, hi, None))
+        # The watermark records how far a refresh has covered (Timescale keeps its own inside).
+        conn.execute(
+            "UPDATE ohlcv_state SET refreshed_at = now(), watermark = greatest(watermark, %s::timestamptz) "
+            "WHERE timeframe = %s",
+            (window[1] if window else None, tf),
+        )
+    return results
