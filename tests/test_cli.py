@@ -61,3 +61,20 @@ def test_psql_opens_the_database(admin_url):
     out = run("db", "psql", "-At", "-c", "select extname from pg_extension where extname='timescaledb'")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "timescaledb"
+
+
+@pytest.mark.parametrize("command", [("config", "show"), ("worker", "run", "--quiet"), ("run",)],
+                         ids=["config-show", "worker-run", "run"])
+def test_backfill_from_without_utc_offset_exits_2_naming_the_variable(command):
+    # Checked in Settings, so every command refuses it the same way before it starts anything.
+    out = run(*command, env={"TICKVAULT_BACKFILL_FROM": "2026-03-10T09:30:00"})
+    assert out.returncode == 2, out.stderr
+    assert "TICKVAULT_BACKFILL_FROM" in out.stderr and "no UTC offset" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_backfill_from_with_an_offset_or_z_is_accepted():
+    from tickvault.config import load_settings
+
+    for value in ("2026-03-10T09:30:00-04:00", "2026-03-10T13:30:00Z"):
+        assert load_settings(backfill_from=value).backfill_from.utcoffset() is not None

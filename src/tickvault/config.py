@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     )
     backfill_from: datetime | None = Field(
         None, description="On a first start (no stored trades for the symbols), backfill trades and bars from "
-        "this time (ISO 8601, e.g. today's open). Unset: start from the live stream.",
+        "this time (ISO 8601 with a UTC offset, e.g. today's open 09:30-04:00). Unset: start from the live stream.",
     )
     feed_silence_s: float = Field(
         30.0, ge=0, description="Reconnect (and backfill) after this long without market data on an open "
@@ -149,6 +149,18 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_symbols(cls, value: list[str]) -> list[str]:
         return [s.upper() for s in value]
+
+    @field_validator("backfill_from")
+    @classmethod
+    def _backfill_from_has_offset(cls, value: datetime | None) -> datetime | None:
+        # A naive time is ambiguous (New York? UTC? the host's zone?) and the backfill window would be
+        # off by hours without any error: refuse it at start, where the user can still fix it.
+        if value is not None and (value.tzinfo is None or value.utcoffset() is None):
+            raise ValueError(
+                f"{value.isoformat()} has no UTC offset; write it with one, e.g. 2026-03-10T09:30:00-04:00 "
+                "(New York's open in summer time) or 2026-03-10T13:30:00Z"
+            )
+        return value
 
     @field_validator("sim_host")
     @classmethod
