@@ -78,3 +78,38 @@ def test_backfill_from_with_an_offset_or_z_is_accepted():
 
     for value in ("2026-03-10T09:30:00-04:00", "2026-03-10T13:30:00Z"):
         assert load_settings(backfill_from=value).backfill_from.utcoffset() is not None
+
+
+# A server that refuses connections: a command that opened a pool would log psycopg's connection
+# warnings (and, before the fix, hang for ever retrying); one that fails first never touches it.
+UNREACHABLE_DB = {"TICKVAULT_DATABASE_URL": "postgresql://nobody:x@127.0.0.1:1/none"}
+FAKE_KEYS = {"TICKVAULT_ALPACA_KEY_ID": "key", "TICKVAULT_ALPACA_SECRET_KEY": "secret", "TICKVAULT_METRICS_PORT": "0"}
+
+
+@pytest.mark.parametrize("spec, says", [
+    ("nonexistent_module_xyz:Cls", "No module named 'nonexistent_module_xyz'"),
+    ("tickvault.stream.strategy:NoSuchStrategy", "has no attribute 'NoSuchStrategy'"),
+    ("tickvault.stream.strategy:Bar", "cannot load strategy"),  # calling Bar() without arguments fails
+    ("no-colon-here", "is not `package.module:Name`"),
+])
+@pytest.mark.parametrize("command", [("worker", "run", "--quiet"), ("run",)], ids=["worker-run", "run"])
+def test_bad_strategy_exits_2_with_its_message_before_anything_starts(command, spec, says, tmp_path):
+    env = {**UNREACHABLE_DB, **FAKE_KEYS, "TICKVAULT_STRATEGY": spec, "TICKVAULT_RUN_DIR": str(tmp_path)}
+    out = run(*command, env=env)  # run() has a 60 s timeout: a hang fails the test
+    assert out.returncode == 2, out.stderr
+    assert "TICKVAULT_STRATEGY" in out.stderr and says in out.stderr, out.stderr
+    assert "psycopg" not in out.stderr and "Traceback" not in out.stderr
+    assert "TICKVAULT_DATABASE_URL" not in out.stdout  # `run` did not get as far as the database
+    assert not list(tmp_path.iterdir())  # and no worker registered
+
+
+def test_worker_failing_during_start_up_exits_instead_of_hanging(db_url, tmp_path):
+    """An error right after the pool opened (here: an unreadable spill file) ends the process: the
+    pool is closed on the way out instead of retrying its half-open connections for ever."""
+    (tmp_path / "spill").mkdir()
+    (tmp_path / "spill" / "worker-1-20260310T000000-0.spill.jsonl").write_text("not json\n")
+    env = {**FAKE_KEYS, "TICKVAULT_DATABASE_URL": db_url, "TICKVAULT_RUN_DIR": str(tmp_path),
+           "TICKVAULT_WORKER_NAME": "worker-1", "TICKVAULT_SYMBOLS": "AAPL"}
+    out = run("worker", "run", "--quiet", env=env)  # 60 s timeout: a hang fails the test
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "Expecting value" in out.stderr

@@ -48,6 +48,20 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
+def _strategy(settings: Settings):
+    """The configured strategy, loaded before anything starts; a bad one is bad config (exit 2)."""
+    if not settings.strategy:
+        return None
+    from tickvault.stream.strategy import StrategyLoadError, load_strategy
+
+    try:
+        return load_strategy(settings.strategy)
+    except StrategyLoadError as exc:
+        message = str(exc)
+        raise _fail(message if message.startswith("TICKVAULT_STRATEGY") else f"TICKVAULT_STRATEGY: {message}",
+                    code=2) from None
+
+
 def _fail(message: str, code: int = 1) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
@@ -253,7 +267,7 @@ def _status_line(metrics, started: float, last: dict) -> str:
     )
 
 
-async def _run_worker_foreground(settings: Settings, live: bool) -> None:
+async def _run_worker_foreground(settings: Settings, live: bool, strategy=None) -> None:
     import asyncio
 
     from tickvault.stream.worker import WorkerHandle, run_worker
@@ -272,7 +286,7 @@ async def _run_worker_foreground(settings: Settings, live: bool) -> None:
 
     tick = asyncio.create_task(ticker()) if live else None
     try:
-        await run_worker(settings, handle, install_signal_handlers=True)
+        await run_worker(settings, handle, install_signal_handlers=True, strategy=strategy)
     finally:
         handle.stop_event.set()
         if tick:
@@ -291,8 +305,9 @@ def worker_run(live: bool = typer.Option(True, "--live/--quiet", help="Show a on
 
     settings = _settings()
     _logging("WARNING" if live else "INFO")
+    strategy = _strategy(settings)
     try:
-        asyncio.run(_run_worker_foreground(settings, live and sys.stderr.isatty()))
+        asyncio.run(_run_worker_foreground(settings, live and sys.stderr.isatty(), strategy))
     except ShutdownIncomplete as exc:
         raise _fail(str(exc), code=3) from None
     except (AuthFailed, ValueError) as exc:
@@ -354,6 +369,7 @@ def run_main() -> None:
     import subprocess
 
     settings = _settings()
+    strategy = _strategy(settings)
     db_up(migrate_too=True)
     sim_proc = None
     if not settings.has_alpaca_keys:
@@ -385,7 +401,7 @@ def run_main() -> None:
     from tickvault.stream.worker import ShutdownIncomplete
 
     try:
-        asyncio.run(_run_worker_foreground(settings, live=True))
+        asyncio.run(_run_worker_foreground(settings, live=True, strategy=strategy))
     except ShutdownIncomplete as exc:
         raise _fail(str(exc), code=3) from None
     finally:

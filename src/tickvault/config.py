@@ -7,6 +7,7 @@ receives a :class:`Settings` instance. Secrets are ``SecretStr`` so they never p
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from datetime import datetime
 from pathlib import Path
@@ -161,6 +162,17 @@ class Settings(BaseSettings):
                 "(New York's open in summer time) or 2026-03-10T13:30:00Z"
             )
         return value
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy_spec(cls, value: str | None) -> str | None:
+        # Only the shape is checked here (no import: `config show` must not run a trader's code);
+        # the worker commands load it before they start anything.
+        if value is None or not value.strip():
+            return None  # TICKVAULT_STRATEGY= (empty, as in an env file) means none
+        if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value.strip()):
+            raise ValueError(f"{value!r} is not `package.module:Name` (e.g. mybot.rsi:RsiReversion)")
+        return value.strip()
 
     @field_validator("sim_host")
     @classmethod
