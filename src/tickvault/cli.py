@@ -300,6 +300,7 @@ def worker_run(live: bool = typer.Option(True, "--live/--quiet", help="Show a on
     """Run the streaming worker in the foreground (SIGTERM/Ctrl-C: drain, flush, exit 0)."""
     import asyncio
 
+    from tickvault.registration import WorkerNameTaken
     from tickvault.stream.reader import AuthFailed
     from tickvault.stream.worker import ShutdownIncomplete
 
@@ -310,7 +311,7 @@ def worker_run(live: bool = typer.Option(True, "--live/--quiet", help="Show a on
         asyncio.run(_run_worker_foreground(settings, live and sys.stderr.isatty(), strategy))
     except ShutdownIncomplete as exc:
         raise _fail(str(exc), code=3) from None
-    except (AuthFailed, ValueError) as exc:
+    except (AuthFailed, WorkerNameTaken, ValueError) as exc:
         raise _fail(str(exc)) from None
 
 
@@ -368,8 +369,14 @@ def run_main() -> None:
     """The main job: database up and migrated, the simulator (unless Alpaca keys are set), the worker."""
     import subprocess
 
+    from tickvault.registration import WorkerNameTaken, check_name_free
+
     settings = _settings()
     strategy = _strategy(settings)
+    try:
+        check_name_free(settings, settings.worker_name)  # refuse before starting anything
+    except WorkerNameTaken as exc:
+        raise _fail(str(exc)) from None
     db_up(migrate_too=True)
     sim_proc = None
     if not settings.has_alpaca_keys:
@@ -404,6 +411,8 @@ def run_main() -> None:
         asyncio.run(_run_worker_foreground(settings, live=True, strategy=strategy))
     except ShutdownIncomplete as exc:
         raise _fail(str(exc), code=3) from None
+    except WorkerNameTaken as exc:  # claimed by another worker since the check above
+        raise _fail(str(exc)) from None
     finally:
         if sim_proc is not None:
             import signal as _signal

@@ -88,14 +88,17 @@ async def run_worker(
 ) -> WorkerHandle:
     """Run the worker until it is stopped (``handle.stop()``, or a signal) and return its handle.
 
-    What a user can get wrong is refused before anything starts: missing keys (``ValueError``) and a
-    strategy that cannot be loaded (``StrategyLoadError``). ``strategy`` is an already loaded one (the
-    CLI loads it before it starts the database or the simulator); without it ``settings.strategy`` is
-    loaded here. Only then the pool opens, and it is closed whatever happens after: an error during
-    start-up must end the process, not leave the pool's connection attempts running (asyncio.run
-    would wait for them for ever).
+    What a user can get wrong is refused before anything starts: missing keys (``ValueError``), a
+    strategy that cannot be loaded (``StrategyLoadError``) and a worker name a live worker holds
+    (``WorkerNameTaken``: the name is claimed atomically in the run directory, a stale registration
+    is taken over). ``strategy`` is an already loaded one (the CLI loads it before it starts the
+    database or the simulator); without it ``settings.strategy`` is loaded here. Only then the pool
+    opens, and it is closed whatever happens after: an error during start-up must end the process,
+    not leave the pool's connection attempts running (asyncio.run would wait for them for ever).
+    The registration is removed at the end, only if it is still this process's.
     """
     from tickvault.db.pool import open_pool
+    from tickvault.registration import register_worker, unregister_worker
 
     if not settings.has_alpaca_keys:
         raise ValueError("the worker needs TICKVAULT_ALPACA_KEY_ID and TICKVAULT_ALPACA_SECRET_KEY (or the simulator's)")
@@ -103,12 +106,19 @@ async def run_worker(
         from tickvault.stream.strategy import load_strategy
 
         strategy = load_strategy(settings.strategy)
-    pool = await open_pool(settings, min_size=2, name=f"tickvault-{settings.worker_name}")
+    # Claimed before the spill files of this name are recovered or the feed is opened: a second
+    # worker of the same name must touch neither.
+    register_worker(settings, name=settings.worker_name, pid=os.getpid(),
+                    extra={"metrics_port": settings.metrics_port, "stream": stream_url(settings)})
     try:
-        return await _run_started_worker(settings, handle, pool, strategy,
-                                         install_signal_handlers=install_signal_handlers, on_status=on_status)
+        pool = await open_pool(settings, min_size=2, name=f"tickvault-{settings.worker_name}")
+        try:
+            return await _run_started_worker(settings, handle, pool, strategy,
+                                             install_signal_handlers=install_signal_handlers, on_status=on_status)
+        finally:
+            await pool.close(timeout=0.5)  # a no-op after a clean run, which closed it itself
     finally:
-        await pool.close(timeout=0.5)  # a no-op after a clean run, which closed it itself
+        unregister_worker(settings, settings.worker_name, pid=os.getpid())
 
 
 async def _run_started_worker(
@@ -121,7 +131,6 @@ async def _run_started_worker(
     on_status: Callable[[dict], None] | None,
 ) -> WorkerHandle:
     from tickvault.alpaca.rest import AlpacaREST
-    from tickvault.registration import register_worker, unregister_worker
 
     handle = handle or WorkerHandle()
     metrics = handle.metrics
@@ -200,8 +209,6 @@ async def _run_started_worker(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, handle.stop)
     prom = await serve_prometheus(metrics, settings.worker_name, settings.metrics_port) if settings.metrics_port else None
-    register_worker(settings, name=settings.worker_name, pid=os.getpid(),
-                    extra={"metrics_port": settings.metrics_port, "stream": stream_url(settings)})
     proc = psutil.Process()
     proc.cpu_percent(None)
 
@@ -345,7 +352,6 @@ async def _run_started_worker(
             prom.close()
         await rest.aclose() if hasattr(rest, "aclose") else None
         await pool.close(timeout=5 if drained else 0.5)
-        unregister_worker(settings, settings.worker_name, pid=os.getpid())
         gc.set_threshold(*gc_threshold)
         gc.unfreeze()
         if install_signal_handlers:
