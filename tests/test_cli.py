@@ -113,3 +113,43 @@ def test_worker_failing_during_start_up_exits_instead_of_hanging(db_url, tmp_pat
     out = run("worker", "run", "--quiet", env=env)  # 60 s timeout: a hang fails the test
     assert out.returncode == 1, out.stderr[-2000:]
     assert "Expecting value" in out.stderr
+
+
+def test_help_points_a_newcomer_at_tickvault_run():
+    text = " ".join(run("--help").stdout.split())  # the help is wrapped to the terminal's width
+    assert "Start with `make run` (or `tickvault run`)" in text
+
+
+def test_sim_prints_the_keys_it_accepts_with_its_urls():
+    import socket
+
+    import httpx
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    env = {**os.environ, "TICKVAULT_SIM_PORT": str(ports[0]), "TICKVAULT_SIM_REST_PORT": str(ports[1]),
+           "TICKVAULT_SIM_RATE": "100", "TICKVAULT_SIM_SYMBOLS": "50"}
+    for name in ("TICKVAULT_ALPACA_KEY_ID", "TICKVAULT_ALPACA_SECRET_KEY"):
+        env.pop(name, None)
+    sim = subprocess.Popen([*TICKVAULT, "sim"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        banner = []
+        for line in sim.stdout:  # up to the blank line that ends the banner (EOF if it failed)
+            if not line.strip():
+                break
+            banner.append(line.rstrip())
+        assert any("50 symbols, 30 of them synthetic (ZAAAA...)" in line for line in banner), banner
+        keys = next(line for line in banner if line.strip().startswith("keys"))
+        key, secret = keys.split()[3], keys.split()[5]
+        assert (key, secret) == ("sim-key", "sim-secret")
+        rest = next(line.split()[-1] for line in banner if line.strip().startswith("REST"))
+        headers = {"APCA-API-KEY-ID": key, "APCA-API-SECRET-KEY": secret}
+        assert httpx.get(f"{rest}/v2/account", headers=headers, timeout=10).status_code == 200
+        assert httpx.get(f"{rest}/v2/account", headers={**headers, "APCA-API-SECRET-KEY": "secret"},
+                         timeout=10).status_code == 401
+    finally:
+        sim.terminate()
+        sim.wait(timeout=30)

@@ -218,6 +218,23 @@ def masked(settings: Settings) -> dict[str, str]:
     return out
 
 
+def documented_settings() -> list[tuple[str, str, str]]:
+    """(variable, default as the configuration table shows it, meaning) per setting, in order.
+
+    ``tickvault config doc`` prints these as the configuration table; the tests hold the docs to them.
+    """
+    home = str(Path.home())
+    rows = []
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is not None:
+            value = field.default_factory()  # type: ignore[call-arg]
+            default = ",".join(value) if isinstance(value, list) else str(value).replace(home, "~")
+        else:
+            default = "" if field.default is None else str(field.default)
+        rows.append((f"TICKVAULT_{name.upper()}", default, field.description or ""))
+    return rows
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment; a bad value becomes a :class:`ConfigError` naming the variable."""
     from pydantic import ValidationError

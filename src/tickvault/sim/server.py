@@ -133,6 +133,10 @@ class _MarketClient:
         return msg
 
 
+# The keys `tickvault sim` and `tickvault run` accept when no Alpaca keys are configured: throw-away
+# values, printed with the simulator's URLs (a Simulator built in a test defaults to key/secret).
+SIM_KEY, SIM_SECRET = "sim-key", "sim-secret"
+
 # The fault methods POST /_sim/faults may call (``{"fault": name, **kwargs}``), one per README row.
 FAULTS = frozenset({
     "drop_connections",
@@ -242,7 +246,8 @@ class Simulator:
 
     @classmethod
     def from_settings(cls, settings, **overrides: Any) -> Simulator:
-        """Build from :class:`~tickvault.config.Settings` (``sim_*``; keys from ``alpaca_*`` if set)."""
+        """Build from :class:`~tickvault.config.Settings` (``sim_*``; keys from ``alpaca_*`` if both are
+        set, else :data:`SIM_KEY` / :data:`SIM_SECRET`)."""
         kwargs: dict[str, Any] = dict(
             symbols=settings.sim_symbols,
             rate=settings.sim_rate,
@@ -251,6 +256,8 @@ class Simulator:
             host=settings.sim_host,
             ws_port=settings.sim_port,
             rest_port=settings.sim_rest_port,
+            key=SIM_KEY,
+            secret=SIM_SECRET,
         )
         if settings.alpaca_key_id is not None and settings.alpaca_secret_key is not None:
             kwargs["key"] = settings.alpaca_key_id.get_secret_value()
