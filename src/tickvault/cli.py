@@ -87,7 +87,7 @@ def config_show() -> None:
 
 @config_app.command("doc")
 def config_doc() -> None:
-    """Print the settings as a Markdown table (the README's configuration table comes from here)."""
+    """Print the settings as a Markdown table (docs/configuration.md's table comes from here)."""
     from tickvault.config import documented_settings
 
     typer.echo("| variable | default | meaning |")

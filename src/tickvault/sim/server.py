@@ -137,7 +137,7 @@ class _MarketClient:
 # values, printed with the simulator's URLs (a Simulator built in a test defaults to key/secret).
 SIM_KEY, SIM_SECRET = "sim-key", "sim-secret"
 
-# The fault methods POST /_sim/faults may call (``{"fault": name, **kwargs}``), one per README row.
+# The fault methods POST /_sim/faults may call (``{"fault": name, **kwargs}``), one per row of docs/simulator.md's fault table.
 FAULTS = frozenset({
     "drop_connections",
     "stall",
