@@ -1,7 +1,9 @@
 """``python -m bench`` (``make bench``): every benchmark in sequence, one short table, one figure.
 
-Each bench writes its own ``bench/results/<name>.json``; this runner adds nothing to them. A bench
-that fails is reported as failed in the table (with its error) and the others still run. The
+Each bench's ``run()`` writes its own ``bench/results/<name>.json`` and returns the same figures;
+this runner adds nothing to them, but checks the file was written by this run, so the folder and
+the figure cannot disagree: a bench that wrote none is reported as failed. A bench that fails is
+reported as failed in the table (with its error) and the others still run. The
 figure ``bench/results/summary.png`` shows throughput against the peers and latency percentiles
 per stage; it is drawn with the Agg backend and every figure is closed.
 
@@ -31,6 +33,15 @@ def _load(name: str) -> Callable[[], dict] | None:
             return None
         raise
     return module.run
+
+
+def _check_written(name: str, since: float) -> None:
+    """Each bench's run() writes bench/results/<name>.json; one that did not is a failed bench."""
+    from bench import common
+
+    path = common.RESULTS_DIR / f"{name}.json"
+    if not path.exists() or path.stat().st_mtime < since - 1:  # 1 s: coarse file-system clocks
+        raise RuntimeError(f"bench_{name}.run() wrote no results file in this run ({path})")
 
 
 def _fmt(v: float | None, unit: str = "", digits: int = 0) -> str:
@@ -198,7 +209,9 @@ def main(argv: list[str]) -> int:
             if fn is None:
                 rows.append((name, "skipped: bench/bench_%s.py is missing" % name, "", "-", "0"))
                 continue
+            written = time.time()
             result = fn()
+            _check_written(name, since=written)
         except Exception as exc:  # noqa: BLE001 - one failed bench must not hide the others
             failed += 1
             traceback.print_exc()

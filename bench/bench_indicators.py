@@ -25,7 +25,7 @@ from talipp import indicators as tp
 from talipp.ohlcv import OHLCV
 
 import tickvault.indicators as ind
-from bench.common import write_results
+from bench.common import RESULTS_DIR, write_results
 
 N_VECTOR = 100_000
 N_INCREMENTAL = 100_000
@@ -121,6 +121,8 @@ def _vectorized(high, low, close, volume) -> tuple[dict[str, float], dict[str, f
 
 
 def run() -> dict:
+    """Run the benchmark, write ``bench/results/indicators.json`` (as every bench's ``run`` does, so
+    ``python -m bench`` gets it too), return the results."""
     high, low, close, volume = _market(max(N_VECTOR, N_INCREMENTAL))
     incremental, talipp_ns = _incremental(high, low, close, volume)
     vectorized, talib_ns = _vectorized(high, low, close, volume)
@@ -132,7 +134,7 @@ def run() -> dict:
 
     speedup = {k: talipp_ns[k] / incremental[k] for k in incremental}
     ratio = {k: (vectorized[k] / talib_ns[k]) if talib_ns[k] else None for k in vectorized}
-    return {
+    results = {
         "incremental_ns_per_update": incremental,
         "talipp_ns_per_update": talipp_ns,
         "vectorized_ns_per_value": vectorized,
@@ -160,6 +162,8 @@ def run() -> dict:
             "machine": platform.machine(),
         },
     }
+    write_results("indicators", results)
+    return results
 
 
 def _table(results: dict) -> str:
@@ -196,9 +200,8 @@ def _table(results: dict) -> str:
 
 def main() -> None:
     results = run()
-    path = write_results("indicators", results)
     print(_table(results))
-    print(f"wrote {path}")
+    print(f"wrote {RESULTS_DIR / 'indicators.json'}")
 
 
 if __name__ == "__main__":

@@ -462,6 +462,54 @@ async def test_correction_cancel_and_updated_bar_are_sent_and_recorded() -> None
         assert sim.send_updated_bar("AAA") is None  # no minute bar was completed in this short run
 
 
+async def test_every_fault_kind_is_accepted_over_http_and_answers_json() -> None:
+    """POST /_sim/faults answers 200 with a JSON result for each fault the simulator knows (an
+    updated bar's Timestamp used to make it answer 500), and the updated bar reaches a subscriber."""
+    from tickvault.sim.server import FAULTS
+
+    start = time.time_ns()
+    # Simulated time runs 120x faster, so a minute bar is completed every half second.
+    async with Simulator(symbols=["AAA"], rate=2000, clock=lambda: start + (time.time_ns() - start) * 120) as sim:
+        ws = await open_stream(sim, subscribe={"trades": ["AAA"], "updated_bars": ["AAA"]})
+        async with ws, rest(sim) as http:
+
+            async def bar_done() -> bool:
+                return sim.market.books["AAA"].last_bar is not None
+
+            async with asyncio.timeout(10):
+                while not await bar_done():
+                    await ws.recv()  # the market runs; wait for it to complete a minute bar
+            cases = {
+                "send_updated_bar": {"symbol": "AAA"},
+                "send_correction": {"symbol": "AAA"},
+                "send_cancel": {"symbol": "AAA"},
+                "send_malformed": {},
+                "send_unknown_type": {},
+                "stall": {"seconds": 0.01},
+                "rest_latency": {"ms": 0},
+                "rest_fail": {"status": 503, "count": 1},  # /_sim paths are exempt
+                "fail_next_auth": {"count": 1},
+                "drop_connections": {},  # last: it closes our socket
+            }
+            assert set(cases) == FAULTS, "a fault without a case here is untested"
+            results = {}
+            for name, args in cases.items():
+                if name == "drop_connections":
+                    updated = []
+                    async with asyncio.timeout(10):
+                        while not updated:
+                            updated += decode_frame(await ws.recv()).updated_bars
+                r = await http.post("/_sim/faults", json={"fault": name, **args})
+                assert r.status_code == 200, (name, r.text)
+                results[name] = r.json()["results"][0]
+    bar = results["send_updated_bar"]
+    assert bar["T"] == "u" and bar["S"] == "AAA"
+    assert rfc3339_to_ns(bar["t"]) % 60_000_000_000 == 0  # the bar's minute, as Alpaca writes times in JSON
+    assert updated[0][1] == "AAA" and updated[0][0] == rfc3339_to_ns(bar["t"])
+    assert results["send_correction"]["T"] == "c" and results["send_cancel"]["T"] == "x"
+    assert results["drop_connections"] == 1
+
+
 # ---------------------------------------------------------------------------- broker
 async def listen_trade_updates(sim: Simulator) -> ClientConnection:
     ws = await connect(sim.trade_updates_url)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 
 import typer
 
@@ -17,7 +16,9 @@ from tickvault.config import ConfigError, Settings, get_settings, masked
 
 app = typer.Typer(
     help="tickvault: Alpaca market data into TimescaleDB, measured. "
-    "Start with `tickvault db up`, then `tickvault worker run` (or `make run`).",
+    "Start with `make run` (or `tickvault run`): the local TimescaleDB, the simulator (no Alpaca keys "
+    "needed) and the streaming worker, in one terminal. `tickvault worker run` is the worker alone and "
+    "needs Alpaca keys (or a simulator's); `make test` runs the tests.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -48,6 +49,20 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
+def _strategy(settings: Settings):
+    """The configured strategy, loaded before anything starts; a bad one is bad config (exit 2)."""
+    if not settings.strategy:
+        return None
+    from tickvault.stream.strategy import StrategyLoadError, load_strategy
+
+    try:
+        return load_strategy(settings.strategy)
+    except StrategyLoadError as exc:
+        message = str(exc)
+        raise _fail(message if message.startswith("TICKVAULT_STRATEGY") else f"TICKVAULT_STRATEGY: {message}",
+                    code=2) from None
+
+
 def _fail(message: str, code: int = 1) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
@@ -72,18 +87,13 @@ def config_show() -> None:
 
 @config_app.command("doc")
 def config_doc() -> None:
-    """Print the settings as a Markdown table (the README's configuration table comes from here)."""
-    from tickvault.config import Settings
+    """Print the settings as a Markdown table (docs/configuration.md's table comes from here)."""
+    from tickvault.config import documented_settings
 
     typer.echo("| variable | default | meaning |")
     typer.echo("| --- | --- | --- |")
-    for name, field in Settings.model_fields.items():
-        if field.default_factory is not None:
-            default = field.default_factory()
-            default = ",".join(default) if isinstance(default, list) else str(default).replace(str(Path.home()), "~")
-        else:
-            default = "" if field.default is None else str(field.default)
-        typer.echo(f"| `TICKVAULT_{name.upper()}` | `{default}` | {field.description or ''} |")
+    for variable, default, meaning in documented_settings():
+        typer.echo(f"| `{variable}` | `{default}` | {meaning} |")
 
 
 # --- db -----------------------------------------------------------------------------------
@@ -278,72 +288,75 @@ def db_refresh_aggregates(
         typer.echo("nothing to refresh (no raw trades in the window, or all of it is below the raw horizon)")
 
 
-def _logging(level: str = "INFO") -> None:
-    import logging
+def _run_worker_foreground(settings: Settings, *, live: bool, strategy=None, child=None) -> None:
+    """Run the worker in the foreground until it stops; then stop ``child`` (the simulator).
 
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-
-
-def _status_line(metrics, started: float, last: dict) -> str:
-    now = time.monotonic()
-    trades = metrics.totals["trades"]
-    rate = (trades - last.get("trades", 0)) / max(now - last.get("t", started), 1e-9)
-    last.update(trades=trades, t=now)
-    p99p = metrics.lifetime["received_to_processed"].percentile_ms(0.99)
-    p99c = metrics.lifetime["received_to_committed"].percentile_ms(0.99)
-    import psutil
-
-    rss = psutil.Process().memory_info().rss / 2**20
-    return (
-        f"{rate:9,.0f} trades/s  total {int(trades):,}  p99 proc {p99p or 0:.3f} ms  commit {p99c or 0:.0f} ms  "
-        f"queue {metrics.queue_depth}  rss {rss:.0f} MB  reconnects {int(metrics.totals['reconnects'])}  "
-        f"rejects {int(metrics.totals['rejects'])}"
-    )
-
-
-async def _run_worker_foreground(settings: Settings, live: bool) -> None:
+    ``live``: a status line at the bottom of the terminal with log records, and the child's output
+    (relayed line by line), printed above it; otherwise plain INFO logs. Errors propagate.
+    """
     import asyncio
 
+    from tickvault.stream.status import StatusDisplay
     from tickvault.stream.worker import WorkerHandle, run_worker
 
     handle = WorkerHandle()
-    started = time.monotonic()
 
-    async def ticker() -> None:
-        last: dict = {}
-        while not handle.stop_event.is_set():
-            try:
-                await asyncio.wait_for(handle.stop_event.wait(), 1.0)
-            except asyncio.TimeoutError:
-                sys.stderr.write("\r" + _status_line(handle.metrics, started, last) + " " * 4)
-                sys.stderr.flush()
+    async def worker_with_status(display: StatusDisplay) -> None:
+        async def ticker() -> None:
+            while not handle.stop_event.is_set():
+                try:
+                    await asyncio.wait_for(handle.stop_event.wait(), 1.0)
+                except asyncio.TimeoutError:
+                    display.tick()
 
-    tick = asyncio.create_task(ticker()) if live else None
-    try:
-        await run_worker(settings, handle, install_signal_handlers=True)
-    finally:
-        handle.stop_event.set()
-        if tick:
+        tick = asyncio.create_task(ticker())
+        try:
+            await run_worker(settings, handle, install_signal_handlers=True, strategy=strategy)
+        finally:
+            handle.stop_event.set()
             await tick
-            sys.stderr.write("\n")
+
+    with StatusDisplay(handle.metrics, live=live) as display:
+        relays = [display.relay(child.stdout, "simulator: "), display.relay(child.stderr, "simulator: ")] \
+            if child is not None else []
+        try:
+            asyncio.run(worker_with_status(display))
+        finally:
+            if child is not None:
+                _stop_child(child)
+                for relay in relays:
+                    relay.join(timeout=5)  # the pipes close when the child exits
     typer.echo(f"worker stopped cleanly: {int(handle.metrics.totals['rows_committed']):,} rows committed", err=True)
+
+
+def _stop_child(proc) -> None:
+    """SIGTERM, then SIGKILL after 15 s: the simulator's own shutdown is quick."""
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
 
 
 @worker_app.command("run")
 def worker_run(live: bool = typer.Option(True, "--live/--quiet", help="Show a one-line live status.")) -> None:
     """Run the streaming worker in the foreground (SIGTERM/Ctrl-C: drain, flush, exit 0)."""
-    import asyncio
-
+    from tickvault.registration import WorkerNameTaken
     from tickvault.stream.reader import AuthFailed
     from tickvault.stream.worker import ShutdownIncomplete
 
     settings = _settings()
-    _logging("WARNING" if live else "INFO")
+    strategy = _strategy(settings)
     try:
-        asyncio.run(_run_worker_foreground(settings, live and sys.stderr.isatty()))
+        _run_worker_foreground(settings, live=live and sys.stderr.isatty(), strategy=strategy)
     except ShutdownIncomplete as exc:
         raise _fail(str(exc), code=3) from None
-    except (AuthFailed, ValueError) as exc:
+    except (AuthFailed, WorkerNameTaken, ValueError) as exc:
         raise _fail(str(exc)) from None
 
 
@@ -392,6 +405,24 @@ def _warn_failing_jobs(url: str) -> None:
         typer.secho(f"WARNING: {line}", fg="yellow", err=True)
 
 
+def _simulator_banner(sim, settings: Settings) -> list[str]:
+    """What `tickvault sim` prints when it listens: its symbols, URLs and the keys it accepts."""
+    from tickvault.sim.market import _TICKERS
+    from tickvault.sim.server import SIM_KEY, SIM_SECRET
+
+    real = sum(1 for s in sim.symbols if s in _TICKERS)
+    synthetic = f", {len(sim.symbols) - real} of them synthetic ({sim.symbols[real]}...)" if real < len(sim.symbols) else ""
+    keys = (f"key id {SIM_KEY}  secret {SIM_SECRET}" if (sim.key, sim.secret) == (SIM_KEY, SIM_SECRET)
+            else "those of TICKVAULT_ALPACA_KEY_ID / TICKVAULT_ALPACA_SECRET_KEY")
+    return [
+        f"simulator: {len(sim.symbols)} symbols{synthetic}, {sim.rate or 'max'} trades/s, frames of {sim.frame_size}",
+        f"  market data  {sim.stream_url(settings.alpaca_feed)}",
+        f"  trade updates {sim.trade_updates_url}",
+        f"  REST         {sim.rest_url}",
+        f"  keys         {keys}",
+    ]
+
+
 @app.command("sim")
 def sim_command() -> None:
     """Run the Alpaca-protocol simulator on 127.0.0.1 (market-data WebSocket, trading and data REST)."""
@@ -402,10 +433,9 @@ def sim_command() -> None:
     settings = _settings()
 
     def ready(sim) -> None:
-        typer.echo(f"simulator: {len(sim.symbols)} symbols, {sim.rate or 'max'} trades/s, frames of {sim.frame_size}")
-        typer.echo(f"  market data  {sim.stream_url(settings.alpaca_feed)}")
-        typer.echo(f"  trade updates {sim.trade_updates_url}")
-        typer.echo(f"  REST         {sim.rest_url}")
+        for line in _simulator_banner(sim, settings):
+            typer.echo(line)
+        typer.echo("")  # the end of the banner (`tickvault run` reads up to here)
         sys.stdout.flush()
 
     asyncio.run(run_simulator(settings, on_ready=ready))
@@ -416,50 +446,55 @@ def run_main() -> None:
     """The main job: database up and migrated, the simulator (unless Alpaca keys are set), the worker."""
     import subprocess
 
+    from tickvault.registration import WorkerNameTaken, check_name_free
+    from tickvault.stream.reader import AuthFailed
+    from tickvault.stream.worker import ShutdownIncomplete
+
     settings = _settings()
+    strategy = _strategy(settings)
+    try:
+        check_name_free(settings, settings.worker_name)  # refuse before starting anything
+    except WorkerNameTaken as exc:
+        raise _fail(str(exc)) from None
     db_up(migrate_too=True)
     sim_proc = None
     if not settings.has_alpaca_keys:
+        from pydantic import SecretStr
+
         from tickvault.sim.market import symbol_names
+        from tickvault.sim.server import SIM_KEY, SIM_SECRET
 
         typer.echo("no Alpaca keys configured: starting the simulator (set TICKVAULT_ALPACA_KEY_ID/SECRET_KEY for Alpaca)")
-        env = {**os.environ, "TICKVAULT_ALPACA_KEY_ID": "sim-key", "TICKVAULT_ALPACA_SECRET_KEY": "sim-secret"}
+        env = {**os.environ, "TICKVAULT_ALPACA_KEY_ID": SIM_KEY, "TICKVAULT_ALPACA_SECRET_KEY": SIM_SECRET}
+        # Its output is piped and relayed above the status line, never written into it.
         sim_proc = subprocess.Popen([sys.executable, "-m", "tickvault.cli", "sim"], env=env, stdout=subprocess.PIPE,
-                                    text=True, start_new_session=True)
-        for _ in range(4):  # the header line and three URL lines
-            line = sim_proc.stdout.readline()
-            if not line:
-                raise _fail("the simulator did not start")
+                                    stderr=subprocess.PIPE, text=True, start_new_session=True)
+        banner = []
+        for line in sim_proc.stdout:
+            if not line.strip():
+                break
+            banner.append(line.rstrip())
             typer.echo(line.rstrip())
+        if not banner or sim_proc.poll() is not None:
+            _stop_child(sim_proc)
+            raise _fail("the simulator did not start:\n" + sim_proc.stderr.read()[-3000:])
         base = f"http://{settings.sim_host}:{settings.sim_rest_port}"
         settings = settings.model_copy(update={
-            "alpaca_key_id": env["TICKVAULT_ALPACA_KEY_ID"], "alpaca_secret_key": env["TICKVAULT_ALPACA_SECRET_KEY"],
+            "alpaca_key_id": SecretStr(SIM_KEY), "alpaca_secret_key": SecretStr(SIM_SECRET),
             "alpaca_stream_url": f"ws://{settings.sim_host}:{settings.sim_port}", "alpaca_data_url": base,
             "alpaca_trading_url": base, "alpaca_trade_stream_url": f"ws://{settings.sim_host}:{settings.sim_port}/stream",
             "symbols": settings.symbols or symbol_names(settings.sim_symbols),
         })
-        from pydantic import SecretStr
-
-        settings.alpaca_key_id = SecretStr(env["TICKVAULT_ALPACA_KEY_ID"])
-        settings.alpaca_secret_key = SecretStr(env["TICKVAULT_ALPACA_SECRET_KEY"])
     typer.echo(f"worker {settings.worker_name}: {len(settings.symbols) or 'all'} symbols, Ctrl-C stops everything cleanly")
-    import asyncio
-
-    from tickvault.stream.worker import ShutdownIncomplete
-
     try:
-        asyncio.run(_run_worker_foreground(settings, live=True))
+        _run_worker_foreground(settings, live=sys.stderr.isatty(), strategy=strategy, child=sim_proc)
     except ShutdownIncomplete as exc:
         raise _fail(str(exc), code=3) from None
+    except (AuthFailed, WorkerNameTaken, ValueError) as exc:  # the name: claimed by another since the check
+        raise _fail(str(exc)) from None
     finally:
         if sim_proc is not None:
-            import signal as _signal
-
-            sim_proc.send_signal(_signal.SIGTERM)
-            try:
-                sim_proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                sim_proc.kill()
+            _stop_child(sim_proc)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -7,6 +7,7 @@ receives a :class:`Settings` instance. Secrets are ``SecretStr`` so they never p
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from datetime import datetime
 from pathlib import Path
@@ -79,7 +80,7 @@ class Settings(BaseSettings):
     )
     backfill_from: datetime | None = Field(
         None, description="On a first start (no stored trades for the symbols), backfill trades and bars from "
-        "this time (ISO 8601, e.g. today's open). Unset: start from the live stream.",
+        "this time (ISO 8601 with a UTC offset, e.g. today's open 09:30-04:00). Unset: start from the live stream.",
     )
     feed_silence_s: float = Field(
         30.0, ge=0, description="Reconnect (and backfill) after this long without market data on an open "
@@ -158,6 +159,29 @@ class Settings(BaseSettings):
     def _upper_symbols(cls, value: list[str]) -> list[str]:
         return [s.upper() for s in value]
 
+    @field_validator("backfill_from")
+    @classmethod
+    def _backfill_from_has_offset(cls, value: datetime | None) -> datetime | None:
+        # A naive time is ambiguous (New York? UTC? the host's zone?) and the backfill window would be
+        # off by hours without any error: refuse it at start, where the user can still fix it.
+        if value is not None and (value.tzinfo is None or value.utcoffset() is None):
+            raise ValueError(
+                f"{value.isoformat()} has no UTC offset; write it with one, e.g. 2026-03-10T09:30:00-04:00 "
+                "(New York's open in summer time) or 2026-03-10T13:30:00Z"
+            )
+        return value
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy_spec(cls, value: str | None) -> str | None:
+        # Only the shape is checked here (no import: `config show` must not run a trader's code);
+        # the worker commands load it before they start anything.
+        if value is None or not value.strip():
+            return None  # TICKVAULT_STRATEGY= (empty, as in an env file) means none
+        if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value.strip()):
+            raise ValueError(f"{value!r} is not `package.module:Name` (e.g. mybot.rsi:RsiReversion)")
+        return value.strip()
+
     @field_validator("sim_host")
     @classmethod
     def _loopback_only(cls, value: str) -> str:
@@ -200,6 +224,23 @@ def masked(settings: Settings) -> dict[str, str]:
             text = str(value)
         out[name] = text
     return out
+
+
+def documented_settings() -> list[tuple[str, str, str]]:
+    """(variable, default as the configuration table shows it, meaning) per setting, in order.
+
+    ``tickvault config doc`` prints these as the configuration table; the tests hold the docs to them.
+    """
+    home = str(Path.home())
+    rows = []
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is not None:
+            value = field.default_factory()  # type: ignore[call-arg]
+            default = ",".join(value) if isinstance(value, list) else str(value).replace(home, "~")
+        else:
+            default = "" if field.default is None else str(field.default)
+        rows.append((f"TICKVAULT_{name.upper()}", default, field.description or ""))
+    return rows
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -6,18 +6,27 @@ never sees half a registration. A registration whose process is gone — or whos
 to a different process (pids are reused) — is *stale*: :func:`find_worker` reports it (logged and
 named in the error) and ignores it; it never deletes files, the run directory belongs to workers.
 
+A name belongs to one live worker. :func:`register_worker` claims it: under an exclusive ``flock``
+on the run directory it refuses (:class:`WorkerNameTaken`) when a live process holds the name and
+takes over a stale registration; :func:`unregister_worker` removes a file, under the same lock,
+only when it still names the calling pid and its start time, so a worker never removes another's.
+The lock is held for a read and a rename, never across I/O to anything else, and leaves no file.
+
 This module must never signal, stop or otherwise touch the registered process: it only reads
 ``/proc`` through psutil.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import socket
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,10 +43,15 @@ REGISTRATION_SUFFIX = ".json"
 # A process's create_time (from /proc, in clock ticks) and the value recorded at registration can
 # differ by rounding; a reused pid starts at least this much later than the original.
 _CREATE_TIME_TOLERANCE_S = 1.0
+_UNINSPECTABLE = "cannot be inspected"  # psutil.AccessDenied: alive, but not ours to judge
 
 
 class WorkerNotRunning(LookupError):
     """No live worker matches; the message lists every registration looked at and why it was rejected."""
+
+
+class WorkerNameTaken(RuntimeError):
+    """A live worker already holds this name; the message names its pid and how to proceed."""
 
 
 class AmbiguousWorker(LookupError):
@@ -66,9 +80,55 @@ def registration_path(settings: Settings, name: str) -> Path:
     return settings.run_dir / f"{REGISTRATION_PREFIX}{name}{REGISTRATION_SUFFIX}"
 
 
-def register_worker(settings: Settings, *, name: str, pid: int, extra: dict[str, Any] | None = None) -> Path:
-    """Write this worker's registration atomically and return its path.
+@contextlib.contextmanager
+def _run_dir_locked(run_dir: Path) -> Iterator[None]:
+    """Exclusive flock on the run directory itself (no lock file to leave behind or race on)."""
+    fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
+
+def _live_holder(path: Path) -> tuple[WorkerInfo | None, str | None]:
+    """(the live worker registered at ``path``, None) or (None, why it is free: absent or stale)."""
+    try:
+        info = _parse(path)
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return None, f"unreadable registration ({type(exc).__name__}: {exc})"
+    reason = _rejection(info)
+    if reason is not None and _UNINSPECTABLE in reason:
+        return info, None  # a process we may not inspect is not proven gone: do not take its name
+    return (info, None) if reason is None else (None, reason)
+
+
+def check_name_free(settings: Settings, name: str) -> None:
+    """Raise :class:`WorkerNameTaken` if a live worker holds ``name`` (free: absent or stale).
+
+    A check without a claim, for a command that wants to refuse before it starts anything else; the
+    claim itself (:func:`register_worker`) checks again under the lock.
+    """
+    holder = _live_holder(registration_path(settings, name))[0]
+    if holder is not None:
+        raise WorkerNameTaken(_taken_message(name, holder))
+
+
+def _taken_message(name: str, holder: WorkerInfo) -> str:
+    return (
+        f"worker name {name!r} is taken: pid {holder.pid} ({' '.join(holder.cmdline or holder.argv)}) "
+        f"has been running under it since {holder.started_at:%Y-%m-%d %H:%M:%S} UTC ({holder.path}). "
+        f"Stop it first (kill -TERM {holder.pid}), or give this worker another TICKVAULT_WORKER_NAME."
+    )
+
+
+def register_worker(settings: Settings, *, name: str, pid: int, extra: dict[str, Any] | None = None) -> Path:
+    """Claim ``name`` for ``pid``: write its registration atomically and return its path.
+
+    Raises :class:`WorkerNameTaken` when a live process (pid alive, same start time and command
+    line) is registered under ``name``; a stale registration is taken over (and logged).
     ``pid`` is normally ``os.getpid()``. The process's command line and create time are recorded
     too, so a later reader can tell the registered process from an unrelated one reusing its pid.
     ``extra`` (e.g. ``{"metrics_port": 9464}``) must be JSON-serialisable and must not hold secrets:
@@ -95,41 +155,63 @@ def register_worker(settings: Settings, *, name: str, pid: int, extra: dict[str,
         "extra": dict(extra or {}),
     }
     payload = json.dumps(record, indent=2, sort_keys=True) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _run_dir_locked(path.parent):
+        holder, stale = _live_holder(path)
+        if holder is not None:
+            raise WorkerNameTaken(_taken_message(name, holder))
+        if stale is not None:
+            log.warning("taking over the stale registration %s: %s", path, stale)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(payload)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     log.info("registered worker %s (pid %d) at %s", name, pid, path)
     return path
+
+
+def _is_registration_of(path: Path, pid: int) -> bool:
+    """Whether ``path`` names ``pid`` *and* that process's start time (not an earlier owner of the pid)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # absent, unreadable or corrupt: not provably ours; the next claim takes it over
+    if not isinstance(data, dict) or data.get("pid") != pid:
+        return False
+    recorded = data.get("create_time")
+    if recorded is None:
+        return True
+    try:
+        return abs(psutil.Process(pid).create_time() - float(recorded)) <= _CREATE_TIME_TOLERANCE_S
+    except (psutil.Error, TypeError, ValueError):
+        return False
 
 
 def unregister_worker(settings: Settings, name: str, *, pid: int | None = None) -> bool:
     """Remove a worker's registration; return whether a file was removed.
 
-    With ``pid``, the file is removed only if it still names that pid, so an old worker shutting
-    down late cannot remove the registration of its replacement.
+    With ``pid`` (what a worker passes: its own), the file is removed only if it still names that
+    pid and its start time, so a worker never removes a registration it does not own — another
+    worker's, or its replacement's. Without ``pid`` (an operator's clean-up) it is removed as is.
     """
     path = registration_path(settings, name)
-    if pid is not None:
+    if not path.parent.is_dir():
+        return False
+    with _run_dir_locked(path.parent):
+        if pid is not None and not _is_registration_of(path, pid):
+            if path.exists():
+                log.info("registration %s is not pid %d's; left in place", path, pid)
+            return False
         try:
-            if json.loads(path.read_text(encoding="utf-8")).get("pid") != pid:
-                log.info("registration %s belongs to another pid; left in place", path)
-                return False
+            path.unlink()
         except FileNotFoundError:
             return False
-        except (OSError, ValueError):
-            pass  # unreadable or corrupt: ours to clean up
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        return False
     log.info("unregistered worker %s (%s)", name, path)
     return True
 

@@ -27,12 +27,14 @@ _FEATURE_NOT_SUPPORTED = "0A000"
 _QUERY = """
 SELECT j.job_id, j.application_name, j.proc_name,
        coalesce(c.view_name::text, j.hypertable_name::text) AS relation,
-       j.scheduled, s.last_run_status, s.last_run_started_at,
-       nullif(s.last_successful_finish, '-infinity') AS last_success,
-       coalesce(s.total_runs, 0), coalesce(s.total_failures, 0), s.next_start,
+       j.scheduled, s.last_run_status,
+       CASE WHEN isfinite(s.last_run_started_at) THEN s.last_run_started_at END,
+       CASE WHEN isfinite(s.last_successful_finish) THEN s.last_successful_finish END AS last_success,
+       coalesce(s.total_runs, 0), coalesce(s.total_failures, 0),
+       CASE WHEN isfinite(s.next_start) THEN s.next_start END,
        (SELECT count(*) FROM timescaledb_information.job_errors e
          WHERE e.job_id = j.job_id AND e.start_time > coalesce(s.last_successful_finish, '-infinity')) AS consecutive,
-       le.err_message, le.sqlerrcode, le.start_time
+       le.err_message, le.sqlerrcode, CASE WHEN isfinite(le.start_time) THEN le.start_time END
   FROM timescaledb_information.jobs j
   LEFT JOIN timescaledb_information.job_stats s ON s.job_id = j.job_id
   LEFT JOIN timescaledb_information.continuous_aggregates c

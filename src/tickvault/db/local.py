@@ -84,7 +84,7 @@ UNSUPPORTED_HOST = (
     "tickvault cannot start its own TimescaleDB here: {reason}. The embedded server needs a "
     "Debian or Ubuntu host with root (it builds a Debian root filesystem with debootstrap and runs "
     "PostgreSQL 17 + timescaledb inside it with chroot). Either run the whole stack with "
-    "docker/compose.yaml (see the README), or start TimescaleDB with `docker run -d -p 127.0.0.1:5432:5432 "
+    "docker/compose.yaml (see docs/docker.md), or start TimescaleDB with `docker run -d -p 127.0.0.1:5432:5432 "
     "-e POSTGRES_PASSWORD=... timescale/timescaledb:latest-pg17` and set TICKVAULT_DATABASE_URL="
     "postgresql://postgres:PASSWORD@127.0.0.1:5432/postgres, or point TICKVAULT_DATABASE_URL at any "
     "PostgreSQL server with the timescaledb extension."

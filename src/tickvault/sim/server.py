@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import uvicorn
+from msgpack import Timestamp
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -130,6 +131,25 @@ class _MarketClient:
         msg["corrections"] = sorted(self.subs["trades"])
         msg["cancelErrors"] = sorted(self.subs["trades"])
         return msg
+
+
+# The keys `tickvault sim` and `tickvault run` accept when no Alpaca keys are configured: throw-away
+# values, printed with the simulator's URLs (a Simulator built in a test defaults to key/secret).
+SIM_KEY, SIM_SECRET = "sim-key", "sim-secret"
+
+# The fault methods POST /_sim/faults may call (``{"fault": name, **kwargs}``), one per row of docs/simulator.md's fault table.
+FAULTS = frozenset({
+    "drop_connections",
+    "stall",
+    "send_malformed",
+    "send_unknown_type",
+    "fail_next_auth",
+    "rest_fail",
+    "rest_latency",
+    "send_updated_bar",
+    "send_correction",
+    "send_cancel",
+})
 
 
 class Simulator:
@@ -226,7 +246,8 @@ class Simulator:
 
     @classmethod
     def from_settings(cls, settings, **overrides: Any) -> Simulator:
-        """Build from :class:`~tickvault.config.Settings` (``sim_*``; keys from ``alpaca_*`` if set)."""
+        """Build from :class:`~tickvault.config.Settings` (``sim_*``; keys from ``alpaca_*`` if both are
+        set, else :data:`SIM_KEY` / :data:`SIM_SECRET`)."""
         kwargs: dict[str, Any] = dict(
             symbols=settings.sim_symbols,
             rate=settings.sim_rate,
@@ -235,6 +256,8 @@ class Simulator:
             host=settings.sim_host,
             ws_port=settings.sim_port,
             rest_port=settings.sim_rest_port,
+            key=SIM_KEY,
+            secret=SIM_SECRET,
         )
         if settings.alpaca_key_id is not None and settings.alpaca_secret_key is not None:
             kwargs["key"] = settings.alpaca_key_id.get_secret_value()
@@ -446,20 +469,8 @@ class Simulator:
     def apply_fault(self, spec: dict) -> Any:
         """Apply ``{"fault": name, **kwargs}`` (what ``POST /_sim/faults`` receives)."""
         name = spec.get("fault")
-        allowed = {
-            "drop_connections",
-            "stall",
-            "send_malformed",
-            "send_unknown_type",
-            "fail_next_auth",
-            "rest_fail",
-            "rest_latency",
-            "send_updated_bar",
-            "send_correction",
-            "send_cancel",
-        }
-        if name not in allowed:
-            raise ValueError(f"unknown fault {name!r}; one of {sorted(allowed)}")
+        if name not in FAULTS:
+            raise ValueError(f"unknown fault {name!r}; one of {sorted(FAULTS)}")
         kwargs = {k: v for k, v in spec.items() if k != "fault"}
         return getattr(self, name)(**kwargs)
 
@@ -1151,8 +1162,15 @@ def _drain(queue: asyncio.Queue) -> None:
 
 
 def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, float, str, list, dict)):
+    """A fault's result as JSON: wire messages hold msgpack Timestamps, shown as RFC 3339 (Alpaca's JSON)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
         return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Timestamp):
+        return ns_to_rfc3339(value.to_unix_nano())
     return repr(value)
 
 

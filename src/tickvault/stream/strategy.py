@@ -77,7 +77,13 @@ def load_strategy(spec: str) -> Strategy:
         target = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise StrategyLoadError(f"cannot load strategy {spec!r}: {exc}") from exc
-    obj = target() if isinstance(target, type) or (callable(target) and not hasattr(target, "on_bar")) else target
+    except Exception as exc:  # the user's module failed while importing: say so, not a traceback later
+        raise StrategyLoadError(f"cannot load strategy {spec!r}: importing {module_name} raised "
+                                f"{type(exc).__name__}: {exc}") from exc
+    try:
+        obj = target() if isinstance(target, type) or (callable(target) and not hasattr(target, "on_bar")) else target
+    except Exception as exc:
+        raise StrategyLoadError(f"cannot load strategy {spec!r}: {attr}() raised {type(exc).__name__}: {exc}") from exc
     if not isinstance(obj, Strategy):
         raise StrategyLoadError(f"{spec!r} has no `name` and `on_bar(bar, indicators)`: not a Strategy")
     return obj

@@ -26,6 +26,7 @@ from tickvault.stream.cache import PriceCache
 from tickvault.stream.metrics import Metrics, serve_prometheus
 from tickvault.stream.processor import Processor
 from tickvault.stream.reader import MarketDataReader
+from tickvault.stream.strategy import Strategy
 from tickvault.stream.writer import BatchWriter, ns_to_datetime
 
 log = logging.getLogger("tickvault.worker")
@@ -83,10 +84,53 @@ async def run_worker(
     *,
     install_signal_handlers: bool = False,
     on_status: Callable[[dict], None] | None = None,
+    strategy: Strategy | None = None,
 ) -> WorkerHandle:
-    from tickvault.alpaca.rest import AlpacaREST
+    """Run the worker until it is stopped (``handle.stop()``, or a signal) and return its handle.
+
+    What a user can get wrong is refused before anything starts: missing keys (``ValueError``), a
+    strategy that cannot be loaded (``StrategyLoadError``) and a worker name a live worker holds
+    (``WorkerNameTaken``: the name is claimed atomically in the run directory, a stale registration
+    is taken over). ``strategy`` is an already loaded one (the CLI loads it before it starts the
+    database or the simulator); without it ``settings.strategy`` is loaded here. Only then the pool
+    opens, and it is closed whatever happens after: an error during start-up must end the process,
+    not leave the pool's connection attempts running (asyncio.run would wait for them for ever).
+    The registration is removed at the end, only if it is still this process's.
+    """
     from tickvault.db.pool import open_pool
     from tickvault.registration import register_worker, unregister_worker
+
+    if not settings.has_alpaca_keys:
+        raise ValueError("the worker needs TICKVAULT_ALPACA_KEY_ID and TICKVAULT_ALPACA_SECRET_KEY (or the simulator's)")
+    if strategy is None and settings.strategy:
+        from tickvault.stream.strategy import load_strategy
+
+        strategy = load_strategy(settings.strategy)
+    # Claimed before the spill files of this name are recovered or the feed is opened: a second
+    # worker of the same name must touch neither.
+    register_worker(settings, name=settings.worker_name, pid=os.getpid(),
+                    extra={"metrics_port": settings.metrics_port, "stream": stream_url(settings)})
+    try:
+        pool = await open_pool(settings, min_size=2, name=f"tickvault-{settings.worker_name}")
+        try:
+            return await _run_started_worker(settings, handle, pool, strategy,
+                                             install_signal_handlers=install_signal_handlers, on_status=on_status)
+        finally:
+            await pool.close(timeout=0.5)  # a no-op after a clean run, which closed it itself
+    finally:
+        unregister_worker(settings, settings.worker_name, pid=os.getpid())
+
+
+async def _run_started_worker(
+    settings: Settings,
+    handle: WorkerHandle | None,
+    pool,
+    strategy: Strategy | None,
+    *,
+    install_signal_handlers: bool,
+    on_status: Callable[[dict], None] | None,
+) -> WorkerHandle:
+    from tickvault.alpaca.rest import AlpacaREST
 
     handle = handle or WorkerHandle()
     metrics = handle.metrics
@@ -98,13 +142,10 @@ async def run_worker(
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
-    if not settings.has_alpaca_keys:
-        raise ValueError("the worker needs TICKVAULT_ALPACA_KEY_ID and TICKVAULT_ALPACA_SECRET_KEY (or the simulator's)")
     key = settings.alpaca_key_id.get_secret_value()
     secret = settings.alpaca_secret_key.get_secret_value()
     symbols = list(settings.symbols)
 
-    pool = await open_pool(settings, min_size=2, name=f"tickvault-{settings.worker_name}")
     rest = AlpacaREST(settings)
     writer = BatchWriter(
         pool, metrics, worker=settings.worker_name,
@@ -116,12 +157,8 @@ async def run_worker(
         return {s: (t.time_ns, float(t.price)) for s, t in latest.items()}
 
     cache = PriceCache(settings.cache_ttl_s, metrics, fetch_latest)
-    strategy = None
     gateway = None
-    if settings.strategy:
-        from tickvault.stream.strategy import load_strategy
-
-        strategy = load_strategy(settings.strategy)
+    if strategy is not None:
         from tickvault.stream.orders import OrderGateway
 
         gateway = OrderGateway(rest, pool, metrics)
@@ -172,8 +209,6 @@ async def run_worker(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, handle.stop)
     prom = await serve_prometheus(metrics, settings.worker_name, settings.metrics_port) if settings.metrics_port else None
-    register_worker(settings, name=settings.worker_name, pid=os.getpid(),
-                    extra={"metrics_port": settings.metrics_port, "stream": stream_url(settings)})
     proc = psutil.Process()
     proc.cpu_percent(None)
 
@@ -317,7 +352,6 @@ async def run_worker(
             prom.close()
         await rest.aclose() if hasattr(rest, "aclose") else None
         await pool.close(timeout=5 if drained else 0.5)
-        unregister_worker(settings, settings.worker_name, pid=os.getpid())
         gc.set_threshold(*gc_threshold)
         gc.unfreeze()
         if install_signal_handlers:
