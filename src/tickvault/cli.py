@@ -40,6 +40,15 @@ def _mount_prefect() -> None:
 _mount_prefect()
 
 
+def _mount_ui() -> None:
+    from tickvault.ui import ui_command
+
+    app.command("ui")(ui_command)  # tickvault ui: the dashboard on 127.0.0.1:TICKVAULT_UI_PORT
+
+
+_mount_ui()
+
+
 def _settings() -> Settings:
     try:
         return get_settings()
@@ -442,6 +451,7 @@ def run_main() -> None:
 
         settings.alpaca_key_id = SecretStr(env["TICKVAULT_ALPACA_KEY_ID"])
         settings.alpaca_secret_key = SecretStr(env["TICKVAULT_ALPACA_SECRET_KEY"])
+    ui_proc = _start_dashboard(settings)
     typer.echo(f"worker {settings.worker_name}: {len(settings.symbols) or 'all'} symbols, Ctrl-C stops everything cleanly")
     import asyncio
 
@@ -452,6 +462,7 @@ def run_main() -> None:
     except ShutdownIncomplete as exc:
         raise _fail(str(exc), code=3) from None
     finally:
+        _stop_dashboard(ui_proc)
         if sim_proc is not None:
             import signal as _signal
 
@@ -460,6 +471,42 @@ def run_main() -> None:
                 sim_proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 sim_proc.kill()
+
+
+def _start_dashboard(settings: Settings):
+    """`tickvault ui` as a child of `tickvault run`, with the worker's Alpaca URLs and keys (the kill
+    switch cancels orders there); prints its URL line. None when TICKVAULT_UI_PORT is 0."""
+    import subprocess
+
+    if settings.ui_port == 0:
+        return None
+    env = {**os.environ, "TICKVAULT_ALPACA_TRADING_URL": settings.alpaca_trading_url,
+           "TICKVAULT_ALPACA_DATA_URL": settings.alpaca_data_url}
+    if settings.has_alpaca_keys:
+        env["TICKVAULT_ALPACA_KEY_ID"] = settings.alpaca_key_id.get_secret_value()
+        env["TICKVAULT_ALPACA_SECRET_KEY"] = settings.alpaca_secret_key.get_secret_value()
+    proc = subprocess.Popen([sys.executable, "-m", "tickvault.cli", "ui"], env=env, stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    line = proc.stdout.readline()
+    if not line:
+        typer.echo(f"warning: the dashboard did not start (exit {proc.wait()}); the worker runs without it", err=True)
+        return None
+    typer.echo(line.rstrip())
+    return proc
+
+
+def _stop_dashboard(proc) -> None:
+    import signal
+    import subprocess
+
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -146,6 +146,26 @@ class Settings(BaseSettings):
         ),
     )
 
+    # --- dashboard --------------------------------------------------------------------
+    ui_port: int = Field(
+        8780, ge=0, le=65535, description="Dashboard (`tickvault ui`) port on 127.0.0.1; `tickvault run` starts it "
+        "beside the worker (0: not started)."
+    )
+    ui_live_interval_s: float = Field(
+        1.0, ge=0.2, le=60, description="How often the dashboard asks the database for new bars and figures to "
+        "push to open pages (one query per watched symbol and timeframe, shared by every open page)."
+    )
+    ui_kill_switch: bool = Field(
+        False, description="Show the dashboard's kill switch (halt strategy orders, cancel open orders). Needs "
+        "TICKVAULT_UI_KILL_SWITCH_TOKEN; every use is recorded in `ui_audit`."
+    )
+    ui_kill_switch_token: SecretStr | None = Field(
+        None, description="Token a kill-switch request must carry (at least 16 characters)."
+    )
+    prefect_ui_url: str = Field(
+        "http://127.0.0.1:4200", description="The Prefect UI the dashboard links to for flow runs."
+    )
+
     @field_validator("symbols", "channels", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
@@ -165,12 +185,26 @@ class Settings(BaseSettings):
             raise ValueError("the simulator binds to loopback only (127.0.0.0/8, localhost, ::1)")
         return value
 
+    @field_validator("ui_kill_switch_token")
+    @classmethod
+    def _long_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("the kill-switch token must be at least 16 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _kill_switch_needs_token(self) -> "Settings":
+        if self.ui_kill_switch and self.ui_kill_switch_token is None:
+            raise ValueError("TICKVAULT_UI_KILL_SWITCH=true needs TICKVAULT_UI_KILL_SWITCH_TOKEN")
+        return self
+
     @property
     def has_alpaca_keys(self) -> bool:
         return self.alpaca_key_id is not None and self.alpaca_secret_key is not None
 
 
-SECRET_NAMES = ("database_url", "alpaca_key_id", "alpaca_secret_key", "s3_access_key_id", "s3_secret_access_key")
+SECRET_NAMES = ("database_url", "alpaca_key_id", "alpaca_secret_key", "s3_access_key_id", "s3_secret_access_key",
+                "ui_kill_switch_token")
 
 
 def _mask_url(url: str) -> str:
@@ -212,7 +246,7 @@ def load_settings(**overrides: object) -> Settings:
         lines = []
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"])
-            lines.append(f"TICKVAULT_{field.upper()}: {err['msg']}")
+            lines.append(f"TICKVAULT_{field.upper()}: {err['msg']}" if field else str(err["msg"]))
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
 
 
