@@ -146,7 +146,7 @@ class Settings(BaseSettings):
         ),
     )
 
-    # --- dashboard --------------------------------------------------------------------
+    # --- dashboard and alerts -------------------------------------------------------------
     ui_port: int = Field(
         8780, ge=0, le=65535, description="Dashboard (`tickvault ui`) port on 127.0.0.1; `tickvault run` starts it "
         "beside the worker (0: not started)."
@@ -164,6 +164,18 @@ class Settings(BaseSettings):
     )
     prefect_ui_url: str = Field(
         "http://127.0.0.1:4200", description="The Prefect UI the dashboard links to for flow runs."
+    )
+    alert_webhook_url: SecretStr | None = Field(
+        None, description="Webhook the Prefect automations of `tickvault deploy` notify (Slack, Discord, Telegram "
+        "bot API or any JSON receiver). Unset: no automations are created."
+    )
+    alert_webhook_format: Literal["slack", "discord", "telegram", "json"] = Field(
+        "slack", description="Payload shape for the alert webhook: slack `{text}`, discord `{content}`, telegram "
+        "`{chat_id, text}`, json `{title, body, severity, ...}`."
+    )
+    alert_telegram_chat_id: str | None = Field(None, description="Telegram chat id, for the telegram payload format.")
+    alert_ingest_silence_min: float = Field(
+        5.0, gt=0, description="Alert when a worker has written no `ingest_stats` row for this many minutes."
     )
 
     @field_validator("symbols", "channels", mode="before")
@@ -196,6 +208,8 @@ class Settings(BaseSettings):
     def _kill_switch_needs_token(self) -> "Settings":
         if self.ui_kill_switch and self.ui_kill_switch_token is None:
             raise ValueError("TICKVAULT_UI_KILL_SWITCH=true needs TICKVAULT_UI_KILL_SWITCH_TOKEN")
+        if self.alert_webhook_format == "telegram" and self.alert_webhook_url and not self.alert_telegram_chat_id:
+            raise ValueError("TICKVAULT_ALERT_WEBHOOK_FORMAT=telegram needs TICKVAULT_ALERT_TELEGRAM_CHAT_ID")
         return self
 
     @property
@@ -204,7 +218,7 @@ class Settings(BaseSettings):
 
 
 SECRET_NAMES = ("database_url", "alpaca_key_id", "alpaca_secret_key", "s3_access_key_id", "s3_secret_access_key",
-                "ui_kill_switch_token")
+                "ui_kill_switch_token", "alert_webhook_url")
 
 
 def _mask_url(url: str) -> str:

@@ -1,4 +1,4 @@
--- The dashboard's write paths: every use of the kill switch, and the halt it sets.
+-- The dashboard's write paths (every use of the kill switch, the halt it sets) and the alert incidents.
 --
 -- ui_audit: one row per attempt at a dashboard action that changes something (today only the kill
 -- switch and lifting it), whether it was allowed or refused (bad token, switch disabled), with the
@@ -26,3 +26,18 @@ CREATE TABLE trading_halts (
 );
 -- The gateway's check is one probe of this partial index (at most a handful of rows in it).
 CREATE INDEX trading_halts_active_idx ON trading_halts (halted_at) WHERE lifted_at IS NULL;
+
+-- alert_incidents: what `tickvault.alerts.check_alerts` (the alert-check deployment) has found
+-- wrong and announced, so each incident is announced once when it opens and once when it ends,
+-- however often the check runs. `key` names the incident ('ingest_silent:worker-1',
+-- 'reconcile_drift', 'timescaledb_job:1002'); at most one open incident per key.
+CREATE TABLE alert_incidents (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    key         text        NOT NULL,
+    kind        text        NOT NULL,          -- ingest_silent, reconcile_drift, timescaledb_job
+    title       text        NOT NULL,
+    detail      text,
+    opened_at   timestamptz NOT NULL DEFAULT now(),
+    resolved_at timestamptz
+);
+CREATE UNIQUE INDEX alert_incidents_open_key ON alert_incidents (key) WHERE resolved_at IS NULL;
