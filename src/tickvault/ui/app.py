@@ -70,7 +70,9 @@ def create_app(settings: Settings, *, db_url: str | None = None) -> Starlette:
     async def lifespan(app: Starlette):
         pool = AsyncConnectionPool(url, min_size=1, max_size=POOL_MAX, open=False, name="tickvault-ui",
                                    check=AsyncConnectionPool.check_connection,
-                                   kwargs={"autocommit": True, "connect_timeout": 10, "application_name": "tickvault-ui"})
+                                   # prepare_threshold=None: never a generic plan (see queries._BARS_SQL)
+                                   kwargs={"autocommit": True, "connect_timeout": 10, "application_name": "tickvault-ui",
+                                           "prepare_threshold": None})
         await pool.open(wait=True, timeout=30)
         hub = LiveHub(pool, settings.ui_live_interval_s)
         hub.start()

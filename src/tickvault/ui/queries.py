@@ -39,6 +39,9 @@ _BAR_FIELDS = ("o", "h", "l", "c", "v")
 # One statement per timeframe: the view's union is planned with the symbol and the window pushed
 # into both branches (rollup index on (symbol, bucket DESC); trades index on (symbol, time DESC)
 # through TimescaleDB's time_bucket predicate transform), and indicators joined by their key.
+# The transform needs the window as constants at plan time: bound parameters are, in the custom
+# plans of unprepared statements, so the dashboard's connections never prepare (app.py). With
+# now() in the statement instead, every trade of the symbol since the watermark would be read.
 _BARS_SQL = {
     tf: f"""
 SELECT extract(epoch FROM b.bucket)::bigint, b.open, b.high, b.low, b.close, b.volume,
@@ -97,18 +100,23 @@ async def bars(conn: psycopg.AsyncConnection, w: BarWindow, limit: int = MAX_BAR
     return out
 
 
-async def latest_bars(conn: psycopg.AsyncConnection, symbol: str, count: int = 3) -> dict[str, Any]:
-    """The newest ``count`` one-minute bars of a symbol (what live updates push)."""
-    w = BarWindow(symbol.upper(), "1m", datetime.now(UTC) - timedelta(minutes=count + 1),
-                  datetime.now(UTC) + timedelta(days=1))
-    found = await bars(conn, w, limit=count)
-    if not found["t"]:  # a clock ahead of or behind ours (the simulator's fast clock in tests): newest by key
-        cur = await conn.execute("SELECT max(bucket) FROM ohlcv_1m WHERE symbol = %s AND bucket > now() - interval '2 days'",
-                                 (symbol.upper(),))
-        newest = (await cur.fetchone())[0]  # type: ignore[index]
-        if newest is not None:
-            found = await bars(conn, BarWindow(symbol.upper(), "1m", newest - timedelta(minutes=count),
-                                               newest + timedelta(minutes=1)), limit=count)
+async def latest_bars(conn: psycopg.AsyncConnection, symbol: str, count: int = 2) -> dict[str, Any]:
+    """The newest ``count`` one-minute bars of a symbol (what live updates push): the open minute and
+    the one before it, whose last trades and indicators land just after it closes."""
+    now = datetime.now(UTC)
+    symbol = symbol.upper()
+    found = await bars(conn, BarWindow(symbol, "1m", now - timedelta(minutes=count), now + timedelta(days=1)), count)
+    if not found["t"]:
+        # Nothing in the last minutes by our clock (a quiet feed, or a clock ahead of ours such as the
+        # simulator's fast one in tests): start from the newest trade, one index probe.
+        cur = await conn.execute(
+            "SELECT time FROM trades WHERE symbol = %s AND time > %s ORDER BY time DESC LIMIT 1",
+            (symbol, now - timedelta(days=2)))
+        row = await cur.fetchone()
+        if row is not None:
+            newest = row[0]
+            found = await bars(conn, BarWindow(symbol, "1m", newest - timedelta(minutes=count),
+                                               newest + timedelta(minutes=1)), count)
     return found
 
 
@@ -142,9 +150,11 @@ async def symbols(conn: psycopg.AsyncConnection, settings: Settings) -> list[str
         "SELECT DISTINCT symbol FROM bars WHERE time > now() - interval '1 day' ORDER BY symbol LIMIT 1000"
     )
     seen = [r[0] for r in await cur.fetchall()]
-    if not seen:  # no feed bars (a trades-only feed): the symbols of recent trades, one index skip each
+    if not seen:  # no feed bars (a trades-only feed): the symbols in trades, one index probe per symbol
         cur = await conn.execute(
-            "SELECT DISTINCT symbol FROM ohlcv_1m WHERE bucket > now() - interval '1 hour' ORDER BY 1 LIMIT 1000"
+            "WITH RECURSIVE s AS (SELECT min(symbol) AS symbol FROM trades UNION ALL "
+            "SELECT (SELECT min(symbol) FROM trades WHERE symbol > s.symbol) FROM s WHERE s.symbol IS NOT NULL) "
+            "SELECT symbol FROM s WHERE symbol IS NOT NULL LIMIT 1000"
         )
         seen = [r[0] for r in await cur.fetchall()]
     first = [s for s in settings.symbols if s in seen] or []

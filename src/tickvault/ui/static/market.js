@@ -87,8 +87,10 @@
     const tf = tfSel.value;
     const symbol = symbolSel.value;
     if (!symbol) { empty.hidden = false; status.textContent = 'no symbols with bars yet'; return; }
-    history.replaceState(null, '', `?symbol=${encodeURIComponent(symbol)}&tf=${tf}`);
-    const d = await getJSON(`/api/bars?symbol=${encodeURIComponent(symbol)}&tf=${tf}`);
+    const days = params.get('days'); // optional: a longer (or shorter) window than the timeframe's default
+    const range = days ? `&days=${encodeURIComponent(days)}` : '';
+    history.replaceState(null, '', `?symbol=${encodeURIComponent(symbol)}&tf=${tf}${range}`);
+    const d = await getJSON(`/api/bars?symbol=${encodeURIComponent(symbol)}&tf=${tf}${range}`);
     draw(d);
     chart.timeScale().scrollToRealTime();
     if (source) source.close();
