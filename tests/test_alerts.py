@@ -150,10 +150,19 @@ def test_deployed_automations_notify_the_webhook_once_per_incident(fresh_databas
     from prefect.events.worker import EventsWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from tickvault.alerts import prefect_emit
-    from tickvault.deploy import create_alert_automations
+    from tickvault.alerts import ALERT_CHECK_DEPLOYMENT, prefect_emit
+    from tickvault.deploy import create_alert_automations, deploy_flows, ensure_work_pool, prefect_env, project_dir, work_pool_name
 
     url = fresh_database()
+    env = prefect_env(prefect_api)
+    ensure_work_pool(env, work_pool_name())
+    deploy_flows(env, project_dir())  # prefect.yaml, alert-check's schedule paused
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            paused = client.read_deployment_by_name(ALERT_CHECK_DEPLOYMENT).schedules
+        assert paused and not any(s.active for s in paused)
     webhook = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
     settings = load_settings(database_url=url, alert_webhook_url=webhook, alert_webhook_format="slack",
                              alert_ingest_silence_min=5)
@@ -169,6 +178,8 @@ def test_deployed_automations_notify_the_webhook_once_per_incident(fresh_databas
 
         with get_client(sync_client=True) as client:
             names = sorted(a.name for a in client.read_automations())
+            alert_check = client.read_deployment_by_name(ALERT_CHECK_DEPLOYMENT)
+        assert alert_check.schedules and all(s.active for s in alert_check.schedules)  # started by the deploy
         assert names == sorted([
             "tickvault: flow run failed or crashed", "tickvault: worker silent",
             "tickvault: reconciliation drift not repaired", "tickvault: TimescaleDB job failing",

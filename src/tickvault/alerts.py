@@ -45,6 +45,7 @@ OPENED = "tickvault.alert.opened"
 RESOLVED = "tickvault.alert.resolved"
 FLOW_FAILURE_QUIET_S = 3600  # one alert per flow per hour while it keeps failing
 BLOCK_NAME = "tickvault-alerts"
+ALERT_CHECK_DEPLOYMENT = "alert-check/every-minute"
 AUTOMATION_PREFIX = "tickvault: "
 KINDS = {
     "ingest_silent": "worker silent",
@@ -245,4 +246,19 @@ def ensure_automations(settings: Settings, api_url: str) -> list[str]:
             for spec in _automation_specs(block_id):
                 spec.create()
                 names.append(spec.name)
+            _activate_alert_check(client)
     return names
+
+
+def _activate_alert_check(client) -> None:
+    """prefect.yaml deploys alert-check with its schedule paused: checking for incidents nobody is
+    notified of would only add runs. With the automations in place, the schedule starts."""
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        deployment = client.read_deployment_by_name(ALERT_CHECK_DEPLOYMENT)
+    except ObjectNotFound:
+        log.warning("%s is not deployed: incidents are not checked (run `tickvault deploy`)", ALERT_CHECK_DEPLOYMENT)
+        return
+    for schedule in deployment.schedules:
+        client.update_deployment_schedule(deployment.id, schedule.id, active=True)
