@@ -1,7 +1,7 @@
 """Live updates for open pages: one poller per process, fanned out to bounded per-page queues.
 
-However many pages are open, the database sees one query per watched symbol (its newest three
-1-minute bars with their indicators) and one for new ``ingest_stats`` rows, every
+However many pages are open, the database sees one query per watched symbol (its open 1-minute
+bar, and the one before during the first seconds of a minute, with their indicators) and one for new ``ingest_stats`` rows, every
 ``ui_live_interval_s``. Pages on other timeframes fold the 1-minute bars into their bucket
 themselves. Nothing is polled while no page listens.
 
@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from psycopg_pool import AsyncConnectionPool
 
 from tickvault.ui import queries
@@ -104,8 +105,8 @@ class LiveHub:
                 else:
                     found = await queries.latest_bars(conn, topic)
                     self.polls += 1
-                    if found["t"]:
-                        self._publish(topic, "bars", found)
+                    if found.count:
+                        self._publish(topic, "bars", orjson.Fragment(found.json))  # sent as PostgreSQL wrote it
 
     def _publish(self, topic: str, event: str, data: Any) -> None:
         for page in list(self._pages):
