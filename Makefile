@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	fi
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
+	@[ -x /usr/bin/chromium ] || { echo "installing Debian's chromium for the dashboard's browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	@touch $(STAMP)
 
 install: $(STAMP)

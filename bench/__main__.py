@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from bench.common import write_results  # noqa: F401 - imported so a missing bench/common.py fails first
 
-BENCHES = ("decode", "indicators", "ingest", "memory", "orders", "reconcile")
+BENCHES = ("decode", "indicators", "ingest", "memory", "orders", "reconcile", "dashboard")
 OPTIONAL = {"indicators", "reconcile"}  # written by other engineers; skipped with a note if absent
 
 
@@ -73,6 +73,10 @@ def _headline(name: str, r: dict) -> tuple[str, str]:
         ratio = [vec[k] / tlb[k] for k in vec if vec.get(k) and tlb.get(k)]
         return (f"incremental {min(speed):.1f}-{max(speed):.1f}x talipp" if speed else "-",
                 f"vectorized {min(ratio):.1f}-{max(ratio):.1f}x TA-Lib time" if ratio else "-")
+    if name == "dashboard":
+        loads = r["page_load_s"]
+        return (f"page {loads['all_30d']['max_s']} s max with 30 d of 1m bars; UI RSS {r['ui_rss_mb_max']} MB",
+                "worker unmoved: " + ("yes" if r["goals_met"]["worker_unmoved"] else "no"))
     if name == "reconcile":
         keys = [k for k in r if k.endswith("_s") and isinstance(r[k], (int, float))][:2]
         return (", ".join(f"{k} {r[k]}" for k in keys) or "-", "")

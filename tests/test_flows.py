@@ -226,6 +226,7 @@ async def test_prefect_yaml_deploys_all_four_flows_to_the_process_pool(stack: St
     assert pool.type == "process"
     assert set(deployments) == {
         "reconcile/market-hours", "refresh-indicators/market-hours", "purge-retention/nightly", "profile-worker/nightly",
+        "alert-check/every-minute",
     }
     for d in deployments.values():
         assert d.work_pool_name == "tickvault-process"

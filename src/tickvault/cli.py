@@ -41,6 +41,15 @@ def _mount_prefect() -> None:
 _mount_prefect()
 
 
+def _mount_ui() -> None:
+    from tickvault.ui import ui_command
+
+    app.command("ui")(ui_command)  # tickvault ui: the dashboard on 127.0.0.1:TICKVAULT_UI_PORT
+
+
+_mount_ui()
+
+
 def _settings() -> Settings:
     try:
         return get_settings()
@@ -288,11 +297,13 @@ def db_refresh_aggregates(
         typer.echo("nothing to refresh (no raw trades in the window, or all of it is below the raw horizon)")
 
 
-def _run_worker_foreground(settings: Settings, *, live: bool, strategy=None, child=None) -> None:
-    """Run the worker in the foreground until it stops; then stop ``child`` (the simulator).
+def _run_worker_foreground(settings: Settings, *, live: bool, strategy=None, children=()) -> None:
+    """Run the worker in the foreground until it stops; then stop ``children`` (``(process, prefix)``:
+    the dashboard, the simulator), in that order.
 
-    ``live``: a status line at the bottom of the terminal with log records, and the child's output
-    (relayed line by line), printed above it; otherwise plain INFO logs. Errors propagate.
+    ``live``: a status line at the bottom of the terminal with log records, and the children's output
+    (relayed line by line, each line with its prefix), printed above it; otherwise plain INFO logs.
+    Errors propagate.
     """
     import asyncio
 
@@ -317,15 +328,14 @@ def _run_worker_foreground(settings: Settings, *, live: bool, strategy=None, chi
             await tick
 
     with StatusDisplay(handle.metrics, live=live) as display:
-        relays = [display.relay(child.stdout, "simulator: "), display.relay(child.stderr, "simulator: ")] \
-            if child is not None else []
+        relays = [display.relay(pipe, prefix) for child, prefix in children for pipe in (child.stdout, child.stderr)]
         try:
             asyncio.run(worker_with_status(display))
         finally:
-            if child is not None:
+            for child, _ in children:
                 _stop_child(child)
-                for relay in relays:
-                    relay.join(timeout=5)  # the pipes close when the child exits
+            for relay in relays:
+                relay.join(timeout=5)  # the pipes close when the children exit
     typer.echo(f"worker stopped cleanly: {int(handle.metrics.totals['rows_committed']):,} rows committed", err=True)
 
 
@@ -485,16 +495,56 @@ def run_main() -> None:
             "alpaca_trading_url": base, "alpaca_trade_stream_url": f"ws://{settings.sim_host}:{settings.sim_port}/stream",
             "symbols": settings.symbols or symbol_names(settings.sim_symbols),
         })
+    ui_proc = _start_dashboard(settings)
     typer.echo(f"worker {settings.worker_name}: {len(settings.symbols) or 'all'} symbols, Ctrl-C stops everything cleanly")
     try:
-        _run_worker_foreground(settings, live=sys.stderr.isatty(), strategy=strategy, child=sim_proc)
+        children = [(p, prefix) for p, prefix in ((ui_proc, "dashboard: "), (sim_proc, "simulator: ")) if p]
+        _run_worker_foreground(settings, live=sys.stderr.isatty(), strategy=strategy, children=children)
     except ShutdownIncomplete as exc:
         raise _fail(str(exc), code=3) from None
     except (AuthFailed, WorkerNameTaken, ValueError) as exc:  # the name: claimed by another since the check
         raise _fail(str(exc)) from None
     finally:
+        _stop_dashboard(ui_proc)
         if sim_proc is not None:
             _stop_child(sim_proc)
+
+
+def _start_dashboard(settings: Settings):
+    """`tickvault ui` as a child of `tickvault run`, with the worker's Alpaca URLs and keys (the kill
+    switch cancels orders there); prints its URL line. None when TICKVAULT_UI_PORT is 0."""
+    import subprocess
+
+    if settings.ui_port == 0:
+        return None
+    env = {**os.environ, "TICKVAULT_ALPACA_TRADING_URL": settings.alpaca_trading_url,
+           "TICKVAULT_ALPACA_DATA_URL": settings.alpaca_data_url}
+    if settings.has_alpaca_keys:
+        env["TICKVAULT_ALPACA_KEY_ID"] = settings.alpaca_key_id.get_secret_value()
+        env["TICKVAULT_ALPACA_SECRET_KEY"] = settings.alpaca_secret_key.get_secret_value()
+    # Its output is piped and relayed above the status line (like the simulator's), never written into it.
+    proc = subprocess.Popen([sys.executable, "-m", "tickvault.cli", "ui"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    line = proc.stdout.readline()
+    if not line:
+        typer.echo(f"warning: the dashboard did not start (exit {proc.wait()}); the worker runs without it", err=True)
+        return None
+    typer.echo(line.rstrip())
+    return proc
+
+
+def _stop_dashboard(proc) -> None:
+    import signal
+    import subprocess
+
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -147,6 +147,38 @@ class Settings(BaseSettings):
         ),
     )
 
+    # --- dashboard and alerts -------------------------------------------------------------
+    ui_port: int = Field(
+        8780, ge=0, le=65535, description="Dashboard (`tickvault ui`) port on 127.0.0.1; `tickvault run` starts it "
+        "beside the worker (0: not started)."
+    )
+    ui_live_interval_s: float = Field(
+        1.0, ge=0.2, le=60, description="How often the dashboard asks the database for new bars and figures to "
+        "push to open pages (one query per watched symbol and timeframe, shared by every open page)."
+    )
+    ui_kill_switch: bool = Field(
+        False, description="Show the dashboard's kill switch (halt strategy orders, cancel open orders). Needs "
+        "TICKVAULT_UI_KILL_SWITCH_TOKEN; every use is recorded in `ui_audit`."
+    )
+    ui_kill_switch_token: SecretStr | None = Field(
+        None, description="Token a kill-switch request must carry (at least 16 characters)."
+    )
+    prefect_ui_url: str = Field(
+        "http://127.0.0.1:4200", description="The Prefect UI the dashboard links to for flow runs."
+    )
+    alert_webhook_url: SecretStr | None = Field(
+        None, description="Webhook the Prefect automations of `tickvault deploy` notify (Slack, Discord, Telegram "
+        "bot API or any JSON receiver). Unset: no automations are created."
+    )
+    alert_webhook_format: Literal["slack", "discord", "telegram", "json"] = Field(
+        "slack", description="Payload shape for the alert webhook: slack `{text}`, discord `{content}`, telegram "
+        "`{chat_id, text}`, json `{title, body, severity, ...}`."
+    )
+    alert_telegram_chat_id: str | None = Field(None, description="Telegram chat id, for the telegram payload format.")
+    alert_ingest_silence_min: float = Field(
+        5.0, gt=0, description="Alert when a worker has written no `ingest_stats` row for this many minutes."
+    )
+
     @field_validator("symbols", "channels", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
@@ -189,12 +221,28 @@ class Settings(BaseSettings):
             raise ValueError("the simulator binds to loopback only (127.0.0.0/8, localhost, ::1)")
         return value
 
+    @field_validator("ui_kill_switch_token")
+    @classmethod
+    def _long_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("the kill-switch token must be at least 16 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _kill_switch_needs_token(self) -> "Settings":
+        if self.ui_kill_switch and self.ui_kill_switch_token is None:
+            raise ValueError("TICKVAULT_UI_KILL_SWITCH=true needs TICKVAULT_UI_KILL_SWITCH_TOKEN")
+        if self.alert_webhook_format == "telegram" and self.alert_webhook_url and not self.alert_telegram_chat_id:
+            raise ValueError("TICKVAULT_ALERT_WEBHOOK_FORMAT=telegram needs TICKVAULT_ALERT_TELEGRAM_CHAT_ID")
+        return self
+
     @property
     def has_alpaca_keys(self) -> bool:
         return self.alpaca_key_id is not None and self.alpaca_secret_key is not None
 
 
-SECRET_NAMES = ("database_url", "alpaca_key_id", "alpaca_secret_key", "s3_access_key_id", "s3_secret_access_key")
+SECRET_NAMES = ("database_url", "alpaca_key_id", "alpaca_secret_key", "s3_access_key_id", "s3_secret_access_key",
+                "ui_kill_switch_token", "alert_webhook_url")
 
 
 def _mask_url(url: str) -> str:
@@ -253,7 +301,7 @@ def load_settings(**overrides: object) -> Settings:
         lines = []
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"])
-            lines.append(f"TICKVAULT_{field.upper()}: {err['msg']}")
+            lines.append(f"TICKVAULT_{field.upper()}: {err['msg']}" if field else str(err["msg"]))
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
 
 

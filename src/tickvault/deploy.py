@@ -262,12 +262,28 @@ def deploy_main(settings: Settings, *, start_worker: bool = True, api_url: str |
     for line in output.splitlines():
         if "Deployment" in line and ("created" in line or "updated" in line or "successfully" in line):
             typer.echo("  " + line.strip())
-    typer.echo("deployed: reconcile, refresh-indicators, purge-retention, profile-worker")
+    typer.echo("deployed: reconcile, refresh-indicators, purge-retention, profile-worker, alert-check")
+    create_alert_automations(settings, api_url)
     if start_worker:
         cmd = worker_command(pool)
         typer.echo(f"starting a Prefect worker on {pool!r} (Ctrl-C stops it): {' '.join(cmd)}")
         sys.stdout.flush()
         os.execve(cmd[0], cmd, env) if os.path.isabs(cmd[0]) else os.execvpe(cmd[0], cmd, env)
+
+
+def create_alert_automations(settings: Settings, api_url: str) -> None:
+    """The alert automations (tickvault.alerts) when TICKVAULT_ALERT_WEBHOOK_URL is set."""
+    if settings.alert_webhook_url is None:
+        typer.echo("alerts: TICKVAULT_ALERT_WEBHOOK_URL is not set, no automations created")
+        return
+    from tickvault.alerts import ensure_automations
+
+    try:
+        names = ensure_automations(settings, api_url)
+    except Exception as exc:  # noqa: BLE001 - Prefect's client raises many kinds; say which step failed
+        raise DeployError(f"creating the alert automations failed: {type(exc).__name__}: {exc}") from exc
+    typer.echo(f"alerts: {len(names)} automations notify the webhook ({settings.alert_webhook_format} payloads): "
+               + "; ".join(names))
 
 
 # --- CLI ----------------------------------------------------------------------------------------

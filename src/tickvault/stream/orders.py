@@ -7,7 +7,10 @@ after a restart finds the row and is skipped), then submitted through the REST c
 retries an ambiguous failure and recognises Alpaca's "client_order_id must be unique" as "the
 first attempt landed". Submit→ack latency is stored on the order. Intents wait in a bounded queue
 (``MAX_PENDING_INTENTS``); past it an intent is dropped, counted and logged — a strategy emitting
-more than that per bar is broken, and blocking ingest for it would be worse.
+more than that per bar is broken, and blocking ingest for it would be worse. While the
+dashboard's kill switch holds a halt (a ``trading_halts`` row not lifted, migration 008), the
+gateway submits nothing: each intent is dropped before it is recorded, counted in ``drops`` and
+logged.
 
 Listener: Alpaca's trade-updates stream (JSON) → order status updates and ``fills`` rows keyed by
 (order_id, cum_qty), so a fill seen here and again by reconciliation lands once.
@@ -34,6 +37,9 @@ from tickvault.stream.strategy import Bar, OrderIntent
 log = logging.getLogger("tickvault.orders")
 
 MAX_PENDING_INTENTS = 1000
+
+# One probe of the partial index trading_halts_active_idx, on the connection the intent uses anyway.
+HALTED = "SELECT reason FROM trading_halts WHERE lifted_at IS NULL ORDER BY halted_at DESC LIMIT 1"
 
 UPSERT_ORDER = """
 INSERT INTO orders (client_order_id, id, symbol, side, order_type, time_in_force, order_class, qty, notional,
@@ -121,6 +127,12 @@ class OrderGateway:
     async def submit(self, strategy: str, bar: Bar, intent: OrderIntent) -> Order | None:
         cid = client_order_id(strategy, bar, intent)
         async with self.pool.connection() as conn:
+            halt = await (await conn.execute(HALTED)).fetchone()
+            if halt is not None:
+                self.metrics.add("drops")
+                log.warning("trading halted (%s): intent %s %s %s not submitted", halt[0], intent.side,
+                            intent.qty, intent.symbol)
+                return None
             cur = await conn.execute(
                 "INSERT INTO orders (client_order_id, symbol, side, order_type, time_in_force, qty, limit_price, "
                 "status, source, strategy) VALUES (%s, %s, %s, %s, %s, %s, %s, 'pending_submit', 'worker', %s) "

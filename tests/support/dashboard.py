@@ -1,0 +1,93 @@
+"""Helpers for the dashboard's tests: free ports, waiting on a condition, simulator → settings, and
+the dashboard served in-process by uvicorn on 127.0.0.1 (real HTTP, the test's event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+
+from tickvault.config import Settings, load_settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_until(predicate, timeout: float, what: str, poll: float = 0.2):
+    """Poll ``predicate`` (sync or async) until it returns a truthy value, which is returned;
+    fail naming ``what`` after ``timeout`` seconds. Polling a condition, never sleeping for a result."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(poll)
+
+
+def settings_for_sim(sim, db_url: str, run_dir: Path, **overrides: object) -> Settings:
+    """Settings of a worker (and dashboard) pointed at an in-process :class:`Simulator`."""
+    values: dict[str, object] = dict(
+        database_url=db_url, alpaca_key_id=sim.key, alpaca_secret_key=sim.secret, alpaca_stream_url=sim.ws_url,
+        alpaca_data_url=sim.rest_url, alpaca_trading_url=sim.rest_url, alpaca_trade_stream_url=sim.trade_updates_url,
+        symbols=",".join(sim.symbols), metrics_port=0, run_dir=run_dir, stats_interval_s=1.0,
+        ui_port=free_port(), ui_live_interval_s=0.5, prefect_ui_url=f"http://127.0.0.1:{free_port()}",
+    )
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@asynccontextmanager
+async def serve_dashboard(settings: Settings, db_url: str) -> AsyncIterator[str]:
+    """The dashboard app under uvicorn in this event loop; yields its base URL."""
+    import uvicorn
+
+    from tickvault.ui.app import create_app
+
+    config = uvicorn.Config(create_app(settings, db_url=db_url), host="127.0.0.1", port=settings.ui_port,
+                            log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=2)
+    class _Server(uvicorn.Server):
+        @contextmanager
+        def capture_signals(self):  # the test process owns its signals
+            yield
+
+    server = _Server(config)
+    task = asyncio.create_task(server.serve())
+    await wait_until(lambda: server.started or task.done(), 30, "the dashboard to start", poll=0.05)
+    if task.done():
+        task.result()
+    try:
+        yield f"http://127.0.0.1:{settings.ui_port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
+
+
+def plant_minute_trades(conn, symbol: str, start, minutes: int, per_minute: int = 4, first_id: int = 1) -> None:
+    """``per_minute`` trades of ``symbol`` in each of ``minutes`` minutes from ``start`` (a rising
+    price, sizes 100), inserted as the writer does; the OHLCV views compute bars from them."""
+    from datetime import timedelta
+
+    rows = []
+    tid = first_id
+    for m in range(minutes):
+        for k in range(per_minute):
+            when = start + timedelta(minutes=m, seconds=k * (60 / per_minute))
+            ns = int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
+            rows.append((when, symbol, tid, "V", 100.0 + m + k * 0.25, 100, ns))
+            tid += 1
+    with conn.cursor() as cur, cur.copy(
+        "COPY trades (time, symbol, trade_id, exchange, price, size, time_ns) FROM STDIN"
+    ) as copy:
+        for row in rows:
+            copy.write_row(row)

@@ -1,0 +1,205 @@
+"""The dashboard in a real browser (Debian's chromium driven by Playwright) against a real worker on
+the simulator: candles drawn, a new bar live, the worker's figures on the health page, the trading
+tables and the kill switch, no console errors, and a screenshot of each page.
+
+The simulator runs its clock 60× (a simulated minute per second) so minute bars, indicators and
+the strategy's orders come within seconds; every wait is on a condition in the page or the
+database, with generous timeouts. Screenshots go to ``$TICKVAULT_UI_SCREENSHOTS`` when set (the
+README's images: ``TICKVAULT_UI_SCREENSHOTS=docs/img .venv/bin/python -m pytest tests/test_ui_browser.py``),
+else to the test's temporary directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+import pytest_asyncio
+
+from tests.support.dashboard import serve_dashboard, settings_for_sim, wait_until
+from tickvault.sim.server import Simulator
+from tickvault.stream.worker import WorkerHandle, run_worker
+
+pytestmark = [pytest.mark.db, pytest.mark.asyncio(loop_scope="module")]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TOKEN = "browser-test-token-0123456789"
+SPEEDUP = 60  # simulated seconds per real second: a minute bar every second
+
+
+@dataclass
+class Stack:
+    base: str
+    db_url: str
+    sim: Simulator
+    handle: WorkerHandle
+    browser: object
+    shots: Path
+    pages: list = field(default_factory=list)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack(fresh_database, tmp_path_factory):
+    from playwright.async_api import async_playwright
+
+    if not CHROMIUM.exists():
+        pytest.fail("/usr/bin/chromium is missing: `make install` installs Debian's chromium package (apt-get)")
+    tmp = tmp_path_factory.mktemp("ui-browser")
+    shots = Path(os.environ.get("TICKVAULT_UI_SCREENSHOTS") or tmp)
+    shots.mkdir(parents=True, exist_ok=True)
+    url = fresh_database()
+    t0 = time.time_ns()
+
+    def fast() -> int:
+        return t0 + (time.time_ns() - t0) * SPEEDUP
+
+    async with Simulator(symbols=["AAPL", "MSFT"], rate=1_000, seed=7, clock=fast) as sim:
+        settings = settings_for_sim(sim, url, tmp / "run", worker_name="browser",
+                                    strategy="tests.support.strategies:BuyOneShareEachBar",
+                                    ui_kill_switch=True, ui_kill_switch_token=TOKEN)
+        handle = WorkerHandle()
+        worker = asyncio.create_task(run_worker(settings, handle))
+        await asyncio.wait_for(handle.ready.wait(), 30)
+        try:
+            async with serve_dashboard(settings, url) as base, async_playwright() as pw:
+                browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+                try:
+                    yield Stack(base, url, sim, handle, browser, shots)
+                finally:
+                    await browser.close()
+        finally:
+            handle.stop()
+            await asyncio.wait_for(worker, 60)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def page(stack):
+    """A fresh page that records console errors and uncaught exceptions; none may happen except those
+    a test expects and names in ``page.expected_errors``."""
+    context = await stack.browser.new_context(viewport={"width": 1400, "height": 900})
+    p = await context.new_page()
+    errors: list[str] = []
+    p.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+    p.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    p.expected_errors = []  # type: ignore[attr-defined]
+    yield p
+    await context.close()
+    unexpected = [e for e in errors if not any(x in e for x in p.expected_errors)]  # type: ignore[attr-defined]
+    assert not unexpected, f"errors in the browser console: {unexpected}"
+
+
+_CANDLE_PIXELS = """() => {
+  // Pixels in the candle colours (#26a69a up, #ef5350 down) on the chart's canvases.
+  let n = 0;
+  for (const c of document.querySelectorAll('#chart canvas')) {
+    if (!c.width || !c.height) continue;
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    for (let i = 0; i < d.length; i += 4) {
+      const [r, g, b, a] = [d[i], d[i + 1], d[i + 2], d[i + 3]];
+      if (a > 200 && ((Math.abs(r - 38) < 8 && Math.abs(g - 166) < 8 && Math.abs(b - 154) < 8) ||
+                      (Math.abs(r - 239) < 8 && Math.abs(g - 83) < 8 && Math.abs(b - 80) < 8))) n++;
+    }
+  }
+  return n;
+}"""
+
+
+async def test_market_chart_draws_candles_and_a_new_bar_arrives_live(stack, page):
+    async with await psycopg.AsyncConnection.connect(stack.db_url) as conn:
+        async def minutes_stored() -> bool:
+            cur = await conn.execute("SELECT count(*) FROM bars WHERE symbol = 'AAPL'")
+            return (await cur.fetchone())[0] >= 3
+        await wait_until(minutes_stored, 60, "three minute bars of AAPL in the database")
+
+    await page.goto(f"{stack.base}/market?symbol=AAPL&tf=1m")
+    await page.wait_for_function("() => window.tv && tv.loaded && tv.candles.data().length >= 3", timeout=30_000)
+    drawn = await page.evaluate(_CANDLE_PIXELS)
+    assert drawn > 100, f"only {drawn} candle-coloured pixels: the chart is blank"
+    bar = await page.evaluate("() => tv.candles.data().at(-1)")
+    assert bar["high"] >= max(bar["open"], bar["close"]) and bar["low"] <= min(bar["open"], bar["close"])
+
+    # Live: a bar newer than the newest drawn arrives over SSE without reloading the page.
+    newest = await page.evaluate("() => tv.candles.data().at(-1).time")
+    await page.wait_for_function("t => tv.candles.data().at(-1).time > t", arg=newest, timeout=30_000)
+    assert await page.locator("#live-status").text_content() != "connecting…"
+
+    # Indicators: once 26 bars are in, the overlays and both panes have values.
+    await page.wait_for_function(
+        "() => ['ema_12', 'sma_20', 'bb_upper', 'vwap'].every(k => tv.overlays[k].data().some(p => p.value !== undefined))"
+        " && ['rsi_14', 'macd'].every(k => tv.panes[k].data().some(p => p.value !== undefined))",
+        timeout=90_000,
+    )
+    await page.reload()  # markers (the strategy's fills) come with a page load
+    await page.wait_for_function("() => tv.loaded && tv.markers.markers().length > 0", timeout=30_000)
+    await page.screenshot(path=str(stack.shots / "dashboard-market.png"))
+
+
+async def test_health_page_shows_the_workers_figures(stack, page):
+    await page.goto(f"{stack.base}/health")
+    row = page.locator('#workers tr[data-worker="browser"]')
+    await row.wait_for(timeout=30_000)
+    cells = await row.locator("td").all_text_contents()
+    assert cells[0] == "browser"
+    assert float(cells[2].replace(",", "")) > 0, f"trades/s should be positive: {cells}"
+    assert float(cells[8].replace(",", "")) > 10, f"RSS MB: {cells}"
+    # charts over time fill from history and keep growing from live rows
+    await page.wait_for_function("() => tv.series.trades_per_s.data().length >= 2", timeout=30_000)
+    seen = await page.evaluate("() => tv.series.trades_per_s.data().length")
+    await page.wait_for_function("n => tv.series.trades_per_s.data().length > n", arg=seen, timeout=30_000)
+    assert await page.locator("#chunks tbody tr").count() >= 5  # every table retention manages
+    assert "trades" in await page.locator("#chunks").text_content()
+    assert await page.locator("#jobs tbody tr").count() >= 1
+    await page.screenshot(path=str(stack.shots / "dashboard-health.png"), full_page=True)
+
+
+async def test_trading_page_lists_orders_and_the_kill_switch_halts_the_strategy(stack, page):
+    # An order far from the market, so it is still open when the kill switch cancels open orders.
+    async with httpx.AsyncClient(base_url=stack.sim.rest_url, headers={
+            "APCA-API-KEY-ID": stack.sim.key, "APCA-API-SECRET-KEY": stack.sim.secret}) as rest:
+        placed = (await rest.post("/v2/orders", json={"symbol": "MSFT", "qty": "1", "side": "buy", "type": "limit",
+                                                       "limit_price": "1.00", "time_in_force": "gtc"})).json()
+        assert placed["status"] in ("new", "accepted")
+
+        await page.goto(f"{stack.base}/trading")
+        await page.wait_for_function("() => tv.tradingLoaded === true", timeout=30_000)
+        await page.wait_for_function("() => document.querySelectorAll('#fills tbody tr').length > 0", timeout=60_000)
+        assert "buy" in await page.locator("#orders").text_content()
+        await page.screenshot(path=str(stack.shots / "dashboard-trading.png"))
+
+        # A wrong token is refused (403, which the browser logs as a failed resource) and recorded;
+        # the right one halts and cancels.
+        page.expected_errors.append("status of 403 (Forbidden)")
+        page.on("dialog", lambda d: asyncio.ensure_future(d.accept()))
+        await page.fill("#kill-token", "not-the-token-at-all")
+        await page.click("#kill-engage")
+        await page.wait_for_function("() => document.getElementById('kill-result').textContent.startsWith('refused')")
+        await page.fill("#kill-token", TOKEN)
+        await page.fill("#kill-reason", "browser test")
+        await page.click("#kill-engage")
+        await page.locator("#halt").wait_for(state="visible", timeout=15_000)
+        assert "browser test" in await page.locator("#halt").text_content()
+        order = (await rest.get(f"/v2/orders/{placed['id']}")).json()
+        assert order["status"] in ("canceled", "pending_cancel")
+
+    with psycopg.connect(stack.db_url) as conn:
+        audit = conn.execute("SELECT action, allowed, outcome FROM ui_audit ORDER BY id").fetchall()
+        assert [(a, ok) for a, ok, _ in audit] == [("kill_switch", False), ("kill_switch", True)]
+        assert "canceled 1 open order" in audit[1][2]
+
+    # The gateways refuse the strategy's intents from now on: no new order while more are dropped.
+    drops = stack.handle.metrics.totals
+    await wait_until(lambda: drops["drops"] >= 2, 30, "the gateway refusing intents under the halt")
+    with psycopg.connect(stack.db_url) as conn:
+        before = conn.execute("SELECT count(*) FROM orders").fetchone()[0]
+    seen = drops["drops"]
+    await wait_until(lambda: drops["drops"] >= seen + 2, 30, "two more refused intents")
+    with psycopg.connect(stack.db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == before
