@@ -8,7 +8,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install db run test bench deploy clean-venv
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: install chromium db run test bench deploy screenshots clean-venv
 
 $(STAMP): pyproject.toml
 	@if ! $(PYTHON) -m venv $(VENV) 2>/dev/null; then \
@@ -21,7 +23,15 @@ $(STAMP): pyproject.toml
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	@touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) $(CHROMIUM)
+
+# The Prefect UI test drives Debian's chromium through Playwright (Playwright's own browser download
+# cannot run on these machines). Installed once, when missing; CI runs as root on a fresh Debian.
+$(CHROMIUM):
+	@echo "chromium is missing; installing Debian's chromium package with apt-get"
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+chromium: $(CHROMIUM)
 
 db: install
 	$(BIN)/tickvault db up
@@ -31,6 +41,10 @@ run: db
 
 test: db
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The README's Prefect UI screenshots (docs/img/prefect-*.png), from the browser test.
+screenshots: db
+	$(BIN)/python -m pytest tests/test_flows.py -k prefect_ui --ui-screenshots docs/img
 
 bench: db
 	$(BIN)/python -m bench

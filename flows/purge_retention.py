@@ -8,7 +8,10 @@ from prefect import flow
 from tasks.publish import publish_markdown
 from tasks.retention import drop_expired_chunks
 from tickvault.config import load_settings
+from tickvault.db import database_url
+from tickvault.market_time import MarketClock
 from tickvault.retention import PurgeReport
+from tickvault.run_logs import tickvault_logs_in_flow_run
 
 ARTIFACT_KEY = "purge-retention"
 
@@ -17,10 +20,9 @@ ARTIFACT_KEY = "purge-retention"
 async def purge_retention_flow(dry_run: bool = False) -> PurgeReport:
     """``dry_run``: report what would be dropped, drop nothing."""
     settings = load_settings()
-    report = await drop_expired_chunks(settings, dry_run=dry_run)
-    await publish_markdown(
-        ARTIFACT_KEY, report.to_markdown(), "Retention purge (dry run)" if dry_run else "Retention purge"
-    )
+    with tickvault_logs_in_flow_run(settings, database_url(settings)):
+        report = await drop_expired_chunks(settings, dry_run=dry_run)
+        await publish_markdown(ARTIFACT_KEY, report.to_markdown(MarketClock.from_settings(settings)), report.headline())
     return report
 
 

@@ -10,7 +10,10 @@ from tasks.http import http_pool_markdown, http_pool_snapshot
 from tasks.publish import publish_markdown
 from tasks.reconcile import reconcile_with_broker
 from tickvault.config import load_settings
+from tickvault.db import database_url
+from tickvault.market_time import MarketClock
 from tickvault.reconcile import ReconcileSummary
+from tickvault.run_logs import tickvault_logs_in_flow_run
 
 ARTIFACT_KEY = "reconcile"
 
@@ -18,9 +21,12 @@ ARTIFACT_KEY = "reconcile"
 @flow(name="reconcile", timeout_seconds=600)
 async def reconcile_flow() -> ReconcileSummary:
     settings = load_settings()
-    summary = await reconcile_with_broker(settings)
-    markdown = summary.to_markdown().rstrip() + "\n\n" + http_pool_markdown(http_pool_snapshot(settings)) + "\n"
-    await publish_markdown(ARTIFACT_KEY, markdown, f"Reconciliation run {summary.run_id}")
+    clock = MarketClock.from_settings(settings)
+    with tickvault_logs_in_flow_run(settings, database_url(settings)):
+        summary = await reconcile_with_broker(settings)
+        markdown = summary.to_markdown(clock).rstrip() + "\n\n" + http_pool_markdown(http_pool_snapshot(settings)) + "\n"
+        equity = f"; {summary.account_line(clock).split(': ', 1)[1]}" if summary.account else ""
+        await publish_markdown(ARTIFACT_KEY, markdown, f"Run {summary.run_id}: {summary.outcome_line()}{equity}")
     return summary
 
 

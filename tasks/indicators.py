@@ -35,6 +35,19 @@ async def refresh_ohlcv_aggregates(url: str) -> list[RefreshResult]:
 
 
 @task(
+    name="Read OHLCV materialization state",
+    retries=READ_RETRIES,
+    retry_delay_seconds=backoff(READ_RETRIES),
+    retry_jitter_factor=JITTER,
+    timeout_seconds=60,
+    cache_policy=NO_CACHE,
+)
+async def read_ohlcv_state(url: str) -> logic.OhlcvState:
+    """How far each timeframe is materialized after the refresh, on either edition."""
+    return await asyncio.to_thread(logic.read_ohlcv_state, url)
+
+
+@task(
     name="Check TimescaleDB background jobs",
     retries=READ_RETRIES,
     retry_delay_seconds=backoff(READ_RETRIES),

@@ -1,8 +1,9 @@
 """Profiling tasks: find the worker, record it with py-spy, store the report, remember it.
 
-A worker that is not running or a py-spy without permission raises the specific exception from
-:mod:`tickvault.registration` / :mod:`tickvault.profiling`; the flow turns it into a Failed state
-with that message. Recording is never retried (it is the expensive part, and a permission
+A worker that is not running, or a py-spy without permission, is an expected outcome: those two
+tasks *return* the specific exception from :mod:`tickvault.registration` / :mod:`tickvault.profiling`
+rather than raise it (a raised one fails the task run with a traceback in the flow run's log); the
+flow turns it into a Failed state and an artifact saying what to do. Recording is never retried (it is the expensive part, and a permission
 problem will not fix itself); storing and reading reports are.
 """
 
@@ -24,10 +25,11 @@ from tickvault.profiling import (
     FLAMEGRAPH_FILE,
     SPEEDSCOPE_FILE,
     ProfileReport,
+    ProfilerError,
     Regression,
     profile_process_async,
 )
-from tickvault.registration import WorkerInfo, find_worker
+from tickvault.registration import AmbiguousWorker, WorkerInfo, WorkerNotRunning, find_worker
 from tickvault.reports import ReportStore, StoredReport
 
 # py-spy needs a moment to attach and to write its files after the window (profiling.py allows
@@ -36,14 +38,23 @@ RECORD_MARGIN_S = 90
 
 
 @task(name="Find running worker", timeout_seconds=30, cache_policy=NO_CACHE)
-async def locate_worker(settings: Settings, name: str | None = None) -> WorkerInfo:
-    return find_worker(settings, name)
+async def locate_worker(
+    settings: Settings, name: str | None = None
+) -> WorkerInfo | WorkerNotRunning | AmbiguousWorker:
+    try:
+        return find_worker(settings, name)
+    except (WorkerNotRunning, AmbiguousWorker) as exc:
+        return exc
 
 
 @task(name="Record py-spy profile", timeout_seconds=3600, cache_policy=NO_CACHE)
-async def record_profile(pid: int, seconds: float, rate_hz: int, out_dir: Path) -> ProfileReport:
-    """The task's own timeout is a backstop; call it ``.with_options(timeout_seconds=seconds + RECORD_MARGIN_S)``."""
-    return await profile_process_async(pid, seconds=seconds, rate_hz=rate_hz, out_dir=out_dir)
+async def record_profile(pid: int, seconds: float, rate_hz: int, out_dir: Path) -> ProfileReport | ProfilerError | WorkerNotRunning:
+    """The task's own timeout is a backstop; call it ``.with_options(timeout_seconds=seconds + RECORD_MARGIN_S)``.
+    A worker gone since it was found, or no permission to trace it, is returned (see the module docstring)."""
+    try:
+        return await profile_process_async(pid, seconds=seconds, rate_hz=rate_hz, out_dir=out_dir)
+    except (ProfilerError, WorkerNotRunning) as exc:
+        return exc
 
 
 @task(

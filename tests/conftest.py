@@ -73,3 +73,13 @@ def db_url(fresh_database) -> str:
 def conn(db_url: str) -> Iterator[psycopg.Connection]:
     with psycopg.connect(db_url, autocommit=True) as c:
         yield c
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--ui-screenshots",
+        metavar="DIR",
+        default=None,
+        help="tests/test_flows.py's browser test saves the README's Prefect UI screenshots (small PNGs) "
+        "into DIR, e.g. docs/img (`make screenshots`)",
+    )

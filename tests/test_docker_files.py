@@ -143,11 +143,13 @@ def test_prefect_yaml_entry_points_are_flows(prefect_yaml: dict) -> None:
 
 
 def test_prefect_yaml_schedules_fit_a_trading_day(prefect_yaml: dict) -> None:
-    by_entry = {d["entrypoint"].split(":")[1]: d for d in prefect_yaml["deployments"]}
-    reconcile = by_entry["reconcile_flow"]
-    assert reconcile["schedules"][0]["cron"] == "*/5 9-15 * * 1-5"
-    assert reconcile["concurrency_limit"] == 1
-    assert by_entry["refresh_indicators_flow"]["schedules"][0]["cron"].startswith("* ")
+    by_name = {d["name"]: d for d in prefect_yaml["deployments"]}
+    market_hours = [s["cron"] for s in by_name["reconcile-market-hours"]["schedules"]]
+    assert market_hours == ["30-55/5 9 * * 1-5", "*/5 10-15 * * 1-5"]  # 09:30-15:55, not from 09:00
+    assert by_name["reconcile-pre-open"]["schedules"][0]["cron"] == "0 9 * * 1-5"
+    assert by_name["reconcile-after-close"]["schedules"][0]["cron"] == "10 16 * * 1-5"  # the closing auction
+    assert all(d["concurrency_limit"] == 1 for d in prefect_yaml["deployments"])
+    assert by_name["indicators-market-hours"]["schedules"][0]["cron"].startswith("* ")
     step = prefect_yaml["pull"][0]["prefect.deployments.steps.set_working_directory"]
     assert "TICKVAULT_PROJECT_DIR" in step["directory"]
 

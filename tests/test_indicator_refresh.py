@@ -113,7 +113,11 @@ def test_refresh_equals_incremental_indicators_and_is_idempotent(url: str) -> No
         assert s.history_bars < MINUTES  # warm-up was bounded...
         assert s.history_bars >= WARMUP_BARS  # ...but long enough
     md = second.to_markdown()
-    assert "# Indicator refresh" in md and "AAA" in md
+    assert md.startswith(f"# Indicators refreshed at ") and f"{second.rows_upserted} rows for 2 symbols" in md
+    assert "AAA" in md
+    state = {t.timeframe: t for t in second.ohlcv.timeframes}
+    assert set(state) == {"1m", "5m", "1h", "1d"} and state["1m"].materialized_to is not None
+    assert "| 1m | " in md.split("## OHLCV aggregates: current up to when", 1)[1]
 
     for sym in SYMBOLS:
         expected = _expected(url, sym)
@@ -135,3 +139,32 @@ def test_refresh_equals_incremental_indicators_and_is_idempotent(url: str) -> No
         stored = _stored(url, sym)
         assert list(stored) == list(before[sym])
         _assert_equal(stored, _expected(url, sym))
+
+
+def test_artifact_says_how_current_each_aggregate_is_and_why_an_indicator_is_empty():
+    """Pure formatting: Timescale's refresh reports no row count (None), which must not read as
+    "0 rows"; a symbol with 10 bars has no RSI 14 (it needs 15) and the artifact says so."""
+    from zoneinfo import ZoneInfo
+
+    from tickvault.db.aggregates import AggregateStatus, RefreshResult
+    from tickvault.indicator_refresh import IndicatorRefreshSummary, OhlcvState, SymbolRefresh
+    from tickvault.market_time import MarketClock
+
+    at = datetime(2025, 3, 14, 14, 35, tzinfo=UTC)  # 10:35 in New York (EDT)
+    summary = IndicatorRefreshSummary(
+        started_at=at,
+        aggregates=[RefreshResult("1m", at - timedelta(minutes=15), at - timedelta(minutes=1), None)],
+        symbols=[SymbolRefresh("NEWCO", 10, 10, at - timedelta(minutes=10), at - timedelta(minutes=1), 10.5, None)],
+        ohlcv=OhlcvState("timescale", [
+            AggregateStatus("1m", at - timedelta(minutes=1), at),
+            AggregateStatus("5m", None, None),
+        ]),
+    )
+    md = summary.to_markdown(MarketClock(ZoneInfo("America/New_York")))
+    assert md.startswith("# Indicators refreshed at 10:35 EDT: 10 rows for 1 symbol\n")
+    assert "| 1m | 2025-03-14 10:34 EDT (14:34 UTC) | 10:35:00 EDT | refreshed" in md
+    assert "Timescale reports no row count" in md and "| 0 |" not in md
+    assert "| 5m | nothing yet | never | nothing pending |" in md
+    assert "- (needs 15 bars)" in md  # the RSI cell of NEWCO
+    assert "RSI 14 and ATR 14: 15 bars needed; empty for 1 symbol(s), which have at most 10" in md
+    assert "too little history" in summary.log_line()

@@ -45,7 +45,7 @@ OPENED = "tickvault.alert.opened"
 RESOLVED = "tickvault.alert.resolved"
 FLOW_FAILURE_QUIET_S = 3600  # one alert per flow per hour while it keeps failing
 BLOCK_NAME = "tickvault-alerts"
-ALERT_CHECK_DEPLOYMENT = "alert-check/every-minute"
+ALERT_CHECK_DEPLOYMENT = "alert-check/alerts-every-minute"
 AUTOMATION_PREFIX = "tickvault: "
 KINDS = {
     "ingest_silent": "worker silent",

@@ -109,6 +109,13 @@ class Settings(BaseSettings):
     sim_frame_size: int = Field(100, ge=1, le=10_000, description="Messages per simulated frame.")
     sim_seed: int = Field(42, description="Seed of the simulator's random walk.")
 
+    # --- people's clock ---------------------------------------------------------------------
+    market_timezone: str = Field(
+        "America/New_York",
+        description="IANA timezone of the market: times in flow artifacts are shown in it (UTC beside it where "
+        "it matters). prefect.yaml's schedules are New York time, where US equity hours are defined.",
+    )
+
     # --- HTTP -----------------------------------------------------------------------------
     http_timeout_s: float = Field(10.0, gt=0, description="Per-request timeout for Alpaca REST calls.")
     http_max_connections: int = Field(10, ge=1, description="Connection pool size of the process's HTTP client.")
@@ -236,6 +243,17 @@ class Settings(BaseSettings):
             raise ValueError("TICKVAULT_ALERT_WEBHOOK_FORMAT=telegram needs TICKVAULT_ALERT_TELEGRAM_CHAT_ID")
         return self
 
+    @field_validator("market_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA timezone {value!r} (e.g. America/New_York)") from None
+        return value
+
     @property
     def has_alpaca_keys(self) -> bool:
         return self.alpaca_key_id is not None and self.alpaca_secret_key is not None
@@ -289,6 +307,34 @@ def documented_settings() -> list[tuple[str, str, str]]:
             default = "" if field.default is None else str(field.default)
         rows.append((f"TICKVAULT_{name.upper()}", default, field.description or ""))
     return rows
+def secret_values(settings: Settings, *urls: str) -> list[str]:
+    """Every secret a log line or an error text must never show: the Alpaca and S3 keys, and the
+    passwords of the database URL and of ``urls`` (e.g. the local server's URL). Longest first,
+    so a secret that contains another is replaced whole; values under 4 characters are left out
+    (replacing them would mangle ordinary text)."""
+    from urllib.parse import urlsplit
+
+    values = [
+        s.get_secret_value()
+        for s in (settings.alpaca_key_id, settings.alpaca_secret_key, settings.s3_access_key_id,
+                  settings.s3_secret_access_key)
+        if s is not None
+    ]
+    for url in (*urls, settings.database_url.get_secret_value() if settings.database_url else ""):
+        try:
+            password = urlsplit(url).password if url else None
+        except ValueError:
+            password = None
+        if password:
+            values.append(password)
+    return sorted({v for v in values if len(v) >= 4}, key=len, reverse=True)
+
+
+def redact(text: str, secrets: list[str] | tuple[str, ...]) -> str:
+    """``text`` with every value of ``secrets`` (see :func:`secret_values`) replaced by ``****``."""
+    for secret in secrets:
+        text = text.replace(secret, "****")
+    return text
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -36,6 +36,8 @@ __all__ = [
     "deploy_command",
     "deploy_main",
     "deploy_flows",
+    "deployments",
+    "DeploymentSpec",
     "ensure_work_pool",
     "prefect_app",
     "project_dir",
@@ -62,11 +64,51 @@ def project_dir() -> Path:
     raise DeployError(f"no prefect.yaml in {Path.cwd()} nor in the tickvault checkout; run from the repository")
 
 
-def work_pool_name(project: Path | None = None) -> str:
-    """The work pool every deployment in ``prefect.yaml`` targets (there is exactly one)."""
+def _prefect_yaml(project: Path | None = None) -> dict:
     import yaml
 
-    doc = yaml.safe_load(((project or project_dir()) / "prefect.yaml").read_text(encoding="utf-8"))
+    return yaml.safe_load(((project or project_dir()) / "prefect.yaml").read_text(encoding="utf-8"))
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """One deployment of ``prefect.yaml``, as ``prefect deployment run`` names it."""
+
+    flow: str  # the flow's name (@flow(name=...)), e.g. "reconcile"
+    name: str  # the deployment's name, e.g. "reconcile-market-hours"
+    description: str
+    schedules: tuple[str, ...]  # cron expressions
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.flow}/{self.name}"
+
+
+def deployments(project: Path | None = None) -> list[DeploymentSpec]:
+    """The deployments of ``prefect.yaml`` in file order. The flow name is the entrypoint's module
+    name with dashes (``flows/refresh_indicators.py`` → ``refresh-indicators``), which is how every
+    tickvault flow is named; a deployment whose name is not unique is refused (the UI's list shows
+    deployment names in bold and the flow name small, so a repeated name reads as one deployment)."""
+    specs = []
+    for d in _prefect_yaml(project).get("deployments", []):
+        module = d["entrypoint"].split(":", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+        specs.append(DeploymentSpec(
+            flow=module.replace("_", "-"),
+            name=d["name"],
+            description=" ".join(str(d.get("description", "")).split()),
+            schedules=tuple(s["cron"] for s in d.get("schedules") or [] if "cron" in s),
+        ))
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.name in seen:
+            raise DeployError(f"prefect.yaml: deployment name {spec.name!r} is used twice; names must be unique")
+        seen.add(spec.name)
+    return specs
+
+
+def work_pool_name(project: Path | None = None) -> str:
+    """The work pool every deployment in ``prefect.yaml`` targets (there is exactly one)."""
+    doc = _prefect_yaml(project)
     names = {d["work_pool"]["name"] for d in doc.get("deployments", [])}
     if len(names) != 1:
         raise DeployError(f"prefect.yaml must deploy to exactly one work pool, found {sorted(names)}")
@@ -258,11 +300,13 @@ def deploy_main(settings: Settings, *, start_worker: bool = True, api_url: str |
     pool = work_pool_name(project)
     created = ensure_work_pool(env, pool)
     typer.echo(f"work pool {pool!r} ({'created' if created else 'exists'}) on {api_url}")
-    output = deploy_flows(env, project)
-    for line in output.splitlines():
-        if "Deployment" in line and ("created" in line or "updated" in line or "successfully" in line):
-            typer.echo("  " + line.strip())
-    typer.echo("deployed: reconcile, refresh-indicators, purge-retention, profile-worker, alert-check")
+    specs = deployments(project)  # refuses duplicate names before anything is deployed
+    deploy_flows(env, project)
+    typer.echo(f"deployed {len(specs)} deployments (schedules in New York time; run one with "
+               f"`prefect deployment run <name>`):")
+    width = max(len(s.full_name) for s in specs)
+    for spec in specs:
+        typer.echo(f"  {spec.full_name:<{width}}  {', '.join(spec.schedules) or 'no schedule'}")
     create_alert_automations(settings, api_url)
     if start_worker:
         cmd = worker_command(pool)

@@ -37,9 +37,12 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import psycopg
 
-from tickvault.db.aggregates import RefreshResult, refresh_ohlcv
+from tickvault.db.aggregates import AggregateStatus, RefreshResult, aggregate_status, refresh_ohlcv
+from tickvault.db.migrate import server_edition
 from tickvault.db.jobs import JobHealth, job_health, jobs_markdown, warning_lines
 from tickvault.indicators import COLUMNS, compute_all
+from tickvault.indicators import definitions as d
+from tickvault.market_time import MarketClock
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +50,15 @@ __all__ = [
     "DEFAULT_INITIAL_LOOKBACK",
     "WARMUP_BARS",
     "IndicatorRefreshSummary",
+    "log_summary",
     "NewBars",
+    "OhlcvState",
     "SymbolRefresh",
     "compute_symbol",
     "find_new_bars",
     "refresh_aggregates",
     "refresh_indicators",
+    "read_ohlcv_state",
     "refresh_indicators_async",
 ]
 
@@ -96,6 +102,26 @@ class SymbolRefresh:
     last_rsi: float | None
 
 
+# Bars of history an indicator needs before its first value (TA-Lib's warm-up, definitions.py):
+# a symbol with fewer shows that indicator empty, and the artifact says so.
+BARS_NEEDED: dict[str, int] = {
+    f"MACD {d.MACD_FAST}/{d.MACD_SLOW}/{d.MACD_SIGNAL}": d.macd_first_index(d.MACD_FAST, d.MACD_SLOW, d.MACD_SIGNAL) + 1,
+    f"EMA {d.EMA_SLOW_PERIOD}": d.ema_first_index(d.EMA_SLOW_PERIOD) + 1,
+    f"SMA {d.SMA_PERIOD} and Bollinger {d.BB_PERIOD}": max(d.sma_first_index(d.SMA_PERIOD), d.bbands_first_index(d.BB_PERIOD)) + 1,
+    f"RSI {d.RSI_PERIOD} and ATR {d.ATR_PERIOD}": max(d.rsi_first_index(d.RSI_PERIOD), d.atr_first_index(d.ATR_PERIOD)) + 1,
+    f"EMA {d.EMA_FAST_PERIOD}": d.ema_first_index(d.EMA_FAST_PERIOD) + 1,
+}
+RSI_BARS_NEEDED = d.rsi_first_index(d.RSI_PERIOD) + 1
+
+
+@dataclass(frozen=True)
+class OhlcvState:
+    """The server's edition and how far each OHLCV timeframe is materialized (after a refresh)."""
+
+    edition: str
+    timeframes: list[AggregateStatus]
+
+
 @dataclass
 class IndicatorRefreshSummary:
     """What one refresh did; :meth:`to_markdown` is the flow's artifact."""
@@ -107,46 +133,115 @@ class IndicatorRefreshSummary:
     compute_s: float = 0.0
     duration_s: float = 0.0
     jobs: list[JobHealth] = field(default_factory=list)  # TimescaleDB background jobs, failing first
+    ohlcv: OhlcvState | None = None
 
     @property
     def rows_upserted(self) -> int:
         return sum(s.rows_upserted for s in self.symbols)
 
-    def to_markdown(self) -> str:
+    def headline(self, clock: MarketClock | None = None) -> str:
+        """The artifact's first heading (without ``#``)."""
+        clock = clock or MarketClock()
+        return (
+            f"Indicators refreshed at {clock.time(self.started_at, seconds=False)}: "
+            f"{self.rows_upserted} {'row' if self.rows_upserted == 1 else 'rows'} for "
+            f"{len(self.symbols)} {'symbol' if len(self.symbols) == 1 else 'symbols'}"
+        )
+
+    def short_of_history(self) -> list[tuple[str, int, int, int]]:
+        """(indicator, bars needed, symbols with fewer, most bars among those), for every indicator
+        that is empty for some symbol because its history is too short."""
+        out = []
+        for name, needed in BARS_NEEDED.items():
+            short = [s.history_bars for s in self.symbols if s.history_bars < needed]
+            if short:
+                out.append((name, needed, len(short), max(short)))
+        return out
+
+    def log_line(self, clock: MarketClock | None = None) -> str:
+        clock = clock or MarketClock()
+        parts = [f"refresh-indicators: {self.rows_upserted} indicator rows for {len(self.symbols)} symbols"]
+        if self.ohlcv is not None:
+            parts.append("OHLCV materialized to " + ", ".join(
+                f"{t.timeframe} {clock.time(t.materialized_to, seconds=False)}" for t in self.ohlcv.timeframes))
+        short = self.short_of_history()
+        if short:
+            parts.append("too little history: " + ", ".join(
+                f"{name} (needs {needed} bars) empty for {count} symbol(s)" for name, needed, count, _ in short))
+        parts.append(f"took {self.duration_s * 1000:.0f} ms")
+        return "; ".join(parts)
+
+    def to_markdown(self, clock: MarketClock | None = None) -> str:
+        clock = clock or MarketClock()
         lines = [
-            "# Indicator refresh",
+            f"# {self.headline(clock)}",
             "",
-            f"- started: {self.started_at:%Y-%m-%d %H:%M:%S} UTC, took {self.duration_s:.2f} s "
+            f"- started {clock.stamp(self.started_at)}, took {self.duration_s:.2f} s "
             f"(aggregates {self.aggregates_s:.2f} s, indicators {self.compute_s:.2f} s)",
-            f"- symbols with new bars: **{len(self.symbols)}**, indicator rows upserted: "
-            f"**{self.rows_upserted}** (timeframe {TIMEFRAME}, source `{SOURCE}`)",
+            f"- one-minute indicators (source `{SOURCE}`) for every symbol with new bars",
             "",
-            "## OHLCV aggregates refreshed",
+            "## OHLCV aggregates: current up to when",
             "",
         ]
-        if self.aggregates:
-            lines += ["| timeframe | from | to | rows |", "|---|---|---|---|"]
-            for r in self.aggregates:
-                rows = "n/a" if r.rows is None else str(r.rows)
-                lines.append(f"| {r.timeframe} | {_fmt(r.lo)} | {_fmt(r.hi)} | {rows} |")
-        else:
-            lines.append("Nothing new to materialize.")
+        lines += self._aggregates_markdown(clock)
         lines += ["", "## Symbols", ""]
         if self.symbols:
-            lines += ["| symbol | new bars | history loaded | first | last | close | RSI 14 |",
+            lines += [f"| symbol | new bars | history | first new | last | close | RSI {d.RSI_PERIOD} |",
                       "|---|---:|---:|---|---|---:|---:|"]
             for s in self.symbols:
+                rsi = _num(s.last_rsi)
+                if s.last_rsi is None and s.history_bars < RSI_BARS_NEEDED:
+                    rsi = f"- (needs {RSI_BARS_NEEDED} bars)"
                 lines.append(
-                    f"| {s.symbol} | {s.rows_upserted} | {s.history_bars} | {_fmt(s.first)} | {_fmt(s.last)} "
-                    f"| {_num(s.last_close)} | {_num(s.last_rsi)} |"
+                    f"| {s.symbol} | {s.rows_upserted} | {s.history_bars} | {clock.short(s.first)} "
+                    f"| {clock.short(s.last)} | {_num(s.last_close)} | {rsi} |"
                 )
+            short = self.short_of_history()
+            if short:
+                lines += ["", "**Why some indicators are empty:** too little history. An indicator has no value "
+                          "until a symbol has as many one-minute bars as its warm-up needs (TA-Lib's definition; "
+                          "the values appear by themselves as bars arrive):", ""]
+                lines += [f"- {name}: {needed} bars needed; empty for {count} symbol(s), which have at most {most}"
+                          for name, needed, count, most in short]
         else:
             lines.append("No new bars since the last refresh.")
         lines += ["", jobs_markdown(self.jobs)]
         return "\n".join(lines) + "\n"
 
+    def _aggregates_markdown(self, clock: MarketClock) -> list[str]:
+        state = self.ohlcv
+        edition = state.edition if state else None
+        how = {
+            "timescale": "continuous aggregates with real-time aggregation (Timescale edition)",
+            "apache": "tickvault's rollups behind views (Apache-2 edition)",
+        }.get(edition or "", "the OHLCV relations")
+        lines = [
+            f"`ohlcv_1m` … `ohlcv_1d` are {how}: a query is always current to the newest trade. Buckets "
+            "before the time below are stored; newer ones are computed from `trades` when read, so a "
+            "time falling behind makes reads slower, not wrong.",
+            "",
+        ]
+        done = {r.timeframe: r for r in self.aggregates}
+        if state is None:
+            lines.append("Materialization state was not read in this run.")
+            return lines
+        lines += ["| timeframe | materialized up to | last refresh | this run |", "|---|---|---|---|"]
+        for t in state.timeframes:
+            r = done.get(t.timeframe)
+            if r is None:
+                this_run = "nothing pending"
+            elif r.rows is None:  # continuous aggregates do not report a count
+                this_run = f"refreshed {clock.short(r.lo)} – {clock.short(r.hi)} (Timescale reports no row count)"
+            else:
+                this_run = f"{r.rows} buckets rewritten, {clock.short(r.lo)} – {clock.short(r.hi)}"
+            lines.append(
+                f"| {t.timeframe} | {clock.stamp(t.materialized_to, seconds=False) if t.materialized_to else 'nothing yet'} "
+                f"| {clock.time(t.refreshed_at) if t.refreshed_at else 'never'} | {this_run} |"
+            )
+        return lines
 
-def _fmt(when: datetime | None) -> str:
+
+def _utc(when: datetime | None) -> str:
     return "-" if when is None else when.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
 
 
@@ -163,7 +258,19 @@ def _none_if_nan(value: float) -> float | None:
 
 def refresh_aggregates(url: str) -> list[RefreshResult]:
     """Materialize what changed since the last refresh, on either edition (see the module docstring)."""
-    return refresh_ohlcv(url)
+    results = refresh_ohlcv(url)
+    for r in results:
+        log.info(
+            "ohlcv %s: refreshed %s to %s UTC%s", r.timeframe, _utc(r.lo), _utc(r.hi),
+            "" if r.rows is None else f", {r.rows} buckets written",
+        )
+    return results
+
+
+def read_ohlcv_state(url: str) -> OhlcvState:
+    """The edition and each timeframe's materialization watermark (see :class:`AggregateStatus`)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        return OhlcvState(server_edition(conn), aggregate_status(conn))
 
 
 def check_jobs(url: str) -> list[JobHealth]:
@@ -294,9 +401,16 @@ def refresh_indicators(
     for new in find_new_bars(url, since=since, symbols=symbols, now=now, initial_lookback=initial_lookback):
         summary.symbols.append(compute_symbol(url, new, warmup_bars=warmup_bars))
     summary.compute_s = time.perf_counter() - t1
+    summary.ohlcv = read_ohlcv_state(url)
     summary.jobs = check_jobs(url)
     summary.duration_s = time.perf_counter() - t0
+    log_summary(summary)
     return summary
+
+
+def log_summary(summary: IndicatorRefreshSummary, clock: MarketClock | None = None) -> None:
+    """The refresh's one INFO line with its figures (what a flow run's logs show)."""
+    log.info("%s", summary.log_line(clock))
 
 
 async def refresh_indicators_async(url: str, **kwargs: object) -> IndicatorRefreshSummary:

@@ -47,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -59,7 +59,8 @@ from psycopg.types.json import Jsonb
 from tickvault.alpaca.errors import NotFoundError
 from tickvault.alpaca.models import Account, FillActivity, Order, Position
 from tickvault.alpaca.rest import AlpacaREST, collect
-from tickvault.config import Settings
+from tickvault.config import Settings, redact, secret_values
+from tickvault.market_time import MarketClock
 from tickvault.stream.orders import INSERT_FILL, UPSERT_ORDER, order_params
 
 __all__ = [
@@ -102,8 +103,10 @@ LOOKUP_CONCURRENCY = 8
 PENDING_GRACE = timedelta(minutes=2)
 # Key of the transaction-scoped advisory lock serialising compare+repair across processes.
 REPAIR_LOCK_KEY = 0x7469636B_7265636E  # "tick" "recn"
-# Markdown artifacts list at most this many diffs (the table in the database has all of them).
+# Markdown artifacts list at most this many diffs (the table in the database has all of them),
+# and this many positions (the largest; position_snapshots has them all).
 MARKDOWN_MAX_DIFFS = 200
+MARKDOWN_MAX_POSITIONS = 50
 # Open statuses as tickvault stores them (same list as orders_open_idx, so the lookup uses it).
 OPEN_STATUSES = (
     "pending_submit", "new", "accepted", "pending_new", "partially_filled",
@@ -177,59 +180,177 @@ class ReconcileSummary:
     fetch_s: float
     duration_s: float
     timings: dict[str, float]  # broker calls (account, positions, ...) and run phases (phase:*)
+    # What the broker said (what a trader reads first) and when; None/empty in runs built by hand.
+    account: Account | None = None
+    positions: list[Position] = field(default_factory=list)
+    observed_at: datetime | None = None
+    lookups: int = 0  # orders fetched one by one (open here, absent from the broker's lists)
 
     @property
     def total_diffs(self) -> int:
         return len(self.diffs)
 
-    def to_markdown(self) -> str:
+    @property
+    def unrealized_pl(self) -> Decimal | None:
+        values = [p.unrealized_pl for p in self.positions if p.unrealized_pl is not None]
+        return sum(values, Decimal(0)) if values else None
+
+    def account_line(self, clock: MarketClock | None = None) -> str:
+        """The artifact's first heading: the account as a trader checks it, at the market's time."""
+        clock = clock or MarketClock()
+        if self.account is None:
+            return f"Reconciliation run {self.run_id} at {clock.time(self.observed_at)}"
+        pl = self.unrealized_pl
+        return (
+            f"Account at {clock.time(self.observed_at)}: equity {_money(self.account.equity)}, "
+            f"{_count(len(self.positions), 'position')}"
+            + (f", unrealized P&L {_money(pl, signed=True)}" if pl is not None else "")
+        )
+
+    def outcome_line(self) -> str:
+        """``3 differences, 3 repaired`` / ``no differences``: for logs and the artifact's description."""
+        if not self.diffs:
+            return "no differences"
+        return f"{_count(self.total_diffs, 'difference')}, {self.repaired} repaired"
+
+    def log_line(self) -> str:
+        """The run's summary for its log, with the figures a reader needs."""
+        parts = [f"reconcile run {self.run_id}: {self.outcome_line()}"]
+        if self.lookups:
+            parts.append(f"{self.lookups} open order(s) looked up one by one")
+        if self.account is not None:
+            parts.append(f"equity {_money(self.account.equity)}, {_count(len(self.positions), 'position')}")
+        parts.append(f"broker fetch {self.fetch_s * 1000:.0f} ms, whole run {self.duration_s * 1000:.0f} ms")
+        return "; ".join(parts)
+
+    def to_markdown(self, clock: MarketClock | None = None) -> str:
+        """Account and positions first, then the differences in words, then what was checked and
+        the timings. Times in the market's timezone (``clock``), UTC beside the run's time."""
+        clock = clock or MarketClock()
         lines = [
-            f"# Reconciliation run {self.run_id}: {self.status}",
+            f"# {self.account_line(clock)}",
             "",
             (
-                f"Window: fills and closed orders since {self.fills_after.isoformat(timespec='seconds')}. "
-                f"{self.total_diffs} difference(s), {self.repaired} repaired in the database "
-                "(the broker is the truth; no order was sent or cancelled)."
+                f"Reconciliation run {self.run_id}: {self.status}, {self.outcome_line()} "
+                f"(the broker is the truth; no order was sent or cancelled). "
+                f"Broker state as of {clock.stamp(self.observed_at)}."
             ),
             "",
-            "| checked | count |",
-            "|---|---:|",
-            f"| orders | {self.orders_checked} |",
-            f"| fills | {self.fills_checked} |",
-            f"| positions | {self.positions_checked} |",
-            "",
-            "| difference | found |",
-            "|---|---:|",
-            *(f"| {kind} | {self.counts.get(kind, 0)} |" for kind in DIFF_KINDS),
-            "",
-            "| timing | ms |",
-            "|---|---:|",
-            f"| broker fetch (concurrent) | {self.fetch_s * 1000:.1f} |",
-            *(f"| {name} | {secs * 1000:.1f} |" for name, secs in self.timings.items()),
-            f"| whole run | {self.duration_s * 1000:.1f} |",
         ]
-        if self.diffs:
+        a = self.account
+        if a is not None:
+            pl = self.unrealized_pl
             lines += [
+                "| equity | cash | buying power | positions | unrealized P&L |",
+                "|---:|---:|---:|---:|---:|",
+                f"| {_money(a.equity)} | {_money(a.cash)} | {_money(a.buying_power)} | {len(self.positions)} "
+                f"| {_money(pl, signed=True) if pl is not None else '-'} |",
                 "",
-                "## Differences",
-                "",
-                "| kind | symbol | order | database | broker | repaired |",
-                "|---|---|---|---|---|---|",
             ]
-            for d in self.diffs[:MARKDOWN_MAX_DIFFS]:
-                order = d.client_order_id or d.order_id or ""
+            if a.status != "ACTIVE" or a.trading_blocked or a.account_blocked:
+                lines += [f"**Account status {a.status}**"
+                          + (", trading blocked" if a.trading_blocked else "")
+                          + (", account blocked" if a.account_blocked else ""), ""]
+        if self.positions:
+            lines += [
+                "## Positions",
+                "",
+                "| symbol | qty | avg entry | price | market value | unrealized P&L |",
+                "|---|---:|---:|---:|---:|---:|",
+            ]
+            ordered = sorted(self.positions, key=lambda p: abs(p.market_value or p.cost_basis), reverse=True)
+            for p in ordered[:MARKDOWN_MAX_POSITIONS]:
+                pct = f" ({p.unrealized_plpc * 100:+.2f} %)" if p.unrealized_plpc is not None else ""
                 lines.append(
-                    f"| {d.kind} | {d.symbol or ''} | {_md(order)} | {_md(_brief(d.db_value))} "
-                    f"| {_md(_brief(d.broker_value))} | {'yes' if d.repaired else 'no'} |"
+                    f"| {p.symbol} | {_qty(p.qty)} | {_money(p.avg_entry_price)} | "
+                    f"{_money(p.current_price) if p.current_price is not None else '-'} | "
+                    f"{_money(p.market_value) if p.market_value is not None else '-'} | "
+                    f"{_money(p.unrealized_pl, signed=True) if p.unrealized_pl is not None else '-'}{pct} |"
                 )
+            if len(ordered) > MARKDOWN_MAX_POSITIONS:
+                lines.append(f"\n… and {len(ordered) - MARKDOWN_MAX_POSITIONS} smaller positions.")
+            lines.append("")
+        lines += [f"## {self.outcome_line().capitalize()}", ""]
+        if self.diffs:
+            lines += [f"- {describe_diff(d)}" for d in self.diffs[:MARKDOWN_MAX_DIFFS]]
             if len(self.diffs) > MARKDOWN_MAX_DIFFS:
                 lines.append(
                     f"\n… and {len(self.diffs) - MARKDOWN_MAX_DIFFS} more in `reconciliation_diffs` "
                     f"(run_id = {self.run_id})."
                 )
         else:
-            lines += ["", "No differences: the database agrees with the broker."]
+            lines.append("No differences: the database agrees with the broker.")
+        lines += [
+            "",
+            "## Checked and timings",
+            "",
+            (
+                f"Checked {_count(self.orders_checked, 'order')}, {_count(self.fills_checked, 'fill')} and "
+                f"{_count(self.positions_checked, 'position')}; fills and closed orders since "
+                f"{clock.stamp(self.fills_after)}."
+            ),
+            "",
+            "| step | ms |",
+            "|---|---:|",
+        ]
+        calls = {k: v for k, v in self.timings.items() if not k.startswith("phase:")}
+        phases = {k.removeprefix("phase:"): v for k, v in self.timings.items() if k.startswith("phase:")}
+        if calls:
+            slowest = max(calls, key=calls.__getitem__)
+            lines.append(
+                f"| broker fetch, {len(calls)} calls at once (slowest: {slowest.replace('_', ' ')}) "
+                f"| {self.fetch_s * 1000:.0f} |"
+            )
+        else:
+            lines.append(f"| broker fetch | {self.fetch_s * 1000:.0f} |")
+        if "order_lookups" in phases:
+            lines.append(f"| {_count(self.lookups, 'order')} looked up one by one | {phases['order_lookups'] * 1000:.0f} |")
+        if "compare_repair" in phases:
+            wait = phases.get("lock_wait", 0.0) * 1000
+            lines.append(
+                f"| compare and repair (waited {wait:.0f} ms for the lock) | {phases['compare_repair'] * 1000:.0f} |"
+            )
+        lines.append(f"| whole run | {self.duration_s * 1000:.0f} |")
+        if calls:
+            lines += ["", "Per broker call: " + ", ".join(
+                f"{name.replace('_', ' ')} {secs * 1000:.0f} ms" for name, secs in calls.items()) + "."]
         return "\n".join(lines) + "\n"
+
+
+def describe_diff(d: Diff) -> str:
+    """One difference in words, as a trader reads it: what the broker says, what the database
+    said, and what this run did about it."""
+    order = f"order `{_md(d.client_order_id or d.order_id or '?')}`" + (f" ({d.symbol})" if d.symbol else "")
+    db, broker = d.db_value or {}, d.broker_value or {}
+    done = "repaired" if d.repaired else "not repaired by this run (another run had already changed it)"
+    if d.kind == "missing_fill":
+        side = f"{broker['side']} " if broker.get("side") else ""
+        return (
+            f"{order} filled at the broker ({side}{_qty(broker.get('qty'))} @ {broker.get('price')}, "
+            f"{_qty(broker.get('cum_qty'))} filled in all), missing here: {done}"
+        )
+    if d.kind == "unknown_order":
+        return (
+            f"{order} is {broker.get('status')} at the broker ({_qty(broker.get('filled_qty'))} filled), "
+            f"missing here: {done}"
+        )
+    if d.kind == "order_status_drift":
+        if broker.get("status") == "not_found":
+            return (
+                f"{order} is {db.get('status')} here, but the broker has no such order: left for you to "
+                "check (reconciliation never sends or cancels orders)"
+            )
+        return (
+            f"{order} is {db.get('status')} here ({_qty(db.get('filled_qty'))} filled), "
+            f"{broker.get('status')} at the broker ({_qty(broker.get('filled_qty'))} filled): {done}"
+        )
+    if d.kind == "position_mismatch":
+        return f"{d.symbol}: {_qty(db.get('qty'))} here, {_qty(broker.get('qty'))} at the broker: {done}"
+    if d.kind == "missing_position":
+        return f"{d.symbol}: {_qty(broker.get('qty'))} at the broker, never seen here: {done}"
+    if d.kind == "stale_position":
+        return f"{d.symbol}: {_qty(db.get('qty'))} here, none at the broker: {done}"
+    return f"{d.kind} {order}: database {_brief(d.db_value)}, broker {_brief(d.broker_value)}: {done}"
 
 
 # --------------------------------------------------------------------------------------------- fetch
@@ -601,21 +722,9 @@ async def _open_run(conn: psycopg.AsyncConnection) -> tuple[int, datetime | None
     return run_id, (last - WINDOW_OVERLAP if last is not None else None)
 
 
-def _redactor(settings: Settings, url: str) -> Iterable[str]:
-    from urllib.parse import urlsplit
-
-    secrets = [s.get_secret_value() for s in (settings.alpaca_key_id, settings.alpaca_secret_key) if s]
-    password = urlsplit(url).password
-    if password:
-        secrets.append(password)
-    return sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True)
-
-
-def _error_text(exc: BaseException, secrets: Iterable[str]) -> str:
+def _error_text(exc: BaseException, secrets: list[str]) -> str:
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    for secret in secrets:
-        text = text.replace(secret, "****")
-    return text[:2000]
+    return redact(text, secrets)[:2000]
 
 
 async def _fail_run(url: str, run_id: int, error: str, duration_s: float) -> None:
@@ -696,23 +805,14 @@ async def reconcile(
             )
     except BaseException as exc:
         duration_s = time.perf_counter() - started
-        error = _error_text(exc, _redactor(settings, db_url))
+        error = _error_text(exc, secret_values(settings, db_url))
         if run_id is not None:
             await asyncio.shield(_fail_run(db_url, run_id, error, duration_s))
         log.error("reconcile run %s failed after %.3fs: %s", run_id, duration_s, error)
         if isinstance(exc, Exception):
             raise ReconcileError(f"reconciliation run {run_id} failed: {error}", run_id) from exc
         raise
-    log.info(
-        "reconcile run %s: %d diff(s), %d repaired, %d lookup(s), fetch %.3fs, total %.3fs",
-        run_id,
-        len(diffs),
-        repaired,
-        lookups,
-        state.fetch_s,
-        duration_s,
-    )
-    return ReconcileSummary(
+    summary = ReconcileSummary(
         run_id=run_id,
         status="completed",
         fills_after=state.fills_after,
@@ -725,7 +825,13 @@ async def reconcile(
         fetch_s=state.fetch_s,
         duration_s=duration_s,
         timings={**state.timings, **phases},
+        account=state.account,
+        positions=list(state.positions),
+        observed_at=state.observed_at,
+        lookups=lookups,
     )
+    log.info("%s", summary.log_line())
+    return summary
 
 
 # --------------------------------------------------------------------------------------------- markdown
@@ -735,6 +841,29 @@ def _brief(value: dict[str, Any] | None) -> str:
     if not value:
         return "—"
     return ", ".join(f"{k}={v}" for k, v in value.items() if v is not None)
+
+
+def _money(value: Decimal | float | None, *, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    value = Decimal(value)
+    sign = ("+" if value > 0 else "−" if value < 0 else "") if signed else ("−" if value < 0 else "")
+    return f"{sign}${abs(value):,.2f}"
+
+
+def _qty(value: Any) -> str:
+    """A quantity without trailing zeros: ``10``, ``0.5``; ``?`` when unknown."""
+    if value is None:
+        return "?"
+    try:
+        d = Decimal(str(value))
+    except ArithmeticError:
+        return str(value)
+    return f"{d.normalize():f}"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _md(text: str) -> str:

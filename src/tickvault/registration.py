@@ -47,7 +47,24 @@ _UNINSPECTABLE = "cannot be inspected"  # psutil.AccessDenied: alive, but not ou
 
 
 class WorkerNotRunning(LookupError):
-    """No live worker matches; the message lists every registration looked at and why it was rejected."""
+    """No live worker matches. The message says which worker was looked for, where (every
+    registration looked at and why it was rejected) and the command that starts it; the same
+    parts are attributes, for a report to lay out (``looked_for`` None: no name was given)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        looked_for: str | None = None,
+        run_dir: Path | None = None,
+        looked_at: list[str] | None = None,
+        start_command: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.looked_for = looked_for
+        self.run_dir = run_dir
+        self.looked_at = list(looked_at or [])
+        self.start_command = start_command
 
 
 class WorkerNameTaken(RuntimeError):
@@ -293,11 +310,27 @@ def find_worker(settings: Settings, name: str | None = None) -> WorkerInfo:
     if len(live) > 1:
         names = ", ".join(f"{w.name} (pid {w.pid})" for w in live)
         raise AmbiguousWorker(f"several workers are running in {run_dir}: {names}; choose one by name")
-    what = f"worker {name!r}" if name is not None else "any worker"
-    if not candidates:
-        detail = f"no {REGISTRATION_PREFIX}*{REGISTRATION_SUFFIX} files in {run_dir}"
+    raise _not_running(settings, name, candidates, rejected)
+
+
+def start_command(settings: Settings, name: str) -> str:
+    """The shell command that starts worker ``name`` where :func:`find_worker` looks for it."""
+    return f"TICKVAULT_WORKER_NAME={name} TICKVAULT_RUN_DIR={settings.run_dir} tickvault worker run"
+
+
+def _not_running(settings: Settings, name: str | None, candidates: list[Path], rejected: list[str]) -> WorkerNotRunning:
+    run_dir = settings.run_dir
+    command = start_command(settings, name or settings.worker_name)
+    if name is not None:
+        what = f"worker {name!r} is not running on this host"
     else:
-        detail = "looked at:\n  " + "\n  ".join(rejected)
-    raise WorkerNotRunning(
-        f"{what} is not running (registrations in {run_dir}; TICKVAULT_RUN_DIR): {detail}"
+        what = "no streaming worker is running on this host"
+    if not candidates:
+        where = f"no {REGISTRATION_PREFIX}*{REGISTRATION_SUFFIX} registration in {run_dir} (TICKVAULT_RUN_DIR)"
+    else:
+        where = f"registrations looked at in {run_dir} (TICKVAULT_RUN_DIR):\n  " + "\n  ".join(rejected)
+    message = (
+        f"{what}: {where}\n"
+        f"Start it on this host, with the same TICKVAULT_RUN_DIR as the process that looks for it: `{command}`"
     )
+    return WorkerNotRunning(message, looked_for=name, run_dir=run_dir, looked_at=rejected, start_command=command)

@@ -53,6 +53,7 @@ from tickvault.config import Settings
 from tickvault.db.aggregates import RETENTION_LOCK_KEY
 from tickvault.db.jobs import JobHealth, job_health, jobs_markdown, warning_lines
 from tickvault.db.policies import CompressionStats, apply_policies, compression_stats
+from tickvault.market_time import MarketClock
 
 __all__ = [
     "INGEST_BATCHES_KEEP",
@@ -161,13 +162,31 @@ class PurgeReport:
     def table(self, name: str) -> TablePurge:
         return next(t for t in self.tables if t.table == name)
 
-    def to_markdown(self) -> str:
+    def headline(self) -> str:
+        """The artifact's first heading (without ``#``): what went, in a line."""
+        if self.dry_run:
+            return (f"Retention purge (dry run): would drop {self.chunks_dropped} chunk(s), "
+                    f"free {human_bytes(self.bytes_freed)}")
+        return f"Retention purge: dropped {self.chunks_dropped} chunk(s), freed {human_bytes(self.bytes_freed)}"
+
+    def log_line(self) -> str:
+        kept = sum(1 for t in self.tables if t.skipped)
+        return (
+            f"{self.headline().lower().replace('retention purge', 'retention')} across {len(self.tables)} tables"
+            + (f" ({kept} kept forever)" if kept else "")
+            + f"; {self.ingest_batches_deleted} ingest_batches row(s) "
+            + ("would go" if self.dry_run else "deleted")
+            + f"; took {self.duration_s * 1000:.0f} ms"
+        )
+
+    def to_markdown(self, clock: MarketClock | None = None) -> str:
+        clock = clock or MarketClock()
         verb = "would drop" if self.dry_run else "dropped"
         lines = [
-            f"# Retention purge{' (dry run: nothing dropped)' if self.dry_run else ''}",
+            f"# {self.headline()}",
             "",
             (
-                f"As of {self.now.isoformat(timespec='seconds')}: {verb} {self.chunks_dropped} chunk(s), "
+                f"As of {clock.stamp(self.now)}: {verb} {self.chunks_dropped} chunk(s), "
                 f"{'would free' if self.dry_run else 'freed'} {human_bytes(self.bytes_freed)}; "
                 f"{'would delete' if self.dry_run else 'deleted'} {self.ingest_batches_deleted} "
                 f"ingest_batches row(s) older than {INGEST_BATCHES_KEEP.days} days. "
@@ -192,7 +211,7 @@ class PurgeReport:
                 lines.append(f"| {t.table} | {_window(t)} | {note} | | | | | |")
                 continue
             freed = t.chunk_bytes if self.dry_run else t.bytes_freed
-            cutoff = t.cutoff.isoformat(timespec="seconds") if t.cutoff else ""
+            cutoff = clock.stamp(t.cutoff, seconds=False, utc=False) if t.cutoff else ""
             lines.append(
                 f"| {t.table} | {_window(t)} | {cutoff} | {t.chunks_dropped} | {human_bytes(t.bytes_before)} "
                 f"| {human_bytes(t.bytes_after)} | {human_bytes(freed)} | {t.rows_older_remaining} |"
@@ -208,7 +227,7 @@ class PurgeReport:
             "",
         ]
         if not self.dry_run:
-            horizon = "none (no raw trades)" if self.raw_horizon is None else self.raw_horizon.isoformat(timespec="seconds")
+            horizon = "none (no raw trades)" if self.raw_horizon is None else clock.stamp(self.raw_horizon)
             lines.append(
                 f"- raw horizon: {horizon} — OHLCV aggregates before it are kept as they are and never "
                 "refreshed (their raw trades are gone)"
@@ -379,7 +398,8 @@ async def purge_retention(
                     t.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
                     log.error("retention: %s: %s", table, t.error)
                     continue
-                log.info(
+                log.log(
+                    logging.INFO if t.chunks_dropped else logging.DEBUG,
                     "retention: %s %s %d chunk(s) older than %s (%d bytes), %d older row(s) remain",
                     table,
                     "would drop" if dry_run else "dropped",
@@ -407,6 +427,7 @@ async def purge_retention(
     for line in warning_lines(report.jobs):
         log.warning("%s", line)
     report.duration_s = time.perf_counter() - started
+    log.info("%s", report.log_line())
     if not report.ok:
         raise PurgeError(report)
     return report

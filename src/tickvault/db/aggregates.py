@@ -48,6 +48,31 @@ class RefreshResult:
     rows: int | None  # None where the server does not report it (continuous aggregates)
 
 
+@dataclass(frozen=True)
+class AggregateStatus:
+    """How far one OHLCV timeframe is materialized, on either edition (``ohlcv_state``).
+
+    Every bucket before ``materialized_to`` is stored; a query of ``ohlcv_{timeframe}`` computes
+    the buckets after it from ``trades`` when it reads them (tickvault's views on ``apache``,
+    real-time aggregation on ``timescale``), so the relation is always current to the newest trade
+    and the watermark says how much of that is precomputed. On ``timescale`` the value is what
+    tickvault's own refreshes covered; a refresh policy may have gone further.
+    """
+
+    timeframe: str
+    materialized_to: datetime | None  # None: nothing materialized yet
+    refreshed_at: datetime | None  # the last refresh by tickvault (None: never)
+
+
+def aggregate_status(conn: psycopg.Connection) -> list[AggregateStatus]:
+    """One :class:`AggregateStatus` per timeframe, finest first."""
+    rows = conn.execute(
+        "SELECT timeframe, CASE WHEN isfinite(watermark) THEN watermark END, refreshed_at "
+        "FROM ohlcv_state ORDER BY bucket_width"
+    ).fetchall()
+    return [AggregateStatus(tf, lo, at) for tf, lo, at in rows]
+
+
 def raw_horizon(conn: psycopg.Connection) -> datetime | None:
     """The oldest time from which raw trades are complete (None: no raw trades at all)."""
     row = conn.execute("SELECT h FROM tickvault_raw_horizon() h WHERE isfinite(h)").fetchone()
