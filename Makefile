@@ -19,14 +19,13 @@ $(STAMP): pyproject.toml
 	fi
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
-	@[ -x /usr/bin/chromium ] || { echo "installing Debian's chromium for the dashboard's browser tests"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	@touch $(STAMP)
 
-install: $(STAMP) $(CHROMIUM)
+install: $(STAMP)
 
-# The Prefect UI test drives Debian's chromium through Playwright (Playwright's own browser download
-# cannot run on these machines). Installed once, when missing; CI runs as root on a fresh Debian.
+# The browser tests (dashboard, Prefect UI) drive Debian's chromium through Playwright (Playwright's
+# own browser download cannot run on these machines). Installed once, when missing, for `make test`
+# only (`make run` does not need a browser); CI runs as root on a fresh Debian.
 $(CHROMIUM):
 	@echo "chromium is missing; installing Debian's chromium package with apt-get"
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
@@ -39,12 +38,12 @@ db: install
 run: db
 	$(BIN)/tickvault run
 
-test: db
+test: db $(CHROMIUM)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The README's Prefect UI screenshots (docs/img/prefect-*.png), from the browser test.
-screenshots: db
-	$(BIN)/python -m pytest tests/test_flows.py -k prefect_ui --ui-screenshots docs/img
+screenshots: db $(CHROMIUM)
+	$(BIN)/python -m pytest tests/test_flows.py tests/test_ui_browser.py -k 'prefect_ui or ui_browser' --ui-screenshots docs/img
 
 bench: db
 	$(BIN)/python -m bench

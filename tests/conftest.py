@@ -80,6 +80,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--ui-screenshots",
         metavar="DIR",
         default=None,
-        help="tests/test_flows.py's browser test saves the README's Prefect UI screenshots (small PNGs) "
-        "into DIR, e.g. docs/img (`make screenshots`)",
+        help="the browser tests (tests/test_flows.py's Prefect UI, tests/test_ui_browser.py's dashboard) save "
+        "the docs' screenshots (small PNGs) into DIR, e.g. docs/img (`make screenshots`)",
     )

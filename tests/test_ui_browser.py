@@ -4,15 +4,14 @@ tables and the kill switch, no console errors, and a screenshot of each page.
 
 The simulator runs its clock 60× (a simulated minute per second) so minute bars, indicators and
 the strategy's orders come within seconds; every wait is on a condition in the page or the
-database, with generous timeouts. Screenshots go to ``$TICKVAULT_UI_SCREENSHOTS`` when set (the
-README's images: ``TICKVAULT_UI_SCREENSHOTS=docs/img .venv/bin/python -m pytest tests/test_ui_browser.py``),
+database, with generous timeouts. Screenshots go to the ``--ui-screenshots DIR`` directory when given (the
+docs' images: ``make screenshots``),
 else to the test's temporary directory.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,13 +46,13 @@ class Stack:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def stack(fresh_database, tmp_path_factory):
+async def stack(fresh_database, tmp_path_factory, request):
     from playwright.async_api import async_playwright
 
     if not CHROMIUM.exists():
         pytest.fail("/usr/bin/chromium is missing: `make install` installs Debian's chromium package (apt-get)")
     tmp = tmp_path_factory.mktemp("ui-browser")
-    shots = Path(os.environ.get("TICKVAULT_UI_SCREENSHOTS") or tmp)
+    shots = Path(request.config.getoption("--ui-screenshots") or tmp)
     shots.mkdir(parents=True, exist_ok=True)
     url = fresh_database()
     t0 = time.time_ns()
