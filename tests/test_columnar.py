@@ -348,6 +348,7 @@ def test_frames_c_cannot_take_whole_decode_in_python_like_decode_frame() -> None
         b"\x91\x81\x91\x01\x02",  # a list as a map key (unhashable in Python)
         b"\x91\x81\x80\x02",
         b"\x91\xc7\x05\xff" + bytes(5),  # Timestamp of 5 bytes
+        b"\x91\xd4\xa1\x00",  # ext type -95: msgpack's ExtType takes 0..127 only
         b"\x91\xd7\xff" + ((10**9 << 34) | 1).to_bytes(8, "big"),  # nanoseconds above 999999999
         b"\x91" * 40 + b"\x01",  # deeper than the C walker goes
         b"\x91" * 1100 + b"\x01",  # deeper than msgpack goes
