@@ -153,7 +153,8 @@ def run() -> dict:
             per_size[str(size)] = {
                 "ns_per_msg": best,
                 "speedup_vs_alpaca_py_raw": round(best["alpaca_py_raw"] / best["tickvault_columnar"], 2),
-                "speedup_vs_decode_frame": round(best["tickvault_decode_frame"] / best["tickvault_columnar"], 2),
+                "speedup_vs_decode_frame": round(
+                    best["tickvault_decode_frame"] / best["tickvault_columnar"], 2),
                 "speedup_vs_decode_frame_plus_copy": round(
                     best["tickvault_decode_frame_plus_copy"] / best["tickvault_columnar"], 2),
                 "rounds_ns_per_msg": {k: [round(x, 1) for x in v] for k, v in rounds.items()},
@@ -164,7 +165,8 @@ def run() -> dict:
     result = {
         "columnar_ns_per_msg": {s: r["ns_per_msg"]["tickvault_columnar"] for s, r in per_size.items()},
         "alpaca_py_raw_ns_per_msg": {s: r["ns_per_msg"]["alpaca_py_raw"] for s, r in per_size.items()},
-        "decode_frame_ns_per_msg": {s: r["ns_per_msg"]["tickvault_decode_frame"] for s, r in per_size.items()},
+        "decode_frame_ns_per_msg": {
+            s: r["ns_per_msg"]["tickvault_decode_frame"] for s, r in per_size.items()},
         "ratio_vs_alpaca_py_raw": ratios,
         "have_extension": HAVE_EXTENSION,
         "frame_sizes": per_size,
@@ -188,6 +190,7 @@ if __name__ == "__main__":
     out = run()
     for size, r in out["frame_sizes"].items():
         figures = ", ".join(f"{k} {v:,.0f}" for k, v in r["ns_per_msg"].items())
-        print(f"{size}-message frames, ns/msg: {figures}; columnar {r['speedup_vs_alpaca_py_raw']}x alpaca-py raw")
+        ratio = r["speedup_vs_alpaca_py_raw"]
+        print(f"{size}-message frames, ns/msg: {figures}; columnar {ratio}x alpaca-py raw")
     print(f"goal {'met' if out['goal_met'] else 'NOT met'}")
     sys.exit(0)
