@@ -14,9 +14,10 @@
  * trade/quote only in the one well-typed shape whose row it can compute exactly; everything else
  * is deferred to Python (a byte range) and Python decides. And C returns None (Python then decodes
  * the whole frame) for anything that makes msgpack.unpackb of the whole frame fail or that C does
- * not model: invalid UTF-8 in any string, a bad Timestamp ext, an array or map used as a map key
- * (unhashable in Python), trailing bytes, truncation, the reserved byte 0xc1, nesting deeper than
- * MAX_DEPTH, a top level that is not an array, a frame over MAX_FRAME bytes.
+ * not model: invalid UTF-8 in any string, a bad Timestamp ext or another negative ext type, an
+ * array or map used as a map key (unhashable in Python), trailing bytes, truncation, the reserved
+ * byte 0xc1, nesting deeper than MAX_DEPTH, a top level that is not an array, a frame over
+ * MAX_FRAME bytes.
  *
  * Bounds: memory is O(frame size): the copy buffers hold at most ~12 bytes per input byte (a 1-byte
  * msgpack int becomes an 8-byte int8 with its 4-byte length), the parsed rows ~6 (sizeof(Row) per
@@ -241,8 +242,8 @@ static int skip_rest(Rd *r, const Val *v, int depth) {
     switch (v->kind) {
     case V_STR:
         return utf8_ok(v->ptr, v->len) ? 0 : -1;
-    case V_EXT:
-        return (v->ext_type != -1 || timestamp_valid(v)) ? 0 : -1;
+    case V_EXT: /* msgpack-python: -1 is a Timestamp, other negative codes fail ExtType(0~127) */
+        return v->ext_type >= 0 || (v->ext_type == -1 && timestamp_valid(v)) ? 0 : -1;
     case V_ARRAY:
         if (v->len && depth >= MAX_DEPTH) return -1;
         for (uint32_t k = 0; k < v->len; k++)
