@@ -7,7 +7,7 @@ reported as failed in the table (with its error) and the others still run. The
 figure ``bench/results/summary.png`` shows throughput against the peers and latency percentiles
 per stage; it is drawn with the Agg backend and every figure is closed.
 
-Order matters a little on a 2-core host: the CPU-bound comparisons (decode, indicators) run
+Order matters a little on a 2-core host: the CPU-bound comparisons (decode, columnar, indicators) run
 before the database-heavy ones, so no checkpoint or autovacuum from an earlier bench lands in them.
 """
 
@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from bench.common import write_results  # noqa: F401 - imported so a missing bench/common.py fails first
 
-BENCHES = ("decode", "indicators", "ingest", "memory", "orders", "reconcile", "dashboard")
+BENCHES = ("decode", "columnar", "indicators", "ingest", "memory", "orders", "reconcile", "dashboard")
 OPTIONAL = {"indicators", "reconcile"}  # written by other engineers; skipped with a note if absent
 
 
@@ -56,6 +56,11 @@ def _headline(name: str, r: dict) -> tuple[str, str]:
         return (f"{_fmt(r['tickvault_msgs_per_s'])} msg/s",
                 f"alpaca-py raw {_fmt(r['alpaca_py_raw_msgs_per_s'])}, parsed {_fmt(r['alpaca_py_parsed_msgs_per_s'])}"
                 f" ({r['ratio_vs_alpaca_py_raw']}x raw)")
+    if name == "columnar":
+        ours, raw = r["columnar_ns_per_msg"], r["alpaca_py_raw_ns_per_msg"]
+        return (", ".join(f"{_fmt(v)} ns/msg @{k}" for k, v in ours.items()),
+                "alpaca-py raw " + ", ".join(f"{_fmt(v)} ns/msg @{k}" for k, v in raw.items())
+                + " (" + ", ".join(f"{v}x" for v in r["ratio_vs_alpaca_py_raw"].values()) + ")")
     if name == "ingest":
         return (f"{_fmt(r['worker_rows_per_s'])} rows/s; p99 proc {_fmt(r['p99_received_to_processed_ms'], ' ms', 2)}, "
                 f"commit {_fmt(r['p99_received_to_committed_ms'], ' ms')} @ {_fmt(r['latency_rate_rows_per_s'])}/s",

@@ -8,7 +8,7 @@ as fast as the client reads them (websockets' write buffer gives TCP backpressur
 is the client's own ceiling, not the server's.
 
 What each client does per frame, measured from its first market message to its last:
-- tickvault: ``MarketDataReader`` (the worker's reader: ``decode_frame`` of the whole frame into
+- tickvault: ``MarketDataReader`` (the worker's reader: ``decode_columnar`` of the whole frame into
   per-type tuples, ``queue.put``) with a consumer draining the bounded queue.
 - alpaca-py raw: ``StockDataStream(raw_data=True)``: ``msgpack.unpackb`` then one awaited handler
   call per message (a dict).
@@ -210,7 +210,7 @@ async def read_tickvault(url: str, n: int, symbols: list[str]) -> dict:
         item = await queue.get()
         if not first:
             first = time.perf_counter()
-        count += len(item.frame.trades)
+        count += item.frame.trades.n if item.frame.trades is not None else 0
     elapsed = time.perf_counter() - first
     reader.stop()
     await asyncio.wait_for(task, 10)

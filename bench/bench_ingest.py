@@ -4,10 +4,12 @@ same rows into the same table, and the worker's stage latencies at a sustainable
 Three phases, each on a freshly truncated ``trades`` table after a CHECKPOINT (so neither side
 inherits the other's dirty pages), in one scratch database created and dropped by this bench:
 
-1. bare COPY (the peer): the trades the worker will receive, decoded in advance with the worker's
-   own ``decode_frame``, written by psycopg binary COPY with the writer's statement, column types
+1. bare COPY (the peer): the trades the worker will receive, decoded in advance with the protocol's
+   ``decode_frame``, written by psycopg binary COPY with the writer's statement, column types
    and int-nanosecond timestamptz dumper, ``BARE_COPY_BATCH`` rows per transaction, one connection,
    nothing else around it. Rows are built before the clock starts; serialisation is timed.
+1b. raw COPY (context): the same trades pre-encoded as binary COPY data (``decode_columnar``, as
+   the worker's reader does) and written as they are: the database's own ceiling for these rows.
 2. worker, flat out: the replay server (bench_decode's, in its own process) sends the same frames
    as fast as the worker reads; ``run_worker`` (reader → bounded queue → processor → writer, the
    production defaults) runs in this process. Rate = trades / (subscription ack → last commit).
@@ -43,9 +45,9 @@ BARE_COPY_BATCH = 100_000  # rows per COPY transaction: "large batches", 5× the
 # round down, so the best round is the reproducible one (bench_decode does the same).
 BARE_COPY_ROUNDS = 3
 WORKER_FLAT_OUT_ROUNDS = 2
-PACE_FRACTION = 0.8  # the goal: the worker sustains ≥ 80 % of bare COPY
+PACE_FRACTION = 0.8  # the latency goals are measured at 80 % of bare COPY
 PACED_SECONDS = 10.0
-GOALS = {"worker_vs_bare_copy": 0.80, "p99_received_to_committed_ms": 250.0, "p99_received_to_processed_ms": 1.0}
+GOALS = {"worker_vs_bare_copy": 0.90, "p99_received_to_committed_ms": 250.0, "p99_received_to_processed_ms": 1.0}
 STAGES = ("exchange_to_received", "received_to_processed", "received_to_committed")
 
 
@@ -114,6 +116,29 @@ def bare_copy(url: str, rows: list[tuple]) -> dict:
                         write_row(row)
         elapsed = time.perf_counter() - started
     return {"rows": len(rows), "seconds": round(elapsed, 3), "rows_per_s": len(rows) / elapsed}
+
+
+def encoded_blocks(n: int, base_ns: int) -> list[bytes]:
+    """The same trades as binary COPY tuple data, one block per frame (what the worker's reader makes)."""
+    from tickvault.alpaca.columnar import decode_columnar
+
+    return [decode_columnar(frame).trades.copy for frame in make_frames(n, SYMBOLS, FRAME_SIZE, base_ns=base_ns)]
+
+
+def raw_copy(url: str, blocks: list[bytes], rows: int) -> dict:
+    """The database's own ceiling: pre-encoded binary COPY data written as it is, no formatting timed."""
+    from tickvault.alpaca.columnar import COPY_HEADER, COPY_TRAILER
+    from tickvault.stream.writer import TRADE_COPY
+
+    statement = TRADE_COPY[0].format(table="trades")
+    per_txn = max(1, BARE_COPY_BATCH // FRAME_SIZE)
+    with psycopg.connect(url) as conn:
+        started = time.perf_counter()
+        for i in range(0, len(blocks), per_txn):
+            with conn.transaction(), conn.cursor().copy(statement) as copy:
+                copy.write(COPY_HEADER + b"".join(blocks[i : i + per_txn]) + COPY_TRAILER)
+        elapsed = time.perf_counter() - started
+    return {"rows": rows, "seconds": round(elapsed, 3), "rows_per_s": rows / elapsed}
 
 
 def _latencies(metrics) -> dict:
@@ -208,8 +233,16 @@ async def _run_phases(url: str) -> dict:
     for _ in range(BARE_COPY_ROUNDS):
         fresh_tables(url)
         bare_runs.append(bare_copy(url, rows) | {"stored": count_trades(url)})
+    n_rows = len(rows)
     del rows
     bare = max(bare_runs, key=lambda r: r["rows_per_s"]) | {"rounds": [round(r["rows_per_s"]) for r in bare_runs]}
+    blocks = encoded_blocks(FLAT_OUT_TRADES, base_ns)
+    raw_runs = []
+    for _ in range(BARE_COPY_ROUNDS):
+        fresh_tables(url)
+        raw_runs.append(raw_copy(url, blocks, n_rows) | {"stored": count_trades(url)})
+    del blocks
+    raw = max(raw_runs, key=lambda r: r["rows_per_s"]) | {"rounds": [round(r["rows_per_s"]) for r in raw_runs]}
 
     flat_runs = []
     for i in range(WORKER_FLAT_OUT_ROUNDS):
@@ -235,7 +268,8 @@ async def _run_phases(url: str) -> dict:
     relaxed = await worker_phase(url, int(half * PACED_SECONDS) // FRAME_SIZE * FRAME_SIZE, time.time_ns(), half,
                                  "bench-ingest-half")
     relaxed["stored"] = count_trades(url)
-    return {"bare_copy": bare, "worker_flat_out": flat, "worker_paced": paced, "worker_half_rate": relaxed}
+    return {"bare_copy": bare, "raw_copy": raw, "worker_flat_out": flat, "worker_paced": paced,
+            "worker_half_rate": relaxed}
 
 
 def run() -> dict:
@@ -253,13 +287,17 @@ def run() -> dict:
         "p99_received_to_committed_ms": p99_commit is not None and p99_commit < GOALS["p99_received_to_committed_ms"],
         "p99_received_to_processed_ms": p99_proc is not None and p99_proc < GOALS["p99_received_to_processed_ms"],
     }
-    exact = bare["stored"] == bare["rows"] and all(
+    exact = bare["stored"] == bare["rows"] and phases["raw_copy"]["stored"] == bare["rows"] and all(
         phases[k]["stored"] == phases[k]["trades"] for k in ("worker_flat_out", "worker_paced", "worker_half_rate"))
     half = phases["worker_half_rate"]
     result = {
         "worker_rows_per_s": round(flat["rows_per_s"]),
         "bare_copy_rows_per_s": round(bare["rows_per_s"]),
         "worker_vs_bare_copy": round(ratio, 3),
+        # Context: pre-encoded COPY data written as it is (no row formatting at all) - the database's
+        # own ceiling for these rows; the worker's COPY is that plus decoding, queueing and batching.
+        "raw_copy_rows_per_s": round(phases["raw_copy"]["rows_per_s"]),
+        "worker_vs_raw_copy": round(flat["rows_per_s"] / phases["raw_copy"]["rows_per_s"], 3),
         "p99_received_to_processed_ms": p99_proc,
         "p99_received_to_committed_ms": p99_commit,
         "latency_rate_rows_per_s": round(paced["rows_per_s"]),
@@ -269,7 +307,7 @@ def run() -> dict:
             "p99_received_to_committed_ms": half["latency_ms"]["received_to_committed"]["p99_ms"],
             "event_loop_lag_ms": half["event_loop_lag_ms"],
         },
-        "goal": "worker >= 80% of bare COPY; at that rate p99 received->committed < 250 ms and "
+        "goal": "worker >= 90% of bare COPY; at 80% of bare COPY p99 received->committed < 250 ms and "
                 "p99 received->processed < 1 ms",
         "goal_met": all(met.values()),
         "goals_met": met,
@@ -296,7 +334,8 @@ if __name__ == "__main__":
     out = run()
     print(
         f"ingest: worker {out['worker_rows_per_s']:,} rows/s vs bare COPY {out['bare_copy_rows_per_s']:,} "
-        f"({out['worker_vs_bare_copy']:.0%}); at {out['latency_rate_rows_per_s']:,}/s p99 processed "
+        f"({out['worker_vs_bare_copy']:.0%}), raw pre-encoded COPY {out['raw_copy_rows_per_s']:,} "
+        f"({out['worker_vs_raw_copy']:.0%}); at {out['latency_rate_rows_per_s']:,}/s p99 processed "
         f"{out['p99_received_to_processed_ms']} ms, committed {out['p99_received_to_committed_ms']} ms "
         f"(goal {'met' if out['goal_met'] else 'NOT met'}: {out['goals_met']}); rows exact: {out['rows_exact']}"
     )

@@ -157,7 +157,7 @@ def test_prefect_yaml_schedules_fit_a_trading_day(prefect_yaml: dict) -> None:
 def test_dockerfile_builds_one_image_for_worker_and_flows() -> None:
     text = (DOCKER / "Dockerfile").read_text(encoding="utf-8")
     assert re.search(r"^FROM python:3\.11-slim", text, re.M)
-    for copied in ("src", "flows", "tasks", "prefect.yaml", "pyproject.toml"):
+    for copied in ("src", "flows", "tasks", "prefect.yaml", "pyproject.toml", "setup.py"):
         assert re.search(rf"^COPY .*\b{re.escape(copied)}\b", text, re.M), copied
     assert "TICKVAULT_PROJECT_DIR=/app" in text and "WORKDIR /app" in text
 

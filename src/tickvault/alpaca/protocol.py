@@ -390,6 +390,15 @@ def decode_frame(data: bytes | str) -> DecodedFrame:
     message; memory O(len(data)).
     """
     out = DecodedFrame()
+    msgs = _load_frame(data, out)
+    if msgs is not None:
+        _decode_messages(msgs, out, not isinstance(data, str))
+    return out
+
+
+def _load_frame(data: bytes | str, out: DecodedFrame) -> list | None:
+    """The frame's messages (msgpack, or JSON with its RFC 3339 times already as int ns), or None
+    after adding the whole-frame Reject to ``out``. Shared with :mod:`tickvault.alpaca.columnar`."""
     use_msgpack = not isinstance(data, str)
     try:
         if use_msgpack:
@@ -407,15 +416,14 @@ def decode_frame(data: bytes | str) -> DecodedFrame:
     except Exception as exc:  # noqa: BLE001 - never raise on server input
         payload = data.encode("utf-8", "backslashreplace") if isinstance(data, str) else bytes(data)
         out.rejects.append(Reject(f"undecodable frame: {type(exc).__name__}: {exc}", payload))
-        return out
+        return None
     if type(msgs) is dict:
-        msgs = [msgs]
-    elif type(msgs) is not list:
+        return [msgs]
+    if type(msgs) is not list:
         payload = data.encode("utf-8", "backslashreplace") if isinstance(data, str) else bytes(data)
         out.rejects.append(Reject(f"undecodable frame: not an array but {type(msgs).__name__}", payload))
-        return out
-    _decode_messages(msgs, out, use_msgpack)
-    return out
+        return None
+    return msgs
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,20 +32,15 @@ class PriceCache:
         """Symbols with a cached trade, sorted (with a "*" subscription: the symbols seen so far)."""
         return sorted(self._trades)
 
-    def update_trades(self, trades: list[tuple], mono_ns: int) -> None:
-        newest: dict[str, tuple] = {}
-        for t in trades:
-            newest[t[1]] = t
+    def update_latest_trades(self, latest: dict[str, tuple], mono_ns: int) -> None:
+        """Take a frame's newest trade per symbol (``TradeColumns.latest``): one entry per symbol."""
         store = self._trades
-        for sym, t in newest.items():
+        for sym, t in latest.items():
             store[sym] = (t, mono_ns)
 
-    def update_quotes(self, quotes: list[tuple], mono_ns: int) -> None:
-        newest: dict[str, tuple] = {}
-        for q in quotes:
-            newest[q[1]] = q
+    def update_latest_quotes(self, latest: dict[str, tuple], mono_ns: int) -> None:
         store = self._quotes
-        for sym, q in newest.items():
+        for sym, q in latest.items():
             store[sym] = (q, mono_ns)
 
     def peek(self, symbol: str) -> tuple[float | None, bool]:

@@ -1,9 +1,12 @@
 """The processor: one decoded frame at a time from the bounded queue → cache, indicators,
 strategy → the writer's buffers.
 
-Per frame, not per message: the cache keeps the newest trade per symbol of the frame, latency is
-recorded once per frame with the frame's message count as weight, and rows travel to the writer
-as the protocol's tuples (no per-message objects). Indicators update once per closed minute bar
+Per frame, not per message: trades and quotes arrive as columns (:mod:`tickvault.alpaca.columnar`:
+the frame's COPY data, its time range, the newest row per symbol), so the cache takes each
+symbol's newest trade and quote of the frame, latency is recorded once per frame with the frame's
+message count as weight, and the columns travel to the writer as they are: no Python object per
+trade or quote between the socket and PostgreSQL. Bars, corrections and the other rare messages
+stay the protocol's tuples. Indicators update once per closed minute bar
 (O(1) each, bounded state per symbol). It must never block the loop: the strategy is called
 inline and must be fast; orders go out through the gateway's own bounded queue.
 """
@@ -67,22 +70,23 @@ class Processor:
             await self.handle(item)
 
     async def handle(self, item: QueuedFrame) -> None:
-        f = item.frame
+        trades = item.frame.trades
+        quotes = item.frame.quotes
+        f = item.frame.rest
         mono = item.received_mono_ns
         metrics = self.metrics
         metrics.add("frames")
         n = 0
-        trades = f.trades
-        if trades:
-            n += len(trades)
-            metrics.add("trades", len(trades))
-            lag = item.received_wall_ns - trades[-1][0]
-            metrics.observe("exchange_to_received", lag if lag > 0 else 0, len(trades))
-            self.cache.update_trades(trades, mono)
-        if f.quotes:
-            n += len(f.quotes)
-            metrics.add("quotes", len(f.quotes))
-            self.cache.update_quotes(f.quotes, mono)
+        if trades is not None:
+            n += trades.n
+            metrics.add("trades", trades.n)
+            lag = item.received_wall_ns - trades.time_last_ns
+            metrics.observe("exchange_to_received", lag if lag > 0 else 0, trades.n)
+            self.cache.update_latest_trades(trades.latest, mono)
+        if quotes is not None:
+            n += quotes.n
+            metrics.add("quotes", quotes.n)
+            self.cache.update_latest_quotes(quotes.latest, mono)
         bar_rows: list[tuple] = []
         indicator_rows: list[tuple] = []
         if f.bars:
@@ -112,8 +116,8 @@ class Processor:
             metrics.observe("received_to_processed", time.monotonic_ns() - mono, n)
         await self.writer.submit(
             mono,
-            trades=trades,
-            quotes=f.quotes,
+            trades=[trades] if trades is not None else None,
+            quotes=[quotes] if quotes is not None else None,
             bars=bar_rows,
             indicators=[r for r in indicator_rows if r is not None],
             corrections=f.corrections,

@@ -1,6 +1,6 @@
 """The reader: Alpaca's market-data WebSocket → decoded frames → the bounded queue.
 
-One connection, msgpack frames decoded whole (``tickvault.alpaca.protocol.decode_frame``). The
+One connection, msgpack frames decoded whole into columns (``tickvault.alpaca.columnar``). The
 reader never does more per frame than decode and ``queue.put``: when the queue is full it waits,
 stops reading the socket, and TCP pushes back on the server. websockets' own receive buffer is
 bounded too (``max_queue`` frames of at most ``max_size`` bytes).
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import websockets
 from websockets.asyncio.client import connect
 
+from tickvault.alpaca.columnar import ColumnarFrame, decode_columnar
 from tickvault.alpaca.protocol import (
     DecodedFrame,
     StreamError,
@@ -51,7 +52,7 @@ BACKFILL_ATTEMPTS = 6  # 1+2+4+8+16 s between them: rides out a REST or database
 
 @dataclass(slots=True)
 class QueuedFrame:
-    frame: DecodedFrame
+    frame: ColumnarFrame
     received_wall_ns: int
     received_mono_ns: int
     backfill: bool = False
@@ -178,13 +179,13 @@ class MarketDataReader:
         )
         await ws.send(encode_client_message(sub))
         while True:  # market data may already be flowing before the ack; keep it
-            frame = decode_frame(await asyncio.wait_for(ws.recv(), 10))
-            for msg in frame.control:
+            frame = decode_columnar(await asyncio.wait_for(ws.recv(), 10))
+            for msg in frame.rest.control:
                 if msg.get("T") == "error":
                     raise StreamError.from_control(msg)
-            if frame.market_count() or frame.rejects:
+            if frame.market_count() or frame.rest.rejects:
                 await self._enqueue(frame, time.time_ns(), time.monotonic_ns())
-            if any(m.get("T") == "subscription" for m in frame.control):
+            if any(m.get("T") == "subscription" for m in frame.rest.control):
                 return
 
     @staticmethod
@@ -209,19 +210,20 @@ class MarketDataReader:
             self._silence_now = self.silence_s
             wall = time.time_ns()
             mono = time.monotonic_ns()
-            frame = decode_frame(data)
-            for msg in frame.control:
+            frame = decode_columnar(data)
+            for msg in frame.rest.control:
                 if msg.get("T") == "error":
                     raise StreamError.from_control(msg)
             await self._enqueue(frame, wall, mono)
 
-    async def _enqueue(self, frame: DecodedFrame, wall: int, mono: int) -> None:
-        if frame.trades:
+    async def _enqueue(self, frame: ColumnarFrame, wall: int, mono: int) -> None:
+        trades = frame.trades
+        if trades is not None:
             if self._gap_from is not None:
-                resumed = min(t[0] for t in frame.trades)
+                resumed = trades.time_min_ns
                 self._spawn_backfill(self._gap_from, max(resumed, self._gap_from))
                 self._gap_from = None
-            last = frame.trades[-1][0]
+            last = trades.time_last_ns
             if self.last_exchange_ns is None or last > self.last_exchange_ns:
                 self.last_exchange_ns = last
         item = QueuedFrame(frame, wall, mono)
