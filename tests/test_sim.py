@@ -368,6 +368,22 @@ async def test_stream_plus_rest_backfill_equals_truth_after_a_drop() -> None:
         assert checksum_of(list(seen.values())) == sim.truth_checksum()
 
 
+async def test_finish_stops_an_endless_market_and_freezes_the_ground_truth() -> None:
+    async with Simulator(symbols=3, rate=20_000, max_trades=None) as sim:
+        async with asyncio.timeout(60):
+            while sim.truth_count() < 1_000:
+                await asyncio.sleep(0.01)
+        assert not sim.finished.is_set()
+        sim.finish()
+        assert sim.finished.is_set()
+        frozen = sim.truth_count()
+        async with rest(sim) as http:  # the loop turns many times; the market makes nothing more
+            for _ in range(20):
+                truth = (await http.get("/_sim/truth")).json()
+                assert truth["count"] == frozen and truth["finished"]
+        assert sim.truth_count() == frozen
+
+
 # ---------------------------------------------------------------------------- faults
 async def test_malformed_frame_and_unknown_type_arrive_among_good_frames() -> None:
     async with Simulator(symbols=2, rate=None, max_trades=2000, frame_size=100) as sim:

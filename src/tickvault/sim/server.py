@@ -137,7 +137,9 @@ class Simulator:
 
     ``symbols``: a count or a list of names. ``rate``: trades per second across all symbols, or None
     to generate as fast as the slowest subscribed client reads (then the market waits while nobody
-    is subscribed). ``max_trades``: stop generating after this many, then set :attr:`finished`.
+    is subscribed). ``max_trades``: stop generating after this many, then set :attr:`finished`;
+    None: trade until :meth:`finish` (a test's faults then never outlast the market, however slow
+    the machine).
     ``quotes_per_trade``: quotes generated per trade (0.25: one quote every four trades).
     ``ws_port``/``rest_port``: 0 picks free ports (read :attr:`ws_url`, :attr:`rest_url` after start).
     ``clock``: ns since the epoch for trade times (default wall clock; a test may run time faster to
@@ -190,6 +192,7 @@ class Simulator:
         self.market = Market(names, seed=seed, quotes_per_trade=quotes_per_trade, truth_limit=truth_limit)
         self.broker = Broker(self._price_for_broker, cash=cash)
         self.finished = asyncio.Event()
+        self._finish_requested = False  # set by finish(): the market makes no trade after it
         self.corrections: list[dict] = []  # one per send_correction() call (bounded by the caller)
         self.cancels: list[dict] = []  # one per send_cancel() call (bounded by the caller)
         self.stats: dict[str, int] = {
@@ -348,6 +351,12 @@ class Simulator:
         book = self.market.books.get(symbol)
         return None if book is None else book.price_cents
 
+    def finish(self) -> None:
+        """Stop the market now and set :attr:`finished`: no trade is made after this returns, so the
+        ground truth is final. Frames already made are still delivered; REST keeps serving."""
+        self._finish_requested = True
+        self.finished.set()
+
     # ------------------------------------------------------------------ faults
     def drop_connections(self) -> int:
         """Abort every market-data connection (no close frame, like a network failure). Returns how many."""
@@ -469,8 +478,9 @@ class Simulator:
         on_trade = self.broker.on_trade
         made = 0
         limit = self.max_trades
+        # Nothing awaits between a loop test and generate(): finish() takes effect before the next trade.
         if self.rate is None:
-            while limit is None or made < limit:
+            while (limit is None or made < limit) and not self._finish_requested:
                 if not any(c.sub_key is not None for c in self._clients):
                     self._subscribed.clear()
                     await self._subscribed.wait()
@@ -485,7 +495,7 @@ class Simulator:
             tick = min(0.05, max(0.001, self.frame_size / rate))  # ~one full frame per tick
             max_batch = max(self.frame_size, int(rate * 0.05))  # bounded work per loop turn
             t0 = loop.time()
-            while limit is None or made < limit:
+            while (limit is None or made < limit) and not self._finish_requested:
                 due = int((loop.time() - t0) * rate) - made
                 if due <= 0:
                     items = self.market.flush_bars(self.clock())
