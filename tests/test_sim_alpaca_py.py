@@ -23,8 +23,8 @@ with warnings.catch_warnings():
     from alpaca.data.requests import StockBarsRequest, StockLatestTradeRequest, StockTradesRequest
     from alpaca.data.timeframe import TimeFrame
     from alpaca.trading.client import TradingClient
-    from alpaca.trading.enums import OrderSide, OrderStatus, QueryOrderStatus, TimeInForce
-    from alpaca.trading.requests import GetOrdersRequest, LimitOrderRequest, MarketOrderRequest
+    from alpaca.trading.enums import AssetClass, AssetStatus, OrderSide, OrderStatus, QueryOrderStatus, TimeInForce
+    from alpaca.trading.requests import GetAssetsRequest, GetOrdersRequest, LimitOrderRequest, MarketOrderRequest
 
 from tickvault.sim import Simulator
 
@@ -151,6 +151,19 @@ async def test_trading_client_orders_account_positions() -> None:
         positions = await asyncio.to_thread(client.get_all_positions)
         assert [(p.symbol, p.qty, p.side) for p in positions] == [("AAPL", "2", "long")]
         assert Decimal(positions[0].avg_entry_price) == Decimal(market.filled_avg_price)
+
+
+async def test_trading_client_lists_the_simulated_symbols_as_tradable_assets() -> None:
+    async with Simulator(symbols=["AAPL", "MSFT", "ZAAA"], rate=1_000) as sim:
+        client = TradingClient(KEY, SECRET, paper=True, url_override=sim.rest_url)
+        wanted = GetAssetsRequest(status=AssetStatus.ACTIVE, asset_class=AssetClass.US_EQUITY)
+        assets = await asyncio.to_thread(client.get_all_assets, wanted)
+        assert sorted(a.symbol for a in assets) == ["AAPL", "MSFT", "ZAAA"]
+        assert all(a.tradable and a.status == AssetStatus.ACTIVE and a.asset_class == AssetClass.US_EQUITY
+                   for a in assets)
+        assert len({a.id for a in assets}) == 3
+        crypto = GetAssetsRequest(asset_class=AssetClass.CRYPTO)
+        assert await asyncio.to_thread(client.get_all_assets, crypto) == []
 
 
 async def test_historical_client_gets_exactly_the_ground_truth() -> None:

@@ -32,6 +32,7 @@ import re
 import signal
 import socket
 import time
+import uuid
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
@@ -77,6 +78,8 @@ _TF_UNIT_NS = {
     "D": 1440 * MINUTE_NS,
 }
 _FAR_FUTURE = 2**62
+ASSET_EXCHANGE = "NASDAQ"  # listing exchange the simulated assets report (trades print on IEX, "V")
+_ASSET_NAMESPACE = uuid.UUID("5f1c0d0e-7a6b-4c1e-9a53-7469636b7661")  # fixed: asset ids stable across runs
 
 
 class _QuietUvicorn(uvicorn.Server):
@@ -804,6 +807,7 @@ class Simulator:
             Route("/v2/account/activities/{activity_type}", e(self._activities)),
             Route("/v2/account/activities", e(self._activities)),
             Route("/v2/clock", e(self._clock)),
+            Route("/v2/assets", e(self._assets)),
             Route("/_sim/faults", self._sim_faults, methods=["POST"]),
             Route("/_sim/truth", self._sim_truth),
             Route("/_sim/stats", self._sim_stats),
@@ -1074,6 +1078,21 @@ class Simulator:
             page_token=q.get("page_token"),
         )
 
+    def _assets(self, request: Request) -> list[dict]:
+        """``GET /v2/assets``: every simulated symbol is an active, tradable US equity (like Alpaca,
+        an unset status means every status; an unknown status or class is a 422)."""
+        q = request.query_params
+        status = q.get("status")
+        asset_class = q.get("asset_class") or "us_equity"
+        if status not in (None, "", "active", "inactive"):
+            raise ValueError(f"status must be active or inactive, not {status!r}")
+        if asset_class not in ("us_equity", "us_option", "crypto"):
+            raise ValueError(f"asset_class must be us_equity, us_option or crypto, not {asset_class!r}")
+        exchange = q.get("exchange")
+        if status == "inactive" or asset_class != "us_equity" or exchange not in (None, "", ASSET_EXCHANGE):
+            return []
+        return [_asset_json(s) for s in self.symbols]
+
     def _clock(self, request: Request) -> dict:
         now = time.time_ns()
         day = 86_400 * 10**9
@@ -1123,6 +1142,27 @@ def _trade_json(t: int, cents: int, size: int, tid: int) -> dict:
         "c": list(CONDITIONS),
         "i": tid,
         "z": TAPE,
+    }
+
+
+def _asset_json(symbol: str) -> dict:
+    """Alpaca's asset object for a simulated symbol; the id is stable (uuid5 of the symbol)."""
+    return {
+        "id": str(uuid.uuid5(_ASSET_NAMESPACE, symbol)),
+        "class": "us_equity",
+        "exchange": ASSET_EXCHANGE,
+        "symbol": symbol,
+        "name": f"{symbol} Simulated Inc. Common Stock",
+        "status": "active",
+        "tradable": True,
+        "marginable": True,
+        "maintenance_margin_requirement": 30,
+        "margin_requirement_long": "30",
+        "margin_requirement_short": "30",
+        "shortable": True,
+        "easy_to_borrow": True,
+        "fractionable": True,
+        "attributes": [],
     }
 
 
