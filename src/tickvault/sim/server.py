@@ -354,6 +354,10 @@ class Simulator:
         book = self.market.books.get(symbol)
         return None if book is None else book.price_cents
 
+    def subscribed_clients(self) -> int:
+        """Open market-data connections with a subscription (a test waits on this, not on a sleep)."""
+        return sum(1 for c in self._clients if c.sub_key is not None and not c.closed)
+
     def finish(self) -> None:
         """Stop the market now and set :attr:`finished`: no trade is made after this returns, so the
         ground truth is final. Frames already made are still delivered; REST keeps serving."""
