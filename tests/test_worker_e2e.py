@@ -364,6 +364,57 @@ async def _worker_total(port: int, name: str) -> float:
 
 
 # ---------------------------------------------------------------------------- restarts and symbols
+async def test_wildcard_first_start_backfills_every_tradable_symbol_from_backfill_from(fresh_database, tmp_path):
+    """No TICKVAULT_SYMBOLS, TICKVAULT_BACKFILL_FROM set, nothing stored: the gap before the subscription is
+    backfilled for the broker's tradable assets (GET /v2/assets), so the table equals the truth."""
+    url = fresh_database()
+    since = datetime.now(timezone.utc)
+    async with Simulator(symbols=30, rate=20_000, frame_size=100, max_trades=None, seed=11) as sim:
+        await wait_until(_market_made(sim, 20_000), 120, "the market to trade before the worker starts")
+        settings = _settings_for(sim, url, tmp_path / "run", since, TICKVAULT_SYMBOLS="")
+        assert settings.symbols == [] and settings.backfill_from is not None
+        handle = WorkerHandle()
+        task = asyncio.create_task(run_worker(settings, handle))
+        try:
+            await asyncio.wait_for(handle.ready.wait(), 120)
+            await wait_until(_market_made(sim, sim.truth_count() + 20_000), 120, "the market to go on streaming")
+            sim.finish()
+            await wait_until(lambda: _truth_reached(url, sim), 180, "all trades committed")
+        except AssertionError:
+            _assert_equals_truth(url, sim)  # names the holes
+            raise
+        finally:
+            handle.stop()
+            await asyncio.wait_for(task, 120)
+    _assert_equals_truth(url, sim)
+    assert handle.metrics.totals["backfilled"] >= 20_000  # the first 20k trades came by REST only
+
+
+async def test_wildcard_worker_restarted_after_sigterm_leaves_no_hole(fresh_database, tmp_path):
+    """`tickvault worker run` with no TICKVAULT_SYMBOLS streams, stops on SIGTERM, the market goes on, it
+    restarts: the restart's gap is backfilled for the symbols stored before it, so no hole."""
+    url = fresh_database()
+    since = datetime.now(timezone.utc)
+    async with Simulator(symbols=50, rate=20_000, frame_size=100, max_trades=None, seed=13) as sim:
+        env = {**os.environ, **_env_for(sim, url, tmp_path / "run", since, TICKVAULT_SYMBOLS="")}
+        workers = WorkerProcesses(env, tmp_path)
+        try:
+            proc = workers.start()
+            await wait_until(lambda: _subscribed(sim), 120, "the worker subscribed")
+            await wait_until(_market_made(sim, sim.truth_count() + 20_000), 120, "the worker to stream a while")
+            await wait_until(lambda: _grew_past(url, 20_000), 120, "rows stored")
+            assert await workers.stop(proc) == 0, workers.log_text()
+            down_at = sim.truth_count()
+            await wait_until(_market_made(sim, down_at + 40_000), 120, "the market to go on while the worker is down")
+            proc = workers.start()
+            await wait_until(lambda: _subscribed(sim), 120, "the restarted worker subscribed")
+            await wait_until(_market_made(sim, sim.truth_count() + 20_000), 120, "the restarted worker to stream")
+            await _finish_and_assert_truth(url, sim, workers, proc)
+        finally:
+            workers.kill_all()
+    assert "wildcard subscription" in workers.logs[1].read_text()
+
+
 async def test_worker_killed_with_sigkill_mid_stream_restarts_with_exactly_the_simulators_trades(
     fresh_database, tmp_path
 ):

@@ -11,7 +11,9 @@ gap from the REST history — trades and minute bars from the last exchange time
 the exchange time of the first trade the new connection delivers (where the stream really resumes:
 a server may stay silent or drop data for a while after the ack) — and merges it through the
 writer's de-duplicating path. The stream itself has no replay. A gap still open at shutdown is
-closed by the next start, which resumes from the newest stored trade.
+closed by the next start, which resumes from the newest stored trade. With a wildcard subscription
+the reader tells the :class:`~tickvault.stream.universe.BackfillUniverse` each frame's trade symbols
+before queueing it, so a gap's symbols include every symbol received before the gap began.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from tickvault.alpaca.protocol import (
     subscribe_message,
 )
 from tickvault.stream.metrics import Metrics
+from tickvault.stream.universe import BackfillUniverse
 
 log = logging.getLogger("tickvault.reader")
 
@@ -82,6 +85,7 @@ class MarketDataReader:
         backfill: BackfillFn | None = None,
         resume_from_ns: int | None = None,
         silence_s: float = 0.0,
+        universe: BackfillUniverse | None = None,
     ) -> None:
         self.url = url
         self._key = key
@@ -91,6 +95,8 @@ class MarketDataReader:
         self.channels = list(channels)
         self.symbols = list(symbols) or ["*"]
         self.backfill = backfill
+        # Learns a wildcard subscription's symbols from the frames (bounded: see universe.py).
+        self._observe = universe.observe if universe is not None and universe.wildcard else None
         self.last_exchange_ns = resume_from_ns  # latest exchange time received (or stored, at start)
         self.silence_s = silence_s or None
         # A quiet feed (overnight, weekends) is not a fault: each silent reconnect that brings no data
@@ -217,6 +223,8 @@ class MarketDataReader:
 
     async def _enqueue(self, frame: DecodedFrame, wall: int, mono: int) -> None:
         if frame.trades:
+            if self._observe is not None:
+                self._observe(frame.trades)
             if self._gap_from is not None:
                 resumed = min(t[0] for t in frame.trades)
                 self._spawn_backfill(self._gap_from, max(resumed, self._gap_from))
