@@ -163,7 +163,7 @@ async def test_submit_survives_a_5xx_before_processing():
 
 async def test_historical_trades_paged_equal_the_simulator_ground_truth():
     async with _sim(max_trades=12_000, rate=400_000) as sim, SimREST(sim) as rest:
-        await asyncio.wait_for(sim.finished.wait(), 10)
+        await asyncio.wait_for(sim.finished.wait(), 120)  # a failure detector: the market needs 0.03 s
         truth = {
             (sym, tid, t, round(price * 100), size)
             for sym in sim.symbols

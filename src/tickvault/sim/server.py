@@ -207,7 +207,9 @@ class Simulator:
             "stall_dropped_frames": 0,
             "rest_requests": 0,
             "rest_faults": 0,
+            "rest_in_flight_max": 0,  # most Alpaca REST requests being answered at once
         }
+        self._rest_in_flight = 0
         self._clients: set[_MarketClient] = set()  # every open market-data connection
         self._authed: dict[
             tuple[str, str], set[_MarketClient]
@@ -823,6 +825,14 @@ class Simulator:
 
         async def endpoint(request: Request) -> Response:
             self.stats["rest_requests"] += 1
+            self._rest_in_flight += 1  # concurrency is observed here, not inferred from timings
+            self.stats["rest_in_flight_max"] = max(self.stats["rest_in_flight_max"], self._rest_in_flight)
+            try:
+                return await answer(request)
+            finally:
+                self._rest_in_flight -= 1
+
+        async def answer(request: Request) -> Response:
             if self._rest_latency_s:
                 await asyncio.sleep(self._rest_latency_s)
             status, count, retry_after = self._rest_fail
