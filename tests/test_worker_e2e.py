@@ -295,10 +295,13 @@ async def test_shutdown_with_database_gone_spills_then_next_start_commits(fresh_
             with psycopg.connect(admin, autocommit=True) as conn:  # the database goes away
                 conn.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS false')
                 conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (dbname,))
-            mark = await _worker_total(metrics_port, "trades")
+            mark = [await _worker_total(metrics_port, name) for name in ("trades", "stalls")]
 
-            async def received_more() -> bool:  # what the worker receives now cannot be committed: it piles up
-                return await _worker_total(metrics_port, "trades") > mark
+            async def received_more() -> bool:
+                # What the worker takes in now cannot be committed: it piles up (trades grow), or the
+                # writer is already full and backpressure stops the reader (stalls grow).
+                now = [await _worker_total(metrics_port, name) for name in ("trades", "stalls")]
+                return any(n > m for n, m in zip(now, mark, strict=True))
 
             await wait_until(received_more, 120, "the worker to receive trades while the database is away")
             proc.send_signal(signal.SIGTERM)
@@ -418,20 +421,25 @@ async def test_wildcard_worker_restarted_after_sigterm_leaves_no_hole(fresh_data
 async def test_worker_killed_with_sigkill_mid_stream_restarts_with_exactly_the_simulators_trades(
     fresh_database, tmp_path
 ):
-    """SIGKILL: no drain, no flush, batches in flight lost. The restart resumes from the newest committed
-    trade and backfills from there; the table equals the truth."""
+    """SIGKILL while streaming and while its first-start backfill is still running (slow REST): no drain,
+    no flush, batches in flight lost, the newest stored trade lies past the unfinished backfill. The
+    restart resumes from the backfill window left open (gaps.py) and the table equals the truth."""
     url = fresh_database()
     since = datetime.now(timezone.utc)
     async with Simulator(symbols=50, rate=20_000, frame_size=100, max_trades=None, seed=17) as sim:
         env = {**os.environ, **_env_for(sim, url, tmp_path / "run", since)}
         workers = WorkerProcesses(env, tmp_path)
         try:
+            await wait_until(_market_made(sim, 30_000), 120, "the market to trade before the worker starts")
+            sim.rest_latency(1_000)  # each REST page takes a second: the backfill of 30k+ trades outlasts the kill
             proc = workers.start()
             await wait_until(lambda: _subscribed(sim), 120, "the worker subscribed")
             await wait_until(_market_made(sim, sim.truth_count() + 20_000), 120, "the worker to stream a while")
-            await wait_until(lambda: _grew_past(url, 20_000), 120, "rows stored")
+            await wait_until(lambda: _grew_past(url, 10_000), 120, "streamed rows stored")
             assert sim.subscribed_clients() == 1  # mid-stream
+            assert await _count(url) < sim.truth_count()  # the backfill is not done
             assert await workers.stop(proc, signal.SIGKILL) == -signal.SIGKILL
+            sim.rest_latency(0)
             killed_at = sim.truth_count()
             await wait_until(_market_made(sim, killed_at + 20_000), 120, "the market to go on while the worker is dead")
             proc = workers.start()
@@ -440,37 +448,4 @@ async def test_worker_killed_with_sigkill_mid_stream_restarts_with_exactly_the_s
             await _finish_and_assert_truth(url, sim, workers, proc)
         finally:
             workers.kill_all()
-
-
-async def test_a_trickle_of_rows_is_committed_within_the_flush_interval(fresh_database):
-    """A quiet feed: a few rows after an idle writer reach the database within writer_flush_ms, not at
-    the next full batch."""
-    from tickvault.db.pool import open_pool
-    from tickvault.stream.metrics import Metrics
-    from tickvault.stream.writer import BatchWriter
-
-    url = fresh_database()
-    settings = load_settings(database_url=url)
-    pool = await open_pool(settings, min_size=1, url=url)
-    writer = BatchWriter(pool, Metrics(), worker="trickle", batch_rows=20_000, flush_ms=50)
-    task = asyncio.create_task(writer.run())
-    try:
-        import time
-
-        base = time.time_ns()
-        for i in range(3):  # three lone trades, each after the writer went idle
-            await writer.submit(time.monotonic_ns(), trades=[(base + i, "QUIET", i, "V", 10.0, 1, None, "C")])
-
-            async def stored(n=i + 1) -> bool:
-                return await _count(url) >= n
-
-            await wait_until(stored, 5, f"lone trade {i} committed", poll=0.01)
-            await wait_until(lambda: _idle(writer), 5, "the writer idle again", poll=0.01)
-    finally:
-        writer.close()
-        await task
-        await pool.close()
-
-
-async def _idle(writer) -> bool:
-    return writer.pending_rows() == 0
+    assert "left a backfill unfinished" in workers.logs[1].read_text()

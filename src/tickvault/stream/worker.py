@@ -24,6 +24,7 @@ import psutil
 from tickvault.alpaca.protocol import ns_to_rfc3339
 from tickvault.config import Settings
 from tickvault.stream.cache import PriceCache
+from tickvault.stream.gaps import GapLedger
 from tickvault.stream.metrics import Metrics, serve_prometheus
 from tickvault.stream.processor import Processor
 from tickvault.stream.reader import MarketDataReader
@@ -67,6 +68,7 @@ def stream_url(settings: Settings) -> str:
 
 # A restart resumes from the newest trade stored within this window (older data means a first start).
 RESUME_WINDOW = "3 days"
+RESUME_WINDOW_NS = 3 * 86_400 * 10**9
 
 
 async def _resume_point(pool, symbols: Sequence[str]) -> int | None:
@@ -185,26 +187,39 @@ async def run_worker(
     if recovered:
         log.warning("committed %d rows spilled by the previous run", recovered)
     resume = await _resume_point(pool, [] if universe.wildcard else symbols)
+    gaps = GapLedger(settings.run_dir / "gaps" / f"{settings.worker_name}.json")
+    window_start_ns = time.time_ns() - RESUME_WINDOW_NS
+    left_open, left_needs_assets = gaps.oldest_inherited(window_start_ns)
+    if left_open is not None and (resume is None or left_open < resume):
+        # The previous run stored trades past a gap it had not finished backfilling: resume before it.
+        log.warning("the previous run left a backfill unfinished from %s; resuming from there",
+                    ns_to_rfc3339(left_open))
+        resume = max(left_open, window_start_ns)
     if universe.wildcard and resume is not None:  # a restart's gap is made of the symbols stored before it
         universe.add(await _stored_symbols(pool, universe.max_symbols + 1), "the stored trades")
     first_start_backfill = resume is None and settings.backfill_from is not None
+
+    async def tradable_symbols() -> list[str]:
+        assets = await rest.list_assets(status="active", asset_class="us_equity")
+        return [a.symbol for a in assets if a.tradable]
+
     if first_start_backfill:
         since = settings.backfill_from
         if since.tzinfo is None:
             raise ValueError("TICKVAULT_BACKFILL_FROM needs a time zone offset (e.g. 2026-03-10T09:30:00-05:00)")
         resume = int(since.timestamp()) * 1_000_000_000 + since.microsecond * 1000
-
-        async def tradable_symbols() -> list[str]:
-            assets = await rest.list_assets(status="active", asset_class="us_equity")
-            return [a.symbol for a in assets if a.tradable]
-
         universe.fetch_tradable_once(tradable_symbols)  # nothing stored, nothing received yet: ask the broker
+        gaps.with_assets = universe.wildcard
+    elif left_needs_assets and universe.wildcard:
+        universe.fetch_tradable_once(tradable_symbols)  # a first start's backfill was cut short
+        gaps.with_assets = True
     if universe.wildcard:
         log.info("wildcard subscription: gap backfills ask for the %d symbols stored in the last %s, those "
                  "received%s", len(universe), RESUME_WINDOW, ", the broker's tradable assets" if first_start_backfill else "")
     reader = MarketDataReader(
         stream_url(settings), key, secret, queue, metrics,
         channels=settings.channels, symbols=symbols, backfill=backfill, resume_from_ns=resume, universe=universe,
+        gaps=gaps,
         silence_s=settings.feed_silence_s,
     )
     handle.reader, handle.writer = reader, writer
