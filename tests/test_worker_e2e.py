@@ -295,15 +295,15 @@ async def test_shutdown_with_database_gone_spills_then_next_start_commits(fresh_
             with psycopg.connect(admin, autocommit=True) as conn:  # the database goes away
                 conn.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS false')
                 conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (dbname,))
-            mark = [await _worker_total(metrics_port, name) for name in ("trades", "stalls")]
+            failed_commits = await _worker_total(metrics_port, "db_errors")
 
-            async def received_more() -> bool:
-                # What the worker takes in now cannot be committed: it piles up (trades grow), or the
-                # writer is already full and backpressure stops the reader (stalls grow).
-                now = [await _worker_total(metrics_port, name) for name in ("trades", "stalls")]
-                return any(n > m for n, m in zip(now, mark, strict=True))
+            async def rows_held() -> bool:
+                # A commit failed since the database went away, and rows are still waiting: they cannot
+                # be committed now, so the shutdown below must spill them.
+                return (await _worker_total(metrics_port, "db_errors") > failed_commits
+                        and await _worker_gauge(metrics_port, "pending_rows") > 0)
 
-            await wait_until(received_more, 120, "the worker to receive trades while the database is away")
+            await wait_until(rows_held, 120, "the worker to hold rows it cannot commit")
             proc.send_signal(signal.SIGTERM)
             rc = await asyncio.to_thread(proc.wait, 120)
             assert rc == 3, (tmp_path / "worker.log").read_text()[-3000:]
@@ -351,8 +351,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def _worker_total(port: int, name: str) -> float:
-    """A counter from the worker's Prometheus endpoint (0 while it is not up yet)."""
+async def _worker_gauge(port: int, name: str) -> float:
+    """A figure from the worker's Prometheus endpoint (0 while it is not up yet)."""
     import httpx
 
     try:
@@ -361,9 +361,14 @@ async def _worker_total(port: int, name: str) -> float:
     except httpx.TransportError:
         return 0.0
     for line in text.splitlines():
-        if line.startswith(f"tickvault_{name}_total{{"):
+        if line.startswith(f"tickvault_{name}{{"):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+async def _worker_total(port: int, name: str) -> float:
+    """A counter from the worker's Prometheus endpoint (0 while it is not up yet)."""
+    return await _worker_gauge(port, f"{name}_total")
 
 
 # ---------------------------------------------------------------------------- restarts and symbols

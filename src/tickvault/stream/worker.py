@@ -223,6 +223,7 @@ async def run_worker(
         silence_s=settings.feed_silence_s,
     )
     handle.reader, handle.writer = reader, writer
+    metrics.pending_rows_source = writer.pending_rows
 
     loop = asyncio.get_running_loop()
     if install_signal_handlers:
