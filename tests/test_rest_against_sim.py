@@ -163,7 +163,7 @@ async def test_submit_survives_a_5xx_before_processing():
 
 async def test_historical_trades_paged_equal_the_simulator_ground_truth():
     async with _sim(max_trades=12_000, rate=400_000) as sim, SimREST(sim) as rest:
-        await asyncio.wait_for(sim.finished.wait(), 10)
+        await asyncio.wait_for(sim.finished.wait(), 120)  # a failure detector: the market needs 0.03 s
         truth = {
             (sym, tid, t, round(price * 100), size)
             for sym in sim.symbols
@@ -239,3 +239,14 @@ async def test_latency_fault_with_many_gathered_calls_stays_within_the_pool():
         stats = pool_stats(client)
         assert stats.connections_opened <= 5
         assert elapsed >= 40 / 5 * 0.05 * 0.9  # at most 5 in flight: the pool, not the caller, bounds them
+
+
+async def test_list_assets_returns_the_tradable_symbols_through_a_server_error():
+    async with _sim(symbols=["AAPL", "MSFT", "ZAAA"]) as sim, SimREST(sim) as rest:
+        sim.rest_fail(503, 1)  # the one retry policy covers it
+        assets = await rest.list_assets()
+        assert [a.symbol for a in assets] == ["AAPL", "MSFT", "ZAAA"] and sim.stats["rest_faults"] == 1
+        assert all(a.tradable and a.status == "active" and a.asset_class == "us_equity" for a in assets)
+        assert await rest.list_assets(status="inactive") == []
+        with pytest.raises(UnprocessableError):
+            await rest.list_assets(asset_class="bonds")  # type: ignore[arg-type]

@@ -321,33 +321,33 @@ async def test_rest_trade_pages_equal_the_ground_truth() -> None:
 
 
 async def test_stream_plus_rest_backfill_equals_truth_after_a_drop() -> None:
-    n = 8_000
-    async with Simulator(symbols=5, rate=20_000, max_trades=n, frame_size=100) as sim:
+    # The market trades until finish(): the gap below happens while it trades, however slow the machine.
+    async with Simulator(symbols=5, rate=20_000, max_trades=None, frame_size=100) as sim:
         seen: dict[int, tuple] = {}
         ws = await open_stream(sim, subscribe={"trades": ["*"]})
         rows = await read_trades(ws, 1000)
         seen.update((r[2], r) for r in rows)
         assert sim.drop_connections() == 1
         with pytest.raises(ConnectionClosedError):  # abrupt: no close frame
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(60):
                 while True:
                     for r in decode_frame(await ws.recv()).trades:
                         seen[r[2]] = r
         dropped_at = sim.truth_count()
-        async with asyncio.timeout(5):  # stay away while the market makes 500 trades: a real gap
+        async with asyncio.timeout(60):  # stay away while the market makes 500 trades: a real gap
             while sim._authed.get((KEY, "iex")) or sim.truth_count() < dropped_at + 500:
                 await asyncio.sleep(0.01)
         ws = await open_stream(sim, subscribe={"trades": ["*"]})
         async with ws:
-            await asyncio.wait_for(sim.finished.wait(), 10)
-            async with asyncio.timeout(5):
-                while True:
-                    try:
-                        raw = await asyncio.wait_for(ws.recv(), 0.5)
-                    except TimeoutError:
-                        break  # drained: the market has finished and nothing more comes
-                    for r in decode_frame(raw).trades:
+            rows = await read_trades(ws, 500, timeout=60)
+            seen.update((r[2], r) for r in rows)
+            sim.finish()
+            last_id = max(tid for sym in sim.symbols for tid, _t, _p, _s in sim.truth_trades(sym))
+            async with asyncio.timeout(60):  # drained when the market's last trade has arrived
+                while last_id not in seen:
+                    for r in decode_frame(await ws.recv()).trades:
                         seen[r[2]] = r
+        n = sim.truth_count()
         assert len(seen) < n  # the drop lost trades on the stream...
         async with rest(sim) as http:  # ...which REST has
             token = None
@@ -366,6 +366,22 @@ async def test_stream_plus_rest_backfill_equals_truth_after_a_drop() -> None:
                 if token is None:
                     break
         assert checksum_of(list(seen.values())) == sim.truth_checksum()
+
+
+async def test_finish_stops_an_endless_market_and_freezes_the_ground_truth() -> None:
+    async with Simulator(symbols=3, rate=20_000, max_trades=None) as sim:
+        async with asyncio.timeout(60):
+            while sim.truth_count() < 1_000:
+                await asyncio.sleep(0.01)
+        assert not sim.finished.is_set()
+        sim.finish()
+        assert sim.finished.is_set()
+        frozen = sim.truth_count()
+        async with rest(sim) as http:  # the loop turns many times; the market makes nothing more
+            for _ in range(20):
+                truth = (await http.get("/_sim/truth")).json()
+                assert truth["count"] == frozen and truth["finished"]
+        assert sim.truth_count() == frozen
 
 
 # ---------------------------------------------------------------------------- faults

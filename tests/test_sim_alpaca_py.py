@@ -23,8 +23,8 @@ with warnings.catch_warnings():
     from alpaca.data.requests import StockBarsRequest, StockLatestTradeRequest, StockTradesRequest
     from alpaca.data.timeframe import TimeFrame
     from alpaca.trading.client import TradingClient
-    from alpaca.trading.enums import OrderSide, OrderStatus, QueryOrderStatus, TimeInForce
-    from alpaca.trading.requests import GetOrdersRequest, LimitOrderRequest, MarketOrderRequest
+    from alpaca.trading.enums import AssetClass, AssetStatus, OrderSide, OrderStatus, QueryOrderStatus, TimeInForce
+    from alpaca.trading.requests import GetAssetsRequest, GetOrdersRequest, LimitOrderRequest, MarketOrderRequest
 
 from tickvault.sim import Simulator
 
@@ -49,7 +49,7 @@ async def test_stock_data_stream_receives_exactly_the_ground_truth() -> None:
         stream.subscribe_trades(on_trade, "*")
         task = asyncio.create_task(stream._run_forever())
         try:
-            await asyncio.wait_for(enough.wait(), 20)
+            await asyncio.wait_for(enough.wait(), 120)  # a failure detector, not a speed requirement
         finally:
             await stream.stop_ws()
             sim.send_cancel(sim.symbols[0])  # wakes its receive loop so it sees the stop at once
@@ -153,6 +153,19 @@ async def test_trading_client_orders_account_positions() -> None:
         assert Decimal(positions[0].avg_entry_price) == Decimal(market.filled_avg_price)
 
 
+async def test_trading_client_lists_the_simulated_symbols_as_tradable_assets() -> None:
+    async with Simulator(symbols=["AAPL", "MSFT", "ZAAA"], rate=1_000) as sim:
+        client = TradingClient(KEY, SECRET, paper=True, url_override=sim.rest_url)
+        wanted = GetAssetsRequest(status=AssetStatus.ACTIVE, asset_class=AssetClass.US_EQUITY)
+        assets = await asyncio.to_thread(client.get_all_assets, wanted)
+        assert sorted(a.symbol for a in assets) == ["AAPL", "MSFT", "ZAAA"]
+        assert all(a.tradable and a.status == AssetStatus.ACTIVE and a.asset_class == AssetClass.US_EQUITY
+                   for a in assets)
+        assert len({a.id for a in assets}) == 3
+        crypto = GetAssetsRequest(asset_class=AssetClass.CRYPTO)
+        assert await asyncio.to_thread(client.get_all_assets, crypto) == []
+
+
 async def test_historical_client_gets_exactly_the_ground_truth() -> None:
     n = 25_000  # more than two 10,000-trade pages
     async with Simulator(symbols=3, rate=None, max_trades=n) as sim:
@@ -169,7 +182,7 @@ async def test_historical_client_gets_exactly_the_ground_truth() -> None:
         stream.subscribe_trades(on_trade, "*")
         task = asyncio.create_task(stream._run_forever())
         try:
-            await asyncio.wait_for(enough.wait(), 30)
+            await asyncio.wait_for(enough.wait(), 120)  # a failure detector, not a speed requirement
         finally:
             await stream.stop_ws()
             sim.send_cancel(sim.symbols[0])

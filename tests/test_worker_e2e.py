@@ -2,6 +2,11 @@
 
 The simulator records every trade its market made (whether or not anyone was connected); the
 trades table must equal it exactly — count and a per-symbol checksum — with and without faults.
+
+Nothing here asserts the machine's speed: a market runs until the test calls ``sim.finish()``
+(``max_trades=None``) when its faults must happen while it trades; waits are conditions with generous
+timeouts (failure detectors, not requirements); a worker dropped as a slow client (407) is fine as
+long as the stored trades are exact.
 """
 
 from __future__ import annotations
@@ -77,19 +82,93 @@ async def wait_until(predicate, timeout: float, what: str, poll: float = 0.1) ->
         await asyncio.sleep(poll)
 
 
+def _missing_runs(ids: set[int], sim: Simulator, limit: int = 6) -> str:
+    """The truth's trades missing from ``ids``, as runs of consecutive exchange times (the holes)."""
+    from tickvault.alpaca.protocol import ns_to_rfc3339
+
+    truth = sorted((t, tid) for s in sim.symbols for (tid, t, _p, _s) in sim.truth_trades(s))
+    runs: list[list[int]] = []  # [first_ns, last_ns, count]
+    in_run = False
+    for t, tid in truth:
+        if tid in ids:
+            in_run = False
+        elif in_run:
+            runs[-1][1] = t
+            runs[-1][2] += 1
+        else:
+            runs.append([t, t, 1])
+            in_run = True
+    shown = "; ".join(f"{ns_to_rfc3339(a)} … {ns_to_rfc3339(b)} ({n} trades)" for a, b, n in runs[:limit])
+    return f"{sum(r[2] for r in runs)} missing in {len(runs)} holes: {shown}"
+
+
 def _assert_equals_truth(url: str, sim: Simulator) -> None:
     with psycopg.connect(url) as conn:
         stored = {r[0]: tuple(int(v) for v in r[1:]) for r in conn.execute(CHECKSUM_SQL)}
         if sum(v[0] for v in stored.values()) != sim.truth_count():
             ids = {r[0] for r in conn.execute("SELECT trade_id FROM trades")}
-            missing = sorted(t for s in sim.symbols for (tid, t, _p, _s) in sim.truth_trades(s) if tid not in ids)
-            raise AssertionError(
-                f"stored {len(ids)} trades, truth {sim.truth_count()}: {len(missing)} missing, exchange times "
-                f"{missing[:1]} … {missing[-1:]}"
-            )
+            raise AssertionError(f"stored {len(ids)} trades, truth {sim.truth_count()}: {_missing_runs(ids, sim)}")
     truth = {s: tuple(cs) for s, cs in sim.truth_checksum().items()}
     assert sum(v[0] for v in stored.values()) == sim.truth_count()
     assert stored == truth
+
+
+def _market_made(sim: Simulator, n: int):
+    async def made() -> bool:
+        return sim.truth_count() >= n
+
+    return made
+
+
+async def _subscribed(sim: Simulator) -> bool:
+    return sim.subscribed_clients() > 0
+
+
+class WorkerProcesses:
+    """``tickvault worker run`` subprocesses on one environment, each with its own log; killed on exit."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.procs: list[subprocess.Popen] = []
+        self.logs: list[Path] = []
+
+    def start(self) -> subprocess.Popen:
+        self.logs.append(self.log_dir / f"worker-{len(self.logs)}.log")
+        with open(self.logs[-1], "w") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "tickvault.cli", "worker", "run", "--quiet"],
+                                    env=self.env, stdout=subprocess.DEVNULL, stderr=log, text=True)
+        self.procs.append(proc)
+        return proc
+
+    async def stop(self, proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 120) -> int:
+        proc.send_signal(sig)
+        return await asyncio.to_thread(proc.wait, timeout)
+
+    def log_text(self) -> str:
+        return "\n".join(f"--- {p.name}\n" + p.read_text()[-6000:] for p in self.logs)
+
+    def kill_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+async def _finish_and_assert_truth(url: str, sim: Simulator, workers: WorkerProcesses, proc) -> None:
+    """Stop the market, wait for the worker to store it all, stop the worker, compare with the truth."""
+    sim.finish()
+    try:
+        await wait_until(lambda: _truth_reached(url, sim), 180, "all trades committed")
+    except AssertionError:
+        await workers.stop(proc)
+        try:
+            _assert_equals_truth(url, sim)  # says which trades are missing
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{workers.log_text()}") from None
+        raise
+    assert await workers.stop(proc) == 0, workers.log_text()
+    _assert_equals_truth(url, sim)
 
 
 async def test_worker_stores_exactly_the_simulators_trades(fresh_database, tmp_path):
@@ -99,18 +178,18 @@ async def test_worker_stores_exactly_the_simulators_trades(fresh_database, tmp_p
         settings = _settings_for(sim, url, tmp_path / "run", since)
         handle = WorkerHandle()
         task = asyncio.create_task(run_worker(settings, handle))
-        await asyncio.wait_for(handle.ready.wait(), 30)
+        await asyncio.wait_for(handle.ready.wait(), 120)
         assert (tmp_path / "run" / "worker-e2e.json").exists()  # registered for the profiler
-        await asyncio.wait_for(sim.finished.wait(), 120)
-        await wait_until(lambda: _truth_reached(url, sim), 60, "all trades committed")
+        await asyncio.wait_for(sim.finished.wait(), 300)
+        await wait_until(lambda: _truth_reached(url, sim), 180, "all trades committed")
         handle.stop()
-        await asyncio.wait_for(task, 60)
+        await asyncio.wait_for(task, 120)
     _assert_equals_truth(url, sim)
     m = handle.metrics
     assert m.totals["rejects"] == 0
-    # mostly streamed, not merely backfilled (the in-process simulator shares the worker's loop, so a
-    # busy machine can make it drop the worker as slow once: the backfill then covers the gap)
-    assert m.totals["trades"] + m.totals["backfilled"] >= 200_000 and m.totals["trades"] > 100_000
+    # every trade streamed or backfilled; how many of each depends on the machine (the in-process
+    # simulator shares the worker's loop, so a busy machine makes it drop the worker as slow: 407)
+    assert m.totals["trades"] + m.totals["backfilled"] >= 200_000
     assert m.lifetime["received_to_processed"].total > 0 and m.lifetime["received_to_committed"].total > 0
     with psycopg.connect(url) as conn:
         stats = conn.execute(
@@ -138,25 +217,12 @@ async def test_worker_survives_faults_and_restart_with_exact_ground_truth(fresh_
     if load_settings().database_url is None:
         local = LocalTimescale(load_settings(), log=lambda m: None)
     since = datetime.now(timezone.utc)
-    # 30 s of market at 20k trades/s: every fault below happens while the market still trades.
-    async with Simulator(symbols=50, rate=20_000, frame_size=100, max_trades=600_000, seed=5) as sim:
+    # The market trades until sim.finish(): every fault below happens while it trades, however slow the machine.
+    async with Simulator(symbols=50, rate=20_000, frame_size=100, max_trades=None, seed=5) as sim:
         env = {**os.environ, **_env_for(sim, url, tmp_path / "run", since, TICKVAULT_FEED_SILENCE_S="1.0")}
-
-        logs: list[Path] = []
-
-        def start_worker() -> subprocess.Popen:
-            logs.append(tmp_path / f"worker-{len(logs)}.log")
-            with open(logs[-1], "w") as log:
-                return subprocess.Popen([sys.executable, "-m", "tickvault.cli", "worker", "run", "--quiet"], env=env,
-                                        stdout=subprocess.DEVNULL, stderr=log, text=True)
-
-        def log_text() -> str:
-            return "\n".join(f"--- {p.name}\n" + p.read_text()[-6000:] for p in logs)
-
-        procs: list[subprocess.Popen] = []
+        workers = WorkerProcesses(env, tmp_path)
         try:
-            proc = start_worker()
-            procs.append(proc)
+            proc = workers.start()
             progress = {"n": 0}
 
             async def grew(by: int) -> bool:
@@ -166,15 +232,11 @@ async def test_worker_survives_faults_and_restart_with_exact_ground_truth(fresh_
                     return True
                 return False
 
-            async def subscribed() -> bool:
-                return any(c.sub_key is not None and not c.closed for c in sim._clients)
-
-            await wait_until(lambda: grew(5_000), 60, "first rows")
+            await wait_until(lambda: grew(5_000), 120, "first rows")
             for _ in range(5):
-                assert not sim.finished.is_set(), "the market ended before the faults did"
-                await wait_until(subscribed, 60, "the worker subscribed")
+                await wait_until(lambda: _subscribed(sim), 120, "the worker subscribed")
                 assert sim.drop_connections() >= 1
-                await wait_until(lambda: grew(5_000), 60, "rows after a forced disconnect")
+                await wait_until(lambda: grew(5_000), 120, "rows after a forced disconnect")
             loop = asyncio.get_running_loop()
             stall_ends = loop.time() + 2.0
             sim.stall(2.0)  # longer than the worker's 1 s silence limit: it must reconnect and backfill
@@ -182,46 +244,27 @@ async def test_worker_survives_faults_and_restart_with_exact_ground_truth(fresh_
             async def stall_over() -> bool:  # the simulator drops every frame until then
                 return loop.time() > stall_ends and await grew(5_000)
 
-            await wait_until(stall_over, 60, "the stall to end and rows to grow")
+            await wait_until(stall_over, 120, "the stall to end and rows to grow")
 
             async def rejects_stored() -> bool:
                 async with await psycopg.AsyncConnection.connect(url) as conn:
                     return (await (await conn.execute("SELECT count(*) FROM bad_messages")).fetchone())[0] >= 2
 
-            await wait_until(subscribed, 60, "the worker subscribed")
+            await wait_until(lambda: _subscribed(sim), 120, "the worker subscribed")
             sim.send_malformed()
             sim.send_unknown_type()
-            await wait_until(rejects_stored, 60, "the malformed frame and the unknown message in bad_messages")
-            assert not sim.finished.is_set(), "the market ended before the faults did"
+            await wait_until(rejects_stored, 120, "the malformed frame and the unknown message in bad_messages")
             if local is not None:
                 await asyncio.to_thread(local.stop)
                 await asyncio.to_thread(local.start)
-                await wait_until(lambda: grew(5_000), 90, "rows after a database restart")
-            await wait_until(subscribed, 60, "the worker subscribed")
-            proc.send_signal(signal.SIGTERM)
-            rc = await asyncio.to_thread(proc.wait, 60)
-            assert rc == 0, log_text()
-            proc = start_worker()
-            procs.append(proc)  # the restart backfills what the market made while it was down
-            await asyncio.wait_for(sim.finished.wait(), 180)
-            try:
-                await wait_until(lambda: _truth_reached(url, sim), 120, "all trades after faults")
-            except AssertionError:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    _assert_equals_truth(url, sim)  # says which trades are missing
-                except AssertionError as exc:
-                    raise AssertionError(f"{exc}\n{log_text()}") from None
-                raise
-            proc.send_signal(signal.SIGTERM)
-            rc = await asyncio.to_thread(proc.wait, 60)
-            assert rc == 0, log_text()
-
+                await wait_until(lambda: grew(5_000), 180, "rows after a database restart")
+            await wait_until(lambda: _subscribed(sim), 120, "the worker subscribed")
+            assert await workers.stop(proc) == 0, workers.log_text()
+            proc = workers.start()  # the restart backfills what the market made while it was down
+            await wait_until(lambda: _subscribed(sim), 120, "the restarted worker subscribed")
+            await _finish_and_assert_truth(url, sim, workers, proc)
         finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-    _assert_equals_truth(url, sim)
+            workers.kill_all()
     with psycopg.connect(url) as conn:
         bad = conn.execute("SELECT reason FROM bad_messages").fetchall()
         reconnects, backfilled, stalls = conn.execute(
@@ -240,33 +283,39 @@ async def test_shutdown_with_database_gone_spills_then_next_start_commits(fresh_
     dbname = url.rsplit("/", 1)[1]
     since = datetime.now(timezone.utc)
     admin = admin_url.rsplit("/", 1)[0] + "/postgres"
-    async with Simulator(symbols=20, rate=20_000, frame_size=100, max_trades=120_000, seed=9) as sim:
-        env = {**os.environ, **_env_for(sim, url, tmp_path / "run", since, TICKVAULT_SHUTDOWN_TIMEOUT_S="3")}
+    metrics_port = _free_port()
+    async with Simulator(symbols=20, rate=20_000, frame_size=100, max_trades=None, seed=9) as sim:
+        env = {**os.environ, **_env_for(sim, url, tmp_path / "run", since, TICKVAULT_SHUTDOWN_TIMEOUT_S="3",
+                                        TICKVAULT_METRICS_PORT=str(metrics_port))}
         cmd = [sys.executable, "-m", "tickvault.cli", "worker", "run", "--quiet"]
         log = open(tmp_path / "worker.log", "w")
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
         try:
-            await wait_until(lambda: _grew_past(url, 10_000), 60, "first rows")
+            await wait_until(lambda: _grew_past(url, 10_000), 120, "first rows")
             with psycopg.connect(admin, autocommit=True) as conn:  # the database goes away
                 conn.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS false')
                 conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (dbname,))
-            mark = sim.truth_count()
+            failed_commits = await _worker_total(metrics_port, "db_errors")
 
-            async def market_moved_on() -> bool:  # rows pile up in the worker while the database is away
-                return sim.truth_count() >= mark + 5_000
+            async def rows_held() -> bool:
+                # A commit failed since the database went away, and rows are still waiting: they cannot
+                # be committed now, so the shutdown below must spill them.
+                return (await _worker_total(metrics_port, "db_errors") > failed_commits
+                        and await _worker_gauge(metrics_port, "pending_rows") > 0)
 
-            await wait_until(market_moved_on, 30, "the market to go on while the database is away")
+            await wait_until(rows_held, 120, "the worker to hold rows it cannot commit")
             proc.send_signal(signal.SIGTERM)
-            rc = await asyncio.to_thread(proc.wait, 30)
+            rc = await asyncio.to_thread(proc.wait, 120)
             assert rc == 3, (tmp_path / "worker.log").read_text()[-3000:]
             spills = list((tmp_path / "run" / "spill").glob("e2e-*.spill.jsonl"))
             assert len(spills) == 1 and spills[0].stat().st_size > 0
             with psycopg.connect(admin, autocommit=True) as conn:
                 conn.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS true')
             proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
-            await asyncio.wait_for(sim.finished.wait(), 120)
+            await wait_until(lambda: _subscribed(sim), 120, "the restarted worker subscribed")
+            sim.finish()
             try:
-                await wait_until(lambda: _truth_reached(url, sim), 90, "all trades after recovery")
+                await wait_until(lambda: _truth_reached(url, sim), 180, "all trades after recovery")
             except AssertionError:
                 try:
                     _assert_equals_truth(url, sim)
@@ -275,7 +324,7 @@ async def test_shutdown_with_database_gone_spills_then_next_start_commits(fresh_
                 raise
             assert not list((tmp_path / "run" / "spill").glob("*.spill.jsonl"))  # recovered and removed
             proc.send_signal(signal.SIGTERM)
-            assert await asyncio.to_thread(proc.wait, 60) == 0
+            assert await asyncio.to_thread(proc.wait, 120) == 0
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -294,35 +343,114 @@ async def _grew_past(url: str, n: int) -> bool:
     return await _count(url) >= n
 
 
-async def test_a_trickle_of_rows_is_committed_within_the_flush_interval(fresh_database):
-    """A quiet feed: a few rows after an idle writer reach the database within writer_flush_ms, not at
-    the next full batch."""
-    from tickvault.db.pool import open_pool
-    from tickvault.stream.metrics import Metrics
-    from tickvault.stream.writer import BatchWriter
+def _free_port() -> int:
+    import socket
 
-    url = fresh_database()
-    settings = load_settings(database_url=url)
-    pool = await open_pool(settings, min_size=1, url=url)
-    writer = BatchWriter(pool, Metrics(), worker="trickle", batch_rows=20_000, flush_ms=50)
-    task = asyncio.create_task(writer.run())
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def _worker_gauge(port: int, name: str) -> float:
+    """A figure from the worker's Prometheus endpoint (0 while it is not up yet)."""
+    import httpx
+
     try:
-        import time
-
-        base = time.time_ns()
-        for i in range(3):  # three lone trades, each after the writer went idle
-            await writer.submit(time.monotonic_ns(), trades=[(base + i, "QUIET", i, "V", 10.0, 1, None, "C")])
-
-            async def stored(n=i + 1) -> bool:
-                return await _count(url) >= n
-
-            await wait_until(stored, 5, f"lone trade {i} committed", poll=0.01)
-            await wait_until(lambda: _idle(writer), 5, "the writer idle again", poll=0.01)
-    finally:
-        writer.close()
-        await task
-        await pool.close()
+        async with httpx.AsyncClient(timeout=10) as client:
+            text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    except httpx.TransportError:
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith(f"tickvault_{name}{{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
-async def _idle(writer) -> bool:
-    return writer.pending_rows() == 0
+async def _worker_total(port: int, name: str) -> float:
+    """A counter from the worker's Prometheus endpoint (0 while it is not up yet)."""
+    return await _worker_gauge(port, f"{name}_total")
+
+
+# ---------------------------------------------------------------------------- restarts and symbols
+async def test_wildcard_first_start_backfills_every_tradable_symbol_from_backfill_from(fresh_database, tmp_path):
+    """No TICKVAULT_SYMBOLS, TICKVAULT_BACKFILL_FROM set, nothing stored: the gap before the subscription is
+    backfilled for the broker's tradable assets (GET /v2/assets), so the table equals the truth."""
+    url = fresh_database()
+    since = datetime.now(timezone.utc)
+    async with Simulator(symbols=30, rate=20_000, frame_size=100, max_trades=None, seed=11) as sim:
+        await wait_until(_market_made(sim, 20_000), 120, "the market to trade before the worker starts")
+        settings = _settings_for(sim, url, tmp_path / "run", since, TICKVAULT_SYMBOLS="")
+        assert settings.symbols == [] and settings.backfill_from is not None
+        handle = WorkerHandle()
+        task = asyncio.create_task(run_worker(settings, handle))
+        try:
+            await asyncio.wait_for(handle.ready.wait(), 120)
+            await wait_until(_market_made(sim, sim.truth_count() + 20_000), 120, "the market to go on streaming")
+            sim.finish()
+            await wait_until(lambda: _truth_reached(url, sim), 180, "all trades committed")
+        except AssertionError:
+            _assert_equals_truth(url, sim)  # names the holes
+            raise
+        finally:
+            handle.stop()
+            await asyncio.wait_for(task, 120)
+    _assert_equals_truth(url, sim)
+    assert handle.metrics.totals["backfilled"] >= 20_000  # the first 20k trades came by REST only
+
+
+async def test_wildcard_worker_restarted_after_sigterm_leaves_no_hole(fresh_database, tmp_path):
+    """`tickvault worker run` with no TICKVAULT_SYMBOLS streams, stops on SIGTERM, the market goes on, it
+    restarts: the restart's gap is backfilled for the symbols stored before it, so no hole."""
+    url = fresh_database()
+    since = datetime.now(timezone.utc)
+    async with Simulator(symbols=50, rate=20_000, frame_size=100, max_trades=None, seed=13) as sim:
+        env = {**os.environ, **_env_for(sim, url, tmp_path / "run", since, TICKVAULT_SYMBOLS="")}
+        workers = WorkerProcesses(env, tmp_path)
+        try:
+            proc = workers.start()
+            await wait_until(lambda: _subscribed(sim), 120, "the worker subscribed")
+            await wait_until(_market_made(sim, sim.truth_count() + 20_000), 120, "the worker to stream a while")
+            await wait_until(lambda: _grew_past(url, 20_000), 120, "rows stored")
+            assert await workers.stop(proc) == 0, workers.log_text()
+            down_at = sim.truth_count()
+            await wait_until(_market_made(sim, down_at + 40_000), 120, "the market to go on while the worker is down")
+            proc = workers.start()
+            await wait_until(lambda: _subscribed(sim), 120, "the restarted worker subscribed")
+            await wait_until(_market_made(sim, sim.truth_count() + 20_000), 120, "the restarted worker to stream")
+            await _finish_and_assert_truth(url, sim, workers, proc)
+        finally:
+            workers.kill_all()
+    assert "wildcard subscription" in workers.logs[1].read_text()
+
+
+async def test_worker_killed_with_sigkill_mid_stream_restarts_with_exactly_the_simulators_trades(
+    fresh_database, tmp_path
+):
+    """SIGKILL while streaming and while its first-start backfill is still running (slow REST): no drain,
+    no flush, batches in flight lost, the newest stored trade lies past the unfinished backfill. The
+    restart resumes from the backfill window left open (gaps.py) and the table equals the truth."""
+    url = fresh_database()
+    since = datetime.now(timezone.utc)
+    async with Simulator(symbols=50, rate=20_000, frame_size=100, max_trades=None, seed=17) as sim:
+        env = {**os.environ, **_env_for(sim, url, tmp_path / "run", since)}
+        workers = WorkerProcesses(env, tmp_path)
+        try:
+            await wait_until(_market_made(sim, 30_000), 120, "the market to trade before the worker starts")
+            sim.rest_latency(1_000)  # each REST page takes a second: the backfill of 30k+ trades outlasts the kill
+            proc = workers.start()
+            await wait_until(lambda: _subscribed(sim), 120, "the worker subscribed")
+            await wait_until(_market_made(sim, sim.truth_count() + 20_000), 120, "the worker to stream a while")
+            await wait_until(lambda: _grew_past(url, 10_000), 120, "streamed rows stored")
+            assert sim.subscribed_clients() == 1  # mid-stream
+            assert await _count(url) < sim.truth_count()  # the backfill is not done
+            assert await workers.stop(proc, signal.SIGKILL) == -signal.SIGKILL
+            sim.rest_latency(0)
+            killed_at = sim.truth_count()
+            await wait_until(_market_made(sim, killed_at + 20_000), 120, "the market to go on while the worker is dead")
+            proc = workers.start()
+            await wait_until(lambda: _subscribed(sim), 120, "the restarted worker subscribed")
+            await wait_until(_market_made(sim, sim.truth_count() + 20_000), 120, "the restarted worker to stream")
+            await _finish_and_assert_truth(url, sim, workers, proc)
+        finally:
+            workers.kill_all()
+    assert "left a backfill unfinished" in workers.logs[1].read_text()

@@ -2,7 +2,7 @@
 
 Two families, for two workloads:
 
-* Trading objects (:class:`Account`, :class:`Position`, :class:`Order`, :class:`FillActivity`,
+* Trading objects (:class:`Account`, :class:`Asset`, :class:`Position`, :class:`Order`, :class:`FillActivity`,
   :class:`OrderRequest`) are pydantic v2 models: few per call, validated field by field, unknown
   fields Alpaca adds later ignored (``extra="ignore"``), never fatal.
 * Historical ticks (:class:`HistTrade`, :class:`HistQuote`, :class:`HistBar`) are slotted frozen
@@ -31,6 +31,7 @@ from tickvault.alpaca.protocol import ns_to_datetime, ns_to_rfc3339, rfc3339_to_
 
 __all__ = [
     "Account",
+    "Asset",
     "FillActivity",
     "HistBar",
     "HistQuote",
@@ -109,6 +110,23 @@ class Account(_AlpacaModel):
     account_blocked: bool | None = None
     shorting_enabled: bool | None = None
     created_at: UtcDatetime | None = None
+
+
+class Asset(_AlpacaModel):
+    """One entry of ``GET /v2/assets``: Alpaca's master list of what it trades and serves data for."""
+
+    id: str
+    asset_class: str = Field(alias="class")
+    exchange: str
+    symbol: str
+    name: str | None = None
+    status: str
+    tradable: bool
+    marginable: bool
+    shortable: bool
+    easy_to_borrow: bool
+    fractionable: bool
+    attributes: list[str] | None = None
 
 
 class Position(_AlpacaModel):

@@ -47,6 +47,7 @@ import httpx
 from tickvault.alpaca.errors import AlpacaError, TransportError, UnprocessableError, error_class_for_status
 from tickvault.alpaca.models import (
     Account,
+    Asset,
     FillActivity,
     HistBar,
     HistQuote,
@@ -185,6 +186,21 @@ class AlpacaREST:
     async def get_positions(self) -> list[Position]:
         rows = await self._request("GET", self.trading_url, "/v2/positions")
         return [Position.model_validate(row) for row in rows or ()]
+
+    # ----------------------------------------------------------------------------- assets
+
+    async def list_assets(
+        self,
+        status: Literal["active", "inactive"] | None = "active",
+        asset_class: Literal["us_equity", "us_option", "crypto"] = "us_equity",
+    ) -> list[Asset]:
+        """``GET /v2/assets``: the broker's asset list (one response, ~12k US equities, ~3 MB; Alpaca
+        does not page it). ``status=None`` asks for every status."""
+        params: dict[str, Any] = {"asset_class": asset_class}
+        if status is not None:
+            params["status"] = status
+        rows = await self._request("GET", self.trading_url, "/v2/assets", params=params)
+        return [Asset.model_validate(row) for row in rows or ()]
 
     # ----------------------------------------------------------------------------- orders
 

@@ -32,6 +32,7 @@ import re
 import signal
 import socket
 import time
+import uuid
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
@@ -78,6 +79,8 @@ _TF_UNIT_NS = {
     "D": 1440 * MINUTE_NS,
 }
 _FAR_FUTURE = 2**62
+ASSET_EXCHANGE = "NASDAQ"  # listing exchange the simulated assets report (trades print on IEX, "V")
+_ASSET_NAMESPACE = uuid.UUID("5f1c0d0e-7a6b-4c1e-9a53-7469636b7661")  # fixed: asset ids stable across runs
 
 
 class _QuietUvicorn(uvicorn.Server):
@@ -157,7 +160,9 @@ class Simulator:
 
     ``symbols``: a count or a list of names. ``rate``: trades per second across all symbols, or None
     to generate as fast as the slowest subscribed client reads (then the market waits while nobody
-    is subscribed). ``max_trades``: stop generating after this many, then set :attr:`finished`.
+    is subscribed). ``max_trades``: stop generating after this many, then set :attr:`finished`;
+    None: trade until :meth:`finish` (a test's faults then never outlast the market, however slow
+    the machine).
     ``quotes_per_trade``: quotes generated per trade (0.25: one quote every four trades).
     ``ws_port``/``rest_port``: 0 picks free ports (read :attr:`ws_url`, :attr:`rest_url` after start).
     ``clock``: ns since the epoch for trade times (default wall clock; a test may run time faster to
@@ -210,6 +215,7 @@ class Simulator:
         self.market = Market(names, seed=seed, quotes_per_trade=quotes_per_trade, truth_limit=truth_limit)
         self.broker = Broker(self._price_for_broker, cash=cash)
         self.finished = asyncio.Event()
+        self._finish_requested = False  # set by finish(): the market makes no trade after it
         self.corrections: list[dict] = []  # one per send_correction() call (bounded by the caller)
         self.cancels: list[dict] = []  # one per send_cancel() call (bounded by the caller)
         self.stats: dict[str, int] = {
@@ -221,7 +227,9 @@ class Simulator:
             "stall_dropped_frames": 0,
             "rest_requests": 0,
             "rest_faults": 0,
+            "rest_in_flight_max": 0,  # most Alpaca REST requests being answered at once
         }
+        self._rest_in_flight = 0
         self._clients: set[_MarketClient] = set()  # every open market-data connection
         self._authed: dict[
             tuple[str, str], set[_MarketClient]
@@ -371,6 +379,16 @@ class Simulator:
         book = self.market.books.get(symbol)
         return None if book is None else book.price_cents
 
+    def subscribed_clients(self) -> int:
+        """Open market-data connections with a subscription (a test waits on this, not on a sleep)."""
+        return sum(1 for c in self._clients if c.sub_key is not None and not c.closed)
+
+    def finish(self) -> None:
+        """Stop the market now and set :attr:`finished`: no trade is made after this returns, so the
+        ground truth is final. Frames already made are still delivered; REST keeps serving."""
+        self._finish_requested = True
+        self.finished.set()
+
     # ------------------------------------------------------------------ faults
     def drop_connections(self) -> int:
         """Abort every market-data connection (no close frame, like a network failure). Returns how many."""
@@ -480,8 +498,9 @@ class Simulator:
         on_trade = self.broker.on_trade
         made = 0
         limit = self.max_trades
+        # Nothing awaits between a loop test and generate(): finish() takes effect before the next trade.
         if self.rate is None:
-            while limit is None or made < limit:
+            while (limit is None or made < limit) and not self._finish_requested:
                 if not any(c.sub_key is not None for c in self._clients):
                     self._subscribed.clear()
                     await self._subscribed.wait()
@@ -496,7 +515,7 @@ class Simulator:
             tick = min(0.05, max(0.001, self.frame_size / rate))  # ~one full frame per tick
             max_batch = max(self.frame_size, int(rate * 0.05))  # bounded work per loop turn
             t0 = loop.time()
-            while limit is None or made < limit:
+            while (limit is None or made < limit) and not self._finish_requested:
                 due = int((loop.time() - t0) * rate) - made
                 if due <= 0:
                     items = self.market.flush_bars(self.clock())
@@ -805,6 +824,7 @@ class Simulator:
             Route("/v2/account/activities/{activity_type}", e(self._activities)),
             Route("/v2/account/activities", e(self._activities)),
             Route("/v2/clock", e(self._clock)),
+            Route("/v2/assets", e(self._assets)),
             Route("/_sim/faults", self._sim_faults, methods=["POST"]),
             Route("/_sim/truth", self._sim_truth),
             Route("/_sim/stats", self._sim_stats),
@@ -816,6 +836,14 @@ class Simulator:
 
         async def endpoint(request: Request) -> Response:
             self.stats["rest_requests"] += 1
+            self._rest_in_flight += 1  # concurrency is observed here, not inferred from timings
+            self.stats["rest_in_flight_max"] = max(self.stats["rest_in_flight_max"], self._rest_in_flight)
+            try:
+                return await answer(request)
+            finally:
+                self._rest_in_flight -= 1
+
+        async def answer(request: Request) -> Response:
             if self._rest_latency_s:
                 await asyncio.sleep(self._rest_latency_s)
             status, count, retry_after = self._rest_fail
@@ -1075,6 +1103,21 @@ class Simulator:
             page_token=q.get("page_token"),
         )
 
+    def _assets(self, request: Request) -> list[dict]:
+        """``GET /v2/assets``: every simulated symbol is an active, tradable US equity (like Alpaca,
+        an unset status means every status; an unknown status or class is a 422)."""
+        q = request.query_params
+        status = q.get("status")
+        asset_class = q.get("asset_class") or "us_equity"
+        if status not in (None, "", "active", "inactive"):
+            raise ValueError(f"status must be active or inactive, not {status!r}")
+        if asset_class not in ("us_equity", "us_option", "crypto"):
+            raise ValueError(f"asset_class must be us_equity, us_option or crypto, not {asset_class!r}")
+        exchange = q.get("exchange")
+        if status == "inactive" or asset_class != "us_equity" or exchange not in (None, "", ASSET_EXCHANGE):
+            return []
+        return [_asset_json(s) for s in self.symbols]
+
     def _clock(self, request: Request) -> dict:
         now = time.time_ns()
         day = 86_400 * 10**9
@@ -1124,6 +1167,27 @@ def _trade_json(t: int, cents: int, size: int, tid: int) -> dict:
         "c": list(CONDITIONS),
         "i": tid,
         "z": TAPE,
+    }
+
+
+def _asset_json(symbol: str) -> dict:
+    """Alpaca's asset object for a simulated symbol; the id is stable (uuid5 of the symbol)."""
+    return {
+        "id": str(uuid.uuid5(_ASSET_NAMESPACE, symbol)),
+        "class": "us_equity",
+        "exchange": ASSET_EXCHANGE,
+        "symbol": symbol,
+        "name": f"{symbol} Simulated Inc. Common Stock",
+        "status": "active",
+        "tradable": True,
+        "marginable": True,
+        "maintenance_margin_requirement": 30,
+        "margin_requirement_long": "30",
+        "margin_requirement_short": "30",
+        "shortable": True,
+        "easy_to_borrow": True,
+        "fractionable": True,
+        "attributes": [],
     }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 _SUB = 4  # buckets per doubling
@@ -96,6 +97,8 @@ class Metrics:
     queue_max: int = 0
     rss_mb: float = 0.0
     cpu_percent: float = 0.0
+    # Rows accepted but not yet committed (the writer's count, read at scrape time: no hot-path cost).
+    pending_rows_source: Callable[[], int] | None = None
 
     def observe(self, stage: str, ns: int, n: int = 1) -> None:
         self.interval[stage].record(ns, n)
@@ -123,6 +126,9 @@ class Metrics:
         for gauge in ("queue_depth", "queue_max", "rss_mb", "cpu_percent"):
             lines.append(f"# TYPE tickvault_{gauge} gauge")
             lines.append(f"tickvault_{gauge}{{{label}}} {getattr(self, gauge)}")
+        if self.pending_rows_source is not None:
+            lines.append("# TYPE tickvault_pending_rows gauge")
+            lines.append(f"tickvault_pending_rows{{{label}}} {self.pending_rows_source()}")
         for stage, hist in self.lifetime.items():
             lines.append(f"# TYPE tickvault_{stage}_ms summary")
             for q in (0.5, 0.9, 0.99):

@@ -11,7 +11,10 @@ gap from the REST history — trades and minute bars from the last exchange time
 the exchange time of the first trade the new connection delivers (where the stream really resumes:
 a server may stay silent or drop data for a while after the ack) — and merges it through the
 writer's de-duplicating path. The stream itself has no replay. A gap still open at shutdown is
-closed by the next start, which resumes from the newest stored trade.
+closed by the next start, which resumes from the newest stored trade, or from the oldest backfill
+window a crash or a cut shutdown left open (:mod:`tickvault.stream.gaps`). With a wildcard subscription
+the reader tells the :class:`~tickvault.stream.universe.BackfillUniverse` each frame's trade symbols
+before queueing it, so a gap's symbols include every symbol received before the gap began.
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ from tickvault.alpaca.protocol import (
     ns_to_rfc3339,
     subscribe_message,
 )
+from tickvault.stream.gaps import GapLedger
 from tickvault.stream.metrics import Metrics
+from tickvault.stream.universe import BackfillUniverse
 
 log = logging.getLogger("tickvault.reader")
 
@@ -83,6 +88,8 @@ class MarketDataReader:
         backfill: BackfillFn | None = None,
         resume_from_ns: int | None = None,
         silence_s: float = 0.0,
+        universe: BackfillUniverse | None = None,
+        gaps: GapLedger | None = None,
     ) -> None:
         self.url = url
         self._key = key
@@ -92,6 +99,9 @@ class MarketDataReader:
         self.channels = list(channels)
         self.symbols = list(symbols) or ["*"]
         self.backfill = backfill
+        self.gaps = gaps  # open backfill windows, on disk until done (a restart redoes what a crash cut)
+        # Learns a wildcard subscription's symbols from the frames (bounded: see universe.py).
+        self._observe = universe.observe if universe is not None and universe.wildcard else None
         self.last_exchange_ns = resume_from_ns  # latest exchange time received (or stored, at start)
         self.silence_s = silence_s or None
         # A quiet feed (overnight, weekends) is not a fault: each silent reconnect that brings no data
@@ -128,6 +138,9 @@ class MarketDataReader:
                     ping_timeout=180,
                 ) as ws:
                     self._ws = ws
+                    # The gap starts where the data stopped, fixed before the handshake: trades that
+                    # arrive before the ack would otherwise move its start past the hole.
+                    gap_start = self._gap_from if self._gap_from is not None else self.last_exchange_ns
                     await self._handshake(ws)
                     self.connected.set()
                     if not first:
@@ -135,7 +148,7 @@ class MarketDataReader:
                     first = False
                     delay = BACKOFF_START_S
                     if self.backfill is not None:
-                        start = self._gap_from if self._gap_from is not None else self.last_exchange_ns
+                        start = gap_start
                         if start is not None:
                             # What the market made up to the ack is in the REST history now; what it
                             # makes between the ack and the first trade this connection delivers is
@@ -219,6 +232,8 @@ class MarketDataReader:
     async def _enqueue(self, frame: ColumnarFrame, wall: int, mono: int) -> None:
         trades = frame.trades
         if trades is not None:
+            if self._observe is not None:
+                self._observe(trades.latest)  # the frame's symbols: one key per symbol
             if self._gap_from is not None:
                 resumed = trades.time_min_ns
                 self._spawn_backfill(self._gap_from, max(resumed, self._gap_from))
@@ -241,23 +256,26 @@ class MarketDataReader:
             self.metrics.queue_max = depth
 
     def _spawn_backfill(self, start_ns: int, end_ns: int) -> None:
-        task = asyncio.create_task(self._run_backfill(start_ns, end_ns))
+        token = self.gaps.open(start_ns, end_ns) if self.gaps is not None else None
+        task = asyncio.create_task(self._run_backfill(start_ns, end_ns, token))
         self._backfills.add(task)
         task.add_done_callback(self._backfills.discard)
 
-    async def _run_backfill(self, start_ns: int, end_ns: int) -> None:
+    async def _run_backfill(self, start_ns: int, end_ns: int, token: int | None = None) -> None:
         delay = 1.0
         for attempt in range(1, BACKFILL_ATTEMPTS + 1):
             try:
                 rows = await self.backfill(start_ns, end_ns)
                 log.info("backfilled %d rows for the gap %d → %d", rows, start_ns, end_ns)
+                if token is not None:
+                    self.gaps.close(token)  # only now: a crash or a cut shutdown leaves it for the next start
                 return
             except Exception as exc:  # noqa: BLE001 - retried, then logged with the exact window
                 self.metrics.add("db_errors")
                 if attempt == BACKFILL_ATTEMPTS:
                     log.error("backfill of the gap %s → %s failed %d times (%s): the trades of that window are "
-                              "NOT stored", ns_to_rfc3339(start_ns),
-                              ns_to_rfc3339(end_ns), attempt, exc)
+                              "NOT stored%s", ns_to_rfc3339(start_ns), ns_to_rfc3339(end_ns), attempt, exc,
+                              f" (kept in {self.gaps.path}: the next start backfills it)" if self.gaps else "")
                     return
                 log.warning("backfill attempt %d failed (%s); retrying in %.0f s", attempt, exc, delay)
                 await asyncio.sleep(delay)

@@ -21,12 +21,15 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from tickvault.alpaca.protocol import ns_to_rfc3339
 from tickvault.config import Settings
 from tickvault.stream.cache import PriceCache
+from tickvault.stream.gaps import GapLedger
 from tickvault.stream.metrics import Metrics, serve_prometheus
 from tickvault.stream.processor import Processor
 from tickvault.stream.reader import MarketDataReader
 from tickvault.stream.strategy import Strategy
+from tickvault.stream.universe import BackfillUniverse
 from tickvault.stream.writer import BatchWriter, ns_to_datetime
 
 log = logging.getLogger("tickvault.worker")
@@ -64,18 +67,44 @@ def stream_url(settings: Settings) -> str:
     return f"{settings.alpaca_stream_url.rstrip('/')}/v2/{settings.alpaca_feed}"
 
 
+# A restart resumes from the newest trade stored within this window (older data means a first start).
+RESUME_WINDOW = "3 days"
+RESUME_WINDOW_NS = 3 * 86_400 * 10**9
+
+
 async def _resume_point(pool, symbols: Sequence[str]) -> int | None:
-    """Exchange time of the newest stored trade (of our symbols): the start of a restart's gap."""
+    """Exchange time of the newest stored trade (of our symbols; any with a wildcard): the start of a restart's gap."""
     async with pool.connection() as conn:
         if symbols:
             cur = await conn.execute(
-                "SELECT max(time_ns) FROM trades WHERE symbol = ANY(%s) AND time > now() - interval '3 days'",
+                f"SELECT max(time_ns) FROM trades WHERE symbol = ANY(%s) AND time > now() - interval '{RESUME_WINDOW}'",
                 (list(symbols),),
             )
         else:
-            cur = await conn.execute("SELECT max(time_ns) FROM trades WHERE time > now() - interval '3 days'")
+            cur = await conn.execute(f"SELECT max(time_ns) FROM trades WHERE time > now() - interval '{RESUME_WINDOW}'")
         row = await cur.fetchone()
         return row[0] if row else None
+
+
+async def _stored_symbols(pool, limit: int) -> list[str]:
+    """Symbols with trades stored in the resume window (at most ``limit``), for a wildcard restart's gap.
+
+    A loose index scan over ``(symbol, time DESC)``: one index probe per symbol, not a scan of three
+    days of trades (plain DISTINCT would read them all on the Apache edition, which has no SkipScan).
+    """
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            f"""WITH RECURSIVE stored(symbol) AS (
+                  (SELECT symbol FROM trades WHERE time > now() - interval '{RESUME_WINDOW}' ORDER BY symbol LIMIT 1)
+                  UNION ALL
+                  SELECT (SELECT t.symbol FROM trades t
+                           WHERE t.symbol > stored.symbol AND t.time > now() - interval '{RESUME_WINDOW}'
+                           ORDER BY t.symbol LIMIT 1)
+                    FROM stored WHERE stored.symbol IS NOT NULL)
+                SELECT symbol FROM stored WHERE symbol IS NOT NULL LIMIT %s""",
+            (limit,),
+        )
+        return [row[0] for row in await cur.fetchall()]
 
 
 async def run_worker(
@@ -145,6 +174,7 @@ async def _run_started_worker(
     key = settings.alpaca_key_id.get_secret_value()
     secret = settings.alpaca_secret_key.get_secret_value()
     symbols = list(settings.symbols)
+    universe = BackfillUniverse(symbols)  # what a gap backfill asks for; with "*" it learns (universe.py)
 
     rest = AlpacaREST(settings)
     writer = BatchWriter(
@@ -167,8 +197,10 @@ async def _run_started_worker(
                           on_intent=gateway.enqueue if gateway else None)
 
     async def backfill(start_ns: int, end_ns: int) -> int:
-        wanted = symbols or cache.symbols()
+        wanted = await universe.resolve()
         if not wanted:
+            log.warning("no symbols known for the gap %s → %s (wildcard subscription, nothing stored or received "
+                        "yet): nothing to backfill", ns_to_rfc3339(start_ns), ns_to_rfc3339(end_ns))
             return 0
         total = 0
         start, end = ns_to_datetime(start_ns), ns_to_datetime(end_ns + 1000)
@@ -191,18 +223,43 @@ async def _run_started_worker(
     recovered = await writer.recover(spill_dir)  # what a previous run could not commit, first
     if recovered:
         log.warning("committed %d rows spilled by the previous run", recovered)
-    resume = await _resume_point(pool, symbols)
-    if resume is None and settings.backfill_from is not None:
+    resume = await _resume_point(pool, [] if universe.wildcard else symbols)
+    gaps = GapLedger(settings.run_dir / "gaps" / f"{settings.worker_name}.json")
+    window_start_ns = time.time_ns() - RESUME_WINDOW_NS
+    left_open, left_needs_assets = gaps.oldest_inherited(window_start_ns)
+    if left_open is not None and (resume is None or left_open < resume):
+        # The previous run stored trades past a gap it had not finished backfilling: resume before it.
+        log.warning("the previous run left a backfill unfinished from %s; resuming from there",
+                    ns_to_rfc3339(left_open))
+        resume = max(left_open, window_start_ns)
+    if universe.wildcard and resume is not None:  # a restart's gap is made of the symbols stored before it
+        universe.add(await _stored_symbols(pool, universe.max_symbols + 1), "the stored trades")
+    first_start_backfill = resume is None and settings.backfill_from is not None
+
+    async def tradable_symbols() -> list[str]:
+        assets = await rest.list_assets(status="active", asset_class="us_equity")
+        return [a.symbol for a in assets if a.tradable]
+
+    if first_start_backfill:
         since = settings.backfill_from
-        if since.tzinfo is None:
-            raise ValueError("TICKVAULT_BACKFILL_FROM needs a time zone offset (e.g. 2026-03-10T09:30:00-05:00)")
+        # Settings refuses a time without a UTC offset (TICKVAULT_BACKFILL_FROM).
         resume = int(since.timestamp()) * 1_000_000_000 + since.microsecond * 1000
+        universe.fetch_tradable_once(tradable_symbols)  # nothing stored, nothing received yet: ask the broker
+        gaps.with_assets = universe.wildcard
+    elif left_needs_assets and universe.wildcard:
+        universe.fetch_tradable_once(tradable_symbols)  # a first start's backfill was cut short
+        gaps.with_assets = True
+    if universe.wildcard:
+        log.info("wildcard subscription: gap backfills ask for the %d symbols stored in the last %s, those "
+                 "received%s", len(universe), RESUME_WINDOW, ", the broker's tradable assets" if first_start_backfill else "")
     reader = MarketDataReader(
         stream_url(settings), key, secret, queue, metrics,
-        channels=settings.channels, symbols=symbols, backfill=backfill, resume_from_ns=resume,
+        channels=settings.channels, symbols=symbols, backfill=backfill, resume_from_ns=resume, universe=universe,
+        gaps=gaps,
         silence_s=settings.feed_silence_s,
     )
     handle.reader, handle.writer = reader, writer
+    metrics.pending_rows_source = writer.pending_rows
 
     loop = asyncio.get_running_loop()
     if install_signal_handlers:
