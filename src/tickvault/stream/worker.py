@@ -10,6 +10,7 @@ the socket and the writer's bounded batch; see reader.py and writer.py for the o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -115,89 +116,220 @@ async def run_worker(
     on_status: Callable[[dict], None] | None = None,
     strategy: Strategy | None = None,
 ) -> WorkerHandle:
-    """Run the worker until it is stopped (``handle.stop()``, or a signal) and return its handle.
+    """Run a :class:`Worker` until it is stopped (``handle.stop()``, or a signal); return its handle."""
+    worker = Worker(settings, handle, strategy=strategy, install_signal_handlers=install_signal_handlers,
+                    on_status=on_status)
+    return await worker.run()
 
-    What a user can get wrong is refused before anything starts: missing keys (``ValueError``), a
-    strategy that cannot be loaded (``StrategyLoadError``) and a worker name a live worker holds
-    (``WorkerNameTaken``: the name is claimed atomically in the run directory, a stale registration
-    is taken over). ``strategy`` is an already loaded one (the CLI loads it before it starts the
-    database or the simulator); without it ``settings.strategy`` is loaded here. Only then the pool
-    opens, and it is closed whatever happens after: an error during start-up must end the process,
-    not leave the pool's connection attempts running (asyncio.run would wait for them for ever).
-    The registration is removed at the end, only if it is still this process's.
+
+class Worker:
+    """One streaming worker: it owns its resources and runs in stages a test can drive one by one.
+
+    * ``Worker(...)`` refuses what a user can get wrong before anything starts: missing keys
+      (``ValueError``), a strategy that cannot be loaded (``StrategyLoadError``).
+    * :meth:`start` claims the worker name (``WorkerNameTaken`` if a live worker holds it; a stale
+      registration is taken over), opens the pool, commits what a previous run spilled, works out
+      where the stream resumes (newest stored trade, or the oldest gap a crash left open, or
+      ``TICKVAULT_BACKFILL_FROM`` on a first start) and starts the tasks. Every resource it takes
+      is pushed on an ``AsyncExitStack``, so an error half-way releases exactly what was taken:
+      an error during start-up ends the process instead of leaving the pool's connection attempts
+      running (``asyncio.run`` would wait for them for ever).
+    * :meth:`serve` waits until the reader is subscribed (``handle.ready``), then until a stop or a
+      crashed component (an error, not a silent stop).
+    * :meth:`drain` stops reading and, before the shutdown deadline (``shutdown_timeout_s``, or a
+      second signal), waits for running backfills, drains the queue through the processor and
+      commits the writer; :meth:`spill` writes what the database did not take to the spill file,
+      which the next :meth:`start` commits.
+    * :meth:`close` stops the order gateway and the trade-updates listener, writes the last
+      ``ingest_stats`` row (after a full drain, so it counts the drained rows) and unwinds the stack:
+      Prometheus, REST, pool, GC settings, signal handlers, registration (removed only if still
+      this process's).
+
+    :meth:`run` is all of it in order. Bounds: the queue holds ``queue_max_frames`` frames; see
+    reader.py, writer.py and processor.py for theirs.
     """
-    from tickvault.db.pool import open_pool
-    from tickvault.registration import register_worker, unregister_worker
 
-    if not settings.has_alpaca_keys:
-        raise ValueError("the worker needs TICKVAULT_ALPACA_KEY_ID and TICKVAULT_ALPACA_SECRET_KEY (or the simulator's)")
-    if strategy is None and settings.strategy:
-        from tickvault.stream.strategy import load_strategy
+    def __init__(
+        self,
+        settings: Settings,
+        handle: WorkerHandle | None = None,
+        *,
+        strategy: Strategy | None = None,
+        install_signal_handlers: bool = False,
+        on_status: Callable[[dict], None] | None = None,
+    ) -> None:
+        if not settings.has_alpaca_keys:
+            raise ValueError("the worker needs TICKVAULT_ALPACA_KEY_ID and TICKVAULT_ALPACA_SECRET_KEY (or the simulator's)")
+        if strategy is None and settings.strategy:
+            from tickvault.stream.strategy import load_strategy
 
-        strategy = load_strategy(settings.strategy)
-    # Claimed before the spill files of this name are recovered or the feed is opened: a second
-    # worker of the same name must touch neither.
-    register_worker(settings, name=settings.worker_name, pid=os.getpid(),
-                    extra={"metrics_port": settings.metrics_port, "stream": stream_url(settings)})
-    try:
-        pool = await open_pool(settings, min_size=2, name=f"tickvault-{settings.worker_name}")
+            strategy = load_strategy(settings.strategy)
+        self.settings = settings
+        self.handle = handle or WorkerHandle()
+        self.metrics = self.handle.metrics
+        self.strategy = strategy
+        self.install_signal_handlers = install_signal_handlers
+        self.on_status = on_status
+        self.spill_dir = settings.run_dir / "spill"
+        self._stack = contextlib.AsyncExitStack()
+        self._tasks: dict[str, asyncio.Task] = {}
+        self.drained = False
+        self._started = False  # every component exists and its task runs
+        self._stats_clock = time.monotonic()
+
+    # --- the whole life ----------------------------------------------------------------------
+    async def run(self) -> WorkerHandle:
+        """start → serve → drain (or spill) → close; raises ShutdownIncomplete after a spill."""
         try:
-            return await _run_started_worker(settings, handle, pool, strategy,
-                                             install_signal_handlers=install_signal_handlers, on_status=on_status)
+            await self.start()
+            await self.serve()
         finally:
-            await pool.close(timeout=0.5)  # a no-op after a clean run, which closed it itself
-    finally:
-        unregister_worker(settings, settings.worker_name, pid=os.getpid())
+            if self._started:  # shut down in order, whatever happened
+                self.drained = await self.drain()
+                if not self.drained:
+                    self.spill()
+            else:  # start-up failed half-way: stop what it started, release what it took
+                for task in self._tasks.values():
+                    task.cancel()
+                await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+                self._tasks.clear()
+            await self.close()
+        handle = self.handle
+        if handle.spilled:
+            raise ShutdownIncomplete(
+                f"{handle.spilled[1]} rows were not committed before shutdown; they are kept in {handle.spilled[0]} "
+                "and committed by the next `tickvault worker run`"
+            )
+        return handle
 
+    # --- start -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        from tickvault.alpaca.rest import AlpacaREST
+        from tickvault.db.pool import open_pool
+        from tickvault.registration import register_worker, unregister_worker
 
-async def _run_started_worker(
-    settings: Settings,
-    handle: WorkerHandle | None,
-    pool,
-    strategy: Strategy | None,
-    *,
-    install_signal_handlers: bool,
-    on_status: Callable[[dict], None] | None,
-) -> WorkerHandle:
-    from tickvault.alpaca.rest import AlpacaREST
+        settings, metrics, stack = self.settings, self.metrics, self._stack
+        pid = os.getpid()
+        # Claimed before the spill files of this name are recovered or the feed is opened: a second
+        # worker of the same name must touch neither.
+        register_worker(settings, name=settings.worker_name, pid=pid,
+                        extra={"metrics_port": settings.metrics_port, "stream": stream_url(settings)})
+        stack.callback(unregister_worker, settings, settings.worker_name, pid=pid)
+        self._tune_gc()
+        self.pool = pool = await open_pool(settings, min_size=2, name=f"tickvault-{settings.worker_name}")
+        stack.push_async_callback(self._close_pool)
+        self.rest = rest = AlpacaREST(settings)
+        if hasattr(rest, "aclose"):
+            stack.push_async_callback(rest.aclose)
+        self.writer = writer = BatchWriter(pool, metrics, worker=settings.worker_name,
+                                           batch_rows=settings.writer_batch_rows, flush_ms=settings.writer_flush_ms)
+        self.cache = PriceCache(settings.cache_ttl_s, metrics, self._fetch_latest)
+        self.gateway = None
+        if self.strategy is not None:
+            from tickvault.stream.orders import OrderGateway
 
-    handle = handle or WorkerHandle()
-    metrics = handle.metrics
-    # Latency: every buffered trade holds a `conditions` list, a GC-tracked container, so Python's
-    # full collections would walk hundreds of thousands of them (tens of ms with the loop stopped).
-    # Freeze what start-up allocated and collect the young generation less often; nothing here
-    # creates reference cycles on the hot path, so garbage is still freed by reference counting.
-    gc_threshold = gc.get_threshold()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
-    key = settings.alpaca_key_id.get_secret_value()
-    secret = settings.alpaca_secret_key.get_secret_value()
-    symbols = list(settings.symbols)
-    universe = BackfillUniverse(symbols)  # what a gap backfill asks for; with "*" it learns (universe.py)
+            self.gateway = OrderGateway(rest, pool, metrics)
+        self.queue = asyncio.Queue(maxsize=settings.queue_max_frames)  # the bound between socket and writer
+        self.processor = Processor(self.queue, writer, self.cache, metrics, strategy=self.strategy,
+                                   on_intent=self.gateway.enqueue if self.gateway else None)
+        self._tasks["writer"] = asyncio.create_task(writer.run(), name="writer")
+        recovered = await writer.recover(self.spill_dir)  # what a previous run could not commit, first
+        if recovered:
+            log.warning("committed %d rows spilled by the previous run", recovered)
+        self.universe = BackfillUniverse(list(settings.symbols))  # a gap's symbols; with "*" it learns
+        resume, gaps = await self._resume_point()
+        self.reader = reader = MarketDataReader(
+            stream_url(settings), settings.alpaca_key_id.get_secret_value(),
+            settings.alpaca_secret_key.get_secret_value(), self.queue, metrics,
+            channels=settings.channels, symbols=list(settings.symbols), backfill=self.backfill, resume_from_ns=resume,
+            universe=self.universe, gaps=gaps, silence_s=settings.feed_silence_s,
+        )
+        self.handle.reader, self.handle.writer = reader, writer
+        metrics.pending_rows_source = writer.pending_rows
+        if self.install_signal_handlers:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.handle.stop)
+                stack.callback(loop.remove_signal_handler, sig)
+        if settings.metrics_port:
+            prom = await serve_prometheus(metrics, settings.worker_name, settings.metrics_port)
+            stack.callback(prom.close)
+        self._proc = psutil.Process()
+        self._proc.cpu_percent(None)
+        self._tasks["processor"] = asyncio.create_task(self.processor.run(), name="processor")
+        self._tasks["reader"] = asyncio.create_task(reader.run(), name="reader")
+        self._tasks["stats"] = asyncio.create_task(self._stats_loop(), name="stats")
+        if self.gateway is not None:
+            self._tasks["gateway"] = asyncio.create_task(self.gateway.run(), name="order-gateway")
+        from tickvault.stream.orders import TradeUpdatesListener
 
-    rest = AlpacaREST(settings)
-    writer = BatchWriter(
-        pool, metrics, worker=settings.worker_name,
-        batch_rows=settings.writer_batch_rows, flush_ms=settings.writer_flush_ms,
-    )
+        self.listener = TradeUpdatesListener(settings.alpaca_trade_stream_url, settings.alpaca_key_id.get_secret_value(),
+                                             settings.alpaca_secret_key.get_secret_value(), pool, metrics)
+        self.handle.trade_updates = self.listener
+        self._tasks["listener"] = asyncio.create_task(self.listener.run(), name="trade-updates")
+        self._started = True
 
-    async def fetch_latest(syms):
-        latest = await rest.latest_trades(syms)
+    def _tune_gc(self) -> None:
+        # Latency: Python's full collections walk every tracked container (tens of ms with the loop
+        # stopped). Freeze what start-up allocated and collect the young generation less often;
+        # nothing here creates reference cycles on the hot path, so garbage is still freed by
+        # reference counting. Restored at close.
+        threshold = gc.get_threshold()
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 50, 100)
+
+        def restore() -> None:
+            gc.set_threshold(*threshold)
+            gc.unfreeze()
+
+        self._stack.callback(restore)
+
+    async def _close_pool(self) -> None:
+        await self.pool.close(timeout=5 if self.drained else 0.5)
+
+    async def _fetch_latest(self, symbols):
+        latest = await self.rest.latest_trades(symbols)
         return {s: (t.time_ns, float(t.price)) for s, t in latest.items()}
 
-    cache = PriceCache(settings.cache_ttl_s, metrics, fetch_latest)
-    gateway = None
-    if strategy is not None:
-        from tickvault.stream.orders import OrderGateway
+    async def _resume_point(self) -> tuple[int | None, GapLedger]:
+        """Where the stream resumes (None: from the live stream) and the ledger of open backfill windows."""
+        settings, pool, universe = self.settings, self.pool, self.universe
+        resume = await _resume_point(pool, [] if universe.wildcard else list(settings.symbols))
+        gaps = GapLedger(settings.run_dir / "gaps" / f"{settings.worker_name}.json")
+        window_start_ns = time.time_ns() - RESUME_WINDOW_NS
+        left_open, left_needs_assets = gaps.oldest_inherited(window_start_ns)
+        if left_open is not None and (resume is None or left_open < resume):
+            # The previous run stored trades past a gap it had not finished backfilling: resume before it.
+            log.warning("the previous run left a backfill unfinished from %s; resuming from there",
+                        ns_to_rfc3339(left_open))
+            resume = max(left_open, window_start_ns)
+        if universe.wildcard and resume is not None:  # a restart's gap is made of the symbols stored before it
+            universe.add(await _stored_symbols(pool, universe.max_symbols + 1), "the stored trades")
+        first_start_backfill = resume is None and settings.backfill_from is not None
+        if first_start_backfill:
+            # Settings refuses a time without a UTC offset (TICKVAULT_BACKFILL_FROM).
+            since = settings.backfill_from
+            resume = int(since.timestamp()) * 1_000_000_000 + since.microsecond * 1000
+            universe.fetch_tradable_once(self._tradable_symbols)  # nothing stored or received yet: ask the broker
+            gaps.with_assets = universe.wildcard
+        elif left_needs_assets and universe.wildcard:
+            universe.fetch_tradable_once(self._tradable_symbols)  # a first start's backfill was cut short
+            gaps.with_assets = True
+        if universe.wildcard:
+            log.info("wildcard subscription: gap backfills ask for the %d symbols stored in the last %s, those "
+                     "received%s", len(universe), RESUME_WINDOW,
+                     ", the broker's tradable assets" if first_start_backfill else "")
+        return resume, gaps
 
-        gateway = OrderGateway(rest, pool, metrics)
-    queue: asyncio.Queue = asyncio.Queue(maxsize=settings.queue_max_frames)
-    processor = Processor(queue, writer, cache, metrics, strategy=strategy,
-                          on_intent=gateway.enqueue if gateway else None)
+    async def _tradable_symbols(self) -> list[str]:
+        assets = await self.rest.list_assets(status="active", asset_class="us_equity")
+        return [a.symbol for a in assets if a.tradable]
 
-    async def backfill(start_ns: int, end_ns: int) -> int:
-        wanted = await universe.resolve()
+    async def backfill(self, start_ns: int, end_ns: int) -> int:
+        """Trades and 1-minute bars of [start, end] from the REST history, through the dedupe path."""
+        settings, rest, writer = self.settings, self.rest, self.writer
+        wanted = await self.universe.resolve()
         if not wanted:
             log.warning("no symbols known for the gap %s → %s (wildcard subscription, nothing stored or received "
                         "yet): nothing to backfill", ns_to_rfc3339(start_ns), ns_to_rfc3339(end_ns))
@@ -218,58 +350,117 @@ async def _run_started_worker(
                 await writer.submit(time.monotonic_ns(), bars=bars)
         return total
 
-    spill_dir = settings.run_dir / "spill"
-    writer_task = asyncio.create_task(writer.run(), name="writer")
-    recovered = await writer.recover(spill_dir)  # what a previous run could not commit, first
-    if recovered:
-        log.warning("committed %d rows spilled by the previous run", recovered)
-    resume = await _resume_point(pool, [] if universe.wildcard else symbols)
-    gaps = GapLedger(settings.run_dir / "gaps" / f"{settings.worker_name}.json")
-    window_start_ns = time.time_ns() - RESUME_WINDOW_NS
-    left_open, left_needs_assets = gaps.oldest_inherited(window_start_ns)
-    if left_open is not None and (resume is None or left_open < resume):
-        # The previous run stored trades past a gap it had not finished backfilling: resume before it.
-        log.warning("the previous run left a backfill unfinished from %s; resuming from there",
-                    ns_to_rfc3339(left_open))
-        resume = max(left_open, window_start_ns)
-    if universe.wildcard and resume is not None:  # a restart's gap is made of the symbols stored before it
-        universe.add(await _stored_symbols(pool, universe.max_symbols + 1), "the stored trades")
-    first_start_backfill = resume is None and settings.backfill_from is not None
+    # --- serve -------------------------------------------------------------------------------
+    async def serve(self) -> None:
+        handle, tasks = self.handle, self._tasks
+        reader_task = tasks["reader"]
+        connected = asyncio.create_task(self.reader.connected.wait())
+        stopping = asyncio.create_task(handle.stop_event.wait())
+        try:
+            done, _ = await asyncio.wait({connected, stopping, reader_task}, return_when=asyncio.FIRST_COMPLETED)
+            if reader_task in done:
+                reader_task.result()  # AuthFailed and friends surface here
+            handle.ready.set()
+            done, _ = await asyncio.wait({stopping, reader_task, tasks["processor"], tasks["writer"]},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            for task in done - {stopping}:
+                task.result()  # a crashed component is an error, not a silent stop
+        finally:
+            connected.cancel()
+            stopping.cancel()
 
-    async def tradable_symbols() -> list[str]:
-        assets = await rest.list_assets(status="active", asset_class="us_equity")
-        return [a.symbol for a in assets if a.tradable]
+    # --- drain, spill ------------------------------------------------------------------------
+    async def drain(self) -> bool:
+        """Stop reading; commit everything accepted before the deadline. False: cut short (spill next)."""
+        handle, tasks = self.handle, self._tasks
+        handle.stop_event.set()
+        self.reader.stop()
+        try:
+            await asyncio.wait_for(tasks["reader"], 15)
+        except (asyncio.TimeoutError, Exception):  # noqa: BLE001
+            tasks["reader"].cancel()
+        self._deadline = asyncio.get_running_loop().time() + self.settings.shutdown_timeout_s
+        drained = (
+            await self._until_deadline(self.reader.wait_backfills())
+            and await self._until_deadline(self.queue.put(None))
+            and await self._until_deadline(tasks["processor"])
+            and await self._until_deadline(self.writer.drain())
+        )
+        if drained:
+            self.writer.close()
+            await tasks["writer"]
+        return drained
 
-    if first_start_backfill:
-        since = settings.backfill_from
-        # Settings refuses a time without a UTC offset (TICKVAULT_BACKFILL_FROM).
-        resume = int(since.timestamp()) * 1_000_000_000 + since.microsecond * 1000
-        universe.fetch_tradable_once(tradable_symbols)  # nothing stored, nothing received yet: ask the broker
-        gaps.with_assets = universe.wildcard
-    elif left_needs_assets and universe.wildcard:
-        universe.fetch_tradable_once(tradable_symbols)  # a first start's backfill was cut short
-        gaps.with_assets = True
-    if universe.wildcard:
-        log.info("wildcard subscription: gap backfills ask for the %d symbols stored in the last %s, those "
-                 "received%s", len(universe), RESUME_WINDOW, ", the broker's tradable assets" if first_start_backfill else "")
-    reader = MarketDataReader(
-        stream_url(settings), key, secret, queue, metrics,
-        channels=settings.channels, symbols=symbols, backfill=backfill, resume_from_ns=resume, universe=universe,
-        gaps=gaps,
-        silence_s=settings.feed_silence_s,
-    )
-    handle.reader, handle.writer = reader, writer
-    metrics.pending_rows_source = writer.pending_rows
+    async def _until_deadline(self, aw) -> bool:
+        """Await ``aw`` until the shutdown deadline or a second signal; False if cut short."""
+        task = asyncio.ensure_future(aw)
+        force = asyncio.create_task(self.handle.force_event.wait())
+        remaining = max(0.0, self._deadline - asyncio.get_running_loop().time())
+        done, _ = await asyncio.wait({task, force}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        force.cancel()
+        if task in done:
+            task.result()
+            return True
+        task.cancel()
+        return False
 
-    loop = asyncio.get_running_loop()
-    if install_signal_handlers:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, handle.stop)
-    prom = await serve_prometheus(metrics, settings.worker_name, settings.metrics_port) if settings.metrics_port else None
-    proc = psutil.Process()
-    proc.cpu_percent(None)
+    def spill(self) -> None:
+        """After a cut-short drain: stop processor and writer, write the uncommitted rows to a file."""
+        tasks = self._tasks
+        tasks["processor"].cancel()
+        tasks["writer"].cancel()
+        self.handle.spilled = self.writer.spill(self.spill_dir)
+        if self.handle.spilled:
+            log.error("the database did not take %d buffered rows within %.0f s; kept in %s and committed "
+                      "on the next start", self.handle.spilled[1], self.settings.shutdown_timeout_s,
+                      self.handle.spilled[0])
 
-    async def write_stats(interval_s: float) -> None:
+    # --- close -------------------------------------------------------------------------------
+    async def close(self) -> None:
+        tasks = self._tasks
+        try:
+            if "processor" in tasks:  # cancelled by spill(), or finished by drain()
+                await asyncio.gather(tasks["processor"], tasks["writer"], return_exceptions=True)
+            if "gateway" in tasks:
+                self.gateway.close()
+                if not hasattr(self, "_deadline"):
+                    self._deadline = asyncio.get_running_loop().time() + self.settings.shutdown_timeout_s
+                if not await self._until_deadline(tasks["gateway"]):
+                    log.error("order gateway did not finish within the shutdown deadline; pending intents "
+                              "stay pending_submit in orders, where reconciliation reports them")
+            if "listener" in tasks:
+                self.listener.stop()
+                try:
+                    # It only waits on the socket: a second is plenty to leave cleanly, else it is cancelled.
+                    await asyncio.wait_for(tasks["listener"], 2)
+                except asyncio.TimeoutError:
+                    pass
+                except Exception as exc:  # noqa: BLE001 - a refused trade-updates stream is logged at exit
+                    log.warning("trade updates listener ended with %r", exc)
+            if "stats" in tasks:
+                tasks["stats"].cancel()
+                await asyncio.gather(tasks["stats"], return_exceptions=True)
+                if self.drained:
+                    await self._stats_tick()
+        finally:
+            await self._stack.aclose()
+
+    # --- ingest_stats ------------------------------------------------------------------------
+    async def _stats_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self.handle.stop_event.wait(), self.settings.stats_interval_s)
+                return
+            except asyncio.TimeoutError:
+                await self._stats_tick()
+
+    async def _stats_tick(self) -> None:
+        now = time.monotonic()
+        await self._write_stats(now - self._stats_clock)
+        self._stats_clock = now
+
+    async def _write_stats(self, interval_s: float) -> None:
+        settings, metrics, queue, proc, handle = self.settings, self.metrics, self.queue, self._proc, self.handle
         metrics.rss_mb = proc.memory_info().rss / 2**20
         metrics.cpu_percent = proc.cpu_percent(None)
         counts, hists = metrics.snapshot_and_reset()
@@ -282,11 +473,11 @@ async def _run_started_worker(
             **{f"{s}_{q}": h[q] for s, h in hists.items() for q in ("p50_ms", "p99_ms", "max_ms")},
         }
         handle.last_status = status
-        if on_status:
-            on_status(status)
+        if self.on_status:
+            self.on_status(status)
         h = hists
         try:
-            async with pool.connection(timeout=5) as conn:
+            async with self.pool.connection(timeout=5) as conn:
                 await conn.execute(
                     "INSERT INTO ingest_stats (time, worker, interval_s, trades, quotes, bars, other_messages, "
                     "rows_committed, rejects, drops, stalls, reconnects, backfilled, queue_depth, queue_max, "
@@ -310,113 +501,3 @@ async def _run_started_worker(
         except Exception as exc:  # noqa: BLE001 - stats must never take the worker down
             log.warning("could not write ingest_stats (%s); figures kept in memory", exc)
         metrics.queue_max = queue.qsize()
-
-    stats_clock = {"last": time.monotonic()}
-
-    async def stats_tick() -> None:
-        now = time.monotonic()
-        await write_stats(now - stats_clock["last"])
-        stats_clock["last"] = now
-
-    async def stats_loop() -> None:
-        # Ends on stop; the last row is written after the drain, so it counts the drained rows.
-        while True:
-            try:
-                await asyncio.wait_for(handle.stop_event.wait(), settings.stats_interval_s)
-                return
-            except asyncio.TimeoutError:
-                await stats_tick()
-
-    processor_task = asyncio.create_task(processor.run(), name="processor")
-    reader_task = asyncio.create_task(reader.run(), name="reader")
-    stats_task = asyncio.create_task(stats_loop(), name="stats")
-    gateway_task = asyncio.create_task(gateway.run(), name="order-gateway") if gateway else None
-    from tickvault.stream.orders import TradeUpdatesListener
-
-    listener = TradeUpdatesListener(settings.alpaca_trade_stream_url, key, secret, pool, metrics)
-    handle.trade_updates = listener
-    listener_task = asyncio.create_task(listener.run(), name="trade-updates")
-    connected = asyncio.create_task(reader.connected.wait())
-    stopping = asyncio.create_task(handle.stop_event.wait())
-    try:
-        done, _ = await asyncio.wait({connected, stopping, reader_task}, return_when=asyncio.FIRST_COMPLETED)
-        if reader_task in done:
-            reader_task.result()  # AuthFailed and friends surface here
-        handle.ready.set()
-        done, _ = await asyncio.wait({stopping, reader_task, processor_task, writer_task},
-                                     return_when=asyncio.FIRST_COMPLETED)
-        for task in done - {stopping}:
-            task.result()  # a crashed component is an error, not a silent stop
-    finally:
-        connected.cancel()
-        stopping.cancel()
-        handle.stop_event.set()
-        reader.stop()
-        try:
-            await asyncio.wait_for(reader_task, 15)
-        except (asyncio.TimeoutError, Exception):  # noqa: BLE001
-            reader_task.cancel()
-        deadline = asyncio.get_running_loop().time() + settings.shutdown_timeout_s
-
-        async def until_deadline(aw) -> bool:
-            """Await `aw` until the shutdown deadline or a second signal; False if cut short."""
-            task = asyncio.ensure_future(aw)
-            force = asyncio.create_task(handle.force_event.wait())
-            remaining = max(0.0, deadline - asyncio.get_running_loop().time())
-            done, _ = await asyncio.wait({task, force}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-            force.cancel()
-            if task in done:
-                task.result()
-                return True
-            task.cancel()
-            return False
-
-        drained = (
-            await until_deadline(reader.wait_backfills())
-            and await until_deadline(queue.put(None))
-            and await until_deadline(processor_task)
-            and await until_deadline(writer.drain())
-        )
-        if drained:
-            writer.close()
-            await writer_task
-        else:
-            processor_task.cancel()
-            writer_task.cancel()
-            await asyncio.gather(processor_task, writer_task, return_exceptions=True)
-            handle.spilled = writer.spill(spill_dir)
-            if handle.spilled:
-                log.error("the database did not take %d buffered rows within %.0f s; kept in %s and committed "
-                          "on the next start", handle.spilled[1], settings.shutdown_timeout_s, handle.spilled[0])
-        if gateway_task is not None:
-            gateway.close()
-            if not await until_deadline(gateway_task):
-                log.error("order gateway did not finish within the shutdown deadline; pending intents are "
-                          "stay pending_submit in orders, where reconciliation reports them")
-        listener.stop()
-        try:
-            # It only waits on the socket: a second is plenty to leave cleanly, else it is cancelled.
-            await asyncio.wait_for(listener_task, 2)
-        except asyncio.TimeoutError:
-            pass
-        except Exception as exc:  # noqa: BLE001 - a refused trade-updates stream is logged, not fatal at exit
-            log.warning("trade updates listener ended with %r", exc)
-        stats_task.cancel()
-        await asyncio.gather(stats_task, return_exceptions=True)
-        if drained:
-            await stats_tick()
-        if prom is not None:
-            prom.close()
-        await rest.aclose() if hasattr(rest, "aclose") else None
-        await pool.close(timeout=5 if drained else 0.5)
-        gc.set_threshold(*gc_threshold)
-        gc.unfreeze()
-        if install_signal_handlers:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-    if handle.spilled:
-        raise ShutdownIncomplete(
-            f"{handle.spilled[1]} rows were not committed before shutdown; they are kept in {handle.spilled[0]} "
-            "and committed by the next `tickvault worker run`"
-        )
-    return handle
