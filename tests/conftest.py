@@ -38,29 +38,66 @@ def admin_url() -> str:
     return _admin_url()
 
 
+# Databases a test body creates are dropped when that test ends (each one costs a TimescaleDB
+# scheduler, a background worker, while it exists); those made by module- or session-scoped
+# fixtures live until the session ends.
+_IN_TEST_BODY: list[bool] = [False]
+_BODY_DATABASES: list[str] = []
+_DROP: list = []  # the session factory's drop function, once it exists
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    _IN_TEST_BODY[0] = True
+    try:
+        yield
+    finally:
+        _IN_TEST_BODY[0] = False
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    yield  # after the test's own fixtures closed their connections
+    if _BODY_DATABASES and _DROP:
+        names = list(_BODY_DATABASES)
+        _BODY_DATABASES.clear()
+        _DROP[0](names)
+
+
 @pytest.fixture(scope="session")
 def fresh_database(admin_url: str):
-    """A factory: ``fresh_database(migrated=True)`` → URL of a new database, dropped at session end."""
+    """A factory: ``fresh_database(migrated=True)`` → URL of a new database; dropped when the test that
+    made it in its body ends, or at session end when a fixture made it."""
     from tickvault.db.local import ensure_database
     from tickvault.db.migrate import migrate
 
     created: list[str] = []
+    keep = bool(os.environ.get("TICKVAULT_KEEP_TEST_DB"))
+
+    def drop(names: list[str]) -> None:
+        if keep:
+            return
+        with psycopg.connect(_with_db(admin_url, "postgres"), autocommit=True) as conn:
+            for name in names:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                if name in created:
+                    created.remove(name)
 
     def make(migrated: bool = True) -> str:
         name = f"tickvault_test_{secrets.token_hex(4)}"
         ensure_database(_with_db(admin_url, "postgres"), name)
         created.append(name)
+        if _IN_TEST_BODY[0]:
+            _BODY_DATABASES.append(name)
         url = _with_db(admin_url, name)
         if migrated:
             migrate(url)
         return url
 
+    _DROP[:] = [drop]
     yield make
-    if os.environ.get("TICKVAULT_KEEP_TEST_DB"):
-        return
-    with psycopg.connect(_with_db(admin_url, "postgres"), autocommit=True) as conn:
-        for name in created:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    _DROP.clear()
+    drop(list(created))
 
 
 @pytest.fixture(scope="session")

@@ -397,6 +397,7 @@ UI_EXPECTED = {
     "refresh-indicators": (r"refresh-indicators: \d+ indicator rows", r"Indicators refreshed at \d\d:\d\d E[SD]T: \d+ rows? for \d+ symbols?"),
     "purge-retention": (r"retention: dropped \d+ chunk", r"Retention purge: dropped \d+ chunk\(s\), freed "),
     "profile-worker": (r"profile-worker: flows-test-worker \(pid \d+\)", r"Profile of worker flows-test-worker \(pid \d+\): (first report|no regression|\d+ regressions?)"),
+    "alert-check": (r"alert-check: \d+ open incident", r"Alerts at \d\d:\d\d:\d\d E[SD]T: (all clear|\d+ open incident)"),
 }
 
 

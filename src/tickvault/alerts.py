@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 import psycopg
 
 from tickvault.config import Settings
+from tickvault.market_time import MarketClock
 
 log = logging.getLogger("tickvault.alerts")
 
@@ -75,6 +76,29 @@ class AlertReport:
     opened: list[Condition] = field(default_factory=list)
     resolved: list[Condition] = field(default_factory=list)
     open_now: int = 0
+    current: list[Condition] = field(default_factory=list)  # everything wrong at this check
+    checked_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def headline(self, clock: MarketClock) -> str:
+        """The artifact's first heading: the state at a glance."""
+        state = "all clear" if not self.open_now else f"{self.open_now} open incident(s)"
+        return f"Alerts at {clock.time(self.checked_at)}: {state}"
+
+    def log_line(self) -> str:
+        return (f"alert-check: {self.open_now} open incident(s), {len(self.opened)} opened and "
+                f"{len(self.resolved)} resolved by this check")
+
+    def to_markdown(self, clock: MarketClock) -> str:
+        lines = [f"# {self.headline(clock)}", "",
+                 f"Checked {clock.stamp(self.checked_at)}: a silent worker, reconciliation drift left "
+                 "unrepaired, a failing TimescaleDB job. Each incident is announced once when it opens and "
+                 "once when it ends (the webhook automations `tickvault deploy` creates).", ""]
+        for title, items in (("Opened by this check", self.opened), ("Resolved by this check", self.resolved),
+                             ("Open now", self.current)):
+            lines += [f"## {title}", ""]
+            lines += [f"- **{c.title}**: {c.detail}" for c in items] or ["None."]
+            lines.append("")
+        return "\n".join(lines)
 
 
 def current_conditions(conn: psycopg.Connection, settings: Settings) -> list[Condition]:
@@ -140,6 +164,8 @@ def check_alerts(url: str, settings: Settings, emit: Emit) -> AlertReport:
                                  (key,))
                     report.resolved.append(cond)
         report.open_now = len(conditions)
+        report.current = list(conditions.values())
+    log.info("%s", report.log_line())
     for c in report.opened:
         log.warning("alert opened: %s: %s", c.title, c.detail)
     for c in report.resolved:

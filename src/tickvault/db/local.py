@@ -57,10 +57,12 @@ checkpoint_completion_target = 0.9        # spread checkpoint I/O over the inter
 wal_buffers = 64MB                        # one COPY batch of ~20k rows fits without WAL-buffer waits
 wal_compression = lz4                     # shrinks full-page images; cheap on CPU
 synchronous_commit = on                   # a committed batch is durable: the writer's metrics rely on it
-# Timescale runs retention/refresh jobs in background workers; 8 is plenty for a handful of
-# hypertables, and max_worker_processes must cover them plus parallel query workers.
-timescaledb.max_background_workers = 8
-max_worker_processes = 16
+# Timescale runs one job scheduler per database that has the extension, plus the jobs themselves,
+# in background workers: 32 covers tickvault's database, scratch databases of tests and benchmarks
+# running beside it, and their jobs (an idle scheduler costs a few MB). max_worker_processes must
+# cover them plus parallel query workers and the launcher.
+timescaledb.max_background_workers = 32
+max_worker_processes = 40
 max_parallel_workers = 2                  # 2 cores
 max_parallel_workers_per_gather = 1
 work_mem = 32MB                           # OHLCV refreshes sort per bucket
@@ -290,6 +292,13 @@ class LocalTimescale:
         """Start the server; returns False when it was already running."""
         if self.running_pid() is not None:
             return False
+        # The tuning is tickvault's own file: rewritten at each start, so a newer tickvault's settings
+        # reach a cluster initialised by an older one.
+        conf = self.data_dir / "tickvault.conf"
+        if conf.exists() and conf.read_text() != TUNING + f"port = {self.port}\n":
+            stat = conf.stat()
+            conf.write_text(TUNING + f"port = {self.port}\n")
+            os.chown(conf, stat.st_uid, stat.st_gid)
         # `port` is also passed explicitly so a changed TICKVAULT_DB_PORT takes effect.
         proc = self._chroot(
             "pg_ctl", "-D", self.pgdata, "-l", f"{self.pgdata}/startup.log", "-w", "-t", "90",
