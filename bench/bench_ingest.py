@@ -100,9 +100,10 @@ def decoded_rows(n: int, base_ns: int) -> list[tuple]:
 
 
 def bare_copy(url: str, rows: list[tuple]) -> dict:
-    from tickvault.stream.writer import TRADE_COPY, _NsTime, _NsTimestamptz
+    from tickvault.db.tables import TRADES
+    from tickvault.stream.writer import _NsTime, _NsTimestamptz
 
-    statement, types = TRADE_COPY[0].format(table="trades"), TRADE_COPY[1]
+    statement, types = TRADES.copy_statement(), list(TRADES.types)
     with psycopg.connect(url) as conn:
         started = time.perf_counter()
         for i in range(0, len(rows), BARE_COPY_BATCH):
@@ -128,9 +129,9 @@ def encoded_blocks(n: int, base_ns: int) -> list[bytes]:
 def raw_copy(url: str, blocks: list[bytes], rows: int) -> dict:
     """The database's own ceiling: pre-encoded binary COPY data written as it is, no formatting timed."""
     from tickvault.alpaca.columnar import COPY_HEADER, COPY_TRAILER
-    from tickvault.stream.writer import TRADE_COPY
+    from tickvault.db.tables import TRADES
 
-    statement = TRADE_COPY[0].format(table="trades")
+    statement = TRADES.copy_statement()
     per_txn = max(1, BARE_COPY_BATCH // FRAME_SIZE)
     with psycopg.connect(url) as conn:
         started = time.perf_counter()

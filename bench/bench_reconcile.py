@@ -47,7 +47,7 @@ from tickvault.reconcile import (
     reconcile,
 )
 from tickvault.sim import Simulator
-from tickvault.stream.orders import INSERT_FILL, record_order
+from tickvault.db.tables import INSERT_FILL, record_order
 
 LATENCY_MS = 50.0
 REPEATS = 7

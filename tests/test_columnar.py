@@ -34,7 +34,7 @@ from tickvault.alpaca.columnar import (
 )
 from tickvault.alpaca.protocol import _reencode, decode_frame, encode_frame, ns_to_datetime, ns_to_rfc3339
 from tickvault.sim.market import MINUTE_NS, Market, symbol_names
-from tickvault.stream.writer import QUOTE_COPY, TRADE_COPY
+from tickvault.db.tables import QUOTES, TRADES
 
 T0 = 1_704_205_800_123_456_789  # 2024-01-02T14:30:00.123456789Z: an 8-byte Timestamp
 T_SECONDS = 1_704_205_800 * 10**9  # whole seconds below 2^32: the 4-byte form
@@ -421,7 +421,7 @@ def test_copy_bytes_are_what_the_writers_psycopg_dumpers_write() -> None:
         Context.adapters.register_dumper(_NsTime, _NsTimestamptz)
         Context.adapters.register_dumper(_Conditions, _CachedTextArray)
         tx = Transformer(Context)
-        tx.set_dumper_types([Context.adapters.types.get_oid(t) for t in spec[1]], Format.BINARY)
+        tx.set_dumper_types([Context.adapters.types.get_oid(t) for t in spec.types], Format.BINARY)
         formatter = BinaryFormatter(tx)
         data = b"".join(bytes(formatter.write_row(r + (r[0],))) for r in rows) + bytes(formatter.end())
         return data[len(COPY_HEADER):-len(COPY_TRAILER)]
@@ -429,8 +429,8 @@ def test_copy_bytes_are_what_the_writers_psycopg_dumpers_write() -> None:
     msgs = market_messages(200, seed=6) + GOOD_VARIANTS
     got = decode_columnar(encode_frame(msgs))
     df = decode_frame(encode_frame(msgs))
-    assert got.trades.copy == psycopg_copy(TRADE_COPY, df.trades)
-    assert got.quotes.copy == psycopg_copy(QUOTE_COPY, df.quotes)
+    assert got.trades.copy == psycopg_copy(TRADES, df.trades)
+    assert got.quotes.copy == psycopg_copy(QUOTES, df.quotes)
 
 
 def test_copy_header_and_trailer_are_postgres_binary_copy_framing() -> None:
@@ -448,9 +448,9 @@ def test_copy_round_trips_through_postgres_binary_copy_exactly(fresh_database) -
     got = decode_columnar(frame)
     expected = decode_frame(frame)
     with psycopg.connect(fresh_database(), autocommit=True) as conn, conn.cursor() as cur:
-        with cur.copy(TRADE_COPY[0].format(table="trades")) as copy:
+        with cur.copy(TRADES.copy_statement()) as copy:
             copy.write(COPY_HEADER + got.trades.copy + COPY_TRAILER)
-        with cur.copy(QUOTE_COPY[0]) as copy:
+        with cur.copy(QUOTES.copy_statement()) as copy:
             copy.write(COPY_HEADER + got.quotes.copy + COPY_TRAILER)
         stored_trades = cur.execute(
             "SELECT time_ns, symbol, trade_id, exchange, price, size, conditions, tape, time FROM trades"

@@ -33,7 +33,7 @@ from tickvault.config import Settings, load_settings
 from tickvault.http import aclose_http_client
 from tickvault.reconcile import DIFF_KINDS, ReconcileError, fetch_broker_state, reconcile
 from tickvault.sim import Simulator
-from tickvault.stream.orders import INSERT_FILL, record_order
+from tickvault.db.tables import INSERT_FILL, record_order
 
 pytestmark = pytest.mark.db
 

@@ -39,6 +39,7 @@ import psycopg
 
 from tickvault.db.aggregates import AggregateStatus, RefreshResult, aggregate_status, refresh_ohlcv
 from tickvault.db.migrate import server_edition
+from tickvault.db.tables import indicators_upsert
 from tickvault.db.jobs import JobHealth, job_health, jobs_markdown, warning_lines
 from tickvault.indicators import COLUMNS, compute_all
 from tickvault.indicators import definitions as d
@@ -72,13 +73,7 @@ MAX_HISTORY = timedelta(days=30)
 # When the flow has never run, it starts this far back from now rather than scanning all history.
 DEFAULT_INITIAL_LOOKBACK = timedelta(days=1)
 
-_UPSERT = (
-    f"INSERT INTO indicators (time, symbol, timeframe, close, {', '.join(COLUMNS)}, source, computed_at) "
-    f"VALUES (%s, %s, %s, %s, {', '.join(['%s'] * len(COLUMNS))}, %s, now()) "
-    "ON CONFLICT (symbol, timeframe, time) DO UPDATE SET close = excluded.close, "
-    + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS)
-    + ", source = excluded.source, computed_at = excluded.computed_at"
-)
+_UPSERT = indicators_upsert(time_from_ns=False, source=SOURCE)  # the flow's rows, marked as its own
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ from tickvault.alpaca.models import Account, FillActivity, Order, Position
 from tickvault.alpaca.rest import AlpacaREST, collect
 from tickvault.config import Settings, redact, secret_values
 from tickvault.market_time import MarketClock
-from tickvault.stream.orders import INSERT_FILL, UPSERT_ORDER, order_params
+from tickvault.db.tables import INSERT_FILL, UPSERT_ORDER, order_params
 
 __all__ = [
     "DIFF_KINDS",

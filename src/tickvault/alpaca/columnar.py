@@ -2,8 +2,8 @@
 
 :func:`decode_columnar` is :func:`~tickvault.alpaca.protocol.decode_frame` for the worker's hot
 path. Each frame's trades become one :class:`TradeColumns` (and its quotes one
-:class:`QuoteColumns`): the binary COPY tuple data of every row in the writer's ``TRADE_COPY`` /
-``QUOTE_COPY`` column order, the time range, and the newest row per symbol as a ``*_FIELDS`` tuple
+:class:`QuoteColumns`): the binary COPY tuple data of every row in the ``TRADES`` /
+``QUOTES`` column order of :mod:`tickvault.db.tables`, the time range, and the newest row per symbol as a ``*_FIELDS`` tuple
 (what the price cache needs). Every other message (bars, corrections, cancels, statuses, LULDs,
 control) and every :class:`~tickvault.alpaca.protocol.Reject` is in ``rest``, a ``DecodedFrame``
 exactly as ``decode_frame`` gives it.
@@ -84,7 +84,7 @@ class UnstorableRow(ValueError):
 
 @dataclass(slots=True)
 class TradeColumns:
-    """One frame's trades: binary COPY tuple data (no header or trailer) in ``TRADE_COPY`` order."""
+    """One frame's trades: binary COPY tuple data (no header or trailer) in ``tables.TRADES`` order."""
 
     n: int
     copy: bytes
@@ -96,7 +96,7 @@ class TradeColumns:
 
 @dataclass(slots=True)
 class QuoteColumns:
-    """One frame's quotes: binary COPY tuple data (no header or trailer) in ``QUOTE_COPY`` order."""
+    """One frame's quotes: binary COPY tuple data (no header or trailer) in ``tables.QUOTES`` order."""
 
     n: int
     copy: bytes
@@ -238,13 +238,13 @@ def _quote_row(row: tuple) -> bytes:
 
 
 def encode_trade_copy(rows: Iterable[tuple]) -> bytes:
-    """TRADE_FIELDS tuples -> binary COPY tuple data for ``TRADE_COPY`` (no header/trailer).
+    """TRADE_FIELDS tuples -> binary COPY tuple data for ``tables.TRADES`` (no header/trailer).
     Raises :class:`UnstorableRow` on a row the trades table cannot take. Pure Python, a few µs/row."""
     return b"".join([_trade_row(r) for r in rows])
 
 
 def encode_quote_copy(rows: Iterable[tuple]) -> bytes:
-    """QUOTE_FIELDS tuples -> binary COPY tuple data for ``QUOTE_COPY``. Raises :class:`UnstorableRow`."""
+    """QUOTE_FIELDS tuples -> binary COPY tuple data for ``tables.QUOTES``. Raises :class:`UnstorableRow`."""
     return b"".join([_quote_row(r) for r in rows])
 
 

@@ -27,10 +27,10 @@ import time
 from datetime import datetime, timezone
 from decimal import Decimal
 
-import psycopg
 from websockets.asyncio.client import connect
 
 from tickvault.alpaca.models import Order, OrderRequest
+from tickvault.db.tables import INSERT_FILL, record_order
 from tickvault.stream.metrics import Metrics
 from tickvault.stream.strategy import Bar, OrderIntent
 
@@ -41,52 +41,10 @@ MAX_PENDING_INTENTS = 1000
 # One probe of the partial index trading_halts_active_idx, on the connection the intent uses anyway.
 HALTED = "SELECT reason FROM trading_halts WHERE lifted_at IS NULL ORDER BY halted_at DESC LIMIT 1"
 
-UPSERT_ORDER = """
-INSERT INTO orders (client_order_id, id, symbol, side, order_type, time_in_force, order_class, qty, notional,
-                    limit_price, stop_price, filled_qty, filled_avg_price, status, extended_hours, created_at,
-                    submitted_at, updated_at, filled_at, canceled_at, source, raw)
-VALUES (%(client_order_id)s, %(id)s, %(symbol)s, %(side)s, %(order_type)s, %(time_in_force)s, %(order_class)s,
-        %(qty)s, %(notional)s, %(limit_price)s, %(stop_price)s, %(filled_qty)s, %(filled_avg_price)s, %(status)s,
-        %(extended_hours)s, %(created_at)s, %(submitted_at)s, %(updated_at)s, %(filled_at)s, %(canceled_at)s,
-        %(source)s, %(raw)s)
-ON CONFLICT (client_order_id) DO UPDATE SET
-    id = excluded.id, status = excluded.status, filled_qty = excluded.filled_qty,
-    filled_avg_price = excluded.filled_avg_price, updated_at = excluded.updated_at,
-    submitted_at = coalesce(orders.submitted_at, excluded.submitted_at), filled_at = excluded.filled_at,
-    canceled_at = excluded.canceled_at, raw = excluded.raw
-WHERE orders.updated_at IS NULL OR excluded.updated_at IS NULL OR excluded.updated_at >= orders.updated_at
-"""
-
-INSERT_FILL = """
-INSERT INTO fills (order_id, cum_qty, fill_id, client_order_id, symbol, side, qty, price, leaves_qty, fill_type,
-                   transaction_time, source)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (order_id, cum_qty) DO NOTHING
-"""
-
-
 def client_order_id(strategy: str, bar: Bar, intent: OrderIntent) -> str:
     """Deterministic id: the same intent on the same bar always maps to the same order."""
     key = f"{strategy}|{intent.symbol}|{bar.time_ns}|{intent.side}|{intent.qty}|{intent.type}|{intent.limit_price}|{intent.tag}"
     return "tv-" + hashlib.sha256(key.encode()).hexdigest()[:32]
-
-
-def order_params(order: Order, source: str = "worker") -> dict:
-    return {
-        "client_order_id": order.client_order_id, "id": order.id, "symbol": order.symbol, "side": order.side,
-        "order_type": order.order_type or order.type or "market", "time_in_force": order.time_in_force,
-        "order_class": order.order_class, "qty": order.qty, "notional": order.notional,
-        "limit_price": order.limit_price, "stop_price": order.stop_price, "filled_qty": order.filled_qty,
-        "filled_avg_price": order.filled_avg_price, "status": order.status, "extended_hours": order.extended_hours,
-        "created_at": order.created_at, "submitted_at": order.submitted_at, "updated_at": order.updated_at,
-        "filled_at": order.filled_at, "canceled_at": order.canceled_at, "source": source,
-        "raw": json.dumps(order.model_dump(mode="json")),
-    }
-
-
-async def record_order(conn: psycopg.AsyncConnection, order: Order, source: str = "worker") -> None:
-    """Upsert the broker's view of an order (a newer update never loses to an older one)."""
-    await conn.execute(UPSERT_ORDER, order_params(order, source))
 
 
 class OrderGateway:

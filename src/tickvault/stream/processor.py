@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from tickvault.db.tables import INDICATOR_VALUES
 from tickvault.indicators import IndicatorSet
 from tickvault.stream.cache import PriceCache
 from tickvault.stream.metrics import Metrics
@@ -27,10 +28,6 @@ from tickvault.stream.writer import BatchWriter
 
 log = logging.getLogger("tickvault.processor")
 
-INDICATOR_KEYS = (
-    "rsi_14", "ema_12", "ema_26", "sma_20", "macd", "macd_signal", "macd_hist",
-    "bb_upper", "bb_middle", "bb_lower", "atr_14", "vwap",
-)
 
 
 def _nan_to_none(v: float) -> float | None:
@@ -148,4 +145,4 @@ class Processor:
             if intents and self.on_intent is not None:
                 for intent in intents:
                     self.on_intent(self.strategy.name, bar, intent)
-        return (time_ns, symbol, "1m", c) + tuple(_nan_to_none(values[k]) for k in INDICATOR_KEYS)
+        return (time_ns, symbol, "1m", c) + tuple(_nan_to_none(values[k]) for k in INDICATOR_VALUES)

@@ -52,6 +52,17 @@ from tickvault.alpaca.columnar import (
     trade_columns,
 )
 from tickvault.alpaca.protocol import ns_to_datetime
+from tickvault.db.tables import (
+    BAD_MESSAGES,
+    BARS_STAGE,
+    LULDS,
+    QUOTES,
+    TRADES,
+    TRADING_STATUSES,
+    UPSERT_BARS_FROM_STAGE,
+    CopySpec,
+    indicators_upsert,
+)
 from tickvault.stream.metrics import Metrics
 
 log = logging.getLogger("tickvault.writer")
@@ -112,41 +123,11 @@ class _Conditions(list):
     """Marker type to register the text[] dumper on one cursor only."""
 
 
-TRADE_COPY = (
-    "COPY {table} (time, symbol, trade_id, exchange, price, size, conditions, tape, time_ns) FROM STDIN (FORMAT BINARY)",
-    ["timestamptz", "text", "int8", "text", "float8", "int8", "text[]", "text", "int8"],
-)
-QUOTE_COPY = (
-    "COPY quotes (time, symbol, bid_exchange, bid_price, bid_size, ask_exchange, ask_price, ask_size, conditions, "
-    "tape, time_ns) FROM STDIN (FORMAT BINARY)",
-    ["timestamptz", "text", "text", "float8", "int8", "text", "float8", "int8", "text[]", "text", "int8"],
-)
-BAR_COPY = (
-    "COPY bars_stage (time, symbol, timeframe, open, high, low, close, volume, trade_count, vwap, updated, source) "
-    "FROM STDIN (FORMAT BINARY)",
-    ["timestamptz", "text", "text", "float8", "float8", "float8", "float8", "int8", "int8", "float8", "bool", "text"],
-)
-STATUS_COPY = (
-    "COPY trading_statuses (time, symbol, status_code, status_message, reason_code, reason_message, tape, time_ns) "
-    "FROM STDIN (FORMAT BINARY)",
-    ["timestamptz", "text", "text", "text", "text", "text", "text", "int8"],
-)
-LULD_COPY = (
-    "COPY lulds (time, symbol, limit_up, limit_down, indicator, tape, time_ns) FROM STDIN (FORMAT BINARY)",
-    ["timestamptz", "text", "float8", "float8", "text", "text", "int8"],
-)
-BAD_COPY = (
-    "COPY bad_messages (source, reason, payload, worker) FROM STDIN (FORMAT BINARY)",
-    ["text", "text", "bytea", "text"],
-)
+_UPSERT_INDICATORS = indicators_upsert(time_from_ns=True, source=None)  # the worker's rows: source defaults
 # Column blocks are sent to the server in pieces of about this size (one write per piece).
 COPY_PIECE_BYTES = 1 << 20
 YIELD_EVERY = 250  # rows formatted between event-loop turns (~0.6 ms): keeps processing p99 under 1 ms
 
-INDICATOR_COLUMNS = (
-    "time", "symbol", "timeframe", "close", "rsi_14", "ema_12", "ema_26", "sma_20", "macd", "macd_signal",
-    "macd_hist", "bb_upper", "bb_middle", "bb_lower", "atr_14", "vwap",
-)
 
 
 SPILL_FIELDS = (
@@ -171,7 +152,7 @@ class Batch:
     cancels: list[tuple] = field(default_factory=list)
     statuses: list[tuple] = field(default_factory=list)
     lulds: list[tuple] = field(default_factory=list)
-    indicators: list[tuple] = field(default_factory=list)  # INDICATOR_COLUMNS order, time as ns
+    indicators: list[tuple] = field(default_factory=list)  # tables.INDICATORS order, time as ns
     bad: list[tuple] = field(default_factory=list)  # (source, reason, payload)
     frames: list[tuple[int, int]] = field(default_factory=list)  # (received monotonic ns, rows) per frame
     rows: int = 0
@@ -441,29 +422,29 @@ class BatchWriter:
                     if batch.dedupe:
                         await self._staged_trades(cur, batch.trades)
                     else:
-                        await self._copy_columns(cur, TRADE_COPY[0].format(table="trades"), batch.trades)
+                        await self._copy_columns(cur, TRADES.copy_statement(), batch.trades)
                 if batch.backfill_trades:
                     inserted = await self._staged_trades(cur, batch.backfill_trades)
                     batch.backfilled = inserted
             if batch.quotes:
-                await self._copy_columns(cur, QUOTE_COPY[0], batch.quotes)
+                await self._copy_columns(cur, QUOTES.copy_statement(), batch.quotes)
             if batch.bars:
                 await self._upsert_bars(cur, batch.bars)
             if batch.statuses:
-                await self._copy(cur, *STATUS_COPY, (s + (s[0],) for s in batch.statuses))
+                await self._copy(cur, TRADING_STATUSES, (s + (s[0],) for s in batch.statuses))
             if batch.lulds:
-                await self._copy(cur, *LULD_COPY, (x + (x[0],) for x in batch.lulds))
+                await self._copy(cur, LULDS, (x + (x[0],) for x in batch.lulds))
             if batch.indicators:
                 await self._upsert_indicators(cur, batch.indicators)
             if batch.corrections or batch.cancels:
                 await self._apply_corrections(cur, batch.corrections, batch.cancels)
             if batch.bad:
-                await self._copy(cur, *BAD_COPY, ((s, r, p, self.worker) for s, r, p in batch.bad))
+                await self._copy(cur, BAD_MESSAGES, ((s, r, p, self.worker) for s, r, p in batch.bad))
 
     @staticmethod
-    async def _copy(cur: psycopg.AsyncCursor, statement: str, types: list[str], rows) -> None:
-        async with cur.copy(statement) as copy:
-            copy.set_types(types)
+    async def _copy(cur: psycopg.AsyncCursor, spec: CopySpec, rows) -> None:
+        async with cur.copy(spec.copy_statement()) as copy:
+            copy.set_types(list(spec.types))
             # Rows are formatted synchronously into psycopg's 32 KB buffer and only a full buffer is
             # awaited: `await copy.write_row()` per row costs ~2x the formatting itself. Every
             # YIELD_EVERY rows the loop gets a turn, so a 20k-row batch never holds it for long.
@@ -500,7 +481,7 @@ class BatchWriter:
         await cur.execute(
             "CREATE TEMP TABLE IF NOT EXISTS trades_stage (LIKE trades INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
-        await self._copy_columns(cur, TRADE_COPY[0].format(table="trades_stage"), trades)
+        await self._copy_columns(cur, TRADES.copy_statement("trades_stage"), trades)
         await cur.execute(
             "INSERT INTO trades (time, symbol, trade_id, exchange, price, size, conditions, tape, time_ns) "
             "SELECT DISTINCT ON (symbol, time, trade_id, exchange) time, symbol, trade_id, exchange, price, size, "
@@ -517,26 +498,11 @@ class BatchWriter:
         await cur.execute(
             "CREATE TEMP TABLE IF NOT EXISTS bars_stage (LIKE bars INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
-        await self._copy(cur, *BAR_COPY, bars)
-        await cur.execute(
-            "INSERT INTO bars (time, symbol, timeframe, open, high, low, close, volume, trade_count, vwap, updated, source) "
-            "SELECT DISTINCT ON (symbol, time, timeframe) time, symbol, timeframe, open, high, low, close, volume, "
-            "trade_count, vwap, updated, source FROM bars_stage ORDER BY symbol, time, timeframe, updated DESC "
-            "ON CONFLICT (symbol, time, timeframe) DO UPDATE SET open = excluded.open, high = excluded.high, "
-            "low = excluded.low, close = excluded.close, volume = excluded.volume, trade_count = excluded.trade_count, "
-            "vwap = excluded.vwap, updated = bars.updated OR excluded.updated, "
-            "source = CASE WHEN excluded.updated THEN bars.source ELSE excluded.source END"
-        )
+        await self._copy(cur, BARS_STAGE, bars)
+        await cur.execute(UPSERT_BARS_FROM_STAGE)
 
     async def _upsert_indicators(self, cur: psycopg.AsyncCursor, rows: list[tuple]) -> None:
-        cols = ", ".join(INDICATOR_COLUMNS)
-        updates = ", ".join(f"{c} = excluded.{c}" for c in INDICATOR_COLUMNS[3:])
-        placeholders = "to_timestamp(%s::float8 / 1e9), " + ", ".join(["%s"] * (len(INDICATOR_COLUMNS) - 1))
-        await cur.executemany(
-            f"INSERT INTO indicators ({cols}) VALUES ({placeholders}) "
-            f"ON CONFLICT (symbol, timeframe, time) DO UPDATE SET {updates}, computed_at = now()",
-            rows,
-        )
+        await cur.executemany(_UPSERT_INDICATORS, rows)
 
     async def _apply_corrections(self, cur: psycopg.AsyncCursor, corrections: list[tuple], cancels: list[tuple]) -> None:
         # Corrections refer to a trade sent earlier the same day: look back one day from the message.

@@ -1,0 +1,170 @@
+"""One spec per table: the columns, binary COPY types and upsert statements every writer shares.
+
+The schema itself lives in the migrations (``src/tickvault/sql``); this module is the one place
+Python code names a table's columns in the order it writes them. The worker's writer, the columnar
+decoder (its COPY data follows :data:`TRADES` and :data:`QUOTES` column for column), the indicator
+refresh flow, reconciliation, the tests and the benchmarks all take them from here, so a column
+added to a table is added once.
+
+Times: ``timestamptz`` columns are written from int nanoseconds by the writer's dumper (no
+``datetime`` per row); ``time_ns`` keeps the feed's exact stamp beside them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tickvault.indicators.definitions import COLUMNS as INDICATOR_VALUES
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from tickvault.alpaca.models import Order
+
+__all__ = [
+    "BAD_MESSAGES",
+    "BARS_STAGE",
+    "CopySpec",
+    "INDICATORS",
+    "INDICATOR_VALUES",
+    "INSERT_FILL",
+    "LULDS",
+    "QUOTES",
+    "TRADES",
+    "TRADING_STATUSES",
+    "UPSERT_BARS_FROM_STAGE",
+    "UPSERT_ORDER",
+    "indicators_upsert",
+    "order_params",
+    "record_order",
+]
+
+
+@dataclass(frozen=True)
+class CopySpec:
+    """A table written by binary COPY: its columns in write order and their PostgreSQL types."""
+
+    table: str
+    columns: tuple[str, ...]
+    types: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.columns) != len(self.types):
+            raise ValueError(f"{self.table}: {len(self.columns)} columns but {len(self.types)} types")
+
+    def copy_statement(self, table: str | None = None) -> str:
+        """``COPY <table> (<columns>) FROM STDIN (FORMAT BINARY)``; ``table`` names a staging twin."""
+        return f"COPY {table or self.table} ({', '.join(self.columns)}) FROM STDIN (FORMAT BINARY)"
+
+
+TRADES = CopySpec(
+    "trades",
+    ("time", "symbol", "trade_id", "exchange", "price", "size", "conditions", "tape", "time_ns"),
+    ("timestamptz", "text", "int8", "text", "float8", "int8", "text[]", "text", "int8"),
+)
+QUOTES = CopySpec(
+    "quotes",
+    ("time", "symbol", "bid_exchange", "bid_price", "bid_size", "ask_exchange", "ask_price", "ask_size",
+     "conditions", "tape", "time_ns"),
+    ("timestamptz", "text", "text", "float8", "int8", "text", "float8", "int8", "text[]", "text", "int8"),
+)
+# Bars go through a staging twin so that an updated bar ('u') and a backfilled one upsert.
+BARS_STAGE = CopySpec(
+    "bars_stage",
+    ("time", "symbol", "timeframe", "open", "high", "low", "close", "volume", "trade_count", "vwap", "updated",
+     "source"),
+    ("timestamptz", "text", "text", "float8", "float8", "float8", "float8", "int8", "int8", "float8", "bool", "text"),
+)
+TRADING_STATUSES = CopySpec(
+    "trading_statuses",
+    ("time", "symbol", "status_code", "status_message", "reason_code", "reason_message", "tape", "time_ns"),
+    ("timestamptz", "text", "text", "text", "text", "text", "text", "int8"),
+)
+LULDS = CopySpec(
+    "lulds",
+    ("time", "symbol", "limit_up", "limit_down", "indicator", "tape", "time_ns"),
+    ("timestamptz", "text", "float8", "float8", "text", "text", "int8"),
+)
+BAD_MESSAGES = CopySpec(
+    "bad_messages",
+    ("source", "reason", "payload", "worker"),
+    ("text", "text", "bytea", "text"),
+)
+
+_BAR_COLUMNS = ", ".join(BARS_STAGE.columns)
+# An updated bar replaces its bar's values and marks it; a backfilled bar never hides that mark.
+UPSERT_BARS_FROM_STAGE = (
+    f"INSERT INTO bars ({_BAR_COLUMNS}) "
+    f"SELECT DISTINCT ON (symbol, time, timeframe) {_BAR_COLUMNS} FROM bars_stage "
+    "ORDER BY symbol, time, timeframe, updated DESC "
+    "ON CONFLICT (symbol, time, timeframe) DO UPDATE SET open = excluded.open, high = excluded.high, "
+    "low = excluded.low, close = excluded.close, volume = excluded.volume, trade_count = excluded.trade_count, "
+    "vwap = excluded.vwap, updated = bars.updated OR excluded.updated, "
+    "source = CASE WHEN excluded.updated THEN bars.source ELSE excluded.source END"
+)
+
+#: indicators rows as both writers build them: (time, symbol, timeframe, close, *INDICATOR_VALUES).
+INDICATORS = ("time", "symbol", "timeframe", "close", *INDICATOR_VALUES)
+
+
+def indicators_upsert(*, time_from_ns: bool, source: str | None) -> str:
+    """The upsert of one :data:`INDICATORS` row keyed by (symbol, timeframe, time).
+
+    ``time_from_ns``: the first value is int nanoseconds (the worker) rather than a timestamptz (the
+    flow). ``source``: written as a parameter after the values (``'flow'``), or left to the column's
+    default (``None``: the worker's rows).
+    """
+    time_value = "to_timestamp(%s::float8 / 1e9)" if time_from_ns else "%s"
+    columns = list(INDICATORS) + (["source"] if source else [])
+    values = [time_value] + ["%s"] * (len(columns) - 1)
+    updates = [f"{c} = excluded.{c}" for c in INDICATORS[3:]] + (["source = excluded.source"] if source else [])
+    return (
+        f"INSERT INTO indicators ({', '.join(columns)}, computed_at) VALUES ({', '.join(values)}, now()) "
+        f"ON CONFLICT (symbol, timeframe, time) DO UPDATE SET {', '.join(updates)}, computed_at = excluded.computed_at"
+    )
+
+
+# --- trade history: orders and fills, from any source (worker, trade updates, reconciliation) ------
+UPSERT_ORDER = """
+INSERT INTO orders (client_order_id, id, symbol, side, order_type, time_in_force, order_class, qty, notional,
+                    limit_price, stop_price, filled_qty, filled_avg_price, status, extended_hours, created_at,
+                    submitted_at, updated_at, filled_at, canceled_at, source, raw)
+VALUES (%(client_order_id)s, %(id)s, %(symbol)s, %(side)s, %(order_type)s, %(time_in_force)s, %(order_class)s,
+        %(qty)s, %(notional)s, %(limit_price)s, %(stop_price)s, %(filled_qty)s, %(filled_avg_price)s, %(status)s,
+        %(extended_hours)s, %(created_at)s, %(submitted_at)s, %(updated_at)s, %(filled_at)s, %(canceled_at)s,
+        %(source)s, %(raw)s)
+ON CONFLICT (client_order_id) DO UPDATE SET
+    id = excluded.id, status = excluded.status, filled_qty = excluded.filled_qty,
+    filled_avg_price = excluded.filled_avg_price, updated_at = excluded.updated_at,
+    submitted_at = coalesce(orders.submitted_at, excluded.submitted_at), filled_at = excluded.filled_at,
+    canceled_at = excluded.canceled_at, raw = excluded.raw
+WHERE orders.updated_at IS NULL OR excluded.updated_at IS NULL OR excluded.updated_at >= orders.updated_at
+"""
+
+INSERT_FILL = """
+INSERT INTO fills (order_id, cum_qty, fill_id, client_order_id, symbol, side, qty, price, leaves_qty, fill_type,
+                   transaction_time, source)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (order_id, cum_qty) DO NOTHING
+"""
+
+
+def order_params(order: Order, source: str = "worker") -> dict:
+    """The broker's order as :data:`UPSERT_ORDER` parameters (``raw`` keeps the whole JSON)."""
+    return {
+        "client_order_id": order.client_order_id, "id": order.id, "symbol": order.symbol, "side": order.side,
+        "order_type": order.order_type or order.type or "market", "time_in_force": order.time_in_force,
+        "order_class": order.order_class, "qty": order.qty, "notional": order.notional,
+        "limit_price": order.limit_price, "stop_price": order.stop_price, "filled_qty": order.filled_qty,
+        "filled_avg_price": order.filled_avg_price, "status": order.status, "extended_hours": order.extended_hours,
+        "created_at": order.created_at, "submitted_at": order.submitted_at, "updated_at": order.updated_at,
+        "filled_at": order.filled_at, "canceled_at": order.canceled_at, "source": source,
+        "raw": json.dumps(order.model_dump(mode="json")),
+    }
+
+
+async def record_order(conn: psycopg.AsyncConnection, order: Order, source: str = "worker") -> None:
+    """Upsert the broker's view of an order (a newer update never loses to an older one)."""
+    await conn.execute(UPSERT_ORDER, order_params(order, source))
