@@ -225,10 +225,11 @@ class Market:
         self._flushed_minute = -1
 
     # ---------------------------------------------------------------- generation
-    def generate(self, n: int, now_ns: int, on_trade=None) -> list[tuple[str, str, dict]]:
+    def generate(self, n: int, now_ns: int, on_trade=None, on_quote=None) -> list[tuple[str, str, dict]]:
         """Make ``n`` trades at wall-clock ``now_ns`` and return the stream messages in order, as
         ``(channel, symbol, message)`` with channel ``trades``/``quotes``/``bars``. ``on_trade(symbol,
-        cents, size)`` (the broker's limit-order check) is called per trade when given."""
+        cents, time_ns, size)`` and ``on_quote(symbol, time_ns)`` (the broker's fills) are called per
+        trade and per quote when given."""
         rng_random = self.rng.random
         randrange = self.rng.randrange
         expovariate = self.rng.expovariate
@@ -297,12 +298,14 @@ class Market:
                 )
             )
             if on_trade is not None:
-                on_trade(sym, price, t)
+                on_trade(sym, price, t, size)
             if qpt:
                 book.quote_credit += qpt
                 while book.quote_credit >= 1.0:
                     book.quote_credit -= 1.0
                     append(("quotes", sym, self._quote(book, randrange)))
+                    if on_quote is not None:
+                        on_quote(sym, book.last_ns)
         self.next_id = next_id
         self.total += n
         self.retained += n
@@ -317,8 +320,8 @@ class Market:
         half_spread = randrange(1, 4)
         bid = max(1, price - half_spread)
         ask = price + half_spread
-        bsz = randrange(1, 20)
-        asz = randrange(1, 20)
+        bsz = randrange(1, 20) * 100  # shares, in round lots: 100 .. 1,900 on each side
+        asz = randrange(1, 20) * 100
         t = book.last_ns + 1
         book.last_ns = t
         book.q_times.append(t)
@@ -374,6 +377,13 @@ class Market:
 
     def last_price_cents(self, symbol: str) -> int:
         return self.books[symbol].price_cents
+
+    def last_quote(self, symbol: str) -> tuple[int, int, int, int, int] | None:
+        """``(bid_cents, bid_size, ask_cents, ask_size, time_ns)`` of the symbol's latest quote, or None."""
+        book = self.books.get(symbol)
+        if book is None or not book.q_times:
+            return None
+        return book.q_bid[-1], book.q_bid_size[-1], book.q_ask[-1], book.q_ask_size[-1], book.q_times[-1]
 
     # ---------------------------------------------------------------- ground truth
     def truth_count(self, symbol: str | None = None) -> int:
