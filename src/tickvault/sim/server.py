@@ -390,6 +390,10 @@ class Simulator:
         book = self.market.books.get(symbol)
         return None if book is None else book.price_cents
 
+    def trade_update_listeners(self) -> int:
+        """Trade-updates connections listening to ``trade_updates`` (a test waits on this, not on a sleep)."""
+        return len(self._tu_queues)
+
     def subscribed_clients(self) -> int:
         """Open market-data connections with a subscription (a test waits on this, not on a sleep)."""
         return sum(1 for c in self._clients if c.sub_key is not None and not c.closed)
