@@ -207,8 +207,9 @@ class Market:
         seed: int = 42,
         quotes_per_trade: float = 0.25,
         truth_limit: int = 5_000_000,
+        allow_empty: bool = False,
     ) -> None:
-        if not symbols:
+        if not symbols and not allow_empty:  # a replayed market learns its symbols from the recording
             raise ValueError("the market needs at least one symbol")
         self.rng = random.Random(seed)
         self.symbols = list(symbols)
@@ -313,6 +314,60 @@ class Market:
             for book in books:
                 book.trim_half()
             self.retained = sum(len(b.ids) for b in books)
+        return out
+
+    def ingest(self, messages: list[dict], on_trade=None, on_quote=None) -> list[tuple[str, str, dict]]:
+        """Take recorded messages (``t`` as int ns) as the market's own: trades and quotes join the
+        ground truth (a time not after the symbol's last one is moved 1 ns past it, so the columns stay
+        sorted), symbols never seen get a book. Returns ``(channel, symbol, message)`` like
+        :meth:`generate`; unknown types go to every subscriber of the symbol's trades."""
+        out: list[tuple[str, str, dict]] = []
+        channels = {"t": "trades", "q": "quotes", "b": "bars", "u": "updatedBars", "d": "dailyBars",
+                    "c": "trades", "x": "trades", "s": "statuses", "l": "lulds"}
+        for m in messages:
+            sym = m.get("S")
+            t = m.get("t")
+            if not isinstance(sym, str) or not isinstance(t, int):
+                continue
+            kind = m.get("T")
+            book = self.books.get(sym)
+            if book is None:
+                book = self.books[sym] = SymbolBook(sym, int(round(float(m.get("p") or m.get("ap") or 1) * 100)))
+                self.symbols.append(sym)
+                self._book_list.append(book)
+            if kind == "t":
+                ts = max(t, book.last_ns + 1)
+                book.last_ns = ts
+                cents = int(round(float(m["p"]) * 100))
+                size = int(m.get("s") or 0)
+                book.price_cents = cents
+                book.ids.append(int(m.get("i") or self.next_id))
+                self.next_id = max(self.next_id, int(m.get("i") or 0)) + 1
+                book.times.append(ts)
+                book.cents.append(cents)
+                book.sizes.append(size)
+                self.total += 1
+                self.retained += 1
+                if on_trade is not None:
+                    on_trade(sym, cents, ts, size)
+            elif kind == "q":
+                ts = max(t, book.last_ns + 1)
+                book.last_ns = ts
+                book.q_times.append(ts)
+                book.q_bid.append(int(round(float(m.get("bp") or 0) * 100)))
+                book.q_ask.append(int(round(float(m.get("ap") or 0) * 100)))
+                book.q_bid_size.append(int(m.get("bs") or 0))
+                book.q_ask_size.append(int(m.get("as") or 0))
+                self.quotes_total += 1
+                if on_quote is not None:
+                    on_quote(sym, ts)
+            elif kind == "b":
+                book.last_bar = m
+            out.append((channels.get(kind, "trades"), sym, m))
+        if self.retained > self.truth_limit:
+            for book in self._book_list:
+                book.trim_half()
+            self.retained = sum(len(b.ids) for b in self._book_list)
         return out
 
     def _quote(self, book: SymbolBook, randrange) -> dict:

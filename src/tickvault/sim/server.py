@@ -31,8 +31,10 @@ import random
 import re
 import signal
 import socket
+import itertools
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
@@ -56,6 +58,7 @@ from tickvault.sim.broker import HOURS, Broker, BrokerError
 from tickvault.sim.calendar import SimClock
 from tickvault.sim.data import MarketDataAPI
 from tickvault.sim.market import CONDITIONS, EXCHANGE, TAPE, Market, TruthChecksum, symbol_names
+from tickvault.sim.recording import RecordingError, frame_messages, read_recording
 from tickvault.sim.trading import TradingAPI
 
 log = logging.getLogger(__name__)
@@ -185,6 +188,8 @@ class Simulator:
         cash: str = "100000",
         clock: Callable[[], int] | None = None,
         hours: str = "always",
+        replay: str | Path | None = None,
+        replay_speed: float = 1.0,
     ) -> None:
         if not (host.startswith("127.") or host in ("localhost", "::1")):
             raise ValueError("the simulator binds to loopback only")
@@ -194,8 +199,23 @@ class Simulator:
             raise ValueError("frame_size must be >= 1")
         if hours not in HOURS:
             raise ValueError(f"hours must be one of {HOURS}")
-        names = symbol_names(symbols) if isinstance(symbols, int) else [s.upper() for s in symbols]
-        self.symbols = names
+        if replay_speed < 0:
+            raise ValueError("replay_speed must be >= 0 (0: as fast as the clients read)")
+        self.replay = Path(replay) if replay is not None else None
+        self.replay_speed = replay_speed
+        self._replay_frames: Iterator[tuple[int, bytes | str]] | None = None
+        if self.replay is not None:
+            meta, frames = read_recording(self.replay)
+            first = next(frames, None)
+            if first is None:
+                raise RecordingError(f"{self.replay} holds no frames")
+            self._replay_frames = itertools.chain([first], frames)
+            if clock is None:  # the recorded day's time, running at the replay's speed
+                clock = SimClock(start_ns=first[0], scale=replay_speed or 1.0)
+            wanted = {s for syms in (meta.get("subscription") or {}).values() for s in syms if s != "*"}
+            names = sorted(wanted)
+        else:
+            names = symbol_names(symbols) if isinstance(symbols, int) else [s.upper() for s in symbols]
         self.rate = rate
         self.frame_size = frame_size
         self.max_trades = max_trades
@@ -210,7 +230,9 @@ class Simulator:
         self.clock: Callable[[], int] = clock if clock is not None else SimClock()
         self.hours = hours
         self.auth_timeout = auth_timeout
-        self.market = Market(names, seed=seed, quotes_per_trade=quotes_per_trade, truth_limit=truth_limit)
+        self.market = Market(names, seed=seed, quotes_per_trade=quotes_per_trade, truth_limit=truth_limit,
+                             allow_empty=self.replay is not None)
+        self.symbols = self.market.symbols  # one list: a replay adds the symbols it meets
         self.broker = Broker(self._price_for_broker, quote=self.market.last_quote, clock=self.clock,
                              hours=hours, cash=cash)
         self.trading = TradingAPI(self)
@@ -271,7 +293,14 @@ class Simulator:
             rest_port=settings.sim_rest_port,
             key=SIM_KEY,
             secret=SIM_SECRET,
+            hours=settings.sim_hours,
+            replay=settings.sim_replay,
+            replay_speed=settings.sim_replay_speed,
         )
+        start = settings.sim_clock_start
+        if start is not None or settings.sim_clock_scale != 1.0:
+            start_ns = None if start is None else int(start.timestamp()) * 10**9 + start.microsecond * 1000
+            kwargs["clock"] = SimClock(start_ns=start_ns, scale=settings.sim_clock_scale)
         if settings.alpaca_key_id is not None and settings.alpaca_secret_key is not None:
             kwargs["key"] = settings.alpaca_key_id.get_secret_value()
             kwargs["secret"] = settings.alpaca_secret_key.get_secret_value()
@@ -572,7 +601,46 @@ class Simulator:
         """With calendar hours, the exchange makes no trades between sessions."""
         return self.hours == "calendar" and not self.broker.is_open(self.clock())
 
+    async def _run_replay(self) -> None:
+        """Serve the recording's messages at their recorded pace × ``replay_speed`` (0: as fast as the
+        slowest subscribed client reads), moving the clock to each frame's time; fill orders on them."""
+        assert self._replay_frames is not None
+        on_trade, on_quote = self.broker.on_trade, self.broker.on_quote
+        clock = self.clock
+        frames = 0
+        for recv_ns, payload in self._replay_frames:  # one gzip record read at a time (small, buffered)
+            if self._finish_requested:
+                break
+            if self.replay_speed:
+                wait = (recv_ns - clock()) / 1e9 / getattr(clock, "scale", 1.0)
+                if wait > 0:
+                    await asyncio.sleep(wait)  # the recorded pace, not synchronisation
+            elif not any(c.sub_key is not None for c in self._clients):
+                self._subscribed.clear()
+                await self._subscribed.wait()
+            if isinstance(clock, SimClock) and clock() < recv_ns:
+                clock.set(recv_ns)
+            try:
+                messages = frame_messages(payload)
+            except ValueError:
+                continue  # a frame the live stream sent malformed stays skipped
+            items = self.market.ingest(messages, on_trade, on_quote)
+            frames += 1
+            if self.replay_speed:
+                self._fan_out(items)
+            else:
+                await self._fan_out_wait(items)
+            await asyncio.sleep(0)
+        self.finished.set()
+        log.info("replay finished: %d frames", frames)
+
     async def _run_market(self) -> None:
+        if self._replay_frames is not None:
+            await self._run_replay()
+            while True:  # keep serving REST and fault messages after the recording ends
+                if self._pending_extra:
+                    self._fan_out([])
+                await asyncio.sleep(HOUSEKEEPING_S)
         loop = asyncio.get_running_loop()
         on_trade, on_quote = self.broker.on_trade, self.broker.on_quote
         made = 0
@@ -1001,11 +1069,12 @@ def _jsonable(value: Any) -> Any:
 
 
 async def run_simulator(
-    settings, *, stop: asyncio.Event | None = None, on_ready: Callable[[Simulator], None] | None = None
+    settings, *, stop: asyncio.Event | None = None, on_ready: Callable[[Simulator], None] | None = None,
+    **overrides: Any,
 ) -> None:
     """Run the simulator from :class:`~tickvault.config.Settings` until ``stop`` is set, SIGINT/SIGTERM
     arrive (when run in the main thread), or the task is cancelled. ``on_ready(sim)`` is called once
-    the servers listen (the CLI prints the URLs there)."""
+    the servers listen (the CLI prints the URLs there); ``overrides`` go to :meth:`Simulator.from_settings`."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     installed = []
@@ -1016,7 +1085,7 @@ async def run_simulator(
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread, or no signal support: the caller stops us
     try:
-        async with Simulator.from_settings(settings) as sim:
+        async with Simulator.from_settings(settings, **overrides) as sim:
             if on_ready is not None:
                 on_ready(sim)
             await stop.wait()
