@@ -71,7 +71,7 @@ async def test_cli_options_override_the_settings_and_the_banner_says_where_and_h
 async def test_bad_option_is_a_configuration_error() -> None:
     proc = await asyncio.create_subprocess_exec(
         *TICKVAULT, "sim", "--hours", "sometimes", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 2 and b"TICKVAULT_SIM_HOURS" in err
 
 

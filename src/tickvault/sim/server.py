@@ -2,14 +2,17 @@
 
 One event loop runs everything: the market task (generates trades at ``rate`` and fans frames out
 to subscribed clients), a ``websockets`` server routing on path (``/v2/{iex|sip|test}`` market data,
-``/stream`` trade updates) and a uvicorn/Starlette server for the REST paths, the fault switches
-(``POST /_sim/faults``) and the ground truth (``GET /_sim/truth``). It speaks exactly
-``alpaca-protocol.md`` through :mod:`tickvault.alpaca.protocol`; the official alpaca-py clients work
-against it unchanged.
+``/stream`` trade updates) and a uvicorn/Starlette server for the REST paths — market data in
+:mod:`tickvault.sim.data`, trading in :mod:`tickvault.sim.trading` (over :mod:`tickvault.sim.broker`),
+both behind this module's auth and fault layer — the fault switches (``POST /_sim/faults``), the clock
+(``/_sim/clock``, :mod:`tickvault.sim.calendar`) and the ground truth (``GET /_sim/truth``). It speaks
+exactly ``alpaca-protocol.md`` through :mod:`tickvault.alpaca.protocol`; the official alpaca-py clients
+work against it unchanged.
 
 The market sends trades ``t``, quotes ``q`` and minute bars ``b`` (each at its minute's end);
 ``u``/``c``/``x`` come only from the faults; statuses, LULD bands and daily bars are never generated
-(subscribing to them is acknowledged). Historical REST serves the retained ground truth.
+(subscribing to them is acknowledged). Historical REST serves the retained ground truth. With a
+``replay`` (:mod:`tickvault.sim.recording`) the messages are a recorded stream's instead.
 
 What it must never do: bind beyond loopback, grow without bound, log a secret. Bounds:
 - per market-data client: ``client_queue_frames`` encoded frames queued (each ≤ ``frame_size``
@@ -25,17 +28,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import random
 import re
 import signal
 import socket
-import itertools
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -583,7 +586,10 @@ class Simulator:
         """The clock's events while nothing else happens: the open, the close, periodic faults."""
         loop = asyncio.get_running_loop()
         while True:
-            self.broker.advance()
+            try:
+                self.broker.advance()
+            except BrokerError as exc:  # e.g. a position planted in a symbol the market does not have
+                log.warning("simulated clock: %s", exc.message)
             if self._chaos:
                 self._run_chaos(loop.time())
             await asyncio.sleep(HOUSEKEEPING_S)
