@@ -155,7 +155,7 @@ async def test_submit_survives_a_5xx_before_processing():
     async with _sim() as sim, SimREST(sim) as rest:
         sim.rest_fail(503, 2)
         order = await rest.submit_order(
-            OrderRequest(symbol=sim.symbols[2], side="sell", qty=Decimal("0.25"), client_order_id="retry-503")
+            OrderRequest(symbol=sim.symbols[2], side="buy", qty=Decimal("0.25"), client_order_id="retry-503")
         )
         assert order.client_order_id == "retry-503" and sim.stats["rest_faults"] == 2
         assert len([o for o in sim.broker.orders.values() if o.client_order_id == "retry-503"]) == 1

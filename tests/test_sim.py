@@ -505,6 +505,9 @@ async def test_every_fault_kind_is_accepted_over_http_and_answers_json() -> None
                 "rest_latency": {"ms": 0},
                 "rest_fail": {"status": 503, "count": 1},  # /_sim paths are exempt
                 "fail_next_auth": {"count": 1},
+                "reject_next_orders": {"count": 0},
+                "rest_fail_rate": {"status": 429, "rate": 0},
+                "chaos": {},  # every periodic fault off
                 "drop_connections": {},  # last: it closes our socket
             }
             assert set(cases) == FAULTS, "a fault without a case here is untested"

@@ -115,7 +115,7 @@ async def test_trading_client_orders_account_positions() -> None:
                 symbol="MSFT",
                 qty=1.5,
                 side=OrderSide.BUY,
-                time_in_force=TimeInForce.GTC,
+                time_in_force=TimeInForce.DAY,  # Alpaca takes fractional orders as DAY orders only
                 limit_price=float(round(low, 2)),
                 client_order_id="tv-limit-1",
             ),

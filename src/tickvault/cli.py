@@ -416,7 +416,8 @@ def _warn_failing_jobs(url: str) -> None:
 
 
 def _simulator_banner(sim, settings: Settings) -> list[str]:
-    """What `tickvault sim` prints when it listens: its symbols, URLs and the keys it accepts."""
+    """What `tickvault sim` prints when it listens: its symbols, URLs, clock and the keys it accepts."""
+    from tickvault.alpaca.protocol import ns_to_rfc3339
     from tickvault.sim.market import _TICKERS
     from tickvault.sim.server import SIM_KEY, SIM_SECRET
 
@@ -424,31 +425,153 @@ def _simulator_banner(sim, settings: Settings) -> list[str]:
     synthetic = f", {len(sim.symbols) - real} of them synthetic ({sim.symbols[real]}...)" if real < len(sim.symbols) else ""
     keys = (f"key id {SIM_KEY}  secret {SIM_SECRET}" if (sim.key, sim.secret) == (SIM_KEY, SIM_SECRET)
             else "those of TICKVAULT_ALPACA_KEY_ID / TICKVAULT_ALPACA_SECRET_KEY")
+    if sim.replay is not None:
+        speed = f"{sim.replay_speed:g}x" if sim.replay_speed else "as fast as clients read"
+        source = f"simulator: replaying {sim.replay} ({speed}), {len(sim.symbols)} symbols so far"
+    else:
+        source = f"simulator: {len(sim.symbols)} symbols{synthetic}, {sim.rate or 'max'} trades/s, frames of {sim.frame_size}"
+    scale = getattr(sim.clock, "scale", 1.0)
     return [
-        f"simulator: {len(sim.symbols)} symbols{synthetic}, {sim.rate or 'max'} trades/s, frames of {sim.frame_size}",
+        source,
         f"  market data  {sim.stream_url(settings.alpaca_feed)}",
         f"  trade updates {sim.trade_updates_url}",
         f"  REST         {sim.rest_url}",
         f"  keys         {keys}",
+        f"  clock        {ns_to_rfc3339(sim.clock())} x{scale:g}, hours {sim.hours}  (POST {sim.rest_url}/_sim/clock)",
     ]
 
 
-@app.command("sim")
-def sim_command() -> None:
-    """Run the Alpaca-protocol simulator on 127.0.0.1 (market-data WebSocket, trading and data REST)."""
+sim_app = typer.Typer(
+    help="The Alpaca-protocol simulator on 127.0.0.1 (market-data WebSocket, trade updates, trading and data "
+    "REST). Options override the TICKVAULT_SIM_* settings. `tickvault sim record` saves a live stream for --replay.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+app.add_typer(sim_app, name="sim")
+
+
+@sim_app.callback()
+def sim_command(
+    ctx: typer.Context,
+    port: int = typer.Option(None, help="Market-data and trade-updates WebSocket port (0: any free one)."),
+    rest_port: int = typer.Option(None, "--rest-port", help="REST port (0: any free one)."),
+    symbols: str = typer.Option(None, help="A count of symbols (50), or the symbols themselves (AAPL,MSFT)."),
+    rate: float = typer.Option(None, help="Trades per second across all symbols."),
+    seed: int = typer.Option(None, help="Seed of the random walk (and of rate-based faults)."),
+    frame_size: int = typer.Option(None, "--frame-size", help="Messages per frame."),
+    hours: str = typer.Option(None, help="always (never closes) or calendar (NYSE's sessions)."),
+    clock_start: str = typer.Option(None, "--clock-start", help="Simulated start time, ISO 8601 with offset."),
+    clock_scale: float = typer.Option(None, "--clock-scale", help="Simulated seconds per wall second."),
+    replay: str = typer.Option(None, help="Serve this recording (tickvault sim record) instead of the random walk."),
+    replay_speed: float = typer.Option(None, "--replay-speed", help="1: recorded pace, 10: ten times faster, 0: as fast as clients read."),
+    drop_every: float = typer.Option(0, "--drop-every", help="Fault: drop every market-data connection every N s."),
+    stall_every: float = typer.Option(0, "--stall-every", help="Fault: stall the feed every N s ..."),
+    stall_seconds: float = typer.Option(5, "--stall-seconds", help="... for this many seconds."),
+    malformed_every: float = typer.Option(0, "--malformed-every", help="Fault: an undecodable frame every N s."),
+    rate_429: float = typer.Option(0, "--rate-429", help="Fault: answer this share (0..1) of REST requests with 429."),
+    rate_500: float = typer.Option(0, "--rate-500", help="Fault: answer this share (0..1) of REST requests with 500."),
+    latency_ms: float = typer.Option(0, "--latency-ms", help="Fault: add this latency to every REST answer."),
+) -> None:
+    """Run the simulator until Ctrl-C / SIGTERM; prints its URLs and the keys it accepts."""
+    if ctx.invoked_subcommand is not None:
+        return
     import asyncio
 
+    from tickvault.config import load_settings
+    from tickvault.sim.recording import RecordingError
     from tickvault.sim.server import run_simulator
 
-    settings = _settings()
+    overrides: dict[str, object] = {
+        name: value
+        for name, value in (
+            ("sim_port", port), ("sim_rest_port", rest_port), ("sim_rate", rate), ("sim_seed", seed),
+            ("sim_frame_size", frame_size), ("sim_hours", hours), ("sim_clock_start", clock_start),
+            ("sim_clock_scale", clock_scale), ("sim_replay", replay), ("sim_replay_speed", replay_speed),
+        )
+        if value is not None
+    }
+    names = None
+    if symbols is not None:
+        if symbols.strip().isdigit():
+            overrides["sim_symbols"] = int(symbols)
+        else:
+            names = [s.strip().upper() for s in symbols.split(",") if s.strip()]
+    try:
+        settings = load_settings(**overrides)
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    for share, name in ((rate_429, "--rate-429"), (rate_500, "--rate-500")):
+        if not 0 <= share <= 1:
+            raise _fail(f"{name} is a share of requests between 0 and 1, not {share}", code=2)
 
     def ready(sim) -> None:
+        sim.chaos(drop_every=drop_every, stall_every=stall_every, stall_seconds=stall_seconds if stall_every else 0,
+                  malformed_every=malformed_every)
+        sim.rest_fail_rate(429, rate_429)
+        sim.rest_fail_rate(500, rate_500)
+        sim.rest_latency(latency_ms)
         for line in _simulator_banner(sim, settings):
             typer.echo(line)
+        faults = [f"{flag} {value:g}" for flag, value in (
+            ("--drop-every", drop_every), ("--stall-every", stall_every), ("--malformed-every", malformed_every),
+            ("--rate-429", rate_429), ("--rate-500", rate_500), ("--latency-ms", latency_ms)) if value]
+        if faults:
+            typer.echo(f"  faults       {', '.join(faults)}")
         typer.echo("")  # the end of the banner (`tickvault run` reads up to here)
         sys.stdout.flush()
 
-    asyncio.run(run_simulator(settings, on_ready=ready))
+    try:
+        asyncio.run(run_simulator(settings, on_ready=ready, **({"symbols": names} if names else {})))
+    except (RecordingError, ValueError, OSError) as exc:
+        raise _fail(str(exc)) from None
+
+
+@sim_app.command("record")
+def sim_record(
+    out: str = typer.Argument(..., help="The recording file to write (gzip; replay it with `tickvault sim --replay`)."),
+    symbols: str = typer.Option(..., help="Symbols to record, comma-separated (* for all)."),
+    channels: str = typer.Option("trades,quotes,bars", help="Channels: trades, quotes, bars, updatedBars, dailyBars, statuses, lulds."),
+    url: str = typer.Option(None, help="Stream URL. Default: TICKVAULT_ALPACA_STREAM_URL/v2/TICKVAULT_ALPACA_FEED."),
+    seconds: float = typer.Option(None, help="Stop after this long (default: until Ctrl-C)."),
+    frames: int = typer.Option(None, help="Stop after this many frames."),
+) -> None:
+    """Record a live market-data stream's frames (as they arrive, with arrival times) for --replay.
+
+    The keys are TICKVAULT_ALPACA_KEY_ID / TICKVAULT_ALPACA_SECRET_KEY; they are never written to the file."""
+    import asyncio
+    import signal
+
+    from tickvault.sim.recording import RecordingError, record_stream
+
+    settings = _settings()
+    if not settings.has_alpaca_keys:
+        raise _fail("recording needs TICKVAULT_ALPACA_KEY_ID and TICKVAULT_ALPACA_SECRET_KEY", code=2)
+    wire = {"trades": "trades", "quotes": "quotes", "bars": "bars", "updatedbars": "updated_bars",
+            "dailybars": "daily_bars", "statuses": "statuses", "lulds": "lulds"}
+    names = [s.strip().upper() if s.strip() != "*" else "*" for s in symbols.split(",") if s.strip()]
+    subscription: dict[str, list[str]] = {}
+    for channel in (c.strip() for c in channels.split(",") if c.strip()):
+        if channel.lower() not in wire:
+            raise _fail(f"unknown channel {channel!r}; one of {', '.join(wire)}", code=2)
+        subscription[wire[channel.lower()]] = names
+    target = url or f"{settings.alpaca_stream_url.rstrip('/')}/v2/{settings.alpaca_feed}"
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await record_stream(target, settings.alpaca_key_id.get_secret_value(),
+                                   settings.alpaca_secret_key.get_secret_value(), out, subscription=subscription,
+                                   seconds=seconds, max_frames=frames, stop=stop)
+
+    typer.echo(f"recording {target} ({', '.join(subscription)} of {', '.join(names)}) into {out}; Ctrl-C stops")
+    try:
+        written = asyncio.run(main())
+    except (RecordingError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"recorded {written} frames into {out}")
 
 
 @app.command("run")

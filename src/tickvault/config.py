@@ -108,6 +108,17 @@ class Settings(BaseSettings):
     sim_rate: float = Field(20_000, gt=0, description="Simulated trades per second across all symbols.")
     sim_frame_size: int = Field(100, ge=1, le=10_000, description="Messages per simulated frame.")
     sim_seed: int = Field(42, description="Seed of the simulator's random walk.")
+    sim_hours: Literal["always", "calendar"] = Field(
+        "always",
+        description="Simulated exchange hours: always open, or NYSE's calendar (no trades while closed, orders wait "
+        "for the open, `day` orders expire at the close).",
+    )
+    sim_clock_start: datetime | None = Field(
+        None, description="Simulated time to start at (ISO 8601 with offset). Unset: now (a replay: its first frame)."
+    )
+    sim_clock_scale: float = Field(1.0, gt=0, description="Simulated seconds per wall-clock second.")
+    sim_replay: Path | None = Field(None, description="Recording (`tickvault sim record`) to serve instead of the random walk.")
+    sim_replay_speed: float = Field(1.0, ge=0, description="Replay pace: 1 as recorded, 10 ten times faster, 0 as fast as clients read.")
 
     # --- people's clock ---------------------------------------------------------------------
     market_timezone: str = Field(
@@ -198,7 +209,7 @@ class Settings(BaseSettings):
     def _upper_symbols(cls, value: list[str]) -> list[str]:
         return [s.upper() for s in value]
 
-    @field_validator("backfill_from")
+    @field_validator("backfill_from", "sim_clock_start")
     @classmethod
     def _backfill_from_has_offset(cls, value: datetime | None) -> datetime | None:
         # A naive time is ambiguous (New York? UTC? the host's zone?) and the backfill window would be

@@ -10,7 +10,20 @@ From the CLI: ``await run_simulator(settings)``. See :mod:`tickvault.sim.server`
 """
 
 from tickvault.sim.broker import Broker, BrokerError
+from tickvault.sim.calendar import SimClock
 from tickvault.sim.market import Market, TruthChecksum, symbol_names
+from tickvault.sim.recording import read_recording, record_stream
 from tickvault.sim.server import Simulator, run_simulator
 
-__all__ = ["Broker", "BrokerError", "Market", "Simulator", "TruthChecksum", "run_simulator", "symbol_names"]
+__all__ = [
+    "Broker",
+    "BrokerError",
+    "Market",
+    "SimClock",
+    "Simulator",
+    "TruthChecksum",
+    "read_recording",
+    "record_stream",
+    "run_simulator",
+    "symbol_names",
+]

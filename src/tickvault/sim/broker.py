@@ -1,15 +1,35 @@
-"""The simulated broker: one paper account, positions, orders, fills, trade-update events.
+"""The simulated broker: one paper account, its orders, fills, positions and trade-update events.
 
-Market orders fill at once at the symbol's latest simulated price; limit orders rest until a
-generated trade crosses the limit (then fill at that trade's price, which is at or better than the
-limit); stop orders trigger on a trade at or through the stop and fill at that trade's price;
-stop-limit orders become limit orders when triggered. One fill per order (no partial fills);
-``ioc``/``fok`` limit orders that cannot fill at once are canceled.
+The fill model, which a strategy tested here can rely on:
 
-What this module must never do: grow without bound in a long run. Orders are kept up to
-``max_orders`` (the oldest closed order is forgotten first, with its client_order_id), fills up to
-``max_fills`` (oldest first); open orders are bounded by ``max_open_orders`` (more → 403, as Alpaca
-limits open orders). Money is Decimal throughout and leaves as decimal strings.
+- **Market orders** take the simulated quote: a buy fills at the ask, a sell at the bid, for at most
+  the quote's size (what earlier orders took from the same quote is gone); the rest waits for the next
+  quotes, each filling what its size allows, at its price. Every piece is a ``partial_fill`` event and
+  the last one a ``fill``; ``filled_avg_price`` is the size-weighted mean.
+- **Limit orders** that are marketable on arrival fill like market orders at the quote (never worse
+  than the limit); otherwise they rest and fill at the limit when a trade prints at or through it
+  (up to that trade's size) or a later quote crosses it (at the quote, up to its size).
+- **Stop orders** trigger on a trade at or through the stop and become market orders (stop-limit:
+  limit orders). ``ioc`` fills what it can at once and cancels the rest; ``fok`` fills all at once or
+  is canceled.
+- **Order classes**: ``bracket`` (entry + take-profit limit + stop-loss, the exits ``held`` until the
+  entry fills completely), ``oto`` (entry + one exit) and ``oco`` (take-profit limit + stop-loss, both
+  working). When an exit leg fills (even partly) its sibling is canceled.
+- **Hours**: with ``hours="always"`` the exchange never closes; ``day`` orders do not expire. With
+  ``hours="calendar"`` (see :mod:`tickvault.sim.calendar`) an order sent while the market is closed is
+  ``accepted`` and goes to work (``new``) at the next open; a ``day`` order expires at its session's
+  close (``expires_at``).
+- **Account rules** (Alpaca's answers): a buy that opens or adds costs ``qty × (limit or ask)`` of
+  buying power (403 ``insufficient buying power``); a sell beyond the long position's available qty,
+  or a buy beyond the short's, is refused (403 ``insufficient qty available for order``; a position
+  is never flipped in one order); a short sale needs shorting enabled, a whole qty and buying power
+  for ``qty × price`` (shorts are carried at 100 % margin: ``buying_power = cash − 2 × |short market
+  value| − open orders' reservations``, multiplier 1).
+
+What this module must never do: grow without bound in a long run (orders up to ``max_orders``, the
+oldest closed ones forgotten first with their client_order_id; fills up to ``max_fills``; working
+orders up to ``max_open_orders``, more → 403 as Alpaca limits them; equity marks up to
+``max_marks``), or hold money in floats: Decimal throughout, decimal strings on the wire.
 """
 
 from __future__ import annotations
@@ -22,22 +42,33 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 from tickvault.alpaca.protocol import ns_to_rfc3339, rfc3339_to_ns
+from tickvault.sim import calendar
 
 CENT = Decimal("0.01")
 QTY_STEP = Decimal("0.000000001")  # Alpaca's fractional qty precision (9 decimals)
 _ORDER_TYPES = ("market", "limit", "stop", "stop_limit")
 _TIFS = ("day", "gtc", "ioc", "fok", "opg", "cls")
-_OPEN = ("new", "accepted", "partially_filled", "pending_new")
+_CLASSES = ("simple", "bracket", "oco", "oto")
+OPEN_STATUSES = ("new", "accepted", "partially_filled", "pending_new", "held")
+HOURS = ("always", "calendar")
+# (bid_cents, bid_size, ask_cents, ask_size, quote time ns): what the market quotes for a symbol.
+Quote = tuple[int, int, int, int, int]
+_FALLBACK_SIZE = 100  # shares on each side of the quote made up before a symbol has a real quote
+MARK_EVERY_NS = 60 * 10**9  # one equity mark per simulated minute for the portfolio history
 
 
 class BrokerError(Exception):
-    """A refused request; the REST layer answers ``status`` with ``{"code", "message"}`` like Alpaca."""
+    """A refused request; the REST layer answers ``status`` with ``{"code", "message", **extra}`` like Alpaca."""
 
-    def __init__(self, status: int, code: int, message: str) -> None:
+    def __init__(self, status: int, code: int, message: str, **extra: Any) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.extra = extra
+
+    def body(self) -> dict:
+        return {"code": self.code, "message": self.message, **self.extra}
 
 
 def _dec(value: Any, name: str) -> Decimal:
@@ -54,66 +85,73 @@ def _s(d: Decimal | None) -> str | None:
     """Decimal → Alpaca-style decimal string (no exponent, trailing zeros trimmed)."""
     if d is None:
         return None
-    text = format(d.normalize(), "f")
-    return text
+    return format(d.normalize(), "f")
+
+
+def _iso(ns: int) -> str | None:
+    return ns_to_rfc3339(ns) if ns else None
+
+
+def asset_id(symbol: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"tickvault-sim/{symbol}"))
 
 
 class _Order:
     __slots__ = (
-        "id",
-        "client_order_id",
-        "created_ns",
-        "updated_ns",
-        "filled_ns",
-        "canceled_ns",
-        "symbol",
-        "qty",
-        "notional",
-        "filled_qty",
-        "filled_avg_price",
-        "type",
-        "side",
-        "time_in_force",
-        "limit_price",
-        "stop_price",
-        "status",
-        "extended_hours",
-        "triggered",
+        "id", "client_order_id", "created_ns", "updated_ns", "submitted_ns", "filled_ns", "canceled_ns",
+        "expired_ns", "failed_ns", "replaced_ns", "expires_ns", "activate_ns", "symbol", "qty", "notional",
+        "filled_qty", "filled_value", "type", "side", "time_in_force", "limit_price", "stop_price", "status",
+        "extended_hours", "triggered", "order_class", "legs", "parent", "sibling", "replaced_by", "replaces",
+        "position_intent",
     )
 
-    def to_json(self) -> dict:
-        created = ns_to_rfc3339(self.created_ns)
+    @property
+    def remaining(self) -> Decimal:
+        return self.qty - self.filled_qty
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_STATUSES
+
+    @property
+    def filled_avg_price(self) -> Decimal | None:
+        if not self.filled_qty:
+            return None
+        return (self.filled_value / self.filled_qty).quantize(QTY_STEP, ROUND_HALF_UP)
+
+    def to_json(self, *, legs: bool = True) -> dict:
         return {
             "id": self.id,
             "client_order_id": self.client_order_id,
-            "created_at": created,
+            "created_at": ns_to_rfc3339(self.created_ns),
             "updated_at": ns_to_rfc3339(self.updated_ns),
-            "submitted_at": created,
-            "filled_at": ns_to_rfc3339(self.filled_ns) if self.filled_ns else None,
-            "expired_at": None,
-            "canceled_at": ns_to_rfc3339(self.canceled_ns) if self.canceled_ns else None,
-            "failed_at": None,
-            "replaced_at": None,
-            "replaced_by": None,
-            "replaces": None,
-            "asset_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"tickvault-sim/{self.symbol}")),
+            "submitted_at": ns_to_rfc3339(self.submitted_ns),
+            "filled_at": _iso(self.filled_ns),
+            "expired_at": _iso(self.expired_ns),
+            "expires_at": _iso(self.expires_ns),
+            "canceled_at": _iso(self.canceled_ns),
+            "failed_at": _iso(self.failed_ns),
+            "replaced_at": _iso(self.replaced_ns),
+            "replaced_by": self.replaced_by,
+            "replaces": self.replaces,
+            "asset_id": asset_id(self.symbol),
             "symbol": self.symbol,
             "asset_class": "us_equity",
             "notional": _s(self.notional),
-            "qty": _s(self.qty),
+            "qty": _s(self.qty) if self.notional is None or self.filled_qty else None,
             "filled_qty": _s(self.filled_qty),
             "filled_avg_price": _s(self.filled_avg_price),
-            "order_class": "simple",
+            "order_class": self.order_class,
             "order_type": self.type,
             "type": self.type,
             "side": self.side,
-            "position_intent": ("buy_to_open" if self.side == "buy" else "sell_to_close"),
+            "position_intent": self.position_intent,
             "time_in_force": self.time_in_force,
             "limit_price": _s(self.limit_price),
             "stop_price": _s(self.stop_price),
             "status": self.status,
             "extended_hours": self.extended_hours,
-            "legs": None,
+            "legs": [leg.to_json(legs=False) for leg in self.legs] if legs and self.legs else None,
             "trail_percent": None,
             "trail_price": None,
             "hwm": None,
@@ -121,20 +159,34 @@ class _Order:
 
 
 class Broker:
-    """One paper account. ``price_cents(symbol)`` gives the latest simulated price (None: unknown
-    symbol). Every event (``new``/``fill``/``canceled``) is handed to each function in ``listeners``
-    as the ``data`` object of a ``trade_updates`` message."""
+    """One paper account; see the module docstring for the fill model and the account rules.
+
+    ``price_cents(symbol)``: the latest simulated trade price (None: unknown symbol). ``quote(symbol)``:
+    the latest simulated quote (None: none yet; a quote of ±1 cent and 100 shares is made up).
+    ``clock()``: simulated time in ns. Every event (``new``, ``accepted``, ``partial_fill``, ``fill``,
+    ``canceled``, ``expired``, ``replaced``, ``rejected``) goes to each function in ``listeners`` as the
+    ``data`` object of a ``trade_updates`` message.
+    """
 
     def __init__(
         self,
         price_cents: Callable[[str], int | None],
         *,
+        quote: Callable[[str], Quote | None] | None = None,
+        clock: Callable[[], int] = time.time_ns,
+        hours: str = "always",
         cash: Decimal | str = "100000",
         max_orders: int = 10_000,
         max_fills: int = 100_000,
         max_open_orders: int = 1_000,
+        max_marks: int = 100_000,
     ) -> None:
+        if hours not in HOURS:
+            raise ValueError(f"hours must be one of {HOURS}")
         self._price_cents = price_cents
+        self._quote = quote or (lambda symbol: None)
+        self.clock = clock
+        self.hours = hours
         self.account_id = str(uuid.uuid4())
         self.account_number = "PA" + self.account_id.replace("-", "")[:10].upper()
         self.cash = Decimal(cash)
@@ -143,13 +195,30 @@ class Broker:
         self.max_open_orders = max_open_orders
         self.orders: OrderedDict[str, _Order] = OrderedDict()  # ≤ max_orders, oldest first
         self.by_client_id: dict[str, str] = {}  # client_order_id → id, same entries as orders
-        self.open_by_symbol: dict[str, list[_Order]] = {}  # resting orders; ≤ max_open_orders in all
-        self.open_count = 0
+        self.working: dict[str, list[_Order]] = {}  # symbol → orders the market can fill; ≤ max_open_orders
+        self.pending: list[_Order] = []  # accepted while closed, or day orders: waiting on the clock
         self.positions: dict[str, list[Decimal]] = {}  # symbol → [qty (signed), cost basis]; ≤ symbols
         self.fills: deque[dict] = deque(maxlen=max_fills)  # activities, oldest first
         self._fill_seq = 0  # sequence of the newest fill; fills[i] has seq first_seq + i
         self._fill_index: dict[str, int] = {}  # activity id → seq, same entries as fills
+        self._liquidity: dict[str, list[int]] = {}  # symbol → [quote time, bid left, ask left]: ≤ symbols
+        self.marks: deque[tuple[int, Decimal]] = deque(maxlen=max_marks)  # (ns, equity), oldest first
+        self._next_mark = 0
+        self.configuration: dict[str, Any] = {
+            "dtbp_check": "entry",
+            "trade_confirm_email": "all",
+            "suspend_trade": False,
+            "no_shorting": False,
+            "fractional_trading": True,
+            "max_margin_multiplier": "1",
+            "pdt_check": "entry",
+            "ptp_no_exception_entry": False,
+            "max_options_trading_level": 0,
+        }
+        self.reject_next = 0  # fault: the next N submitted orders are rejected (a ``rejected`` event)
         self.listeners: list[Callable[[dict], None]] = []
+        self.created_ns = clock()
+        self.base_equity = self.cash  # equity at the start: the portfolio history's base value
 
     # ------------------------------------------------------------------ state for tests
     def set_position(
@@ -165,14 +234,35 @@ class Broker:
     def set_cash(self, cash: Decimal | str | int) -> None:
         self.cash = Decimal(str(cash))
 
-    # ------------------------------------------------------------------ account
+    @property
+    def open_count(self) -> int:
+        """Orders still open (working, accepted or held)."""
+        return sum(1 for o in self.orders.values() if o.is_open)
+
+    # ------------------------------------------------------------------ prices
     def _price(self, symbol: str) -> Decimal:
         cents = self._price_cents(symbol)
         if cents is None:
             raise BrokerError(422, 40010001, f'asset "{symbol}" not found')
         return Decimal(cents) / 100
 
-    def account(self) -> dict:
+    def _book(self, symbol: str) -> tuple[Decimal, Decimal, list[int]]:
+        """(bid, ask, liquidity [quote time, bid left, ask left]) of the symbol's current quote."""
+        q = self._quote(symbol)
+        if q is None:
+            cents = self._price_cents(symbol) or 1
+            q = (max(1, cents - 1), _FALLBACK_SIZE, cents + 1, _FALLBACK_SIZE, 0)
+        bid, bid_size, ask, ask_size, t = q
+        liq = self._liquidity.get(symbol)
+        if liq is None or liq[0] != t:
+            liq = self._liquidity[symbol] = [t, bid_size, ask_size]
+        return Decimal(bid) / 100, Decimal(ask) / 100, liq
+
+    def is_open(self, now: int | None = None) -> bool:
+        return self.hours == "always" or calendar.is_open(self.clock() if now is None else now)
+
+    # ------------------------------------------------------------------ account
+    def _market_values(self) -> tuple[Decimal, Decimal]:
         long_mv = short_mv = Decimal(0)
         for symbol, (qty, _) in self.positions.items():
             mv = qty * self._price(symbol)
@@ -180,32 +270,58 @@ class Broker:
                 long_mv += mv
             else:
                 short_mv += mv
+        return long_mv, short_mv
+
+    def equity(self) -> Decimal:
+        long_mv, short_mv = self._market_values()
+        return self.cash + long_mv + short_mv
+
+    def _reserved(self, skip: _Order | None = None) -> Decimal:
+        """Buying power held by open orders that open or add to a position."""
+        total = Decimal(0)
+        for o in self.orders.values():
+            if not o.is_open or o is skip or o.status == "held" or o.position_intent.endswith("close"):
+                continue
+            if o.side == "buy":
+                price = o.limit_price if o.limit_price is not None else self._book(o.symbol)[1]
+            else:
+                price = o.limit_price if o.limit_price is not None else self._price(o.symbol)
+            total += o.remaining * price
+        return total
+
+    def buying_power(self, skip: _Order | None = None) -> Decimal:
+        _, short_mv = self._market_values()
+        return max(Decimal(0), self.cash + 2 * short_mv - self._reserved(skip))
+
+    def account(self) -> dict:
+        long_mv, short_mv = self._market_values()
         equity = self.cash + long_mv + short_mv
-        bp = max(self.cash, Decimal(0))
+        bp = self.buying_power().quantize(CENT)
         return {
             "id": self.account_id,
             "account_number": self.account_number,
             "status": "ACTIVE",
             "crypto_status": "ACTIVE",
             "currency": "USD",
-            "buying_power": _s(bp.quantize(CENT)),
-            "regt_buying_power": _s(bp.quantize(CENT)),
+            "buying_power": _s(bp),
+            "regt_buying_power": _s(bp),
             "daytrading_buying_power": "0",
-            "non_marginable_buying_power": _s(bp.quantize(CENT)),
+            "non_marginable_buying_power": _s(bp),
+            "options_buying_power": _s(bp),
             "cash": _s(self.cash.quantize(CENT)),
             "accrued_fees": "0",
             "pending_transfer_in": "0",
             "portfolio_value": _s(equity.quantize(CENT)),
             "pattern_day_trader": False,
-            "trading_blocked": False,
+            "trading_blocked": bool(self.configuration["suspend_trade"]),
             "transfers_blocked": False,
             "account_blocked": False,
-            "created_at": "2024-01-02T14:30:00Z",
-            "trade_suspended_by_user": False,
+            "created_at": ns_to_rfc3339(self.created_ns),
+            "trade_suspended_by_user": bool(self.configuration["suspend_trade"]),
             "multiplier": "1",
-            "shorting_enabled": True,
+            "shorting_enabled": not self.configuration["no_shorting"],
             "equity": _s(equity.quantize(CENT)),
-            "last_equity": _s(equity.quantize(CENT)),
+            "last_equity": _s(self.base_equity.quantize(CENT)),
             "long_market_value": _s(long_mv.quantize(CENT)),
             "short_market_value": _s(short_mv.quantize(CENT)),
             "initial_margin": "0",
@@ -215,45 +331,157 @@ class Broker:
             "daytrade_count": 0,
         }
 
+    def configure(self, changes: dict) -> dict:
+        """``PATCH /v2/account/configurations``: known keys only (422 otherwise)."""
+        if not isinstance(changes, dict):
+            raise BrokerError(422, 40010001, "request body must be a JSON object")
+        for key, value in changes.items():
+            if key not in self.configuration:
+                raise BrokerError(422, 40010001, f"unknown configuration {key!r}")
+            self.configuration[key] = value
+        return dict(self.configuration)
+
+    # ------------------------------------------------------------------ positions
+    def _held_for_orders(self, symbol: str, side: str) -> Decimal:
+        # An OCO's two exits hold the same shares once: its stop leg is not counted again.
+        return sum(
+            (o.remaining for o in self.orders.values()
+             if o.is_open and o.symbol == symbol and o.side == side and o.status != "held"
+             and not (o.order_class == "oco" and o.parent is not None)),
+            Decimal(0),
+        )
+
+    def _position_json(self, symbol: str) -> dict:
+        qty, cost = self.positions[symbol]
+        price = self._price(symbol)
+        mv = qty * price
+        upl = mv - cost
+        plpc = _s((upl / abs(cost)).quantize(Decimal("0.0001"))) if cost else "0"
+        closing_side = "sell" if qty > 0 else "buy"
+        available = abs(qty) - self._held_for_orders(symbol, closing_side)
+        return {
+            "asset_id": asset_id(symbol),
+            "symbol": symbol,
+            "exchange": "NASDAQ",
+            "asset_class": "us_equity",
+            "asset_marginable": True,
+            "avg_entry_price": _s((cost / qty).quantize(Decimal("0.0001"), ROUND_HALF_UP)),
+            "qty": _s(qty),
+            "qty_available": _s(available if qty > 0 else -available),
+            "side": "long" if qty > 0 else "short",
+            "market_value": _s(mv.quantize(CENT)),
+            "cost_basis": _s(cost.quantize(CENT)),
+            "unrealized_pl": _s(upl.quantize(CENT)),
+            "unrealized_plpc": plpc,
+            "unrealized_intraday_pl": _s(upl.quantize(CENT)),
+            "unrealized_intraday_plpc": plpc,
+            "current_price": _s(price),
+            "lastday_price": _s(price),
+            "change_today": "0",
+        }
+
     def position_list(self) -> list[dict]:
+        return [self._position_json(s) for s in sorted(self.positions)]
+
+    def _position_symbol(self, symbol_or_asset_id: str) -> str:
+        key = symbol_or_asset_id.upper()
+        if key in self.positions:
+            return key
+        for symbol in self.positions:
+            if asset_id(symbol) == symbol_or_asset_id:
+                return symbol
+        raise BrokerError(404, 40410000, "position does not exist")
+
+    def position(self, symbol_or_asset_id: str) -> dict:
+        return self._position_json(self._position_symbol(symbol_or_asset_id))
+
+    def close_position(self, symbol_or_asset_id: str, qty: str | None = None, percentage: str | None = None) -> dict:
+        """``DELETE /v2/positions/{symbol}``: a market order for all (or ``qty``, or ``percentage`` %)."""
+        symbol = self._position_symbol(symbol_or_asset_id)
+        held = self.positions[symbol][0]
+        if qty is not None and percentage is not None:
+            raise BrokerError(422, 40010001, "only one of qty or percentage may be given")
+        amount = abs(held)
+        if qty is not None:
+            amount = _dec(qty, "qty")
+        elif percentage is not None:
+            pct = _dec(percentage, "percentage")
+            if not 0 < pct <= 100:
+                raise BrokerError(422, 40010001, "percentage must be in (0, 100]")
+            amount = (abs(held) * pct / 100).quantize(QTY_STEP)
+        body = {"symbol": symbol, "qty": str(amount), "side": "sell" if held > 0 else "buy",
+                "type": "market", "time_in_force": "day"}
+        return self.submit(body)
+
+    def close_all_positions(self, cancel_orders: bool = False) -> list[dict]:
+        """``DELETE /v2/positions``: one answer per position (Alpaca's 207 multi-status items)."""
+        if cancel_orders:
+            self.cancel_all()
         out = []
         for symbol in sorted(self.positions):
-            qty, cost = self.positions[symbol]
-            price = self._price(symbol)
-            mv = qty * price
-            avg = cost / qty
-            upl = mv - cost
-            out.append(
-                {
-                    "asset_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"tickvault-sim/{symbol}")),
-                    "symbol": symbol,
-                    "exchange": "NASDAQ",
-                    "asset_class": "us_equity",
-                    "asset_marginable": True,
-                    "avg_entry_price": _s(avg.quantize(Decimal("0.0001"), ROUND_HALF_UP)),
-                    "qty": _s(qty),
-                    "qty_available": _s(qty),
-                    "side": "long" if qty > 0 else "short",
-                    "market_value": _s(mv.quantize(CENT)),
-                    "cost_basis": _s(cost.quantize(CENT)),
-                    "unrealized_pl": _s(upl.quantize(CENT)),
-                    "unrealized_plpc": _s((upl / abs(cost)).quantize(Decimal("0.0001"))) if cost else "0",
-                    "unrealized_intraday_pl": _s(upl.quantize(CENT)),
-                    "unrealized_intraday_plpc": _s((upl / abs(cost)).quantize(Decimal("0.0001")))
-                    if cost
-                    else "0",
-                    "current_price": _s(price),
-                    "lastday_price": _s(price),
-                    "change_today": "0",
-                }
-            )
+            try:
+                out.append({"symbol": symbol, "status": 200, "body": self.close_position(symbol)})
+            except BrokerError as exc:
+                out.append({"symbol": symbol, "status": exc.status, "body": {**exc.body(), "symbol": symbol}})
         return out
 
-    # ------------------------------------------------------------------ orders
+    # ------------------------------------------------------------------ orders: submit
     def submit(self, body: dict) -> dict:
         """Validate and accept an order (``POST /v2/orders`` body); returns the order JSON."""
         if not isinstance(body, dict):
             raise BrokerError(422, 40010001, "request body must be a JSON object")
+        if self.configuration["suspend_trade"]:
+            raise BrokerError(403, 40310000, "trading is suspended for this account")
+        order_class = body.get("order_class") or "simple"
+        if order_class not in _CLASSES:
+            raise BrokerError(422, 40010001, f"order_class {order_class!r} is not supported by the simulator")
+        parent = self._validated(body, order_class)
+        now = self.clock()
+        legs = self._legs(parent, body, order_class) if order_class != "simple" else []
+        self._check_account(parent)
+        if self.open_count + 1 + len(legs) > self.max_open_orders:
+            raise BrokerError(403, 40310000, f"open order limit reached ({self.max_open_orders})")
+        for o in (parent, *legs):
+            o.created_ns = o.updated_ns = o.submitted_ns = now
+            self._remember(o)
+        if self.reject_next > 0:
+            self.reject_next -= 1
+            parent.status = "rejected"
+            parent.failed_ns = now
+            for leg in legs:
+                leg.status = "canceled"
+                leg.canceled_ns = now
+            self._emit("rejected", parent)
+            return parent.to_json()
+        if order_class == "oco":
+            for o in (parent, *legs):
+                self._start(o, now)
+        else:
+            self._start(parent, now)
+        return parent.to_json()
+
+    def _new_order(self) -> _Order:
+        o = _Order()
+        o.id = str(uuid.uuid4())
+        o.client_order_id = str(uuid.uuid4())
+        o.created_ns = o.updated_ns = o.submitted_ns = 0
+        o.filled_ns = o.canceled_ns = o.expired_ns = o.failed_ns = o.replaced_ns = 0
+        o.expires_ns = o.activate_ns = 0
+        o.notional = None
+        o.filled_qty = Decimal(0)
+        o.filled_value = Decimal(0)
+        o.limit_price = o.stop_price = None
+        o.status = "new"
+        o.extended_hours = False
+        o.triggered = False
+        o.order_class = "simple"
+        o.legs = []
+        o.parent = o.sibling = None
+        o.replaced_by = o.replaces = None
+        o.position_intent = ""
+        return o
+
+    def _validated(self, body: dict, order_class: str) -> _Order:
         symbol = body.get("symbol")
         if not isinstance(symbol, str) or not symbol:
             raise BrokerError(422, 40010001, "symbol is required")
@@ -268,112 +496,285 @@ class Broker:
         tif = body.get("time_in_force") or "day"
         if tif not in _TIFS:
             raise BrokerError(422, 40010001, f"invalid time_in_force: {tif!r}")
-        qty = body.get("qty")
-        notional = body.get("notional")
+        if order_class != "simple" and tif not in ("day", "gtc"):
+            raise BrokerError(422, 40010001, "time_in_force must be day or gtc for advanced orders")
+        qty, notional = body.get("qty"), body.get("notional")
         if (qty is None) == (notional is None):
             raise BrokerError(422, 40010001, "qty or notional is required (exactly one)")
-        notional_d = None
+        o = self._new_order()
         if notional is not None:
-            notional_d = _dec(notional, "notional")
-            if notional_d <= 0:
+            o.notional = _dec(notional, "notional")
+            if o.notional <= 0:
                 raise BrokerError(422, 40010001, "notional must be > 0")
-            if otype != "market":
-                raise BrokerError(422, 40010001, "notional orders must be market orders")
-            qty_d = (notional_d / price).quantize(QTY_STEP)
+            if otype != "market" or order_class != "simple":
+                raise BrokerError(422, 40010001, "notional orders must be simple market orders")
+            o.qty = (o.notional / price).quantize(QTY_STEP)
         else:
-            qty_d = _dec(qty, "qty")
-            if qty_d <= 0:
+            o.qty = _dec(qty, "qty")
+            if o.qty <= 0:
                 raise BrokerError(422, 40010001, "qty must be > 0")
-        limit = _dec(body["limit_price"], "limit_price") if body.get("limit_price") is not None else None
-        stop = _dec(body["stop_price"], "stop_price") if body.get("stop_price") is not None else None
-        if otype in ("limit", "stop_limit") and limit is None:
+        if o.qty != o.qty.to_integral_value():
+            if not self.configuration["fractional_trading"]:
+                raise BrokerError(422, 40010001, "fractional trading is disabled for this account")
+            if tif != "day" or order_class != "simple":
+                raise BrokerError(422, 42210000, "fractional orders must be DAY orders")
+        if body.get("limit_price") is not None:
+            o.limit_price = _dec(body["limit_price"], "limit_price")
+        if body.get("stop_price") is not None:
+            o.stop_price = _dec(body["stop_price"], "stop_price")
+        if otype in ("limit", "stop_limit") and o.limit_price is None:
             raise BrokerError(422, 40010001, "limit_price is required for limit orders")
-        if otype in ("stop", "stop_limit") and stop is None:
+        if otype in ("stop", "stop_limit") and o.stop_price is None:
             raise BrokerError(422, 40010001, "stop_price is required for stop orders")
-        cid = body.get("client_order_id") or str(uuid.uuid4())
+        for p in (o.limit_price, o.stop_price):
+            if p is not None and p <= 0:
+                raise BrokerError(422, 40010001, "prices must be > 0")
+        extended = bool(body.get("extended_hours", False))
+        if extended and (otype != "limit" or tif != "day"):
+            raise BrokerError(422, 42210000, "extended hours order must be DAY limit orders")
+        cid = body.get("client_order_id") or o.client_order_id
         if not isinstance(cid, str) or len(cid) > 128:
             raise BrokerError(422, 40010001, "client_order_id must be a string of at most 128 characters")
         if cid in self.by_client_id:
             raise BrokerError(422, 40010001, "client_order_id must be unique")
-        if side == "buy":
-            cost = qty_d * (limit if limit is not None else price)
-            if cost > self.cash:
-                raise BrokerError(403, 40310000, "insufficient buying power")
-        now = time.time_ns()
-        o = _Order()
-        o.id = str(uuid.uuid4())
         o.client_order_id = cid
-        o.created_ns = o.updated_ns = now
-        o.filled_ns = o.canceled_ns = 0
-        o.symbol = symbol
-        o.qty = qty_d if notional_d is None else None
-        o.notional = notional_d
-        o.filled_qty = Decimal(0)
-        o.filled_avg_price = None
-        o.type = otype
-        o.side = side
-        o.time_in_force = tif
-        o.limit_price = limit
-        o.stop_price = stop
-        o.status = "new"
-        o.extended_hours = bool(body.get("extended_hours", False))
-        o.triggered = False
-        self._remember(o)
-        self._emit("new", o)
-        cents = int(price * 100)
-        if otype == "market":
-            self._fill(o, price, now, qty_d)
-        elif not self._check_resting(o, cents, now, qty_d):
-            if tif in ("ioc", "fok"):
-                self._cancel(o, now)
-            else:
-                if self.open_count >= self.max_open_orders:
-                    self._cancel(o, now)
-                    raise BrokerError(403, 40310000, f"open order limit reached ({self.max_open_orders})")
-                self.open_by_symbol.setdefault(symbol, []).append(o)
-                self.open_count += 1
-        return o.to_json()
+        o.symbol, o.side, o.type, o.time_in_force = symbol, side, otype, tif
+        o.extended_hours = extended
+        o.order_class = order_class
+        return o
+
+    def _legs(self, parent: _Order, body: dict, order_class: str) -> list[_Order]:
+        take, stop = body.get("take_profit"), body.get("stop_loss")
+        if order_class == "bracket" and not (take and stop):
+            raise BrokerError(422, 40010001, "bracket orders need both take_profit and stop_loss")
+        if order_class == "oco":
+            if not (take and stop) or parent.type != "limit":
+                raise BrokerError(422, 40010001, "oco orders are a limit order with take_profit and stop_loss")
+        if order_class == "oto" and bool(take) == bool(stop):
+            raise BrokerError(422, 40010001, "oto orders need exactly one of take_profit or stop_loss")
+        exit_side = "sell" if parent.side == "buy" else "buy"
+        base = parent.limit_price if parent.limit_price is not None else self._price(parent.symbol)
+        legs = []
+        tp_price = sl_price = None
+        if take:
+            tp_price = _dec(take.get("limit_price"), "take_profit.limit_price")
+        if stop:
+            sl_price = _dec(stop.get("stop_price"), "stop_loss.stop_price")
+        if order_class == "oco":
+            # The parent is the take-profit limit; its one leg is the stop loss. Both exit a position.
+            parent.limit_price = tp_price if parent.limit_price is None else parent.limit_price
+            tp_price = None
+            base = None
+        up = 1 if parent.side == "buy" else -1
+        if tp_price is not None and base is not None and (tp_price - base) * up < CENT:
+            side_word = "greater" if up > 0 else "less"
+            raise BrokerError(422, 42210000, f"take_profit.limit_price must be {side_word} than base_price + 0.01"
+                              if up > 0 else f"take_profit.limit_price must be {side_word} than base_price - 0.01")
+        if sl_price is not None and base is not None and (base - sl_price) * up < CENT:
+            raise BrokerError(422, 42210000, "stop_loss.stop_price must be less than base_price - 0.01"
+                              if up > 0 else "stop_loss.stop_price must be greater than base_price + 0.01")
+        if tp_price is not None:
+            tp = self._leg(parent, exit_side, "limit")
+            tp.limit_price = tp_price
+            legs.append(tp)
+        if sl_price is not None:
+            sl = self._leg(parent, exit_side, "stop")
+            sl.stop_price = sl_price
+            if stop.get("limit_price") is not None:
+                sl.type = "stop_limit"
+                sl.limit_price = _dec(stop["limit_price"], "stop_loss.limit_price")
+            legs.append(sl)
+        parent.legs = legs
+        if order_class == "oco":
+            parent.sibling, legs[0].sibling = legs[0], parent
+        elif len(legs) == 2:
+            legs[0].sibling, legs[1].sibling = legs[1], legs[0]
+        return legs
+
+    def _leg(self, parent: _Order, side: str, otype: str) -> _Order:
+        leg = self._new_order()
+        leg.symbol, leg.side, leg.type = parent.symbol, side, otype
+        leg.qty = parent.qty
+        leg.time_in_force = parent.time_in_force
+        leg.order_class = parent.order_class
+        leg.parent = parent
+        leg.status = "held"
+        leg.position_intent = "sell_to_close" if side == "sell" else "buy_to_close"
+        return leg
+
+    def _check_account(self, o: _Order) -> None:
+        """Alpaca's refusals for qty and buying power (403), and the order's position intent."""
+        held = self.positions.get(o.symbol, [Decimal(0)])[0]
+        if o.order_class == "oco":
+            # An OCO exits an existing position: its qty must be available on the closing side.
+            if (held > 0) != (o.side == "sell") or held == 0:
+                raise BrokerError(403, 40310000, f"insufficient qty available for order (requested: {_s(o.qty)}, "
+                                  "available: 0)")
+        signed = o.qty if o.side == "buy" else -o.qty
+        closing = held != 0 and (held > 0) != (signed > 0)
+        if closing:
+            closing_side = o.side
+            available = abs(held) - self._held_for_orders(o.symbol, closing_side)
+            if o.qty > available:
+                raise BrokerError(403, 40310000, f"insufficient qty available for order (requested: {_s(o.qty)}, "
+                                  f"available: {_s(max(available, Decimal(0)))})",
+                                  symbol=o.symbol, available=_s(max(available, Decimal(0))),
+                                  existing_qty=_s(abs(held)), held_for_orders=_s(abs(held) - available))
+            o.position_intent = f"{o.side}_to_close"
+            for leg in o.legs:
+                leg.position_intent = f"{leg.side}_to_open"
+            return
+        o.position_intent = f"{o.side}_to_open"
+        if o.side == "sell":
+            if self.configuration["no_shorting"]:
+                raise BrokerError(403, 40310000, "account is not allowed to short")
+            if o.qty != o.qty.to_integral_value():
+                raise BrokerError(403, 40310000, "fractional orders cannot be sold short")
+            cost = o.qty * (o.limit_price if o.limit_price is not None else self._price(o.symbol))
+        else:
+            cost = o.qty * (o.limit_price if o.limit_price is not None else self._book(o.symbol)[1])
+        if cost > self.buying_power():
+            raise BrokerError(403, 40310000, "insufficient buying power")
 
     def _remember(self, o: _Order) -> None:
         self.orders[o.id] = o
         self.by_client_id[o.client_order_id] = o.id
-        if len(self.orders) > self.max_orders:
-            for oid, old in self.orders.items():
-                if old.status not in _OPEN:
-                    del self.orders[oid]
-                    self.by_client_id.pop(old.client_order_id, None)
-                    break
+        while len(self.orders) > self.max_orders:
+            victim = next((oid for oid, old in self.orders.items() if not old.is_open), None)
+            if victim is None:
+                break
+            old = self.orders.pop(victim)
+            self.by_client_id.pop(old.client_order_id, None)
 
-    def _check_resting(self, o: _Order, cents: int, t_ns: int, qty: Decimal | None = None) -> bool:
-        """Fill ``o`` if a trade at ``cents`` reaches it; True when filled."""
-        price = Decimal(cents) / 100
-        if o.stop_price is not None and not o.triggered:
-            hit = price >= o.stop_price if o.side == "buy" else price <= o.stop_price
-            if not hit:
-                return False
-            o.triggered = True
-            if o.type == "stop":
-                self._fill(o, price, t_ns, o.qty)
-                return True
-        if o.limit_price is not None:
-            crossed = price <= o.limit_price if o.side == "buy" else price >= o.limit_price
-            if crossed:
-                self._fill(o, price, t_ns, o.qty)
-                return True
-        return False
-
-    def on_trade(self, symbol: str, cents: int, t_ns: int) -> None:
-        """Called by the market for every generated trade: fill resting orders the trade reaches."""
-        resting = self.open_by_symbol.get(symbol)
-        if not resting:
+    def _start(self, o: _Order, now: int) -> None:
+        """A new (or activated) order: expiry, then to work now or at the next open."""
+        if o.time_in_force == "day" and self.hours == "calendar" and not o.expires_ns:
+            o.expires_ns = calendar.next_close(now) or 0
+        if not self.is_open(now) and not o.extended_hours:
+            o.status = "accepted"
+            o.activate_ns = calendar.next_open(now) or 0
+            self.pending.append(o)
+            self._emit("accepted", o)
             return
-        keep = [o for o in resting if not self._check_resting(o, cents, t_ns)]
-        self.open_count -= len(resting) - len(keep)
-        if keep:
-            self.open_by_symbol[symbol] = keep
-        else:
-            del self.open_by_symbol[symbol]
+        o.status = "new"
+        o.updated_ns = now
+        if o.expires_ns:
+            self.pending.append(o)
+        self._emit("new", o)
+        self._work(o, now)
 
+    def _work(self, o: _Order, now: int) -> None:
+        """Fill what the current quote allows; the rest rests (or is canceled for ioc/fok)."""
+        if o.time_in_force == "fok" and self._quote_fill_qty(o) < o.remaining:
+            self._cancel(o, now)
+            return
+        if o.type in ("market", "limit") or o.triggered:
+            self._fill_from_quote(o, now)
+        if not o.is_open:
+            return
+        if o.time_in_force in ("ioc", "fok"):
+            self._cancel(o, now)
+            return
+        self.working.setdefault(o.symbol, []).append(o)
+
+    def _marketable_price(self, o: _Order) -> Decimal | None:
+        """The quote price this order would take now, or None when the quote does not reach it."""
+        if o.stop_price is not None and not o.triggered:
+            return None
+        bid, ask, _ = self._book(o.symbol)
+        price = ask if o.side == "buy" else bid
+        if o.limit_price is not None and (price > o.limit_price if o.side == "buy" else price < o.limit_price):
+            return None
+        return price
+
+    def _quote_fill_qty(self, o: _Order) -> Decimal:
+        if self._marketable_price(o) is None:
+            return Decimal(0)
+        liq = self._book(o.symbol)[2]
+        return min(o.remaining, Decimal(liq[2] if o.side == "buy" else liq[1]))
+
+    def _fill_from_quote(self, o: _Order, now: int) -> None:
+        price = self._marketable_price(o)
+        if price is None:
+            return
+        liq = self._book(o.symbol)[2]
+        side_index = 2 if o.side == "buy" else 1
+        size = min(o.remaining, Decimal(liq[side_index]))
+        if size <= 0:
+            return
+        liq[side_index] -= int(size) if size == size.to_integral_value() else int(size) + 1
+        liq[side_index] = max(0, liq[side_index])
+        self._fill(o, price, now, size)
+
+    # ------------------------------------------------------------------ the market drives these
+    def on_quote(self, symbol: str, t_ns: int) -> None:
+        """A new quote: working market orders (and marketable limits) take what it offers."""
+        orders = self.working.get(symbol)
+        if not orders:
+            return
+        for o in list(orders):
+            if o.is_open:
+                self._fill_from_quote(o, t_ns)
+        self._prune(symbol)
+
+    def on_trade(self, symbol: str, cents: int, t_ns: int, size: int = 10**9) -> None:
+        """A generated trade: stops trigger; resting limits it reaches fill at their limit (up to its size)."""
+        orders = self.working.get(symbol)
+        if not orders:
+            return
+        price = Decimal(cents) / 100
+        left = Decimal(size)
+        for o in list(orders):
+            if not o.is_open:
+                continue
+            if o.stop_price is not None and not o.triggered:
+                hit = price >= o.stop_price if o.side == "buy" else price <= o.stop_price
+                if not hit:
+                    continue
+                o.triggered = True
+                if o.type == "stop":
+                    self._fill_from_quote(o, t_ns)
+                    continue
+            if o.limit_price is not None and left > 0:
+                crossed = price <= o.limit_price if o.side == "buy" else price >= o.limit_price
+                if crossed:
+                    take = min(o.remaining, left)
+                    left -= take
+                    self._fill(o, o.limit_price, t_ns, take)
+        self._prune(symbol)
+
+    def _prune(self, symbol: str) -> None:
+        orders = self.working.get(symbol)
+        if orders is None:
+            return
+        keep = [o for o in orders if o.is_open]
+        if keep:
+            self.working[symbol] = keep
+        else:
+            del self.working[symbol]
+
+    def advance(self, now: int | None = None) -> None:
+        """Let the clock act: accepted orders go to work at the open, day orders expire at the close,
+        the equity is marked once a simulated minute. Called by the market loop and on every request."""
+        now = self.clock() if now is None else now
+        if self.pending:
+            due = [o for o in self.pending if (o.status == "accepted" and o.activate_ns and o.activate_ns <= now)
+                   or (o.expires_ns and o.expires_ns <= now) or not o.is_open]
+            if due:
+                self.pending = [o for o in self.pending if o not in due]
+                for o in due:
+                    if not o.is_open:
+                        continue
+                    if o.expires_ns and o.expires_ns <= now:
+                        self._expire(o, o.expires_ns)
+                    else:
+                        o.activate_ns = 0
+                        self._start(o, now)
+        if now >= self._next_mark:
+            self._next_mark = now - now % MARK_EVERY_NS + MARK_EVERY_NS
+            self.marks.append((now, self.equity()))
+
+    # ------------------------------------------------------------------ fills and state changes
     def _fill(self, o: _Order, price: Decimal, t_ns: int, qty: Decimal) -> None:
         signed = qty if o.side == "buy" else -qty
         self.cash -= signed * price
@@ -385,45 +786,78 @@ class Broker:
             new_qty = old_qty + signed
             if new_qty == 0:
                 del self.positions[o.symbol]
-            elif old_qty == 0 or (old_qty > 0) == (signed > 0):
+            elif (old_qty > 0) == (signed > 0):
                 pos[0], pos[1] = new_qty, cost + signed * price  # adding to the position
             elif (old_qty > 0) == (new_qty > 0):
                 pos[0], pos[1] = new_qty, cost * new_qty / old_qty  # reducing: avg entry unchanged
             else:
-                pos[0], pos[1] = new_qty, new_qty * price  # flipped through zero
-        o.filled_qty = qty
-        o.filled_avg_price = price
-        o.status = "filled"
-        o.filled_ns = o.updated_ns = t_ns
+                pos[0], pos[1] = new_qty, new_qty * price  # flipped through zero (planted positions only)
+        o.filled_qty += qty
+        o.filled_value += qty * price
+        done = o.filled_qty >= o.qty
+        o.status = "filled" if done else "partially_filled"
+        o.updated_ns = t_ns
+        if done:
+            o.filled_ns = t_ns
+        self._record_fill(o, price, qty, t_ns)
+        pos = self.positions.get(o.symbol)
+        self._emit("fill" if done else "partial_fill", o, price=price, qty=qty, t_ns=t_ns,
+                   position_qty=pos[0] if pos else Decimal(0))
+        self.marks.append((t_ns, self.equity()))
+        if o.sibling is not None and o.sibling.is_open:
+            self._cancel(o.sibling, t_ns, cascade=False)  # one-cancels-other: the sibling goes at the first fill
+        if done and o.parent is None and o.order_class in ("bracket", "oto"):
+            for leg in o.legs:  # the exits go to work once the entry is completely filled
+                if leg.status == "held":
+                    if leg.time_in_force == "day" and o.expires_ns:
+                        leg.expires_ns = o.expires_ns
+                    self._start(leg, t_ns)
+
+    def _record_fill(self, o: _Order, price: Decimal, qty: Decimal, t_ns: int) -> None:
         self._fill_seq += 1
         stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(t_ns // 10**9))
         activity_id = f"{stamp}{(t_ns // 10**6) % 1000:03d}::{uuid.uuid4()}"  # Alpaca's id shape
+        done = o.filled_qty >= o.qty
         activity = {
             "id": activity_id,
             "account_id": self.account_id,
             "activity_type": "FILL",
             "transaction_time": ns_to_rfc3339(t_ns),
-            "type": "fill",
+            "type": "fill" if done else "partial_fill",
             "price": _s(price),
             "qty": _s(qty),
-            "side": o.side,
+            "side": o.side if o.position_intent != "sell_to_open" else "sell_short",
             "symbol": o.symbol,
-            "leaves_qty": "0",
+            "leaves_qty": _s(o.qty - o.filled_qty),
             "order_id": o.id,
-            "cum_qty": _s(qty),
-            "order_status": "filled",
+            "cum_qty": _s(o.filled_qty),
+            "order_status": o.status,
         }
         if len(self.fills) == self.fills.maxlen:
             self._fill_index.pop(self.fills[0]["id"], None)
         self.fills.append(activity)
         self._fill_index[activity_id] = self._fill_seq
-        pos = self.positions.get(o.symbol)
-        self._emit("fill", o, price=price, qty=qty, t_ns=t_ns, position_qty=pos[0] if pos else Decimal(0))
 
-    def _cancel(self, o: _Order, now: int) -> None:
+    def _cancel(self, o: _Order, now: int, *, cascade: bool = True) -> None:
         o.status = "canceled"
         o.canceled_ns = o.updated_ns = now
         self._emit("canceled", o)
+        if cascade:
+            self._close_children(o, now)
+
+    def _expire(self, o: _Order, now: int) -> None:
+        o.status = "expired"
+        o.expired_ns = o.updated_ns = now
+        self._emit("expired", o)
+        self._close_children(o, now)
+
+    def _close_children(self, o: _Order, now: int) -> None:
+        """A parent that ends unfilled takes its held exits with it; an OCO leg its sibling."""
+        for leg in o.legs:
+            if leg.status == "held":
+                self._cancel(leg, now, cascade=False)
+        if o.order_class == "oco" and o.sibling is not None and o.sibling.is_open:
+            self._cancel(o.sibling, now, cascade=False)
 
     def _emit(self, event: str, o: _Order, *, price=None, qty=None, t_ns=None, position_qty=None) -> None:
         if not self.listeners:
@@ -433,18 +867,22 @@ class Broker:
             "order": o.to_json(),
             "timestamp": ns_to_rfc3339(t_ns or o.updated_ns),
         }
-        if event == "fill":
+        if event in ("fill", "partial_fill"):
             data.update(
                 price=_s(price), qty=_s(qty), position_qty=_s(position_qty), execution_id=str(uuid.uuid4())
             )
         for listener in list(self.listeners):
             listener(data)
 
-    def get(self, order_id: str) -> dict:
+    # ------------------------------------------------------------------ orders: read, change, cancel
+    def _order(self, order_id: str) -> _Order:
         o = self.orders.get(order_id)
         if o is None:
             raise BrokerError(404, 40410000, "order not found")
-        return o.to_json()
+        return o
+
+    def get(self, order_id: str, nested: bool = True) -> dict:
+        return self._order(order_id).to_json(legs=nested)
 
     def get_by_client_id(self, client_order_id: str) -> dict:
         oid = self.by_client_id.get(client_order_id)
@@ -453,18 +891,85 @@ class Broker:
         return self.orders[oid].to_json()
 
     def cancel(self, order_id: str) -> None:
-        o = self.orders.get(order_id)
-        if o is None:
-            raise BrokerError(404, 40410000, "order not found")
-        if o.status not in _OPEN:
+        o = self._order(order_id)
+        if not o.is_open:
             raise BrokerError(422, 42210000, f"order is not cancelable (status {o.status})")
-        resting = self.open_by_symbol.get(o.symbol, [])
-        if o in resting:
-            resting.remove(o)
-            self.open_count -= 1
-            if not resting:
-                self.open_by_symbol.pop(o.symbol, None)
-        self._cancel(o, time.time_ns())
+        if o.status == "held" and o.parent is not None and o.parent.is_open:
+            raise BrokerError(422, 42210000, "a held leg is canceled with its parent order")
+        self._cancel(o, self.clock())
+        self._prune(o.symbol)
+
+    def cancel_all(self) -> list[dict]:
+        """``DELETE /v2/orders``: Alpaca's 207 multi-status items, one per open order."""
+        out = []
+        for o in list(self.orders.values()):
+            if o.is_open and not (o.status == "held" and o.parent is not None):
+                self.cancel(o.id)
+                out.append({"id": o.id, "status": 200, "body": o.to_json()})
+        return out
+
+    def replace(self, order_id: str, body: dict) -> dict:
+        """``PATCH /v2/orders/{id}``: a new order takes the old one's place (``replaces``/``replaced_by``);
+        events ``replaced`` (the old order) and ``new`` (the new one). Orders without fills only."""
+        o = self._order(order_id)
+        if not isinstance(body, dict) or not body:
+            raise BrokerError(422, 40010001, "nothing to replace: give qty, time_in_force, limit_price, stop_price "
+                              "or client_order_id")
+        if not o.is_open or o.status == "held":
+            raise BrokerError(422, 42210000, f"order is not replaceable (status {o.status})")
+        if o.filled_qty:
+            raise BrokerError(422, 42210000, "a partially filled order cannot be replaced in the simulator")
+        if o.type == "market":
+            raise BrokerError(422, 42210000, "market orders cannot be replaced")
+        new = self._new_order()
+        for name in ("symbol", "side", "type", "time_in_force", "limit_price", "stop_price", "qty",
+                     "extended_hours", "order_class", "parent", "sibling", "legs", "position_intent", "expires_ns"):
+            setattr(new, name, getattr(o, name))
+        if body.get("qty") is not None:
+            new.qty = _dec(body["qty"], "qty")
+            if new.qty <= 0:
+                raise BrokerError(422, 40010001, "qty must be > 0")
+        if body.get("time_in_force") is not None:
+            if body["time_in_force"] not in _TIFS:
+                raise BrokerError(422, 40010001, f"invalid time_in_force: {body['time_in_force']!r}")
+            new.time_in_force = body["time_in_force"]
+            if new.time_in_force != "day":
+                new.expires_ns = 0
+        if body.get("limit_price") is not None:
+            if new.limit_price is None:
+                raise BrokerError(422, 40010001, "limit_price applies to limit and stop_limit orders only")
+            new.limit_price = _dec(body["limit_price"], "limit_price")
+        if body.get("stop_price") is not None:
+            if new.stop_price is None:
+                raise BrokerError(422, 40010001, "stop_price applies to stop and stop_limit orders only")
+            new.stop_price = _dec(body["stop_price"], "stop_price")
+        cid = body.get("client_order_id") or new.client_order_id
+        if cid in self.by_client_id:
+            raise BrokerError(422, 40010001, "client_order_id must be unique")
+        new.client_order_id = cid
+        if new.side == "buy" and new.position_intent == "buy_to_open":
+            price = new.limit_price if new.limit_price is not None else self._book(new.symbol)[1]
+            if new.qty * price > self.buying_power(skip=o):
+                raise BrokerError(403, 40310000, "insufficient buying power")
+        now = self.clock()
+        new.created_ns = new.updated_ns = new.submitted_ns = now
+        new.replaces = o.id
+        o.status = "replaced"
+        o.replaced_ns = o.updated_ns = now
+        o.replaced_by = new.id
+        self._remember(new)
+        # The new order takes the old one's place among its relatives.
+        if o.parent is not None:
+            o.parent.legs = [new if leg is o else leg for leg in o.parent.legs]
+        for leg in o.legs:
+            leg.parent = new
+        if o.sibling is not None:
+            o.sibling.sibling = new
+        self._prune(o.symbol)
+        self.pending = [p for p in self.pending if p is not o]
+        self._emit("replaced", o)
+        self._start(new, now)
+        return new.to_json()
 
     def list_orders(
         self,
@@ -475,34 +980,42 @@ class Broker:
         until: str | None = None,
         direction: str = "desc",
         symbols: list[str] | None = None,
+        side: str | None = None,
+        nested: bool = False,
     ) -> list[dict]:
         if status not in ("open", "closed", "all"):
             raise BrokerError(422, 40010001, f"invalid status: {status!r}")
         if direction not in ("asc", "desc"):
             raise BrokerError(422, 40010001, f"invalid direction: {direction!r}")
+        if side not in (None, "buy", "sell"):
+            raise BrokerError(422, 40010001, f"invalid side: {side!r}")
         limit = max(1, min(int(limit), 500))
         after_ns = rfc3339_to_ns(after) if after else None
         until_ns = rfc3339_to_ns(until) if until else None
-        wanted = set(symbols) if symbols else None
+        wanted = {s.upper() for s in symbols} if symbols else None
         items = list(self.orders.values())
         if direction == "desc":
             items.reverse()
         out = []
         for o in items:
-            is_open = o.status in _OPEN
-            if (status == "open" and not is_open) or (status == "closed" and is_open):
+            if nested and o.parent is not None:
+                continue
+            if (status == "open" and not o.is_open) or (status == "closed" and o.is_open):
                 continue
             if wanted is not None and o.symbol not in wanted:
                 continue
-            if after_ns is not None and o.created_ns <= after_ns:
+            if side is not None and o.side != side:
                 continue
-            if until_ns is not None and o.created_ns >= until_ns:
+            if after_ns is not None and o.submitted_ns <= after_ns:
                 continue
-            out.append(o.to_json())
+            if until_ns is not None and o.submitted_ns >= until_ns:
+                continue
+            out.append(o.to_json(legs=nested))
             if len(out) >= limit:
                 break
         return out
 
+    # ------------------------------------------------------------------ activities and history
     def activities(
         self,
         *,
@@ -539,3 +1052,44 @@ class Broker:
             if len(out) >= page_size:
                 break
         return out
+
+    def portfolio_history(self, *, period: str | None = None, timeframe: str | None = None,
+                          start: str | None = None, end: str | None = None) -> dict:
+        """``GET /v2/account/portfolio/history`` from the equity marks (one a simulated minute, one a
+        fill): the last equity in each ``timeframe`` bucket of the window, profit/loss against the
+        window's first value."""
+        units = {"D": 86_400, "W": 7 * 86_400, "M": 30 * 86_400, "A": 365 * 86_400}
+        frames = {"1Min": 60, "5Min": 300, "15Min": 900, "1H": 3600, "1D": 86_400}
+        now = self.clock()
+        self.advance(now)
+        period = period or "1M"
+        try:
+            span = int(period[:-1]) * units[period[-1]] * 10**9
+        except (ValueError, KeyError):
+            raise BrokerError(422, 40010001, f"invalid period: {period!r}") from None
+        if timeframe is None:
+            timeframe = "1Min" if span < 7 * 86_400 * 10**9 else "15Min" if span < 30 * 86_400 * 10**9 else "1D"
+        if timeframe not in frames:
+            raise BrokerError(422, 40010001, f"invalid timeframe: {timeframe!r}")
+        step = frames[timeframe] * 10**9
+        end_ns = rfc3339_to_ns(end) if end else now
+        start_ns = rfc3339_to_ns(start) if start else max(end_ns - span, self.created_ns - self.created_ns % step)
+        marks = [(t, e) for t, e in self.marks if t <= end_ns]
+        timestamps: list[int] = []
+        equity: list[float] = []
+        value = self.base_equity
+        i = 0
+        for bucket in range(start_ns - start_ns % step, end_ns + 1, step):
+            while i < len(marks) and marks[i][0] < bucket + step:
+                value = marks[i][1]
+                i += 1
+            if bucket + step <= self.created_ns:
+                continue
+            timestamps.append(bucket // 10**9)
+            equity.append(float(value.quantize(CENT)))
+        base = Decimal(str(equity[0])) if equity else self.base_equity
+        pl = [float((Decimal(str(e)) - base).quantize(CENT)) for e in equity]
+        pct = [float(((Decimal(str(e)) - base) / base).quantize(Decimal("0.000001"))) if base else 0.0
+               for e in equity]
+        return {"timestamp": timestamps, "equity": equity, "profit_loss": pl, "profit_loss_pct": pct,
+                "base_value": float(base), "timeframe": timeframe}

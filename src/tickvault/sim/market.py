@@ -207,8 +207,9 @@ class Market:
         seed: int = 42,
         quotes_per_trade: float = 0.25,
         truth_limit: int = 5_000_000,
+        allow_empty: bool = False,
     ) -> None:
-        if not symbols:
+        if not symbols and not allow_empty:  # a replayed market learns its symbols from the recording
             raise ValueError("the market needs at least one symbol")
         self.rng = random.Random(seed)
         self.symbols = list(symbols)
@@ -225,10 +226,11 @@ class Market:
         self._flushed_minute = -1
 
     # ---------------------------------------------------------------- generation
-    def generate(self, n: int, now_ns: int, on_trade=None) -> list[tuple[str, str, dict]]:
+    def generate(self, n: int, now_ns: int, on_trade=None, on_quote=None) -> list[tuple[str, str, dict]]:
         """Make ``n`` trades at wall-clock ``now_ns`` and return the stream messages in order, as
         ``(channel, symbol, message)`` with channel ``trades``/``quotes``/``bars``. ``on_trade(symbol,
-        cents, size)`` (the broker's limit-order check) is called per trade when given."""
+        cents, time_ns, size)`` and ``on_quote(symbol, time_ns)`` (the broker's fills) are called per
+        trade and per quote when given."""
         rng_random = self.rng.random
         randrange = self.rng.randrange
         expovariate = self.rng.expovariate
@@ -297,12 +299,14 @@ class Market:
                 )
             )
             if on_trade is not None:
-                on_trade(sym, price, t)
+                on_trade(sym, price, t, size)
             if qpt:
                 book.quote_credit += qpt
                 while book.quote_credit >= 1.0:
                     book.quote_credit -= 1.0
                     append(("quotes", sym, self._quote(book, randrange)))
+                    if on_quote is not None:
+                        on_quote(sym, book.last_ns)
         self.next_id = next_id
         self.total += n
         self.retained += n
@@ -312,13 +316,67 @@ class Market:
             self.retained = sum(len(b.ids) for b in books)
         return out
 
+    def ingest(self, messages: list[dict], on_trade=None, on_quote=None) -> list[tuple[str, str, dict]]:
+        """Take recorded messages (``t`` as int ns) as the market's own: trades and quotes join the
+        ground truth (a time not after the symbol's last one is moved 1 ns past it, so the columns stay
+        sorted), symbols never seen get a book. Returns ``(channel, symbol, message)`` like
+        :meth:`generate`; unknown types go to every subscriber of the symbol's trades."""
+        out: list[tuple[str, str, dict]] = []
+        channels = {"t": "trades", "q": "quotes", "b": "bars", "u": "updatedBars", "d": "dailyBars",
+                    "c": "trades", "x": "trades", "s": "statuses", "l": "lulds"}
+        for m in messages:
+            sym = m.get("S")
+            t = m.get("t")
+            if not isinstance(sym, str) or not isinstance(t, int):
+                continue
+            kind = m.get("T")
+            book = self.books.get(sym)
+            if book is None:
+                book = self.books[sym] = SymbolBook(sym, int(round(float(m.get("p") or m.get("ap") or 1) * 100)))
+                self.symbols.append(sym)
+                self._book_list.append(book)
+            if kind == "t":
+                ts = max(t, book.last_ns + 1)
+                book.last_ns = ts
+                cents = int(round(float(m["p"]) * 100))
+                size = int(m.get("s") or 0)
+                book.price_cents = cents
+                book.ids.append(int(m.get("i") or self.next_id))
+                self.next_id = max(self.next_id, int(m.get("i") or 0)) + 1
+                book.times.append(ts)
+                book.cents.append(cents)
+                book.sizes.append(size)
+                self.total += 1
+                self.retained += 1
+                if on_trade is not None:
+                    on_trade(sym, cents, ts, size)
+            elif kind == "q":
+                ts = max(t, book.last_ns + 1)
+                book.last_ns = ts
+                book.q_times.append(ts)
+                book.q_bid.append(int(round(float(m.get("bp") or 0) * 100)))
+                book.q_ask.append(int(round(float(m.get("ap") or 0) * 100)))
+                book.q_bid_size.append(int(m.get("bs") or 0))
+                book.q_ask_size.append(int(m.get("as") or 0))
+                self.quotes_total += 1
+                if on_quote is not None:
+                    on_quote(sym, ts)
+            elif kind == "b":
+                book.last_bar = m
+            out.append((channels.get(kind, "trades"), sym, m))
+        if self.retained > self.truth_limit:
+            for book in self._book_list:
+                book.trim_half()
+            self.retained = sum(len(b.ids) for b in self._book_list)
+        return out
+
     def _quote(self, book: SymbolBook, randrange) -> dict:
         price = book.price_cents
         half_spread = randrange(1, 4)
         bid = max(1, price - half_spread)
         ask = price + half_spread
-        bsz = randrange(1, 20)
-        asz = randrange(1, 20)
+        bsz = randrange(1, 20) * 100  # shares, in round lots: 100 .. 1,900 on each side
+        asz = randrange(1, 20) * 100
         t = book.last_ns + 1
         book.last_ns = t
         book.q_times.append(t)
@@ -374,6 +432,13 @@ class Market:
 
     def last_price_cents(self, symbol: str) -> int:
         return self.books[symbol].price_cents
+
+    def last_quote(self, symbol: str) -> tuple[int, int, int, int, int] | None:
+        """``(bid_cents, bid_size, ask_cents, ask_size, time_ns)`` of the symbol's latest quote, or None."""
+        book = self.books.get(symbol)
+        if book is None or not book.q_times:
+            return None
+        return book.q_bid[-1], book.q_bid_size[-1], book.q_ask[-1], book.q_ask_size[-1], book.q_times[-1]
 
     # ---------------------------------------------------------------- ground truth
     def truth_count(self, symbol: str | None = None) -> int:

@@ -2,14 +2,17 @@
 
 One event loop runs everything: the market task (generates trades at ``rate`` and fans frames out
 to subscribed clients), a ``websockets`` server routing on path (``/v2/{iex|sip|test}`` market data,
-``/stream`` trade updates) and a uvicorn/Starlette server for the REST paths, the fault switches
-(``POST /_sim/faults``) and the ground truth (``GET /_sim/truth``). It speaks exactly
-``alpaca-protocol.md`` through :mod:`tickvault.alpaca.protocol`; the official alpaca-py clients work
-against it unchanged.
+``/stream`` trade updates) and a uvicorn/Starlette server for the REST paths — market data in
+:mod:`tickvault.sim.data`, trading in :mod:`tickvault.sim.trading` (over :mod:`tickvault.sim.broker`),
+both behind this module's auth and fault layer — the fault switches (``POST /_sim/faults``), the clock
+(``/_sim/clock``, :mod:`tickvault.sim.calendar`) and the ground truth (``GET /_sim/truth``). It speaks
+exactly ``alpaca-protocol.md`` through :mod:`tickvault.alpaca.protocol`; the official alpaca-py clients
+work against it unchanged.
 
 The market sends trades ``t``, quotes ``q`` and minute bars ``b`` (each at its minute's end);
 ``u``/``c``/``x`` come only from the faults; statuses, LULD bands and daily bars are never generated
-(subscribing to them is acknowledged). Historical REST serves the retained ground truth.
+(subscribing to them is acknowledged). Historical REST serves the retained ground truth. With a
+``replay`` (:mod:`tickvault.sim.recording`) the messages are a recorded stream's instead.
 
 What it must never do: bind beyond loopback, grow without bound, log a secret. Bounds:
 - per market-data client: ``client_queue_frames`` encoded frames queued (each ≤ ``frame_size``
@@ -24,18 +27,18 @@ What it must never do: bind beyond loopback, grow without bound, log a secret. B
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
+import itertools
 import json
 import logging
+import random
 import re
 import signal
 import socket
 import time
-import uuid
-from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -53,10 +56,13 @@ from tickvault.alpaca.protocol import (
     decode_client_message,
     encode_frame,
     ns_to_rfc3339,
-    rfc3339_to_ns,
 )
-from tickvault.sim.broker import Broker, BrokerError
-from tickvault.sim.market import CONDITIONS, EXCHANGE, MINUTE_NS, TAPE, Market, TruthChecksum, symbol_names
+from tickvault.sim.broker import HOURS, Broker, BrokerError
+from tickvault.sim.calendar import SimClock
+from tickvault.sim.data import MarketDataAPI
+from tickvault.sim.market import CONDITIONS, EXCHANGE, TAPE, Market, TruthChecksum, symbol_names
+from tickvault.sim.recording import RecordingError, frame_messages, read_recording
+from tickvault.sim.trading import TradingAPI
 
 log = logging.getLogger(__name__)
 
@@ -66,21 +72,9 @@ FEEDS = ("iex", "sip", "test")
 _FEED_PATH = re.compile(r"/v2/(iex|sip|test)")
 _CHANNELS = ("trades", "quotes", "bars", "updatedBars", "dailyBars", "statuses", "lulds")
 TRADE_UPDATES_QUEUE = 1_000  # events buffered per trade-updates client; a client this far behind is closed
-MAX_PAGE = 10_000  # Alpaca's page limit for historical market data
 # msgpack never uses 0xc1: a frame starting with it cannot decode, whatever follows.
 GARBAGE_FRAME = b"\xc1\xc1 tickvault-sim malformed frame \xff\xfe"
-_TIMEFRAME = re.compile(r"(\d+)(Min|T|Hour|H|Day|D)")
-_TF_UNIT_NS = {
-    "Min": MINUTE_NS,
-    "T": MINUTE_NS,
-    "Hour": 60 * MINUTE_NS,
-    "H": 60 * MINUTE_NS,
-    "Day": 1440 * MINUTE_NS,
-    "D": 1440 * MINUTE_NS,
-}
-_FAR_FUTURE = 2**62
-ASSET_EXCHANGE = "NASDAQ"  # listing exchange the simulated assets report (trades print on IEX, "V")
-_ASSET_NAMESPACE = uuid.UUID("5f1c0d0e-7a6b-4c1e-9a53-7469636b7661")  # fixed: asset ids stable across runs
+HOUSEKEEPING_S = 0.05  # how often the clock's events (open, close, chaos faults) are checked when idle
 
 
 class _QuietUvicorn(uvicorn.Server):
@@ -152,6 +146,9 @@ FAULTS = frozenset({
     "send_updated_bar",
     "send_correction",
     "send_cancel",
+    "reject_next_orders",
+    "rest_fail_rate",
+    "chaos",
 })
 
 
@@ -165,8 +162,11 @@ class Simulator:
     the machine).
     ``quotes_per_trade``: quotes generated per trade (0.25: one quote every four trades).
     ``ws_port``/``rest_port``: 0 picks free ports (read :attr:`ws_url`, :attr:`rest_url` after start).
-    ``clock``: ns since the epoch for trade times (default wall clock; a test may run time faster to
-    see minute bars sooner). Other keyword arguments state bounds; see the module docstring.
+    ``clock``: simulated time in ns since the epoch for trades, orders, ``/v2/clock`` and expiry; default
+    a :class:`~tickvault.sim.calendar.SimClock` at wall time and speed, which ``POST /_sim/clock`` moves
+    (any other function: a test's own pace, not movable). ``hours``: ``"always"`` (the exchange never
+    closes) or ``"calendar"`` (NYSE's sessions: no trades while closed, orders wait for the open,
+    ``day`` orders expire at the close). Other keyword arguments state bounds; see the module docstring.
     """
 
     def __init__(
@@ -189,7 +189,10 @@ class Simulator:
         auth_timeout: float = 10.0,
         truth_limit: int = 5_000_000,
         cash: str = "100000",
-        clock: Callable[[], int] = time.time_ns,
+        clock: Callable[[], int] | None = None,
+        hours: str = "always",
+        replay: str | Path | None = None,
+        replay_speed: float = 1.0,
     ) -> None:
         if not (host.startswith("127.") or host in ("localhost", "::1")):
             raise ValueError("the simulator binds to loopback only")
@@ -197,8 +200,25 @@ class Simulator:
             raise ValueError("rate must be > 0 (or None: as fast as the client reads)")
         if frame_size < 1:
             raise ValueError("frame_size must be >= 1")
-        names = symbol_names(symbols) if isinstance(symbols, int) else [s.upper() for s in symbols]
-        self.symbols = names
+        if hours not in HOURS:
+            raise ValueError(f"hours must be one of {HOURS}")
+        if replay_speed < 0:
+            raise ValueError("replay_speed must be >= 0 (0: as fast as the clients read)")
+        self.replay = Path(replay) if replay is not None else None
+        self.replay_speed = replay_speed
+        self._replay_frames: Iterator[tuple[int, bytes | str]] | None = None
+        if self.replay is not None:
+            meta, frames = read_recording(self.replay)
+            first = next(frames, None)
+            if first is None:
+                raise RecordingError(f"{self.replay} holds no frames")
+            self._replay_frames = itertools.chain([first], frames)
+            if clock is None:  # the recorded day's time, running at the replay's speed
+                clock = SimClock(start_ns=first[0], scale=replay_speed or 1.0)
+            wanted = {s for syms in (meta.get("subscription") or {}).values() for s in syms if s != "*"}
+            names = sorted(wanted)
+        else:
+            names = symbol_names(symbols) if isinstance(symbols, int) else [s.upper() for s in symbols]
         self.rate = rate
         self.frame_size = frame_size
         self.max_trades = max_trades
@@ -210,10 +230,15 @@ class Simulator:
         self.client_queue_frames = client_queue_frames
         self.write_limit = write_limit
         self.max_connections_per_key = max_connections_per_key
-        self.clock = clock  # wall clock in ns for trade times; tests may pass a faster one
+        self.clock: Callable[[], int] = clock if clock is not None else SimClock()
+        self.hours = hours
         self.auth_timeout = auth_timeout
-        self.market = Market(names, seed=seed, quotes_per_trade=quotes_per_trade, truth_limit=truth_limit)
-        self.broker = Broker(self._price_for_broker, cash=cash)
+        self.market = Market(names, seed=seed, quotes_per_trade=quotes_per_trade, truth_limit=truth_limit,
+                             allow_empty=self.replay is not None)
+        self.symbols = self.market.symbols  # one list: a replay adds the symbols it meets
+        self.broker = Broker(self._price_for_broker, quote=self.market.last_quote, clock=self.clock,
+                             hours=hours, cash=cash)
+        self.trading = TradingAPI(self)
         self.finished = asyncio.Event()
         self._finish_requested = False  # set by finish(): the market makes no trade after it
         self.corrections: list[dict] = []  # one per send_correction() call (bounded by the caller)
@@ -243,6 +268,11 @@ class Simulator:
         self._stall_until = 0.0
         self._rest_fail: tuple[int, int, float | None] = (0, 0, None)  # (status, count, retry_after)
         self._rest_latency_s = 0.0
+        self._rest_fail_rates: dict[int, float] = {}  # status → share of REST requests answered with it
+        self._fault_rng = random.Random(seed)  # draws for rate-based faults: a seed repeats a run's faults
+        self._chaos: dict[str, float] = {}  # periodic faults: drop_every, stall_every, stall_seconds, malformed_every
+        self._chaos_due: dict[str, float] = {}  # fault → loop time it next fires
+        self._housekeeping_task: asyncio.Task | None = None
         self._ws_server: Server | None = None
         self._uvicorn: _QuietUvicorn | None = None
         self._uvicorn_task: asyncio.Task | None = None
@@ -266,7 +296,14 @@ class Simulator:
             rest_port=settings.sim_rest_port,
             key=SIM_KEY,
             secret=SIM_SECRET,
+            hours=settings.sim_hours,
+            replay=settings.sim_replay,
+            replay_speed=settings.sim_replay_speed,
         )
+        start = settings.sim_clock_start
+        if start is not None or settings.sim_clock_scale != 1.0:
+            start_ns = None if start is None else int(start.timestamp()) * 10**9 + start.microsecond * 1000
+            kwargs["clock"] = SimClock(start_ns=start_ns, scale=settings.sim_clock_scale)
         if settings.alpaca_key_id is not None and settings.alpaca_secret_key is not None:
             kwargs["key"] = settings.alpaca_key_id.get_secret_value()
             kwargs["secret"] = settings.alpaca_secret_key.get_secret_value()
@@ -326,9 +363,15 @@ class Simulator:
                 raise RuntimeError("the simulator's REST server did not start within 10 s")
             await asyncio.sleep(0.005)  # startup poll, not synchronisation of results
         self._market_task = asyncio.create_task(self._run_market(), name="sim-market")
+        self._housekeeping_task = asyncio.create_task(self._housekeeping(), name="sim-housekeeping")
         log.info("simulator up: market data %s, REST %s", self.ws_url, self.rest_url)
 
     async def stop(self) -> None:
+        if self._housekeeping_task is not None:
+            self._housekeeping_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping_task
+            self._housekeeping_task = None
         if self._market_task is not None:
             self._market_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -378,6 +421,10 @@ class Simulator:
     def _price_for_broker(self, symbol: str) -> int | None:
         book = self.market.books.get(symbol)
         return None if book is None else book.price_cents
+
+    def trade_update_listeners(self) -> int:
+        """Trade-updates connections listening to ``trade_updates`` (a test waits on this, not on a sleep)."""
+        return len(self._tu_queues)
 
     def subscribed_clients(self) -> int:
         """Open market-data connections with a subscription (a test waits on this, not on a sleep)."""
@@ -484,6 +531,69 @@ class Simulator:
         self._pending_extra.append(("trades", symbol, msg))
         return msg
 
+    def reject_next_orders(self, count: int = 1) -> None:
+        """The next ``count`` submitted orders are rejected after validation: the answer carries status
+        ``rejected`` and trade updates a ``rejected`` event (as when Alpaca's risk checks refuse one)."""
+        self.broker.reject_next += count
+
+    def rest_fail_rate(self, status: int = 429, rate: float = 0.0) -> None:
+        """Answer this share (0..1) of REST requests (not ``/_sim``) with ``status``, drawn from the seeded
+        fault generator; 0 turns that status off."""
+        if not 0 <= rate <= 1:
+            raise ValueError("rate is a share between 0 and 1")
+        if rate:
+            self._rest_fail_rates[int(status)] = float(rate)
+        else:
+            self._rest_fail_rates.pop(int(status), None)
+
+    def _draw_rest_fault(self) -> int:
+        draw = self._fault_rng.random()
+        for status, rate in self._rest_fail_rates.items():
+            if draw < rate:
+                return status
+            draw -= rate
+        return 0
+
+    def chaos(self, drop_every: float = 0, stall_every: float = 0, stall_seconds: float = 0,
+              malformed_every: float = 0) -> dict:
+        """Periodic faults, every N seconds of wall time (0: off): drop every connection, stall the feed
+        for ``stall_seconds``, precede a frame with a malformed one. Returns the settings in force."""
+        if stall_every and stall_seconds <= 0:
+            raise ValueError("stall_every needs stall_seconds > 0")
+        settings = {"drop_every": drop_every, "stall_every": stall_every, "malformed_every": malformed_every}
+        for name, every in settings.items():
+            if every < 0:
+                raise ValueError(f"{name} must be >= 0")
+        self._chaos = {k: float(v) for k, v in settings.items() if v}
+        if stall_seconds:
+            self._chaos["stall_seconds"] = float(stall_seconds)
+        self._chaos_due = {}
+        return dict(self._chaos)
+
+    def _run_chaos(self, now: float) -> None:
+        actions = {"drop_every": self.drop_connections, "malformed_every": self.send_malformed,
+                   "stall_every": lambda: self.stall(self._chaos["stall_seconds"])}
+        for name, action in actions.items():
+            every = self._chaos.get(name)
+            if not every:
+                continue
+            due = self._chaos_due.setdefault(name, now + every)
+            if now >= due:
+                self._chaos_due[name] = now + every
+                action()
+
+    async def _housekeeping(self) -> None:
+        """The clock's events while nothing else happens: the open, the close, periodic faults."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                self.broker.advance()
+            except BrokerError as exc:  # e.g. a position planted in a symbol the market does not have
+                log.warning("simulated clock: %s", exc.message)
+            if self._chaos:
+                self._run_chaos(loop.time())
+            await asyncio.sleep(HOUSEKEEPING_S)
+
     def apply_fault(self, spec: dict) -> Any:
         """Apply ``{"fault": name, **kwargs}`` (what ``POST /_sim/faults`` receives)."""
         name = spec.get("fault")
@@ -493,9 +603,52 @@ class Simulator:
         return getattr(self, name)(**kwargs)
 
     # ------------------------------------------------------------------ market loop
+    def _closed(self) -> bool:
+        """With calendar hours, the exchange makes no trades between sessions."""
+        return self.hours == "calendar" and not self.broker.is_open(self.clock())
+
+    async def _run_replay(self) -> None:
+        """Serve the recording's messages at their recorded pace × ``replay_speed`` (0: as fast as the
+        slowest subscribed client reads), moving the clock to each frame's time; fill orders on them."""
+        assert self._replay_frames is not None
+        on_trade, on_quote = self.broker.on_trade, self.broker.on_quote
+        clock = self.clock
+        frames = 0
+        for recv_ns, payload in self._replay_frames:  # one gzip record read at a time (small, buffered)
+            if self._finish_requested:
+                break
+            if self.replay_speed:
+                wait = (recv_ns - clock()) / 1e9 / getattr(clock, "scale", 1.0)
+                if wait > 0:
+                    await asyncio.sleep(wait)  # the recorded pace, not synchronisation
+            elif not any(c.sub_key is not None for c in self._clients):
+                self._subscribed.clear()
+                await self._subscribed.wait()
+            if isinstance(clock, SimClock) and clock() < recv_ns:
+                clock.set(recv_ns)
+            try:
+                messages = frame_messages(payload)
+            except ValueError:
+                continue  # a frame the live stream sent malformed stays skipped
+            items = self.market.ingest(messages, on_trade, on_quote)
+            frames += 1
+            if self.replay_speed:
+                self._fan_out(items)
+            else:
+                await self._fan_out_wait(items)
+            await asyncio.sleep(0)
+        self.finished.set()
+        log.info("replay finished: %d frames", frames)
+
     async def _run_market(self) -> None:
+        if self._replay_frames is not None:
+            await self._run_replay()
+            while True:  # keep serving REST and fault messages after the recording ends
+                if self._pending_extra:
+                    self._fan_out([])
+                await asyncio.sleep(HOUSEKEEPING_S)
         loop = asyncio.get_running_loop()
-        on_trade = self.broker.on_trade
+        on_trade, on_quote = self.broker.on_trade, self.broker.on_quote
         made = 0
         limit = self.max_trades
         # Nothing awaits between a loop test and generate(): finish() takes effect before the next trade.
@@ -505,8 +658,11 @@ class Simulator:
                     self._subscribed.clear()
                     await self._subscribed.wait()
                     continue
+                if self._closed():
+                    await asyncio.sleep(HOUSEKEEPING_S)
+                    continue
                 n = self.frame_size if limit is None else min(self.frame_size, limit - made)
-                items = self.market.generate(n, self.clock(), on_trade)
+                items = self.market.generate(n, self.clock(), on_trade, on_quote)
                 made += n
                 await self._fan_out_wait(items)
                 await asyncio.sleep(0)
@@ -517,6 +673,9 @@ class Simulator:
             t0 = loop.time()
             while (limit is None or made < limit) and not self._finish_requested:
                 due = int((loop.time() - t0) * rate) - made
+                if due > 0 and self._closed():
+                    t0 += due / rate  # the closed hours make no trades, and owe none at the open
+                    due = 0
                 if due <= 0:
                     items = self.market.flush_bars(self.clock())
                     if items or self._pending_extra:
@@ -524,7 +683,7 @@ class Simulator:
                     await asyncio.sleep(tick)
                     continue
                 n = min(due, max_batch) if limit is None else min(due, max_batch, limit - made)
-                items = self.market.generate(n, self.clock(), on_trade)
+                items = self.market.generate(n, self.clock(), on_trade, on_quote)
                 made += n
                 self._fan_out(items)
                 await asyncio.sleep(0)
@@ -808,23 +967,10 @@ class Simulator:
 
     # ------------------------------------------------------------------ REST
     def _rest_app(self) -> Starlette:
-        e = self._endpoint
         routes = [
-            Route("/v2/stocks/trades", e(self._hist_trades)),
-            Route("/v2/stocks/quotes", e(self._hist_quotes)),
-            Route("/v2/stocks/bars", e(self._hist_bars)),
-            Route("/v2/stocks/trades/latest", e(self._latest_trades)),
-            Route("/v2/stocks/quotes/latest", e(self._latest_quotes)),
-            Route("/v2/stocks/bars/latest", e(self._latest_bars)),
-            Route("/v2/account", e(lambda r: self.broker.account())),
-            Route("/v2/positions", e(lambda r: self.broker.position_list())),
-            Route("/v2/orders", e(self._orders), methods=["GET", "POST", "DELETE"]),
-            Route("/v2/orders:by_client_order_id", e(self._order_by_client_id)),
-            Route("/v2/orders/{order_id}", e(self._order), methods=["GET", "DELETE"]),
-            Route("/v2/account/activities/{activity_type}", e(self._activities)),
-            Route("/v2/account/activities", e(self._activities)),
-            Route("/v2/clock", e(self._clock)),
-            Route("/v2/assets", e(self._assets)),
+            *MarketDataAPI(self.market).routes(self._endpoint),
+            *self.trading.routes(self._endpoint),
+            *self.trading.control_routes(),
             Route("/_sim/faults", self._sim_faults, methods=["POST"]),
             Route("/_sim/truth", self._sim_truth),
             Route("/_sim/stats", self._sim_stats),
@@ -847,8 +993,12 @@ class Simulator:
             if self._rest_latency_s:
                 await asyncio.sleep(self._rest_latency_s)
             status, count, retry_after = self._rest_fail
-            if count > 0:
+            if count <= 0 and self._rest_fail_rates:
+                status = self._draw_rest_fault()
+                count = 1 if status else 0
+            elif count > 0:
                 self._rest_fail = (status, count - 1, retry_after)
+            if count > 0:
                 self.stats["rest_faults"] += 1
                 headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else None
                 message = "too many requests." if status == 429 else "internal server error (simulated)"
@@ -858,12 +1008,13 @@ class Simulator:
                 or request.headers.get("APCA-API-SECRET-KEY") != self.secret
             ):
                 return JSONResponse({"code": 40110000, "message": "request is not authorized"}, 401)
+            self.broker.advance()  # the simulated clock acts before the request is answered
             try:
                 result = fn(request)
                 if asyncio.iscoroutine(result):
                     result = await result
             except BrokerError as exc:
-                return JSONResponse({"code": exc.code, "message": exc.message}, exc.status)
+                return JSONResponse(exc.body(), exc.status)
             except (ValueError, KeyError) as exc:
                 return JSONResponse({"code": 42210000, "message": f"invalid request: {exc}"}, 422)
             if isinstance(result, Response):
@@ -871,262 +1022,6 @@ class Simulator:
             return JSONResponse(result)
 
         return endpoint
-
-    # --- market data
-    def _window(self, request: Request) -> tuple[list[str], int, int, int, bool, tuple[str, int] | None]:
-        q = request.query_params
-        symbols_text = q.get("symbols") or request.path_params.get("symbol") or ""
-        symbols = sorted({s.strip().upper() for s in symbols_text.split(",") if s.strip()})
-        if not symbols:
-            raise ValueError("symbols is required")
-        start = rfc3339_to_ns(q["start"]) if q.get("start") else 0
-        end = rfc3339_to_ns(q["end"]) if q.get("end") else _FAR_FUTURE
-        limit = int(q.get("limit") or 1000)
-        if not 1 <= limit <= MAX_PAGE:
-            raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
-        sort = q.get("sort") or "asc"
-        if sort not in ("asc", "desc"):
-            raise ValueError("sort must be asc or desc")
-        token = _decode_token(q["page_token"]) if q.get("page_token") else None
-        return symbols, start, end, limit, sort == "asc", token
-
-    def _page(
-        self,
-        symbols: list[str],
-        limit: int,
-        asc: bool,
-        token: tuple[str, int] | None,
-        ranges: Callable[[str], tuple[Any, int, int]],
-        row: Callable[[Any, int], dict],
-    ) -> tuple[dict[str, list[dict]], str | None]:
-        """Page over per-symbol, time-sorted sequences. ``ranges(symbol)`` → (times, lo, hi) of the
-        window; the token is (symbol, time of the next item), times being unique per symbol."""
-        if not asc:
-            symbols = symbols[::-1]
-        out: dict[str, list[dict]] = {}
-        remaining = limit
-        for sym in symbols:
-            if token is not None:
-                tsym = token[0]
-                if (asc and sym < tsym) or (not asc and sym > tsym):
-                    continue
-            if sym not in self.market.books:
-                continue
-            times, lo, hi = ranges(sym)
-            if token is not None and sym == token[0]:
-                if asc:
-                    lo = max(lo, bisect_left(times, token[1]))
-                else:
-                    hi = min(hi, bisect_right(times, token[1]))
-            if hi <= lo:
-                continue
-            if remaining == 0:
-                return out, _encode_token(sym, times[lo] if asc else times[hi - 1])
-            take = min(hi - lo, remaining)
-            idx = range(lo, lo + take) if asc else range(hi - 1, hi - 1 - take, -1)
-            out[sym] = [row(sym, i) for i in idx]
-            remaining -= take
-            if take < hi - lo:
-                return out, _encode_token(sym, times[lo + take] if asc else times[hi - 1 - take])
-        return out, None
-
-    def _hist_trades(self, request: Request) -> dict:
-        symbols, start, end, limit, asc, token = self._window(request)
-        books = self.market.books
-
-        def ranges(sym: str) -> tuple[Any, int, int]:
-            lo, hi = self.market.trade_range(sym, start, end)
-            return books[sym].times, lo, hi
-
-        def row(sym: str, i: int) -> dict:
-            b = books[sym]
-            return _trade_json(b.times[i], b.cents[i], b.sizes[i], b.ids[i])
-
-        data, next_token = self._page(symbols, limit, asc, token, ranges, row)
-        return {"trades": data, "next_page_token": next_token}
-
-    def _hist_quotes(self, request: Request) -> dict:
-        symbols, start, end, limit, asc, token = self._window(request)
-        books = self.market.books
-
-        def ranges(sym: str) -> tuple[Any, int, int]:
-            lo, hi = self.market.quote_range(sym, start, end)
-            return books[sym].q_times, lo, hi
-
-        def row(sym: str, i: int) -> dict:
-            b = books[sym]
-            return _quote_json(b.q_times[i], b.q_bid[i], b.q_bid_size[i], b.q_ask[i], b.q_ask_size[i])
-
-        data, next_token = self._page(symbols, limit, asc, token, ranges, row)
-        return {"quotes": data, "next_page_token": next_token}
-
-    def _bars_for(self, symbol: str, start: int, end: int, tf_ns: int) -> tuple[list[int], list[dict]]:
-        """Bars aggregated from the retained truth trades, bar start times in [start, end]."""
-        book = self.market.books[symbol]
-        first = -(-start // tf_ns) * tf_ns  # first bar start >= start
-        lo, hi = self.market.trade_range(symbol, first, (end // tf_ns + 1) * tf_ns - 1)
-        starts: list[int] = []
-        bars: list[dict] = []
-        times, cents, sizes = book.times, book.cents, book.sizes
-        i = lo
-        while i < hi:
-            bucket = times[i] - times[i] % tf_ns
-            nxt = bucket + tf_ns
-            o = h = low = cents[i]
-            v = n = pv = 0
-            c = o
-            while i < hi and times[i] < nxt:
-                p, s = cents[i], sizes[i]
-                if p > h:
-                    h = p
-                if p < low:
-                    low = p
-                c = p
-                v += s
-                n += 1
-                pv += p * s
-                i += 1
-            starts.append(bucket)
-            bars.append(
-                {
-                    "t": ns_to_rfc3339(bucket),
-                    "o": o / 100,
-                    "h": h / 100,
-                    "l": low / 100,
-                    "c": c / 100,
-                    "v": v,
-                    "n": n,
-                    "vw": pv / v / 100,
-                }
-            )
-        return starts, bars
-
-    def _hist_bars(self, request: Request) -> dict:
-        symbols, start, end, limit, asc, token = self._window(request)
-        tf = request.query_params.get("timeframe") or "1Min"
-        m = _TIMEFRAME.fullmatch(tf)
-        if m is None or int(m.group(1)) < 1:
-            raise ValueError(f"unsupported timeframe {tf!r} (the simulator serves NMin, NHour, NDay)")
-        tf_ns = int(m.group(1)) * _TF_UNIT_NS[m.group(2)]
-        cache: dict[str, tuple[list[int], list[dict]]] = {}
-
-        def ranges(sym: str) -> tuple[Any, int, int]:
-            cache[sym] = self._bars_for(sym, start, end, tf_ns)
-            return cache[sym][0], 0, len(cache[sym][0])
-
-        data, next_token = self._page(symbols, limit, asc, token, ranges, lambda sym, i: cache[sym][1][i])
-        return {"bars": data, "next_page_token": next_token}
-
-    def _latest_symbols(self, request: Request) -> list[str]:
-        text = request.query_params.get("symbols") or ""
-        symbols = [s.strip().upper() for s in text.split(",") if s.strip()]
-        if not symbols:
-            raise ValueError("symbols is required")
-        return [s for s in symbols if s in self.market.books]
-
-    def _latest_trades(self, request: Request) -> dict:
-        out = {}
-        for s in self._latest_symbols(request):
-            b = self.market.books[s]
-            if b.ids:
-                out[s] = _trade_json(b.times[-1], b.cents[-1], b.sizes[-1], b.ids[-1])
-        return {"trades": out}
-
-    def _latest_quotes(self, request: Request) -> dict:
-        out = {}
-        for s in self._latest_symbols(request):
-            b = self.market.books[s]
-            if b.q_times:
-                out[s] = _quote_json(
-                    b.q_times[-1], b.q_bid[-1], b.q_bid_size[-1], b.q_ask[-1], b.q_ask_size[-1]
-                )
-        return {"quotes": out}
-
-    def _latest_bars(self, request: Request) -> dict:
-        out = {}
-        for s in self._latest_symbols(request):
-            b = self.market.books[s]
-            if b.times:
-                minute = b.times[-1] - b.times[-1] % MINUTE_NS
-                _, bars = self._bars_for(s, minute, minute, MINUTE_NS)
-                out[s] = bars[-1]
-        return {"bars": out}
-
-    # --- trading
-    async def _orders(self, request: Request) -> Any:
-        if request.method == "POST":
-            try:
-                body = await request.json()
-            except ValueError:
-                raise BrokerError(400, 40010000, "request body is not valid JSON") from None
-            return self.broker.submit(body)
-        if request.method == "DELETE":
-            out = []
-            for order in self.broker.list_orders(status="open", limit=500):
-                self.broker.cancel(order["id"])
-                out.append({"id": order["id"], "status": 200, "body": self.broker.get(order["id"])})
-            return JSONResponse(out, 207)
-        q = request.query_params
-        symbols = [s for s in (q.get("symbols") or "").split(",") if s] or None
-        return self.broker.list_orders(
-            status=q.get("status") or "open",
-            limit=int(q.get("limit") or 50),
-            after=q.get("after"),
-            until=q.get("until"),
-            direction=q.get("direction") or "desc",
-            symbols=symbols,
-        )
-
-    def _order_by_client_id(self, request: Request) -> dict:
-        cid = request.query_params.get("client_order_id")
-        if not cid:
-            raise ValueError("client_order_id is required")
-        return self.broker.get_by_client_id(cid)
-
-    def _order(self, request: Request) -> Any:
-        order_id = request.path_params["order_id"]
-        if request.method == "DELETE":
-            self.broker.cancel(order_id)
-            return Response(status_code=204)
-        return self.broker.get(order_id)
-
-    def _activities(self, request: Request) -> list[dict]:
-        q = request.query_params
-        kind = request.path_params.get("activity_type") or q.get("activity_types") or "FILL"
-        if kind.upper() != "FILL":
-            return []
-        return self.broker.activities(
-            after=q.get("after"),
-            until=q.get("until"),
-            direction=q.get("direction") or "desc",
-            page_size=int(q.get("page_size") or 100),
-            page_token=q.get("page_token"),
-        )
-
-    def _assets(self, request: Request) -> list[dict]:
-        """``GET /v2/assets``: every simulated symbol is an active, tradable US equity (like Alpaca,
-        an unset status means every status; an unknown status or class is a 422)."""
-        q = request.query_params
-        status = q.get("status")
-        asset_class = q.get("asset_class") or "us_equity"
-        if status not in (None, "", "active", "inactive"):
-            raise ValueError(f"status must be active or inactive, not {status!r}")
-        if asset_class not in ("us_equity", "us_option", "crypto"):
-            raise ValueError(f"asset_class must be us_equity, us_option or crypto, not {asset_class!r}")
-        exchange = q.get("exchange")
-        if status == "inactive" or asset_class != "us_equity" or exchange not in (None, "", ASSET_EXCHANGE):
-            return []
-        return [_asset_json(s) for s in self.symbols]
-
-    def _clock(self, request: Request) -> dict:
-        now = time.time_ns()
-        day = 86_400 * 10**9
-        return {
-            "timestamp": ns_to_rfc3339(now),
-            "is_open": True,
-            "next_open": ns_to_rfc3339(now - now % day + day),
-            "next_close": ns_to_rfc3339(now - now % day + day - 1),
-        }
 
     # --- simulator control (no auth, no faults: loopback only)
     async def _sim_faults(self, request: Request) -> Response:
@@ -1158,65 +1053,6 @@ class Simulator:
 
 
 # ---------------------------------------------------------------------- helpers
-def _trade_json(t: int, cents: int, size: int, tid: int) -> dict:
-    return {
-        "t": ns_to_rfc3339(t),
-        "x": EXCHANGE,
-        "p": cents / 100,
-        "s": size,
-        "c": list(CONDITIONS),
-        "i": tid,
-        "z": TAPE,
-    }
-
-
-def _asset_json(symbol: str) -> dict:
-    """Alpaca's asset object for a simulated symbol; the id is stable (uuid5 of the symbol)."""
-    return {
-        "id": str(uuid.uuid5(_ASSET_NAMESPACE, symbol)),
-        "class": "us_equity",
-        "exchange": ASSET_EXCHANGE,
-        "symbol": symbol,
-        "name": f"{symbol} Simulated Inc. Common Stock",
-        "status": "active",
-        "tradable": True,
-        "marginable": True,
-        "maintenance_margin_requirement": 30,
-        "margin_requirement_long": "30",
-        "margin_requirement_short": "30",
-        "shortable": True,
-        "easy_to_borrow": True,
-        "fractionable": True,
-        "attributes": [],
-    }
-
-
-def _quote_json(t: int, bid: int, bid_size: int, ask: int, ask_size: int) -> dict:
-    return {
-        "t": ns_to_rfc3339(t),
-        "ax": EXCHANGE,
-        "ap": ask / 100,
-        "as": ask_size,
-        "bx": EXCHANGE,
-        "bp": bid / 100,
-        "bs": bid_size,
-        "c": ["R"],
-        "z": TAPE,
-    }
-
-
-def _encode_token(symbol: str, time_ns: int) -> str:
-    return base64.urlsafe_b64encode(f"{symbol}|{time_ns}".encode()).decode()
-
-
-def _decode_token(token: str) -> tuple[str, int]:
-    try:
-        symbol, t = base64.urlsafe_b64decode(token.encode()).decode().split("|")
-        return symbol, int(t)
-    except Exception:  # noqa: BLE001
-        raise ValueError("invalid page_token") from None
-
-
 def _drain(queue: asyncio.Queue) -> None:
     while True:
         try:
@@ -1239,11 +1075,12 @@ def _jsonable(value: Any) -> Any:
 
 
 async def run_simulator(
-    settings, *, stop: asyncio.Event | None = None, on_ready: Callable[[Simulator], None] | None = None
+    settings, *, stop: asyncio.Event | None = None, on_ready: Callable[[Simulator], None] | None = None,
+    **overrides: Any,
 ) -> None:
     """Run the simulator from :class:`~tickvault.config.Settings` until ``stop`` is set, SIGINT/SIGTERM
     arrive (when run in the main thread), or the task is cancelled. ``on_ready(sim)`` is called once
-    the servers listen (the CLI prints the URLs there)."""
+    the servers listen (the CLI prints the URLs there); ``overrides`` go to :meth:`Simulator.from_settings`."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     installed = []
@@ -1254,7 +1091,7 @@ async def run_simulator(
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread, or no signal support: the caller stops us
     try:
-        async with Simulator.from_settings(settings) as sim:
+        async with Simulator.from_settings(settings, **overrides) as sim:
             if on_ready is not None:
                 on_ready(sim)
             await stop.wait()

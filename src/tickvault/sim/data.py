@@ -1,0 +1,314 @@
+"""The simulator's market-data REST: historical and latest trades, quotes and bars, and snapshots.
+
+Served from the market's retained ground truth (:class:`tickvault.sim.market.Market`), paged like
+Alpaca: at most ``MAX_PAGE`` items a page across all requested symbols, in symbol order, with an
+opaque ``next_page_token`` (symbol and time of the next item) that alpaca-py follows until null.
+
+What it must never do: copy a symbol's history to answer a page (it bisects the time-sorted columns
+and reads only the rows it returns), or read the environment.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.routing import Route
+
+from tickvault.alpaca.protocol import ns_to_rfc3339, rfc3339_to_ns
+from tickvault.sim.broker import BrokerError
+from tickvault.sim.market import CONDITIONS, EXCHANGE, MINUTE_NS, TAPE, Market
+
+MAX_PAGE = 10_000  # Alpaca's page limit for historical market data
+_TIMEFRAME = re.compile(r"(\d+)(Min|T|Hour|H|Day|D)")
+_TF_UNIT_NS = {
+    "Min": MINUTE_NS,
+    "T": MINUTE_NS,
+    "Hour": 60 * MINUTE_NS,
+    "H": 60 * MINUTE_NS,
+    "Day": 1440 * MINUTE_NS,
+    "D": 1440 * MINUTE_NS,
+}
+_FAR_FUTURE = 2**62
+DAY_NS = 1440 * MINUTE_NS
+
+
+class MarketDataAPI:
+    """``/v2/stocks/...`` over one :class:`Market`. ``routes(endpoint)`` wraps each handler with the
+    simulator's auth and fault layer."""
+
+    def __init__(self, market: Market) -> None:
+        self.market = market
+
+    def routes(self, endpoint: Callable[[Callable[[Request], Any]], Any]) -> list[Route]:
+        e = endpoint
+        return [
+            Route("/v2/stocks/trades", e(self._hist_trades)),
+            Route("/v2/stocks/quotes", e(self._hist_quotes)),
+            Route("/v2/stocks/bars", e(self._hist_bars)),
+            Route("/v2/stocks/trades/latest", e(self._latest_trades)),
+            Route("/v2/stocks/quotes/latest", e(self._latest_quotes)),
+            Route("/v2/stocks/bars/latest", e(self._latest_bars)),
+            Route("/v2/stocks/snapshots", e(self._snapshots)),
+            Route("/v2/stocks/{symbol}/snapshot", e(self._snapshot)),
+        ]
+
+    def _window(self, request: Request) -> tuple[list[str], int, int, int, bool, tuple[str, int] | None]:
+        q = request.query_params
+        symbols_text = q.get("symbols") or request.path_params.get("symbol") or ""
+        symbols = sorted({s.strip().upper() for s in symbols_text.split(",") if s.strip()})
+        if not symbols:
+            raise ValueError("symbols is required")
+        start = rfc3339_to_ns(q["start"]) if q.get("start") else 0
+        end = rfc3339_to_ns(q["end"]) if q.get("end") else _FAR_FUTURE
+        limit = int(q.get("limit") or 1000)
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
+        sort = q.get("sort") or "asc"
+        if sort not in ("asc", "desc"):
+            raise ValueError("sort must be asc or desc")
+        token = _decode_token(q["page_token"]) if q.get("page_token") else None
+        return symbols, start, end, limit, sort == "asc", token
+
+    def _page(
+        self,
+        symbols: list[str],
+        limit: int,
+        asc: bool,
+        token: tuple[str, int] | None,
+        ranges: Callable[[str], tuple[Any, int, int]],
+        row: Callable[[Any, int], dict],
+    ) -> tuple[dict[str, list[dict]], str | None]:
+        """Page over per-symbol, time-sorted sequences. ``ranges(symbol)`` → (times, lo, hi) of the
+        window; the token is (symbol, time of the next item), times being unique per symbol."""
+        if not asc:
+            symbols = symbols[::-1]
+        out: dict[str, list[dict]] = {}
+        remaining = limit
+        for sym in symbols:
+            if token is not None:
+                tsym = token[0]
+                if (asc and sym < tsym) or (not asc and sym > tsym):
+                    continue
+            if sym not in self.market.books:
+                continue
+            times, lo, hi = ranges(sym)
+            if token is not None and sym == token[0]:
+                if asc:
+                    lo = max(lo, bisect_left(times, token[1]))
+                else:
+                    hi = min(hi, bisect_right(times, token[1]))
+            if hi <= lo:
+                continue
+            if remaining == 0:
+                return out, _encode_token(sym, times[lo] if asc else times[hi - 1])
+            take = min(hi - lo, remaining)
+            idx = range(lo, lo + take) if asc else range(hi - 1, hi - 1 - take, -1)
+            out[sym] = [row(sym, i) for i in idx]
+            remaining -= take
+            if take < hi - lo:
+                return out, _encode_token(sym, times[lo + take] if asc else times[hi - 1 - take])
+        return out, None
+
+    def _hist_trades(self, request: Request) -> dict:
+        symbols, start, end, limit, asc, token = self._window(request)
+        books = self.market.books
+
+        def ranges(sym: str) -> tuple[Any, int, int]:
+            lo, hi = self.market.trade_range(sym, start, end)
+            return books[sym].times, lo, hi
+
+        def row(sym: str, i: int) -> dict:
+            b = books[sym]
+            return _trade_json(b.times[i], b.cents[i], b.sizes[i], b.ids[i])
+
+        data, next_token = self._page(symbols, limit, asc, token, ranges, row)
+        return {"trades": data, "next_page_token": next_token}
+
+    def _hist_quotes(self, request: Request) -> dict:
+        symbols, start, end, limit, asc, token = self._window(request)
+        books = self.market.books
+
+        def ranges(sym: str) -> tuple[Any, int, int]:
+            lo, hi = self.market.quote_range(sym, start, end)
+            return books[sym].q_times, lo, hi
+
+        def row(sym: str, i: int) -> dict:
+            b = books[sym]
+            return _quote_json(b.q_times[i], b.q_bid[i], b.q_bid_size[i], b.q_ask[i], b.q_ask_size[i])
+
+        data, next_token = self._page(symbols, limit, asc, token, ranges, row)
+        return {"quotes": data, "next_page_token": next_token}
+
+    def _bars_for(self, symbol: str, start: int, end: int, tf_ns: int) -> tuple[list[int], list[dict]]:
+        """Bars aggregated from the retained truth trades, bar start times in [start, end]."""
+        book = self.market.books[symbol]
+        first = -(-start // tf_ns) * tf_ns  # first bar start >= start
+        lo, hi = self.market.trade_range(symbol, first, (end // tf_ns + 1) * tf_ns - 1)
+        starts: list[int] = []
+        bars: list[dict] = []
+        times, cents, sizes = book.times, book.cents, book.sizes
+        i = lo
+        while i < hi:
+            bucket = times[i] - times[i] % tf_ns
+            nxt = bucket + tf_ns
+            o = h = low = cents[i]
+            v = n = pv = 0
+            c = o
+            while i < hi and times[i] < nxt:
+                p, s = cents[i], sizes[i]
+                if p > h:
+                    h = p
+                if p < low:
+                    low = p
+                c = p
+                v += s
+                n += 1
+                pv += p * s
+                i += 1
+            starts.append(bucket)
+            bars.append(
+                {
+                    "t": ns_to_rfc3339(bucket),
+                    "o": o / 100,
+                    "h": h / 100,
+                    "l": low / 100,
+                    "c": c / 100,
+                    "v": v,
+                    "n": n,
+                    "vw": pv / v / 100,
+                }
+            )
+        return starts, bars
+
+    def _hist_bars(self, request: Request) -> dict:
+        symbols, start, end, limit, asc, token = self._window(request)
+        tf = request.query_params.get("timeframe") or "1Min"
+        m = _TIMEFRAME.fullmatch(tf)
+        if m is None or int(m.group(1)) < 1:
+            raise ValueError(f"unsupported timeframe {tf!r} (the simulator serves NMin, NHour, NDay)")
+        tf_ns = int(m.group(1)) * _TF_UNIT_NS[m.group(2)]
+        cache: dict[str, tuple[list[int], list[dict]]] = {}
+
+        def ranges(sym: str) -> tuple[Any, int, int]:
+            cache[sym] = self._bars_for(sym, start, end, tf_ns)
+            return cache[sym][0], 0, len(cache[sym][0])
+
+        data, next_token = self._page(symbols, limit, asc, token, ranges, lambda sym, i: cache[sym][1][i])
+        return {"bars": data, "next_page_token": next_token}
+
+    def _latest_symbols(self, request: Request) -> list[str]:
+        text = request.query_params.get("symbols") or ""
+        symbols = [s.strip().upper() for s in text.split(",") if s.strip()]
+        if not symbols:
+            raise ValueError("symbols is required")
+        return [s for s in symbols if s in self.market.books]
+
+    def _latest_trades(self, request: Request) -> dict:
+        out = {}
+        for s in self._latest_symbols(request):
+            b = self.market.books[s]
+            if b.ids:
+                out[s] = _trade_json(b.times[-1], b.cents[-1], b.sizes[-1], b.ids[-1])
+        return {"trades": out}
+
+    def _latest_quotes(self, request: Request) -> dict:
+        out = {}
+        for s in self._latest_symbols(request):
+            b = self.market.books[s]
+            if b.q_times:
+                out[s] = _quote_json(
+                    b.q_times[-1], b.q_bid[-1], b.q_bid_size[-1], b.q_ask[-1], b.q_ask_size[-1]
+                )
+        return {"quotes": out}
+
+    def _latest_bars(self, request: Request) -> dict:
+        out = {}
+        for s in self._latest_symbols(request):
+            b = self.market.books[s]
+            if b.times:
+                minute = b.times[-1] - b.times[-1] % MINUTE_NS
+                _, bars = self._bars_for(s, minute, minute, MINUTE_NS)
+                out[s] = bars[-1]
+        return {"bars": out}
+
+    # --- snapshots
+    def _snapshot_of(self, symbol: str) -> dict | None:
+        """Alpaca's snapshot: latest trade and quote, the latest minute bar, the bar of the latest trade's
+        day and of the day before it (days as the ``1Day`` bars count them)."""
+        b = self.market.books.get(symbol)
+        if b is None or not b.times:
+            return None
+        last = b.times[-1]
+        minute = last - last % MINUTE_NS
+        day = last - last % DAY_NS
+        _, minute_bars = self._bars_for(symbol, minute, minute, MINUTE_NS)
+        _, day_bars = self._bars_for(symbol, day - DAY_NS, day, DAY_NS)
+        out = {
+            "latestTrade": _trade_json(b.times[-1], b.cents[-1], b.sizes[-1], b.ids[-1]),
+            "latestQuote": _quote_json(b.q_times[-1], b.q_bid[-1], b.q_bid_size[-1], b.q_ask[-1],
+                                       b.q_ask_size[-1]) if b.q_times else None,
+            "minuteBar": minute_bars[-1],
+            "dailyBar": day_bars[-1],
+            "prevDailyBar": day_bars[-2] if len(day_bars) > 1 else None,
+        }
+        return out
+
+    def _snapshots(self, request: Request) -> dict:
+        """``GET /v2/stocks/snapshots?symbols=A,B`` → ``{symbol: snapshot}`` (no wrapping key, as Alpaca)."""
+        out = {}
+        for s in self._latest_symbols(request):
+            snap = self._snapshot_of(s)
+            if snap is not None:
+                out[s] = snap
+        return out
+
+    def _snapshot(self, request: Request) -> dict:
+        symbol = request.path_params["symbol"].upper()
+        snap = self._snapshot_of(symbol) if symbol in self.market.books else None
+        if snap is None:
+            raise BrokerError(404, 40410000, f"no snapshot for {symbol}")
+        return {"symbol": symbol, **snap}
+
+
+# ---------------------------------------------------------------------- helpers
+def _trade_json(t: int, cents: int, size: int, tid: int) -> dict:
+    return {
+        "t": ns_to_rfc3339(t),
+        "x": EXCHANGE,
+        "p": cents / 100,
+        "s": size,
+        "c": list(CONDITIONS),
+        "i": tid,
+        "z": TAPE,
+    }
+
+
+def _quote_json(t: int, bid: int, bid_size: int, ask: int, ask_size: int) -> dict:
+    return {
+        "t": ns_to_rfc3339(t),
+        "ax": EXCHANGE,
+        "ap": ask / 100,
+        "as": ask_size,
+        "bx": EXCHANGE,
+        "bp": bid / 100,
+        "bs": bid_size,
+        "c": ["R"],
+        "z": TAPE,
+    }
+
+
+def _encode_token(symbol: str, time_ns: int) -> str:
+    return base64.urlsafe_b64encode(f"{symbol}|{time_ns}".encode()).decode()
+
+
+def _decode_token(token: str) -> tuple[str, int]:
+    try:
+        symbol, t = base64.urlsafe_b64decode(token.encode()).decode().split("|")
+        return symbol, int(t)
+    except Exception:  # noqa: BLE001
+        raise ValueError("invalid page_token") from None

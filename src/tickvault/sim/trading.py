@@ -1,0 +1,246 @@
+"""The simulator's trading REST: Alpaca's paths over the simulated broker, calendar and clock.
+
+Each handler parses the request as Alpaca documents it and hands it to
+:class:`tickvault.sim.broker.Broker`; refusals leave as Alpaca's ``{"code", "message"}`` bodies with
+Alpaca's statuses (404 unknown order/position/asset, 422 invalid request, 403 buying power or
+qty, 207 for the multi-order answers). The simulator's own control of time, ``/_sim/clock``, lives
+here too, as it moves the broker's day forward.
+
+What it must never do: keep state of its own (the broker and the clock hold it all), or read the
+environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tickvault.alpaca.protocol import ns_to_rfc3339, rfc3339_to_ns
+from tickvault.sim import calendar
+from tickvault.sim.broker import BrokerError, asset_id
+
+if TYPE_CHECKING:
+    from tickvault.sim.server import Simulator
+
+ASSET_EXCHANGE = "NASDAQ"  # listing exchange the simulated assets report (trades print on IEX, "V")
+
+
+def _flag(value: str | None) -> bool:
+    """A boolean query parameter as alpaca-py (requests) writes it: ``True``/``true``/``1``."""
+    return (value or "").lower() in ("true", "1", "yes")
+
+
+async def _json_body(request: Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError:
+        raise BrokerError(400, 40010000, "request body is not valid JSON") from None
+
+
+class TradingAPI:
+    """``/v2/orders``, ``/v2/positions``, ``/v2/account*``, ``/v2/assets``, ``/v2/clock``, ``/v2/calendar``
+    of one simulator. ``routes(endpoint)`` wraps each handler with the simulator's auth and faults."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+        self.broker = sim.broker
+
+    def routes(self, endpoint: Callable[[Callable[[Request], Any]], Any]) -> list[Route]:
+        e = endpoint
+        return [
+            Route("/v2/account", e(lambda r: self.broker.account())),
+            Route("/v2/account/configurations", e(self._configurations), methods=["GET", "PATCH"]),
+            Route("/v2/account/portfolio/history", e(self._portfolio_history)),
+            Route("/v2/account/activities/{activity_type}", e(self._activities)),
+            Route("/v2/account/activities", e(self._activities)),
+            Route("/v2/positions", e(self._positions), methods=["GET", "DELETE"]),
+            Route("/v2/positions/{symbol_or_asset_id}", e(self._position), methods=["GET", "DELETE"]),
+            Route("/v2/orders", e(self._orders), methods=["GET", "POST", "DELETE"]),
+            Route("/v2/orders:by_client_order_id", e(self._order_by_client_id)),
+            Route("/v2/orders/{order_id}", e(self._order), methods=["GET", "PATCH", "DELETE"]),
+            Route("/v2/assets", e(self._assets)),
+            Route("/v2/assets/{symbol_or_asset_id}", e(self._asset)),
+            Route("/v2/clock", e(self._clock)),
+            Route("/v2/calendar", e(self._calendar)),
+        ]
+
+    def control_routes(self) -> list[Route]:
+        """The simulator's own controls (no auth, no faults: loopback only)."""
+        return [Route("/_sim/clock", self._sim_clock, methods=["GET", "POST"])]
+
+    # --- account
+    async def _configurations(self, request: Request) -> dict:
+        if request.method == "PATCH":
+            return self.broker.configure(await _json_body(request))
+        return dict(self.broker.configuration)
+
+    def _portfolio_history(self, request: Request) -> dict:
+        q = request.query_params
+        return self.broker.portfolio_history(period=q.get("period"), timeframe=q.get("timeframe"),
+                                             start=q.get("start"), end=q.get("end"))
+
+    def _activities(self, request: Request) -> list[dict]:
+        q = request.query_params
+        kind = request.path_params.get("activity_type") or q.get("activity_types") or "FILL"
+        if "FILL" not in {k.strip().upper() for k in kind.split(",")}:
+            return []  # the simulator's only activities are fills
+        return self.broker.activities(
+            after=q.get("after"),
+            until=q.get("until"),
+            direction=q.get("direction") or "desc",
+            page_size=int(q.get("page_size") or 100),
+            page_token=q.get("page_token"),
+        )
+
+    # --- positions
+    def _positions(self, request: Request) -> Any:
+        if request.method == "DELETE":
+            cancel = _flag(request.query_params.get("cancel_orders"))
+            return JSONResponse(self.broker.close_all_positions(cancel_orders=cancel), 207)
+        return self.broker.position_list()
+
+    def _position(self, request: Request) -> dict:
+        key = request.path_params["symbol_or_asset_id"]
+        if request.method == "DELETE":
+            q = request.query_params
+            return self.broker.close_position(key, qty=q.get("qty"), percentage=q.get("percentage"))
+        return self.broker.position(key)
+
+    # --- orders
+    async def _orders(self, request: Request) -> Any:
+        if request.method == "POST":
+            return self.broker.submit(await _json_body(request))
+        if request.method == "DELETE":
+            return JSONResponse(self.broker.cancel_all(), 207)
+        q = request.query_params
+        symbols = [s for s in (q.get("symbols") or "").split(",") if s] or None
+        return self.broker.list_orders(
+            status=q.get("status") or "open",
+            limit=int(q.get("limit") or 50),
+            after=q.get("after"),
+            until=q.get("until"),
+            direction=q.get("direction") or "desc",
+            symbols=symbols,
+            side=q.get("side"),
+            nested=_flag(q.get("nested")),
+        )
+
+    def _order_by_client_id(self, request: Request) -> dict:
+        cid = request.query_params.get("client_order_id")
+        if not cid:
+            raise ValueError("client_order_id is required")
+        return self.broker.get_by_client_id(cid)
+
+    async def _order(self, request: Request) -> Any:
+        order_id = request.path_params["order_id"]
+        if request.method == "DELETE":
+            self.broker.cancel(order_id)
+            return Response(status_code=204)
+        if request.method == "PATCH":
+            return self.broker.replace(order_id, await _json_body(request))
+        nested = request.query_params.get("nested")
+        return self.broker.get(order_id, nested=nested is None or _flag(nested))
+
+    # --- assets
+    def _assets(self, request: Request) -> list[dict]:
+        """``GET /v2/assets``: every simulated symbol is an active, tradable US equity (like Alpaca,
+        an unset status means every status; an unknown status or class is a 422)."""
+        q = request.query_params
+        status = q.get("status")
+        asset_class = q.get("asset_class") or "us_equity"
+        if status not in (None, "", "active", "inactive"):
+            raise ValueError(f"status must be active or inactive, not {status!r}")
+        if asset_class not in ("us_equity", "us_option", "crypto"):
+            raise ValueError(f"asset_class must be us_equity, us_option or crypto, not {asset_class!r}")
+        exchange = q.get("exchange")
+        if status == "inactive" or asset_class != "us_equity" or exchange not in (None, "", ASSET_EXCHANGE):
+            return []
+        return [asset_json(s) for s in self.sim.symbols]
+
+    def _asset(self, request: Request) -> dict:
+        key = request.path_params["symbol_or_asset_id"]
+        for symbol in self.sim.symbols:
+            if symbol == key.upper() or asset_id(symbol) == key:
+                return asset_json(symbol)
+        raise BrokerError(404, 40410000, f"asset not found for {key}")
+
+    # --- time
+    def _clock(self, request: Request) -> dict:
+        now = self.sim.clock()
+        return {
+            "timestamp": ns_to_rfc3339(now),
+            "is_open": self.broker.is_open(now),
+            "next_open": ns_to_rfc3339(calendar.next_open(now) or 0),
+            "next_close": ns_to_rfc3339(calendar.next_close(now) or 0),
+        }
+
+    def _calendar(self, request: Request) -> list[dict]:
+        q = request.query_params
+        try:
+            start = date.fromisoformat(q["start"][:10]) if q.get("start") else date(calendar.FIRST_YEAR, 1, 1)
+            end = date.fromisoformat(q["end"][:10]) if q.get("end") else date(calendar.LAST_YEAR, 12, 31)
+        except ValueError:
+            raise ValueError("start and end are dates (YYYY-MM-DD)") from None
+        return [s.to_json() for s in calendar.sessions(start, end)]
+
+    # --- the simulator's clock control
+    async def _sim_clock(self, request: Request) -> Response:
+        """``GET /_sim/clock``: the simulated time; ``POST`` ``{"set": RFC3339}``, ``{"advance": seconds}``,
+        ``{"to": "next_open"|"next_close"}`` and/or ``{"scale": x}`` move it (forward only: 409 otherwise)."""
+        clock = self.sim.clock
+        if request.method == "POST":
+            if not isinstance(clock, calendar.SimClock):
+                return JSONResponse({"message": "this simulator runs on a clock function it cannot move"}, 409)
+            try:
+                body = await request.json()
+                if not isinstance(body, dict):
+                    raise ValueError("the body is a JSON object")
+                if body.get("scale") is not None:
+                    clock.set_scale(float(body["scale"]))
+                if body.get("set") is not None:
+                    clock.set(rfc3339_to_ns(body["set"]))
+                if body.get("advance") is not None:
+                    clock.advance(float(body["advance"]))
+                if body.get("to") is not None:
+                    target = {"next_open": calendar.next_open, "next_close": calendar.next_close}.get(body["to"])
+                    if target is None:
+                        raise ValueError("to is next_open or next_close")
+                    clock.set(target(clock()) or clock())
+            except (ValueError, TypeError) as exc:
+                return JSONResponse({"message": str(exc)}, 409 if "forward" in str(exc) else 422)
+            self.broker.advance()
+        now = clock()
+        return JSONResponse({
+            "now": ns_to_rfc3339(now),
+            "scale": getattr(clock, "scale", 1.0),
+            "hours": self.broker.hours,
+            "is_open": self.broker.is_open(now),
+            "next_open": ns_to_rfc3339(calendar.next_open(now) or 0),
+            "next_close": ns_to_rfc3339(calendar.next_close(now) or 0),
+        })
+
+
+def asset_json(symbol: str) -> dict:
+    """Alpaca's asset object for a simulated symbol; the id is stable (the one its positions and orders carry)."""
+    return {
+        "id": asset_id(symbol),
+        "class": "us_equity",
+        "exchange": ASSET_EXCHANGE,
+        "symbol": symbol,
+        "name": f"{symbol} Simulated Inc. Common Stock",
+        "status": "active",
+        "tradable": True,
+        "marginable": True,
+        "maintenance_margin_requirement": 30,
+        "margin_requirement_long": "30",
+        "margin_requirement_short": "30",
+        "shortable": True,
+        "easy_to_borrow": True,
+        "fractionable": True,
+        "attributes": [],
+    }
