@@ -9,7 +9,7 @@ Set-up: the Alpaca simulator on 127.0.0.1 with :data:`LATENCY_MS` added before e
 database (created, migrated and dropped here) holding part of them, so the measured run has drift
 to find and repair.
 
-* ``concurrent_fetch_s``: :func:`tickvault.reconcile.fetch_broker_state` (five calls gathered),
+* ``concurrent_fetch_s``: :func:`tickvault.jobs.reconcile.fetch_broker_state` (five calls gathered),
   median of :data:`REPEATS`.
 * ``sequential_fetch_s``: the same five calls awaited one after another, median of :data:`REPEATS`.
 * ``slowest_call_s``: the slowest single call of a concurrent fetch (median over the repeats).
@@ -39,7 +39,7 @@ from tickvault.alpaca.models import FillActivity, Order, OrderRequest
 from tickvault.alpaca.rest import AlpacaREST, collect
 from tickvault.config import load_settings
 from tickvault.http import aclose_http_client
-from tickvault.reconcile import (
+from tickvault.jobs.reconcile import (
     DEFAULT_LOOKBACK,
     ReconcileSummary,
     _all_orders,

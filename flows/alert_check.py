@@ -1,6 +1,6 @@
 """``alert_check``: open and resolve tickvault's incidents (a silent worker, unrepaired
 reconciliation drift, a failing TimescaleDB job); the automations ``tickvault deploy`` creates
-turn each into one webhook notification (see ``tickvault.alerts``). Its artifact says what is open."""
+turn each into one webhook notification (see ``tickvault.jobs.alerts``). Its artifact says what is open."""
 
 from __future__ import annotations
 

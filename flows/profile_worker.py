@@ -29,9 +29,9 @@ from tasks.publish import publish_markdown
 from tickvault.config import load_settings
 from tickvault.db import database_url
 from tickvault.market_time import MarketClock
-from tickvault.profile_report import ProfileRunSummary, failure_headline, failure_markdown, log
-from tickvault.profiling import ProfilerError, compare_reports
-from tickvault.reports import ReportStore, ReportStoreError
+from tickvault.jobs.profile_report import ProfileRunSummary, failure_headline, failure_markdown, log
+from tickvault.jobs.profiling import ProfilerError, compare_reports
+from tickvault.jobs.reports import ReportStore, ReportStoreError
 from tickvault.run_logs import tickvault_logs_in_flow_run
 
 ARTIFACT_KEY = "profile-worker"

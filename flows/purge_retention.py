@@ -10,7 +10,7 @@ from tasks.retention import drop_expired_chunks
 from tickvault.config import load_settings
 from tickvault.db import database_url
 from tickvault.market_time import MarketClock
-from tickvault.retention import PurgeReport
+from tickvault.jobs.retention import PurgeReport
 from tickvault.run_logs import tickvault_logs_in_flow_run
 
 ARTIFACT_KEY = "purge-retention"

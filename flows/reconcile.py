@@ -12,7 +12,7 @@ from tasks.reconcile import reconcile_with_broker
 from tickvault.config import load_settings
 from tickvault.db import database_url
 from tickvault.market_time import MarketClock
-from tickvault.reconcile import ReconcileSummary
+from tickvault.jobs.reconcile import ReconcileSummary
 from tickvault.run_logs import tickvault_logs_in_flow_run
 
 ARTIFACT_KEY = "reconcile"

@@ -18,7 +18,7 @@ from tasks.indicators import (
 from tasks.publish import publish_markdown
 from tickvault.config import load_settings
 from tickvault.db import database_url
-from tickvault.indicator_refresh import WARMUP_BARS, IndicatorRefreshSummary, log_summary
+from tickvault.jobs.indicators import WARMUP_BARS, IndicatorRefreshSummary, log_summary
 from tickvault.market_time import MarketClock
 from tickvault.run_logs import tickvault_logs_in_flow_run
 
@@ -31,7 +31,7 @@ async def refresh_indicators_flow(
 ) -> IndicatorRefreshSummary:
     """``since``: recompute every bar from then (default: from each symbol's last computed bar).
     ``symbols``: only these (default: all with new bars). ``warmup_bars``: history loaded before
-    the first new bar (1000 equals a full replay; see tickvault.indicator_refresh)."""
+    the first new bar (1000 equals a full replay; see tickvault.jobs.indicators)."""
     settings = load_settings()
     url = database_url(settings)
     clock = MarketClock.from_settings(settings)

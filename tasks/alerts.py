@@ -1,11 +1,11 @@
 """The alert check as a Prefect task: incidents opened/resolved against the database (logic in
-``tickvault.alerts``), each announced as a Prefect event that the automations notify."""
+``tickvault.jobs.alerts``), each announced as a Prefect event that the automations notify."""
 
 from __future__ import annotations
 
 from prefect import task
 
-from tickvault.alerts import AlertReport, check_alerts, prefect_emit
+from tickvault.jobs.alerts import AlertReport, check_alerts, prefect_emit
 from tickvault.config import Settings
 
 

@@ -1,6 +1,6 @@
 """Indicator refresh tasks: aggregates, which symbols have new bars, vectorized indicators.
 
-The work is :mod:`tickvault.indicator_refresh` (blocking psycopg + numpy), run in threads so the
+The work is :mod:`tickvault.jobs.indicators` (blocking psycopg + numpy), run in threads so the
 flow's event loop stays free.
 """
 
@@ -13,7 +13,7 @@ from datetime import datetime
 from prefect import task
 
 from tasks import JITTER, NO_CACHE, READ_RETRIES, WRITE_RETRIES, backoff
-from tickvault import indicator_refresh as logic
+from tickvault.jobs import indicators as logic
 from tickvault.db.aggregates import RefreshResult
 from tickvault.db.jobs import JobHealth
 

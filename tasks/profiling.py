@@ -1,7 +1,7 @@
 """Profiling tasks: find the worker, record it with py-spy, store the report, remember it.
 
 A worker that is not running, or a py-spy without permission, is an expected outcome: those two
-tasks *return* the specific exception from :mod:`tickvault.registration` / :mod:`tickvault.profiling`
+tasks *return* the specific exception from :mod:`tickvault.registration` / :mod:`tickvault.jobs.profiling`
 rather than raise it (a raised one fails the task run with a traceback in the flow run's log); the
 flow turns it into a Failed state and an artifact saying what to do. Recording is never retried (it is the expensive part, and a permission
 problem will not fix itself); storing and reading reports are.
@@ -20,7 +20,7 @@ from psycopg.types.json import Jsonb
 
 from tasks import JITTER, NO_CACHE, READ_RETRIES, WRITE_RETRIES, backoff
 from tickvault.config import Settings
-from tickvault.profiling import (
+from tickvault.jobs.profiling import (
     DUMP_TEXT_FILE,
     FLAMEGRAPH_FILE,
     SPEEDSCOPE_FILE,
@@ -30,7 +30,7 @@ from tickvault.profiling import (
     profile_process_async,
 )
 from tickvault.registration import AmbiguousWorker, WorkerInfo, WorkerNotRunning, find_worker
-from tickvault.reports import ReportStore, StoredReport
+from tickvault.jobs.reports import ReportStore, StoredReport
 
 # py-spy needs a moment to attach and to write its files after the window (profiling.py allows
 # 30 s of grace per recorder); on top of that, a margin before the task is declared hung.

@@ -1,5 +1,5 @@
 """The reconciliation task: broker state fetched concurrently, compared and repaired by
-:func:`tickvault.reconcile.reconcile` through the process's shared HTTP client."""
+:func:`tickvault.jobs.reconcile.reconcile` through the process's shared HTTP client."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from prefect import task
 from tasks import JITTER, NO_CACHE, WRITE_RETRIES, backoff
 from tickvault.config import Settings
 from tickvault.db import database_url
-from tickvault.reconcile import ReconcileSummary, reconcile
+from tickvault.jobs.reconcile import ReconcileSummary, reconcile
 
 
 @task(

@@ -7,7 +7,7 @@ from prefect import task
 from tasks import JITTER, NO_CACHE, WRITE_RETRIES, backoff
 from tickvault.config import Settings
 from tickvault.db import database_url
-from tickvault.retention import PurgeReport, purge_retention
+from tickvault.jobs.retention import PurgeReport, purge_retention
 
 
 @task(

@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import psycopg
 import pytest
 
-from tests.support.dashboard import free_port
-from tickvault.alerts import OPENED, RESOLVED, Condition, check_alerts
+from tests.support.net import free_port
+from tickvault.jobs.alerts import OPENED, RESOLVED, Condition, check_alerts
 from tickvault.config import load_settings
 
 pytestmark = pytest.mark.db
@@ -150,7 +150,7 @@ def test_deployed_automations_notify_the_webhook_once_per_incident(fresh_databas
     from prefect.events.worker import EventsWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from tickvault.alerts import ALERT_CHECK_DEPLOYMENT, prefect_emit
+    from tickvault.jobs.alerts import ALERT_CHECK_DEPLOYMENT, prefect_emit
     from tickvault.deploy import create_alert_automations, deploy_flows, ensure_work_pool, prefect_env, project_dir, work_pool_name
 
     url = fresh_database()

@@ -175,3 +175,20 @@ def test_compose_commands_exist_in_the_cli(compose: dict) -> None:
                 if not _command_exists(app, ["prefect"]):
                     pytest.skip("prefect_app is not mounted in tickvault.cli yet (app.add_typer(prefect_app, name='prefect'))")
             assert _command_exists(app, args), (name, command)
+
+
+def test_the_package_data_carries_every_runtime_file() -> None:
+    """A wheel (the Docker image runs `pip install .`) must carry the migrations, the SQL recipes and
+    the dashboard's static files: every non-Python file the package reads at run time."""
+    import fnmatch
+    import tomllib
+
+    globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["tickvault"]
+    package = REPO / "src" / "tickvault"
+    runtime = [
+        p.relative_to(package).as_posix() for p in package.rglob("*")
+        if p.is_file() and p.suffix not in (".py", ".pyc", ".so", ".c") and "__pycache__" not in p.parts
+    ]
+    assert any(r.startswith("sql/") for r in runtime) and any(r.startswith("ui/static/") for r in runtime)
+    missing = [r for r in runtime if not any(fnmatch.fnmatchcase(r, g) for g in globs)]
+    assert not missing, f"add these to [tool.setuptools.package-data] in pyproject.toml: {missing}"

@@ -28,6 +28,7 @@ from tickvault.db.policies import (
     compression_stats,
     policy_start_offset,
 )
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.db
 
@@ -92,7 +93,7 @@ def test_apply_policies_follows_the_retention_and_compression_settings(fresh_dat
 
 
 async def test_retention_purge_brings_the_refresh_policies_inside_its_window_first(fresh_database) -> None:
-    from tickvault.retention import purge_retention
+    from tickvault.jobs.retention import purge_retention
 
     url = fresh_database()
     report = await purge_retention(load_settings(retention_trades_days=10), db_url=url)
@@ -116,7 +117,7 @@ def test_failing_background_jobs_are_reported_with_their_last_error(fresh_databa
             def refused() -> list:
                 return [j for j in job_health(conn) if j.last_error_code == "0A000"]
 
-            _wait(lambda: refused(), 60, "the job-history retention job to fail under the apache license")
+            wait_for(lambda: refused(), 60, "the job-history retention job to fail under the apache license")
             job = refused()[0]
             assert job.unsupported and not job.failing and job.state == "unsupported (apache edition)"
             assert job.consecutive_failures >= 1 and job.last_success is None and "license" in job.last_error
@@ -136,7 +137,7 @@ def test_failing_background_jobs_are_reported_with_their_last_error(fresh_databa
                 "SELECT add_job('tv_always_fails', '1 hour', initial_start => now())"
             ).fetchone()[0]
             try:
-                _wait(lambda: any(j.job_id == job_id for j in failing_jobs(conn)), 90, "the job to fail")
+                wait_for(lambda: any(j.job_id == job_id for j in failing_jobs(conn)), 90, "the job to fail")
                 job = next(j for j in failing_jobs(conn) if j.job_id == job_id)
                 assert job.consecutive_failures >= 1 and "refresh source is gone" in job.last_error
                 assert "**1 failing job(s)**" in jobs_markdown(job_health(conn))
@@ -205,10 +206,3 @@ async def test_late_trades_and_backfills_insert_into_compressed_chunks(fresh_dat
         ).fetchone() == (99.5, 3)
         assert conn.execute("SELECT count(*) FROM trades WHERE symbol = 'CMP' AND trade_id = 1").fetchone()[0] == 1
 
-
-def _wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)

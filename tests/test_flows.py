@@ -14,10 +14,8 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +24,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from tests.support.net import free_port
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
 
@@ -36,29 +36,6 @@ HTTP_POOL = 3  # the flow-run processes' pool size: small, so "connections <= po
 PLANTED_OPEN_ORDERS = 40  # orders the broker never heard of: reconcile looks each one up by REST
 RUN_TIMEOUT_S = 180.0
 LOGS_TIMEOUT_S = 30.0  # a finished run's last log batch reaches the server within a couple of seconds
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, interval: float = 0.2):
-    """Poll ``predicate`` until it returns a truthy value; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None:
-            try:
-                proc.wait(timeout=interval)  # returns at once if the process died
-            except subprocess.TimeoutExpired:
-                continue
-            raise AssertionError(f"{what}: process exited with {proc.returncode}")
-        time.sleep(interval)  # noqa: polling an external condition, not synchronising on time
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _stop(proc: subprocess.Popen | None, first=signal.SIGTERM, then=signal.SIGINT, timeout: float = 15) -> None:
@@ -108,14 +85,14 @@ def stack(fresh_database, tmp_path_factory) -> Iterator[Stack]:
                  # to the (by then stopped) test server at exit and prints a connection error
                  "PREFECT_LOGGING_TO_API_ENABLED": "false"}.items():
         mp.setenv(k, v)
-    server = LocalPrefectServer(home=home, port=_free_port())
+    server = LocalPrefectServer(home=home, port=free_port())
     moto = None
     prefect_worker = None
     try:
         server.start()
 
         # The simulator, as `tickvault sim` in its own process.
-        ws_port, rest_port = _free_port(), _free_port()
+        ws_port, rest_port = free_port(), free_port()
         keys = {"TICKVAULT_ALPACA_KEY_ID": "test-key", "TICKVAULT_ALPACA_SECRET_KEY": "test-secret"}
         sim_env = {**os.environ, **keys, "TICKVAULT_SIM_PORT": str(ws_port), "TICKVAULT_SIM_REST_PORT": str(rest_port),
                    "TICKVAULT_SIM_SYMBOLS": "5", "TICKVAULT_SIM_RATE": "2000"}
@@ -127,7 +104,7 @@ def stack(fresh_database, tmp_path_factory) -> Iterator[Stack]:
         rest_url = f"http://127.0.0.1:{rest_port}"
 
         # S3 on loopback.
-        s3_port = _free_port()
+        s3_port = free_port()
         moto = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port)
         moto.start()
         s3_endpoint = f"http://127.0.0.1:{s3_port}"
@@ -178,7 +155,7 @@ def stack(fresh_database, tmp_path_factory) -> Iterator[Stack]:
             except WorkerNotRunning:
                 return None
 
-        _wait(registered, 60, "the streaming worker's registration", proc=worker)
+        wait_for(registered, 60, "the streaming worker's registration", proc=worker)
 
         deploy_main(settings, start_worker=False, api_url=server.api_url)
 
@@ -186,7 +163,7 @@ def stack(fresh_database, tmp_path_factory) -> Iterator[Stack]:
         prefect_worker = subprocess.Popen(worker_command(work_pool_name(REPO), name="tickvault-test"), env=env,
                                           cwd=REPO, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
                                           start_new_session=True)
-        _wait(lambda: "started" in log.read_text(errors="replace").lower(), 60, "the Prefect worker", proc=prefect_worker)
+        wait_for(lambda: "started" in log.read_text(errors="replace").lower(), 60, "the Prefect worker", proc=prefect_worker)
         yield Stack(server.api_url, db_url, env, run_dir, bucket, s3_endpoint, log, worker_name)
     finally:
         _stop(prefect_worker)  # the Prefect worker before the server it talks to
@@ -356,7 +333,7 @@ def test_stopping_the_local_server_never_signals_a_process_it_did_not_start(tmp_
 
     other = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     try:
-        server = LocalPrefectServer(home=tmp_path, port=_free_port())
+        server = LocalPrefectServer(home=tmp_path, port=free_port())
         server.pidfile.write_text(f"{other.pid}\n", encoding="utf-8")
         assert server.stop() is False
         assert not server.pidfile.exists()
@@ -457,7 +434,7 @@ async def test_prefect_ui_shows_tickvault_logs_and_artifact_headings_for_every_d
             return conn.execute("SELECT count(*) FROM fills WHERE order_id = ANY(%s::uuid[])",
                                 ([o.id for o in orders],)).fetchone()[0] == len(orders)
 
-        _wait(recorded, 60, "the worker recording the fills")
+        wait_for(recorded, 60, "the worker recording the fills")
         conn.execute("DELETE FROM fills WHERE order_id = %s", (orders[0].id,))
 
     runs = []

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from tickvault.indicator_refresh import WARMUP_BARS, refresh_indicators
+from tickvault.jobs.indicators import WARMUP_BARS, refresh_indicators
 from tickvault.indicators import COLUMNS, IndicatorSet
 
 pytestmark = pytest.mark.db
@@ -147,7 +147,7 @@ def test_artifact_says_how_current_each_aggregate_is_and_why_an_indicator_is_emp
     from zoneinfo import ZoneInfo
 
     from tickvault.db.aggregates import AggregateStatus, RefreshResult
-    from tickvault.indicator_refresh import IndicatorRefreshSummary, OhlcvState, SymbolRefresh
+    from tickvault.jobs.indicators import IndicatorRefreshSummary, OhlcvState, SymbolRefresh
     from tickvault.market_time import MarketClock
 
     at = datetime(2025, 3, 14, 14, 35, tzinfo=UTC)  # 10:35 in New York (EDT)

@@ -17,7 +17,7 @@ import pytest
 
 from tickvault.config import load_settings
 from tickvault.db.aggregates import TIMEFRAMES, raw_horizon, refresh_ohlcv, refresh_window
-from tickvault.retention import purge_retention
+from tickvault.jobs.retention import purge_retention
 
 WIDTH = {"1m": "1 minute", "5m": "5 minutes", "1h": "1 hour", "1d": "1 day"}
 DIRECT = """

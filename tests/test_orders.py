@@ -18,15 +18,8 @@ from tickvault.sim.server import Simulator
 from tickvault.stream.metrics import Metrics
 from tickvault.stream.orders import OrderGateway, TradeUpdatesListener, client_order_id
 from tickvault.stream.strategy import Bar, OrderIntent, StrategyLoadError, load_strategy
+from tests.support.waiting import wait_until
 
-
-async def wait_until(predicate, timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest_asyncio.fixture(loop_scope="function")  # the pool lives in the test's own loop

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from tickvault import profiling
+from tickvault.jobs import profiling
 from tickvault.config import Settings
-from tickvault.profiling import (
+from tickvault.jobs.profiling import (
     ProfilerError,
     ProfilerPermissionError,
     Regression,

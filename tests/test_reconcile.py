@@ -31,7 +31,7 @@ from tickvault.alpaca.models import Order, OrderRequest
 from tickvault.alpaca.rest import AlpacaREST, RetryPolicy, collect
 from tickvault.config import Settings, load_settings
 from tickvault.http import aclose_http_client
-from tickvault.reconcile import DIFF_KINDS, ReconcileError, fetch_broker_state, reconcile
+from tickvault.jobs.reconcile import DIFF_KINDS, ReconcileError, fetch_broker_state, reconcile
 from tickvault.sim import Simulator
 from tickvault.db.tables import INSERT_FILL, record_order
 

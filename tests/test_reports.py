@@ -16,7 +16,7 @@ from moto.server import ThreadedMotoServer
 from pydantic import SecretStr
 
 from tickvault.config import Settings
-from tickvault.reports import (
+from tickvault.jobs.reports import (
     LocalReportStore,
     ReportStore,
     ReportStoreError,

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from tickvault.config import load_settings
-from tickvault.retention import INGEST_BATCHES_KEEP, purge_retention
+from tickvault.jobs.retention import INGEST_BATCHES_KEEP, purge_retention
 
 pytestmark = pytest.mark.db
 

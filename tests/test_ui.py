@@ -3,7 +3,6 @@ real database, the simulator and the app served by uvicorn (no browser: see test
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import re
@@ -18,7 +17,8 @@ import httpx
 import psycopg
 import pytest
 
-from tests.support.dashboard import free_port, plant_minute_trades, serve_dashboard, settings_for_sim
+from tests.support.dashboard import plant_minute_trades, serve_dashboard, settings_for_sim
+from tests.support.net import free_port
 from tickvault.config import ConfigError, load_settings
 from tickvault.sim.server import Simulator
 

@@ -21,7 +21,8 @@ import psycopg
 import pytest
 import pytest_asyncio
 
-from tests.support.dashboard import serve_dashboard, settings_for_sim, wait_until
+from tests.support.dashboard import serve_dashboard, settings_for_sim
+from tests.support.waiting import wait_until
 from tickvault.sim.server import Simulator
 from tickvault.stream.worker import WorkerHandle, run_worker
 

@@ -25,6 +25,8 @@ import pytest
 from tickvault.config import load_settings
 from tickvault.sim.server import Simulator
 from tickvault.stream.worker import WorkerHandle, run_worker
+from tests.support.net import free_port
+from tests.support.waiting import wait_until
 
 CHECKSUM_SQL = """
 SELECT symbol, count(*), sum(trade_id), sum(time_ns % 1000003), sum((time_ns / 1000) % 1000003),
@@ -71,15 +73,6 @@ async def _count(url: str) -> int:
     async with await psycopg.AsyncConnection.connect(url) as conn:
         return (await (await conn.execute("SELECT count(*) FROM trades")).fetchone())[0]
 
-
-async def wait_until(predicate, timeout: float, what: str, poll: float = 0.1) -> None:
-    """Wait for a condition (polled), failing with `what` after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(poll)
 
 
 def _missing_runs(ids: set[int], sim: Simulator, limit: int = 6) -> str:
@@ -283,7 +276,7 @@ async def test_shutdown_with_database_gone_spills_then_next_start_commits(fresh_
     dbname = url.rsplit("/", 1)[1]
     since = datetime.now(timezone.utc)
     admin = admin_url.rsplit("/", 1)[0] + "/postgres"
-    metrics_port = _free_port()
+    metrics_port = free_port()
     async with Simulator(symbols=20, rate=20_000, frame_size=100, max_trades=None, seed=9) as sim:
         env = {**os.environ, **_env_for(sim, url, tmp_path / "run", since, TICKVAULT_SHUTDOWN_TIMEOUT_S="3",
                                         TICKVAULT_METRICS_PORT=str(metrics_port))}
@@ -342,13 +335,6 @@ async def test_shutdown_with_database_gone_spills_then_next_start_commits(fresh_
 async def _grew_past(url: str, n: int) -> bool:
     return await _count(url) >= n
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def _worker_gauge(port: int, name: str) -> float:

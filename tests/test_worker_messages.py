@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,12 +15,8 @@ import psycopg
 from tickvault.config import load_settings
 from tickvault.sim.server import Simulator
 from tickvault.stream.worker import WorkerHandle, run_worker
+from tests.support.net import free_port
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def wait_for_row(url: str, sql: str, params: tuple, what: str, timeout: float = 30) -> tuple:
@@ -39,7 +34,7 @@ async def wait_for_row(url: str, sql: str, params: tuple, what: str, timeout: fl
 
 async def test_corrections_cancels_updated_bars_metrics_and_status(fresh_database, tmp_path):
     url = fresh_database()
-    port = _free_port()
+    port = free_port()
     t0 = time.time_ns()
     fast = lambda: t0 + (time.time_ns() - t0) * 120  # noqa: E731 - a simulated minute every 0.5 s
     async with Simulator(symbols=["AAPL", "MSFT"], rate=2_000, seed=4, clock=fast) as sim:

@@ -205,7 +205,7 @@ def _edition_status(url: str) -> None:
     from tickvault.db.aggregates import raw_horizon
     from tickvault.db.jobs import job_health, warning_lines
     from tickvault.db.policies import compression_stats, current_policies
-    from tickvault.retention import human_bytes
+    from tickvault.jobs.markdown import human_bytes
 
     with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
         policies = current_policies(conn)

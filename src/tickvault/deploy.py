@@ -316,11 +316,11 @@ def deploy_main(settings: Settings, *, start_worker: bool = True, api_url: str |
 
 
 def create_alert_automations(settings: Settings, api_url: str) -> None:
-    """The alert automations (tickvault.alerts) when TICKVAULT_ALERT_WEBHOOK_URL is set."""
+    """The alert automations (tickvault.jobs.alerts) when TICKVAULT_ALERT_WEBHOOK_URL is set."""
     if settings.alert_webhook_url is None:
         typer.echo("alerts: TICKVAULT_ALERT_WEBHOOK_URL is not set, no automations created")
         return
-    from tickvault.alerts import ensure_automations
+    from tickvault.jobs.alerts import ensure_automations
 
     try:
         names = ensure_automations(settings, api_url)

@@ -1,38 +1,16 @@
-"""Helpers for the dashboard's tests: free ports, waiting on a condition, simulator → settings, and
+"""Helpers for the dashboard's tests: simulator → settings, trades planted per minute, and
 the dashboard served in-process by uvicorn on 127.0.0.1 (real HTTP, the test's event loop)."""
 
 from __future__ import annotations
 
 import asyncio
-import inspect
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
+from tests.support.net import free_port
+from tests.support.waiting import wait_until
 from tickvault.config import Settings, load_settings
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def wait_until(predicate, timeout: float, what: str, poll: float = 0.2):
-    """Poll ``predicate`` (sync or async) until it returns a truthy value, which is returned;
-    fail naming ``what`` after ``timeout`` seconds. Polling a condition, never sleeping for a result."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = predicate()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(poll)
 
 
 def settings_for_sim(sim, db_url: str, run_dir: Path, **overrides: object) -> Settings:

@@ -10,7 +10,7 @@ holds:
 * every window goes through ``tickvault_ohlcv_window(timeframe, start, end)``, which clamps the start
   to the horizon (rounded up to a bucket) and the end to the still-open bucket (never materialized:
   on ``timescale`` that would push the watermark into the future and hide new trades);
-* a refresh holds the retention lock shared (:data:`tickvault.retention.PURGE_LOCK_KEY`) and a purge
+* a refresh holds the retention lock shared (:data:`tickvault.jobs.retention.PURGE_LOCK_KEY`) and a purge
   holds it exclusively, so a horizon read here cannot move under a running refresh;
 * the ``timescale`` edition's background refresh policies start at most
   ``retention_trades_days - 1 day`` back (:mod:`tickvault.db.policies`), so they stay inside the
@@ -36,7 +36,7 @@ import psycopg
 from tickvault.db.migrate import server_edition
 
 TIMEFRAMES = ("1m", "5m", "1h", "1d")
-# Shared with tickvault.retention (a purge takes it exclusively): "tick" "purg".
+# Shared with tickvault.jobs.retention (a purge takes it exclusively): "tick" "purg".
 RETENTION_LOCK_KEY = 0x7469636B_70757267
 
 

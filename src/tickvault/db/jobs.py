@@ -129,11 +129,12 @@ def jobs_markdown(jobs: list[JobHealth]) -> str:
     else:
         lines += ["No background jobs on this database.", ""]
     if jobs:
-        lines += ["| job | what | state | last success | runs / failures | last error |", "|---:|---|---|---|---|---|"]
-        for j in sorted(jobs, key=lambda j: (not j.failing, j.job_id)):
-            error = (j.last_error or "").replace("|", "\\|")[:160]
-            lines.append(
-                f"| {j.job_id} | {j.what} | {j.state} | {_when(j.last_success)} "
-                f"| {j.total_runs} / {j.total_failures} | {error} |"
-            )
+        from tickvault.jobs.markdown import cell, table
+
+        lines += table(
+            ("job", "what", "state", "last success", "runs / failures", "last error"),
+            ((j.job_id, j.what, j.state, _when(j.last_success), f"{j.total_runs} / {j.total_failures}",
+              cell(j.last_error or "", 160)) for j in sorted(jobs, key=lambda j: (not j.failing, j.job_id))),
+            right=(0,),
+        )
     return "\n".join(lines) + "\n"

@@ -182,7 +182,7 @@ def create_app(settings: Settings, *, db_url: str | None = None) -> Starlette:
             return HTMLResponse("no flame graph for this profile", status_code=404)
         location, key = row
         if location.startswith("s3://"):
-            from tickvault.reports import S3ReportStore
+            from tickvault.jobs.reports import S3ReportStore
 
             store = S3ReportStore.from_settings(settings)
             link = await asyncio.to_thread(store._presign, key)

@@ -251,10 +251,10 @@ async def ingest_since(conn: psycopg.AsyncConnection, since_epoch: float) -> lis
 async def chunks(conn: psycopg.AsyncConnection, settings: Settings) -> list[dict[str, Any]]:
     """Per table retention manages: chunks, bytes, the window, and the chunk retention drops next.
 
-    The same rule as ``tickvault.retention`` (a chunk goes once its whole range is older than the
+    The same rule as ``tickvault.jobs.retention`` (a chunk goes once its whole range is older than the
     window), read from the catalog without the purge lock, so a page never waits on a running purge.
     """
-    from tickvault.retention import retention_plan
+    from tickvault.jobs.retention import retention_plan
 
     out = []
     now = datetime.now(UTC)

@@ -39,7 +39,7 @@ import psycopg
 from tickvault.config import Settings
 from tickvault.market_time import MarketClock
 
-log = logging.getLogger("tickvault.alerts")
+log = logging.getLogger("tickvault.jobs.alerts")
 
 _LOCK_KEY = 0x7469636B_616C7274  # "tick" "alrt": one alert check at a time
 OPENED = "tickvault.alert.opened"

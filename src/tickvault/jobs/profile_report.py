@@ -1,7 +1,7 @@
 """What a ``profile_worker`` run tells a person: the report's summary with links (flame graph
 first), regressions against the previous report, the top functions; or, when profiling could not
-happen, what was looked for and what to do. Pure formatting over :mod:`tickvault.profiling`'s and
-:mod:`tickvault.reports`' results; nothing here touches a process, a store or Prefect.
+happen, what was looked for and what to do. Pure formatting over :mod:`tickvault.jobs.profiling`'s and
+:mod:`tickvault.jobs.reports`' results; nothing here touches a process, a store or Prefect.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from datetime import datetime
 from typing import Any
 
 from tickvault.market_time import MarketClock
-from tickvault.profiling import FLAMEGRAPH_FILE, SPEEDSCOPE_FILE, Regression
+from tickvault.jobs.profiling import FLAMEGRAPH_FILE, SPEEDSCOPE_FILE, Regression
 from tickvault.registration import AmbiguousWorker, WorkerNotRunning
 
-log = logging.getLogger("tickvault.profiling")
+log = logging.getLogger("tickvault.jobs.profiling")
 
 TOP_ROWS = 10  # functions per table in the artifact; the summary in the store keeps 20
 

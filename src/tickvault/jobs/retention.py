@@ -51,6 +51,7 @@ from psycopg import sql
 
 from tickvault.config import Settings
 from tickvault.db.aggregates import RETENTION_LOCK_KEY
+from tickvault.jobs.markdown import human_bytes
 from tickvault.db.jobs import JobHealth, job_health, jobs_markdown, warning_lines
 from tickvault.db.policies import CompressionStats, apply_policies, compression_stats
 from tickvault.market_time import MarketClock
@@ -260,16 +261,6 @@ def _server_health(db_url: str) -> tuple[list[CompressionStats], list[JobHealth]
 
 def _window(t: TablePurge) -> str:
     return "forever" if t.window_days == 0 else f"{t.window_days} d"
-
-
-def human_bytes(n: int) -> str:
-    """Bytes for people: 512 B, 1.5 MB."""
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 async def _resolve(conn: psycopg.AsyncConnection, name: str) -> tuple[str, str, str] | None:
