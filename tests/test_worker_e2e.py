@@ -26,6 +26,7 @@ from tickvault.config import load_settings
 from tickvault.sim.server import Simulator
 from tickvault.stream.worker import WorkerHandle, run_worker
 from tests.support.net import free_port
+from tests.support.sim import worker_env
 from tests.support.waiting import wait_until
 
 CHECKSUM_SQL = """
@@ -37,22 +38,8 @@ SELECT symbol, count(*), sum(trade_id), sum(time_ns % 1000003), sum((time_ns / 1
 def _env_for(sim: Simulator, db_url: str, run_dir: Path, since: datetime, **extra: str) -> dict[str, str]:
     # The simulated market trades from the moment it starts, before the worker subscribes: a first
     # start backfills from then, as a trader starting mid-session would from the open.
-    return {
-        "TICKVAULT_BACKFILL_FROM": since.isoformat(),
-        "TICKVAULT_DATABASE_URL": db_url,
-        "TICKVAULT_ALPACA_KEY_ID": sim.key,
-        "TICKVAULT_ALPACA_SECRET_KEY": sim.secret,
-        "TICKVAULT_ALPACA_STREAM_URL": sim.ws_url,
-        "TICKVAULT_ALPACA_DATA_URL": sim.rest_url,
-        "TICKVAULT_ALPACA_TRADING_URL": sim.rest_url,
-        "TICKVAULT_ALPACA_TRADE_STREAM_URL": sim.trade_updates_url,
-        "TICKVAULT_SYMBOLS": ",".join(sim.symbols),
-        "TICKVAULT_METRICS_PORT": "0",
-        "TICKVAULT_RUN_DIR": str(run_dir),
-        "TICKVAULT_WORKER_NAME": "e2e",
-        "TICKVAULT_STATS_INTERVAL_S": "1",
-        **extra,
-    }
+    return worker_env(sim, db_url, run_dir, "e2e", TICKVAULT_BACKFILL_FROM=since.isoformat(),
+                      TICKVAULT_STATS_INTERVAL_S="1", **extra)
 
 
 def _settings_for(sim: Simulator, db_url: str, run_dir: Path, since: datetime, **extra: str):

@@ -13,28 +13,16 @@ import sys
 import textwrap
 from pathlib import Path
 
+from tests.support.sim import worker_env
+from tests.support.waiting import wait_until
 from tickvault.config import Settings
 from tickvault.sim.server import Simulator
-from tests.support.waiting import wait_until
 
 WORKER = [sys.executable, "-m", "tickvault.cli", "worker", "run", "--quiet"]
 
 
 def _env(sim: Simulator, db_url: str, run_dir: Path, name: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "TICKVAULT_DATABASE_URL": db_url,
-        "TICKVAULT_ALPACA_KEY_ID": sim.key,
-        "TICKVAULT_ALPACA_SECRET_KEY": sim.secret,
-        "TICKVAULT_ALPACA_STREAM_URL": sim.ws_url,
-        "TICKVAULT_ALPACA_DATA_URL": sim.rest_url,
-        "TICKVAULT_ALPACA_TRADING_URL": sim.rest_url,
-        "TICKVAULT_ALPACA_TRADE_STREAM_URL": sim.trade_updates_url,
-        "TICKVAULT_SYMBOLS": ",".join(sim.symbols),
-        "TICKVAULT_METRICS_PORT": "0",  # two workers must not collide on the port before the name
-        "TICKVAULT_RUN_DIR": str(run_dir),
-        "TICKVAULT_WORKER_NAME": name,
-    }
+    return {**os.environ, **worker_env(sim, db_url, run_dir, name)}
 
 
 def _registered_pid(path: Path) -> int | None:
