@@ -152,7 +152,14 @@ class Settings(BaseSettings):
     # --- retention (days; 0 keeps forever) -------------------------------------------------
     retention_trades_days: int = Field(30, ge=0, description="Keep raw trades this many days.")
     retention_quotes_days: int = Field(7, ge=0, description="Keep raw quotes this many days.")
-    retention_bars_days: int = Field(730, ge=0, description="Keep feed bars and OHLCV rollups this many days.")
+    retention_bars_days: int = Field(
+        730, ge=0, description="Keep feed bars (stocks and crypto_bars) and OHLCV rollups this many days."
+    )
+    retention_crypto_trades_days: int = Field(30, ge=0, description="Keep raw crypto_trades this many days.")
+    retention_crypto_quotes_days: int = Field(7, ge=0, description="Keep raw crypto_quotes this many days.")
+    retention_crypto_orderbooks_days: int = Field(
+        3, ge=0, description="Keep crypto_orderbooks rows (every book change: the widest rows) this many days."
+    )
     retention_indicators_days: int = Field(730, ge=0, description="Keep indicator rows this many days.")
     retention_ingest_stats_days: int = Field(30, ge=0, description="Keep ingest_stats rows this many days.")
     retention_bad_messages_days: int = Field(30, ge=0, description="Keep bad_messages rows this many days.")

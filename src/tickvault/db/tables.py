@@ -25,6 +25,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BAD_MESSAGES",
+    "CRYPTO_BARS_STAGE",
+    "CRYPTO_ORDERBOOKS",
+    "CRYPTO_QUOTES",
+    "CRYPTO_TRADES",
+    "CRYPTO_TRADES_DEDUPE",
+    "UPSERT_CRYPTO_BARS_FROM_STAGE",
     "BARS_STAGE",
     "CopySpec",
     "INDICATORS",
@@ -87,6 +93,28 @@ LULDS = CopySpec(
     ("time", "symbol", "limit_up", "limit_down", "indicator", "tape", "time_ns"),
     ("timestamptz", "text", "float8", "float8", "text", "text", "int8"),
 )
+# --- crypto (migration 009): sizes are numeric, see alpaca/crypto.py for why ------------------------
+CRYPTO_TRADES = CopySpec(
+    "crypto_trades",
+    ("time", "symbol", "trade_id", "price", "size", "taker_side", "time_ns"),
+    ("timestamptz", "text", "int8", "float8", "numeric", "text", "int8"),
+)
+CRYPTO_QUOTES = CopySpec(
+    "crypto_quotes",
+    ("time", "symbol", "bid_price", "bid_size", "ask_price", "ask_size", "time_ns"),
+    ("timestamptz", "text", "float8", "float8", "float8", "float8", "int8"),
+)
+CRYPTO_BARS_STAGE = CopySpec(
+    "crypto_bars_stage",
+    BARS_STAGE.columns,
+    ("timestamptz", "text", "text", "float8", "float8", "float8", "float8", "numeric", "int8", "float8", "bool",
+     "text"),
+)
+CRYPTO_ORDERBOOKS = CopySpec(
+    "crypto_orderbooks",
+    ("time", "symbol", "reset", "bid_prices", "bid_sizes", "ask_prices", "ask_sizes", "time_ns"),
+    ("timestamptz", "text", "bool", "float8[]", "float8[]", "float8[]", "float8[]", "int8"),
+)
 BAD_MESSAGES = CopySpec(
     "bad_messages",
     ("source", "reason", "payload", "worker"),
@@ -103,6 +131,15 @@ UPSERT_BARS_FROM_STAGE = (
     "low = excluded.low, close = excluded.close, volume = excluded.volume, trade_count = excluded.trade_count, "
     "vwap = excluded.vwap, updated = bars.updated OR excluded.updated, "
     "source = CASE WHEN excluded.updated THEN bars.source ELSE excluded.source END"
+)
+
+UPSERT_CRYPTO_BARS_FROM_STAGE = UPSERT_BARS_FROM_STAGE.replace("INTO bars ", "INTO crypto_bars ").replace(
+    "FROM bars_stage", "FROM crypto_bars_stage").replace("bars.updated", "crypto_bars.updated").replace(
+    "bars.source", "crypto_bars.source")
+CRYPTO_TRADES_DEDUPE = (
+    "INSERT INTO crypto_trades (time, symbol, trade_id, price, size, taker_side, time_ns) "
+    "SELECT DISTINCT ON (symbol, time, trade_id) time, symbol, trade_id, price, size, taker_side, time_ns "
+    "FROM crypto_trades_stage ON CONFLICT DO NOTHING"
 )
 
 #: indicators rows as both writers build them: (time, symbol, timeframe, close, *INDICATOR_VALUES).
