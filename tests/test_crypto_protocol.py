@@ -86,8 +86,12 @@ def test_control_messages_pass_through():
 
 
 def test_rest_trades_become_the_same_rows_as_the_stream():
-    raw = {"t": "2026-01-01T00:00:00.123456790Z", "p": 94123.5, "s": 0.0012, "i": 1, "tks": "B"}
-    assert trade_row_from_rest("BTC/USD", raw) == decode_crypto(encode_frame([_trade(1)])).trades.latest["BTC/USD"]
+    # the REST client parses JSON numbers as Decimal: the row must still equal the stream's
+    raw = {"t": "2026-01-01T00:00:00.123456790Z", "p": Decimal("94123.5"), "s": Decimal("0.0012"), "i": 1,
+           "tks": "B"}
+    row = trade_row_from_rest("BTC/USD", raw)
+    assert row == decode_crypto(encode_frame([_trade(1)])).trades.latest["BTC/USD"]
+    assert crypto_trade_columns([row]).copy == decode_crypto(encode_frame([_trade(1)])).trades.copy
 
 
 def test_copy_data_stores_sizes_exactly_and_sums_exactly(conn):

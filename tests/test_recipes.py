@@ -66,7 +66,8 @@ def rconn(fresh_database):
 
 def test_every_recipe_is_tested():
     assert set(recipe_names()) == {
-        "trade_history", "open_orders", "daily_realized_pnl", "position_history", "last_price", "bars_with_indicators"
+        "trade_history", "open_orders", "daily_realized_pnl", "position_history", "last_price", "bars_with_indicators",
+        "crypto_vwap",
     }
 
 
@@ -114,3 +115,28 @@ def test_trade_history_uses_the_symbol_time_index(rconn):
     ))
     rconn.execute("RESET enable_seqscan")
     assert "trades_symbol_time_key" in plan or "_hyper_" in plan and "Index" in plan
+
+
+def test_crypto_vwap_over_the_last_hour_sums_fractional_sizes_exactly(rconn):
+    until = datetime(2026, 3, 10, 15, 0, tzinfo=timezone.utc)
+    trades = [  # (minutes before `until`, pair, id, price, size)
+        (5, "BTC/USD", 1, 90_000.0, "0.1"), (10, "BTC/USD", 2, 91_000.0, "0.2"),
+        (59, "BTC/USD", 3, 92_000.0, "0.0012"),
+        (61, "BTC/USD", 4, 1.0, "100"),  # older than the hour: left out
+        (1, "ETH/USD", 1, 3_000.0, "1.5"),
+    ]
+    with rconn.transaction(force_rollback=True):
+        for minutes, pair, tid, price, size in trades:
+            t = until - timedelta(minutes=minutes)
+            rconn.execute("INSERT INTO crypto_trades (time, symbol, trade_id, price, size, taker_side, time_ns) "
+                          "VALUES (%s, %s, %s, %s, %s, 'B', %s)",
+                          (t, pair, tid, price, Decimal(size), int(t.timestamp()) * 10**9))
+        rows = run_recipe(rconn, "crypto_vwap", symbols=["BTC/USD", "ETH/USD", "SOL/USD"], until=until)
+    by_pair = {r[0]: r[1:] for r in rows}
+    volume = Decimal("0.3012")
+    assert by_pair["BTC/USD"][1:] == (volume, 3)  # exact: 0.1 + 0.2 + 0.0012, no float residue
+    expected = (Decimal(90_000) * Decimal("0.1") + Decimal(91_000) * Decimal("0.2")
+                + Decimal(92_000) * Decimal("0.0012")) / volume
+    assert abs(by_pair["BTC/USD"][0] - expected) < Decimal("1e-9")
+    assert by_pair["ETH/USD"] == (Decimal(3000), Decimal("1.5"), 1)
+    assert by_pair["SOL/USD"] == (None, 0, 0)

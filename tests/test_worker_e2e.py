@@ -454,3 +454,72 @@ async def test_worker_killed_with_sigkill_mid_stream_restarts_with_exactly_the_s
         finally:
             workers.kill_all()
     assert "left a backfill unfinished" in workers.logs[1].read_text()
+
+
+CRYPTO_ROWS_SQL = """
+SELECT trade_id, time_ns, round(price * 100)::bigint, (size * 100000000)::bigint, taker_side
+  FROM crypto_trades ORDER BY trade_id"""
+
+
+async def _crypto_count(url: str) -> int:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        return (await (await conn.execute("SELECT count(*) FROM crypto_trades")).fetchone())[0]
+
+
+async def test_one_worker_streams_stocks_and_crypto_through_a_disconnect_with_exact_crypto_trades(
+        fresh_database, tmp_path):
+    url = fresh_database()
+    since = datetime.now(timezone.utc)
+    pairs = ["BTC/USD", "ETH/USD"]
+    async with Simulator(symbols=5, rate=2_000, frame_size=100, max_trades=None, seed=11, crypto_pairs=pairs,
+                         crypto_rate=400) as sim:
+        settings = _settings_for(sim, url, tmp_path / "run", since, TICKVAULT_FEEDS="stocks:iex,crypto:us",
+                                 TICKVAULT_CRYPTO_SYMBOLS=",".join(pairs),
+                                 TICKVAULT_CRYPTO_CHANNELS="trades,quotes,bars,orderbooks")
+        handle = WorkerHandle()
+        task = asyncio.create_task(run_worker(settings, handle))
+        try:
+            await asyncio.wait_for(handle.ready.wait(), 120)
+            crypto_reader = handle.readers["crypto:us"]
+            progress = {"n": 0}
+
+            async def grew(by: int) -> bool:
+                n = await _crypto_count(url)
+                if n >= progress["n"] + by:
+                    progress["n"] = n
+                    return True
+                return False
+
+            await wait_until(lambda: grew(500), 120, "crypto trades stored")
+            assert sim.drop_connections() >= 2  # the stocks and the crypto connection alike
+
+            async def reconnected() -> bool:
+                return crypto_reader.connected.is_set() and handle.readers["stocks:iex"].connected.is_set()
+
+            await wait_until(reconnected, 120, "both feeds reconnected")
+            await wait_until(lambda: grew(500), 120, "crypto trades after the disconnect")
+            sim.finish()
+            made = sim.crypto_market.total
+
+            async def all_stored() -> bool:
+                return await _crypto_count(url) >= made and await _truth_reached(url, sim)
+
+            await wait_until(all_stored, 180, "every crypto and stock trade committed")
+        finally:
+            handle.stop()
+            await asyncio.wait_for(task, 120)
+    truth = sorted(row[:4] + (row[4],) for p in pairs for row in sim.crypto_market.truth_trades_full(p))
+    with psycopg.connect(url) as conn:
+        stored = [tuple(r) for r in conn.execute(CRYPTO_ROWS_SQL)]
+        feeds = dict(conn.execute("SELECT feed, sum(trades) + sum(backfilled) FROM ingest_stats "
+                                  "WHERE worker = 'e2e' GROUP BY feed").fetchall())
+        reconnects = dict(conn.execute("SELECT feed, sum(reconnects) FROM ingest_stats GROUP BY feed").fetchall())
+        resets = conn.execute("SELECT count(*) FROM crypto_orderbooks WHERE reset").fetchone()[0]
+        quotes = conn.execute("SELECT count(*) FROM crypto_quotes").fetchone()[0]
+        bad = conn.execute("SELECT count(*) FROM bad_messages").fetchone()[0]
+    assert len(stored) == len(truth) == made
+    assert stored == truth  # id, exact ns time, price, size to 1e-8, taker side: every trade once
+    _assert_equals_truth(url, sim)  # and the stocks feed alongside, exact too
+    assert feeds["crypto:us"] >= made and feeds["stocks:iex"] >= sim.truth_count()
+    assert reconnects["crypto:us"] >= 1 and reconnects["stocks:iex"] >= 1
+    assert resets >= len(pairs) and quotes > 0 and bad == 0

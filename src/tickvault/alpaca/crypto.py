@@ -306,10 +306,21 @@ def decode_crypto(data: bytes | str) -> CryptoFrame:
 # REST history (``GET /v1beta3/crypto/{loc}/trades|bars``): the same tuples as the stream.
 
 
+def _wire_number(value: Any) -> float | int:
+    """A REST number (the REST client parses JSON numbers as Decimal) as the stream carries it: an int
+    stays an int, anything else becomes the float the stream would have sent (same shortest decimal)."""
+    if value.__class__ is int:
+        return value
+    if isinstance(value, (Decimal, float)):
+        return float(value)
+    raise TypeError(f"a number expected, got {type(value).__name__}")
+
+
 def trade_row_from_rest(symbol: str, raw: dict) -> tuple:
-    """One REST trade ``{t, p, s, i, tks}`` as a CRYPTO_TRADE_FIELDS tuple. Raises on a bad item."""
+    """One REST trade ``{t, p, s, i, tks}`` as a CRYPTO_TRADE_FIELDS tuple, equal to the stream's row for
+    the same trade. Raises on a bad item."""
     tks = raw.get("tks")
-    return (rfc3339_to_ns(raw["t"]), symbol, int(raw["i"]), float(raw["p"]), raw["s"] + 0,
+    return (rfc3339_to_ns(raw["t"]), symbol, int(raw["i"]), float(raw["p"]), _wire_number(raw["s"]),
             None if tks is None else str(tks))
 
 
@@ -317,4 +328,4 @@ def bar_row_from_rest(symbol: str, raw: dict) -> tuple:
     """One REST bar ``{t, o, h, l, c, v, n, vw}`` as a CRYPTO_BAR_FIELDS tuple."""
     n, vw = raw.get("n"), raw.get("vw")
     return (rfc3339_to_ns(raw["t"]), symbol, float(raw["o"]), float(raw["h"]), float(raw["l"]), float(raw["c"]),
-            raw["v"] + 0, None if n is None else int(n), None if vw is None else float(vw))
+            _wire_number(raw["v"]), None if n is None else int(n), None if vw is None else float(vw))

@@ -333,6 +333,27 @@ class AlpacaREST:
             timeframe=timeframe,
         )
 
+    def crypto_trades(
+        self, location: str, symbols: str | Sequence[str], start: TimeArg, end: TimeArg | None = None,
+        limit: int = 10_000,
+    ) -> AsyncIterator[list[tuple]]:
+        """``GET /v1beta3/crypto/{location}/trades``: pages of ``CRYPTO_TRADE_FIELDS`` tuples (the
+        stream's rows: fractional size, taker side), ascending, ≤ ``limit`` items a page."""
+        from tickvault.alpaca.crypto import trade_row_from_rest
+
+        return self._historical(f"/v1beta3/crypto/{location}/trades", "trades", trade_row_from_rest, symbols,
+                                start, end, None, limit, with_feed=False)
+
+    def crypto_bars(
+        self, location: str, symbols: str | Sequence[str], start: TimeArg, end: TimeArg | None = None,
+        limit: int = 10_000, timeframe: str = "1Min",
+    ) -> AsyncIterator[list[tuple]]:
+        """``GET /v1beta3/crypto/{location}/bars``: pages of ``CRYPTO_BAR_FIELDS`` tuples."""
+        from tickvault.alpaca.crypto import bar_row_from_rest
+
+        return self._historical(f"/v1beta3/crypto/{location}/bars", "bars", bar_row_from_rest, symbols, start, end,
+                                None, limit, with_feed=False, timeframe=timeframe)
+
     async def _historical(
         self,
         path: str,
@@ -343,6 +364,7 @@ class AlpacaREST:
         end: TimeArg | None,
         feed: str | None,
         limit: int,
+        with_feed: bool = True,  # the crypto paths name their venue in the path instead
         **extra: str,
     ) -> AsyncIterator[list[Any]]:
         # Only one page is alive at a time: memory stays bounded by `limit` whatever the window.
@@ -350,10 +372,11 @@ class AlpacaREST:
             "symbols": _csv(symbols),
             "start": format_rfc3339(start),
             "limit": limit,
-            "feed": feed or self.default_feed,
             "sort": "asc",
             **extra,
         }
+        if with_feed:
+            params["feed"] = feed or self.default_feed
         if end is not None:
             params["end"] = format_rfc3339(end)
         while True:

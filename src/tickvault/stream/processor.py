@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from tickvault.alpaca.crypto import CryptoFrame
 from tickvault.db.tables import INDICATOR_VALUES
 from tickvault.indicators import IndicatorSet
 from tickvault.stream.cache import PriceCache
@@ -67,11 +68,14 @@ class Processor:
             await self.handle(item)
 
     async def handle(self, item: QueuedFrame) -> None:
+        if isinstance(item.frame, CryptoFrame):
+            await self._handle_crypto(item)
+            return
         trades = item.frame.trades
         quotes = item.frame.quotes
         f = item.frame.rest
         mono = item.received_mono_ns
-        metrics = self.metrics
+        metrics = item.metrics or self.metrics
         metrics.add("frames")
         n = 0
         if trades is not None:
@@ -113,6 +117,7 @@ class Processor:
             metrics.observe("received_to_processed", time.monotonic_ns() - mono, n)
         await self.writer.submit(
             mono,
+            metrics=item.metrics,
             trades=[trades] if trades is not None else None,
             quotes=[quotes] if quotes is not None else None,
             bars=bar_rows,
@@ -122,6 +127,45 @@ class Processor:
             statuses=f.statuses,
             lulds=f.lulds,
             bad=bad,
+        )
+
+    async def _handle_crypto(self, item: QueuedFrame) -> None:
+        """A crypto frame: its columns and tuples to the crypto tables. No price cache, indicators or
+        strategy for crypto yet (issue 9): its rows are stored, counted in the feed's own figures."""
+        frame, mono = item.frame, item.received_mono_ns
+        metrics = item.metrics or self.metrics
+        trades, quotes, f = frame.trades, frame.quotes, frame.rest
+        metrics.add("frames")
+        n = 0
+        if trades is not None:
+            n += trades.n
+            metrics.add("trades", trades.n)
+            lag = item.received_wall_ns - trades.time_last_ns
+            metrics.observe("exchange_to_received", lag if lag > 0 else 0, trades.n)
+        if quotes is not None:
+            n += quotes.n
+            metrics.add("quotes", quotes.n)
+        bars = [b[:2] + ("1Min",) + b[2:] + (False, "stream") for b in f.bars]
+        bars += [b[:2] + ("1Min",) + b[2:] + (True, "stream") for b in f.updated_bars]
+        bars += [b[:2] + ("1Day",) + b[2:] + (False, "stream") for b in f.daily_bars]
+        if bars:
+            metrics.add("bars", len(bars))
+        if f.orderbooks:
+            metrics.add("other_messages", len(f.orderbooks))
+        bad = None
+        if f.rejects:
+            metrics.add("rejects", len(f.rejects))
+            bad = [("stream:crypto", r.reason, r.payload) for r in f.rejects]
+            log.warning("%d rejected crypto message(s) kept in bad_messages, e.g. %s", len(f.rejects),
+                        f.rejects[0].reason)
+        n += len(bars) + len(f.orderbooks)
+        if n:
+            metrics.observe("received_to_processed", time.monotonic_ns() - mono, n)
+        await self.writer.submit(
+            mono, metrics=item.metrics,
+            crypto_trades=[trades] if trades is not None else None,
+            crypto_quotes=[quotes] if quotes is not None else None,
+            crypto_bars=bars, crypto_orderbooks=f.orderbooks, bad=bad,
         )
 
     def _on_bar(self, b: tuple) -> tuple | None:
