@@ -1,0 +1,37 @@
+"""TICKVAULT_FEEDS: which streams one worker records; a wrong value stops before anything starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from tickvault.config import ConfigError, load_settings
+from tickvault.stream.worker import crypto_stream_url, stream_url
+
+
+def test_unset_feeds_mean_the_stocks_feed_as_before():
+    assert load_settings(feeds="").feeds == ["stocks:iex"]
+    assert load_settings(feeds="", alpaca_feed="sip").feeds == ["stocks:sip"]
+
+
+def test_feeds_name_each_stream_url():
+    settings = load_settings(feeds="stocks:sip,crypto:eu-1", alpaca_stream_url="ws://127.0.0.1:1")
+    assert settings.feeds == ["stocks:sip", "crypto:eu-1"]
+    assert stream_url(settings) == "ws://127.0.0.1:1/v2/sip"
+    assert crypto_stream_url(settings, "eu-1") == "ws://127.0.0.1:1/v1beta3/crypto/eu-1"
+
+
+@pytest.mark.parametrize("value, says", [
+    ("crypto:mars", "'crypto:mars' is not a feed"),
+    ("stocks:iex,stocks:sip", "one connection per endpoint"),
+    ("crypto:us,crypto:us-1", "one connection per endpoint"),
+    ("options:opra", "the options feed is not recorded yet"),
+])
+def test_a_wrong_feed_is_refused_with_a_message_naming_the_variable(value, says):
+    with pytest.raises(ConfigError) as err:
+        load_settings(feeds=value)
+    assert "TICKVAULT_FEEDS" in str(err.value) and says in str(err.value)
+
+
+def test_unknown_crypto_channel_is_refused():
+    with pytest.raises(ConfigError, match="TICKVAULT_CRYPTO_CHANNELS: .*unknown crypto channel"):
+        load_settings(crypto_channels="trades,lulds")
