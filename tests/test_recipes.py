@@ -67,7 +67,7 @@ def rconn(fresh_database):
 def test_every_recipe_is_tested():
     assert set(recipe_names()) == {
         "trade_history", "open_orders", "daily_realized_pnl", "position_history", "last_price", "bars_with_indicators",
-        "crypto_vwap",
+        "crypto_vwap", "news_with_bars",
     }
 
 
@@ -140,3 +140,22 @@ def test_crypto_vwap_over_the_last_hour_sums_fractional_sizes_exactly(rconn):
     assert abs(by_pair["BTC/USD"][0] - expected) < Decimal("1e-9")
     assert by_pair["ETH/USD"] == (Decimal(3000), Decimal("1.5"), 1)
     assert by_pair["SOL/USD"] == (None, 0, 0)
+
+
+def test_news_for_a_symbol_next_to_its_one_minute_bars(rconn):
+    t0 = datetime(2026, 3, 10, 14, 30, tzinfo=timezone.utc)  # AAPL traded at 14:30:00-02 (see rconn)
+    articles = [  # (id, published, symbols, headline)
+        (1, t0 + timedelta(seconds=30), ["AAPL", "MSFT"], "AAPL beats"),   # in the minute with a bar
+        (2, t0 + timedelta(minutes=3), ["AAPL"], "AAPL names CFO"),          # a minute without trades
+        (3, t0 + timedelta(seconds=40), ["MSFT"], "MSFT only"),              # another symbol
+        (4, t0 + timedelta(hours=2), ["AAPL"], "later"),                     # outside the window
+    ]
+    with rconn.transaction(force_rollback=True):
+        for aid, when, symbols, headline in articles:
+            rconn.execute("INSERT INTO news (id, headline, symbols, created_at, updated_at) VALUES (%s,%s,%s,%s,%s)",
+                          (aid, headline, symbols, when, when))
+        rows = run_recipe(rconn, "news_with_bars", symbol="AAPL", start=t0, end=t0 + timedelta(minutes=10))
+    assert [(r[0], r[1], r[4], r[5], r[7], r[8]) for r in rows] == [
+        (t0, 100.0, 102.0, 17, 1, "AAPL beats"),
+        (t0 + timedelta(minutes=3), None, None, None, 2, "AAPL names CFO"),
+    ]

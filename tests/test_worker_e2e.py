@@ -466,14 +466,19 @@ async def _crypto_count(url: str) -> int:
         return (await (await conn.execute("SELECT count(*) FROM crypto_trades")).fetchone())[0]
 
 
-async def test_one_worker_streams_stocks_and_crypto_through_a_disconnect_with_exact_crypto_trades(
-        fresh_database, tmp_path):
+async def _news_stored(url: str) -> dict[int, tuple]:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        cur = await conn.execute("SELECT id, headline, updated_at FROM news")
+        return {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
+
+
+async def test_one_worker_streams_stocks_crypto_and_news_through_a_disconnect_exactly(fresh_database, tmp_path):
     url = fresh_database()
     since = datetime.now(timezone.utc)
     pairs = ["BTC/USD", "ETH/USD"]
     async with Simulator(symbols=5, rate=2_000, frame_size=100, max_trades=None, seed=11, crypto_pairs=pairs,
-                         crypto_rate=400) as sim:
-        settings = _settings_for(sim, url, tmp_path / "run", since, TICKVAULT_FEEDS="stocks:iex,crypto:us",
+                         crypto_rate=400, news_interval_s=0.05) as sim:
+        settings = _settings_for(sim, url, tmp_path / "run", since, TICKVAULT_FEEDS="stocks:iex,crypto:us,news",
                                  TICKVAULT_CRYPTO_SYMBOLS=",".join(pairs),
                                  TICKVAULT_CRYPTO_CHANNELS="trades,quotes,bars,orderbooks")
         handle = WorkerHandle()
@@ -491,18 +496,21 @@ async def test_one_worker_streams_stocks_and_crypto_through_a_disconnect_with_ex
                 return False
 
             await wait_until(lambda: grew(500), 120, "crypto trades stored")
-            assert sim.drop_connections() >= 2  # the stocks and the crypto connection alike
+            assert sim.drop_connections() >= 3  # the stocks, crypto and news connections alike
 
             async def reconnected() -> bool:
-                return crypto_reader.connected.is_set() and handle.readers["stocks:iex"].connected.is_set()
+                return all(r.connected.is_set() for r in handle.readers.values())
 
             await wait_until(reconnected, 120, "both feeds reconnected")
             await wait_until(lambda: grew(500), 120, "crypto trades after the disconnect")
             sim.finish()
             made = sim.crypto_market.total
 
+            news_truth = {i: (a["headline"], datetime.fromisoformat(a["updated_at"])) for i, a in sim.news.truth.items()}
+
             async def all_stored() -> bool:
-                return await _crypto_count(url) >= made and await _truth_reached(url, sim)
+                return (await _crypto_count(url) >= made and await _truth_reached(url, sim)
+                        and await _news_stored(url) == news_truth)
 
             await wait_until(all_stored, 180, "every crypto and stock trade committed")
         finally:
@@ -523,3 +531,5 @@ async def test_one_worker_streams_stocks_and_crypto_through_a_disconnect_with_ex
     assert feeds["crypto:us"] >= made and feeds["stocks:iex"] >= sim.truth_count()
     assert reconnects["crypto:us"] >= 1 and reconnects["stocks:iex"] >= 1
     assert resets >= len(pairs) and quotes > 0 and bad == 0
+    assert len(news_truth) > 10 and any(h.endswith("(updated)") for h, _ in news_truth.values())
+    assert "news" in feeds

@@ -72,7 +72,11 @@ class Settings(BaseSettings):
     feeds: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated market-data feeds one worker records, each on its own connection: "
-        "`stocks:iex` or `stocks:sip`, `crypto:us` (or `us-1`, `eu-1`). Unset: `stocks:<TICKVAULT_ALPACA_FEED>`.",
+        "`stocks:iex` or `stocks:sip`, `crypto:us` (or `us-1`, `eu-1`), `news`. Unset: "
+        "`stocks:<TICKVAULT_ALPACA_FEED>`.",
+    )
+    news_symbols: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated symbols whose news the news feed records. Empty: all (`*`).",
     )
     crypto_symbols: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated crypto pairs (e.g. BTC/USD,ETH/USD) for the crypto feed. "
@@ -178,6 +182,7 @@ class Settings(BaseSettings):
     retention_crypto_orderbooks_days: int = Field(
         3, ge=0, description="Keep crypto_orderbooks rows (every book change: the widest rows) this many days."
     )
+    retention_news_days: int = Field(730, ge=0, description="Keep news articles this many days (by created_at).")
     retention_indicators_days: int = Field(730, ge=0, description="Keep indicator rows this many days.")
     retention_ingest_stats_days: int = Field(30, ge=0, description="Keep ingest_stats rows this many days.")
     retention_bad_messages_days: int = Field(30, ge=0, description="Keep bad_messages rows this many days.")
@@ -222,14 +227,15 @@ class Settings(BaseSettings):
         5.0, gt=0, description="Alert when a worker has written no `ingest_stats` row for this many minutes."
     )
 
-    @field_validator("symbols", "channels", "feeds", "crypto_symbols", "crypto_channels", mode="before")
+    @field_validator("symbols", "channels", "feeds", "crypto_symbols", "crypto_channels", "news_symbols",
+                     mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("symbols", "crypto_symbols")
+    @field_validator("symbols", "crypto_symbols", "news_symbols")
     @classmethod
     def _upper_symbols(cls, value: list[str]) -> list[str]:
         return [s.upper() for s in value]
@@ -253,11 +259,14 @@ class Settings(BaseSettings):
                 pass
             elif kind == "crypto" and where in ("us", "us-1", "eu-1"):
                 pass
-            elif kind in ("news", "options"):
-                raise ValueError(f"the {kind} feed is not recorded yet (issue 9); use stocks:iex|sip, crypto:us|us-1|eu-1")
+            elif kind == "news" and not where:
+                pass
+            elif kind == "options":
+                raise ValueError("the options feed is not recorded yet (issue 9); use stocks:iex|sip, "
+                                 "crypto:us|us-1|eu-1, news")
             else:
-                raise ValueError(f"{spec!r} is not a feed; write stocks:iex, stocks:sip, crypto:us, crypto:us-1 or "
-                                 "crypto:eu-1")
+                raise ValueError(f"{spec!r} is not a feed; write stocks:iex, stocks:sip, crypto:us, crypto:us-1, "
+                                 "crypto:eu-1 or news")
             if kind in kinds:
                 raise ValueError(f"two {kind} feeds: Alpaca allows one connection per endpoint and account; run a "
                                  "second worker (another TICKVAULT_WORKER_NAME) for the other")

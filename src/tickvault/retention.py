@@ -9,6 +9,7 @@ Windows come from :class:`~tickvault.config.Settings` (days; 0 keeps a table for
 ``retention_crypto_trades_days``        crypto_trades
 ``retention_crypto_quotes_days``        crypto_quotes
 ``retention_crypto_orderbooks_days``    crypto_orderbooks
+``retention_news_days``                 news
 ``retention_indicators_days``           indicators
 ``retention_ingest_stats_days``         ingest_stats
 ``retention_bad_messages_days``         bad_messages
@@ -90,6 +91,7 @@ _RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("retention_crypto_trades_days", ("crypto_trades",)),
     ("retention_crypto_quotes_days", ("crypto_quotes",)),
     ("retention_crypto_orderbooks_days", ("crypto_orderbooks",)),
+    ("retention_news_days", ("news",)),
     ("retention_indicators_days", ("indicators",)),
     ("retention_ingest_stats_days", ("ingest_stats",)),
     ("retention_bad_messages_days", ("bad_messages",)),

@@ -354,6 +354,29 @@ class AlpacaREST:
         return self._historical(f"/v1beta3/crypto/{location}/bars", "bars", bar_row_from_rest, symbols, start, end,
                                 None, limit, with_feed=False, timeframe=timeframe)
 
+    async def news(
+        self, start: TimeArg, end: TimeArg | None = None, symbols: Sequence[str] = (), limit: int = 50,
+    ) -> AsyncIterator[list[tuple]]:
+        """``GET /v1beta1/news``: pages of ``NEWS_FIELDS`` tuples (content included), oldest first, ≤ 50 an
+        item page (Alpaca's limit). Only one page is alive at a time."""
+        from tickvault.alpaca.news import article_row
+
+        params: dict[str, Any] = {"start": format_rfc3339(start), "limit": limit, "sort": "asc",
+                                  "include_content": "true"}
+        if end is not None:
+            params["end"] = format_rfc3339(end)
+        if symbols:
+            params["symbols"] = _csv(symbols)
+        while True:
+            body = await self._request("GET", self.data_url, "/v1beta1/news", params=params) or {}
+            page = [article_row(raw) for raw in body.get("news") or ()]
+            if page:
+                yield page
+            token = body.get("next_page_token")
+            if not token:
+                return
+            params["page_token"] = token
+
     async def _historical(
         self,
         path: str,

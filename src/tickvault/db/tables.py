@@ -31,6 +31,7 @@ __all__ = [
     "CRYPTO_TRADES",
     "CRYPTO_TRADES_DEDUPE",
     "UPSERT_CRYPTO_BARS_FROM_STAGE",
+    "UPSERT_NEWS",
     "BARS_STAGE",
     "CopySpec",
     "INDICATORS",
@@ -140,6 +141,16 @@ CRYPTO_TRADES_DEDUPE = (
     "INSERT INTO crypto_trades (time, symbol, trade_id, price, size, taker_side, time_ns) "
     "SELECT DISTINCT ON (symbol, time, trade_id) time, symbol, trade_id, price, size, taker_side, time_ns "
     "FROM crypto_trades_stage ON CONFLICT DO NOTHING"
+)
+
+# News (migration 010): a newer version of an article replaces the stored one, never the reverse.
+UPSERT_NEWS = (
+    "INSERT INTO news (id, headline, summary, author, source, url, content, symbols, created_at, updated_at) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (id, created_at) DO UPDATE SET headline = excluded.headline, summary = excluded.summary, "
+    "author = excluded.author, source = excluded.source, url = excluded.url, content = excluded.content, "
+    "symbols = excluded.symbols, updated_at = excluded.updated_at, received_at = now() "
+    "WHERE excluded.updated_at >= news.updated_at"
 )
 
 #: indicators rows as both writers build them: (time, symbol, timeframe, close, *INDICATOR_VALUES).

@@ -56,12 +56,14 @@ from tickvault.alpaca.protocol import (
     decode_client_message,
     encode_frame,
     ns_to_rfc3339,
+    rfc3339_to_ns,
 )
 from tickvault.sim.broker import HOURS, Broker, BrokerError
 from tickvault.sim.calendar import SimClock
 from tickvault.sim.data import MarketDataAPI
 from tickvault.alpaca.crypto import CRYPTO_CHANNELS
 from tickvault.sim.crypto import CRYPTO_PAIRS, CryptoMarket
+from tickvault.sim.news import NewsWire
 from tickvault.sim.data import CryptoDataAPI
 from tickvault.sim.market import CONDITIONS, EXCHANGE, TAPE, Market, TruthChecksum, symbol_names
 from tickvault.sim.recording import RecordingError, frame_messages, read_recording
@@ -76,7 +78,8 @@ _FEED_PATH = re.compile(r"/v2/(iex|sip|test)")
 _CRYPTO_PATH = re.compile(r"/v1beta3/crypto/(us|us-1|eu-1)")
 _CHANNELS = ("trades", "quotes", "bars", "updatedBars", "dailyBars", "statuses", "lulds")
 # Channels per stream: what a connection of that asset class may subscribe to and has acknowledged.
-_ASSET_CHANNELS = {"stocks": _CHANNELS, "crypto": CRYPTO_CHANNELS}
+_NEWS_PATH = "/v1beta1/news"
+_ASSET_CHANNELS = {"stocks": _CHANNELS, "crypto": CRYPTO_CHANNELS, "news": ("news",)}
 TRADE_UPDATES_QUEUE = 1_000  # events buffered per trade-updates client; a client this far behind is closed
 # msgpack never uses 0xc1: a frame starting with it cannot decode, whatever follows.
 GARBAGE_FRAME = b"\xc1\xc1 tickvault-sim malformed frame \xff\xfe"
@@ -133,6 +136,8 @@ class _MarketClient:
         if (asset or "stocks") != self.asset:
             return False
         subs = self.subs.get(name)
+        if symbol.__class__ is tuple:  # a news article: any of its symbols
+            return bool(subs) and ("*" in subs or any(s in subs for s in symbol))
         return bool(subs) and (symbol in subs or "*" in subs)
 
     def subscription_message(self) -> dict:
@@ -210,6 +215,7 @@ class Simulator:
         replay_speed: float = 1.0,
         crypto_pairs: list[str] | None = None,
         crypto_rate: float = 50.0,
+        news_interval_s: float | None = 1.0,
     ) -> None:
         if not (host.startswith("127.") or host in ("localhost", "::1")):
             raise ValueError("the simulator binds to loopback only")
@@ -262,6 +268,12 @@ class Simulator:
         self.crypto_pairs = self.crypto_market.symbols
         self.crypto_rate = crypto_rate
         self._crypto_task: asyncio.Task | None = None
+        # The news wire (``/v1beta1/news``): an article about the stock symbols every news_interval_s.
+        if news_interval_s is not None and news_interval_s <= 0:
+            raise ValueError("news_interval_s must be > 0 (or None: no news)")
+        self.news = NewsWire(self.symbols or ["AAPL"], seed=seed + 2)
+        self.news_interval_s = news_interval_s
+        self._news_task: asyncio.Task | None = None
         self.broker = Broker(self._price_for_broker, quote=self.market.last_quote, clock=self.clock,
                              hours=hours, cash=cash)
         self.trading = TradingAPI(self)
@@ -347,6 +359,10 @@ class Simulator:
             raise ValueError("location must be us, us-1 or eu-1")
         return f"{self.ws_url}/v1beta3/crypto/{location}"
 
+    @property
+    def news_stream_url(self) -> str:
+        return f"{self.ws_url}{_NEWS_PATH}"
+
     def stream_url(self, feed: str = "iex") -> str:
         if feed not in FEEDS:
             raise ValueError(f"feed must be one of {FEEDS}")
@@ -397,6 +413,8 @@ class Simulator:
         self._market_task = asyncio.create_task(self._run_market(), name="sim-market")
         if self.crypto_pairs and self.replay is None:
             self._crypto_task = asyncio.create_task(self._run_crypto_market(), name="sim-crypto-market")
+        if self.news_interval_s is not None:
+            self._news_task = asyncio.create_task(self._run_news(), name="sim-news")
         self._housekeeping_task = asyncio.create_task(self._housekeeping(), name="sim-housekeeping")
         log.info("simulator up: market data %s, REST %s", self.ws_url, self.rest_url)
 
@@ -406,11 +424,13 @@ class Simulator:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping_task
             self._housekeeping_task = None
-        if self._crypto_task is not None:
-            self._crypto_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._crypto_task
-            self._crypto_task = None
+        for attr in ("_crypto_task", "_news_task"):
+            task = getattr(self, attr)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                setattr(self, attr, None)
         if self._market_task is not None:
             self._market_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -737,6 +757,14 @@ class Simulator:
                     self._fan_out([])
             await asyncio.sleep(0.01)
 
+    async def _run_news(self) -> None:
+        """An article every ``news_interval_s`` (wall time) until :meth:`finish`."""
+        while not self._finish_requested:
+            await asyncio.sleep(self.news_interval_s)
+            if self._finish_requested:
+                break
+            self._fan_out([("news:news", tuple(m["symbols"]), m) for m in self.news.publish(self.clock())])
+
     async def _run_crypto_market(self) -> None:
         """Crypto trades at ``crypto_rate`` per second across the pairs until :meth:`finish`; never closed."""
         loop = asyncio.get_running_loop()
@@ -850,7 +878,7 @@ class Simulator:
     # ------------------------------------------------------------------ market-data WebSocket
     def _route_ws(self, connection: ServerConnection, request: Any) -> Any:
         path = urlsplit(request.path).path
-        if path == "/stream" or _FEED_PATH.fullmatch(path) or _CRYPTO_PATH.fullmatch(path):
+        if path in ("/stream", _NEWS_PATH) or _FEED_PATH.fullmatch(path) or _CRYPTO_PATH.fullmatch(path):
             return None
         return connection.respond(HTTPStatus.NOT_FOUND, "unknown path\n")
 
@@ -860,11 +888,15 @@ class Simulator:
             await self._handle_trade_updates(ws)
             return
         crypto = _CRYPTO_PATH.fullmatch(path)
-        feed = f"crypto/{crypto.group(1)}" if crypto else _FEED_PATH.fullmatch(path).group(1)
+        if path == _NEWS_PATH:
+            feed, asset = "news", "news"
+        elif crypto:
+            feed, asset = f"crypto/{crypto.group(1)}", "crypto"
+        else:
+            feed, asset = _FEED_PATH.fullmatch(path).group(1), "stocks"
         content_type = ws.request.headers.get("Content-Type", "")
         c = _MarketClient(
-            ws, feed, content_type.lower().startswith("application/msgpack"), self.client_queue_frames,
-            asset="crypto" if crypto else "stocks",
+            ws, feed, content_type.lower().startswith("application/msgpack"), self.client_queue_frames, asset=asset,
         )
         self._clients.add(c)
         self.stats["connections"] += 1
@@ -1043,6 +1075,7 @@ class Simulator:
         routes = [
             *MarketDataAPI(self.market).routes(self._endpoint),
             *CryptoDataAPI(self.crypto_market).routes(self._endpoint),
+            Route(_NEWS_PATH, self._endpoint(self._news_history)),
             *self.trading.routes(self._endpoint),
             *self.trading.control_routes(),
             Route("/_sim/faults", self._sim_faults, methods=["POST"]),
@@ -1096,6 +1129,20 @@ class Simulator:
             return JSONResponse(result)
 
         return endpoint
+
+    def _news_history(self, request: Request) -> dict:
+        """``GET /v1beta1/news``: the newest version of each article, Alpaca's parameters and paging."""
+        q = request.query_params
+        symbols = {s.strip().upper() for s in (q.get("symbols") or "").split(",") if s.strip()} or None
+        sort = q.get("sort") or "desc"
+        if sort not in ("asc", "desc"):
+            raise ValueError("sort must be asc or desc")
+        return self.news.page(
+            symbols=symbols, start_ns=rfc3339_to_ns(q["start"]) if q.get("start") else 0,
+            end_ns=rfc3339_to_ns(q["end"]) if q.get("end") else 2**62, limit=int(q.get("limit") or 10),
+            asc=sort == "asc", token=q.get("page_token") or None,
+            include_content=(q.get("include_content") or "").lower() == "true",
+        )
 
     # --- simulator control (no auth, no faults: loopback only)
     async def _sim_faults(self, request: Request) -> Response:

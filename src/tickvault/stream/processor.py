@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from tickvault.alpaca.crypto import CryptoFrame
+from tickvault.alpaca.news import NewsFrame
 from tickvault.db.tables import INDICATOR_VALUES
 from tickvault.indicators import IndicatorSet
 from tickvault.stream.cache import PriceCache
@@ -70,6 +71,9 @@ class Processor:
     async def handle(self, item: QueuedFrame) -> None:
         if isinstance(item.frame, CryptoFrame):
             await self._handle_crypto(item)
+            return
+        if isinstance(item.frame, NewsFrame):
+            await self._handle_news(item)
             return
         trades = item.frame.trades
         quotes = item.frame.quotes
@@ -167,6 +171,20 @@ class Processor:
             crypto_quotes=[quotes] if quotes is not None else None,
             crypto_bars=bars, crypto_orderbooks=f.orderbooks, bad=bad,
         )
+
+    async def _handle_news(self, item: QueuedFrame) -> None:
+        """A news frame: its articles upserted into ``news`` (counted as other messages of the feed)."""
+        frame, metrics = item.frame, item.metrics or self.metrics
+        metrics.add("frames")
+        if frame.articles:
+            metrics.add("other_messages", len(frame.articles))
+            metrics.observe("received_to_processed", time.monotonic_ns() - item.received_mono_ns, len(frame.articles))
+        bad = None
+        if frame.rest.rejects:
+            metrics.add("rejects", len(frame.rest.rejects))
+            bad = [("stream:news", r.reason, r.payload) for r in frame.rest.rejects]
+            log.warning("%d rejected news message(s) kept in bad_messages, e.g. %s", len(bad), bad[0][1])
+        await self.writer.submit(item.received_mono_ns, metrics=item.metrics, news=frame.articles, bad=bad)
 
     def _on_bar(self, b: tuple) -> tuple | None:
         time_ns, symbol, o, h, low, c, v, count, vw = b

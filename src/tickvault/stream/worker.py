@@ -36,6 +36,9 @@ from tickvault.stream.writer import BatchWriter, ns_to_datetime
 log = logging.getLogger("tickvault.worker")
 
 BACKFILL_SYMBOLS_PER_REQUEST = 100  # keeps the query string short; pages are ≤ 10k rows each
+# News is re-sent when an article is updated, often within minutes of publication: a gap's backfill
+# also asks for the hour before it (tens to a few hundred articles: a few 50-article pages).
+NEWS_UPDATE_LOOKBACK_NS = 3600 * 10**9
 
 
 class ShutdownIncomplete(RuntimeError):
@@ -69,6 +72,10 @@ def stream_url(settings: Settings) -> str:
     """The stocks stream's URL (``/v2/{feed}``: the ``stocks:`` entry of TICKVAULT_FEEDS)."""
     feed = next((f.partition(":")[2] for f in settings.feeds if f.startswith("stocks:")), settings.alpaca_feed)
     return f"{settings.alpaca_stream_url.rstrip('/')}/v2/{feed}"
+
+
+def news_stream_url(settings: Settings) -> str:
+    return f"{settings.alpaca_stream_url.rstrip('/')}/v1beta1/news"
 
 
 def crypto_stream_url(settings: Settings, location: str) -> str:
@@ -264,6 +271,19 @@ class Worker:
                     resume_from_ns=resume, universe=self.universe, gaps=gaps, silence_s=settings.feed_silence_s,
                     name=label, tag_metrics=not primary,
                 )
+            elif kind == "news":
+                from tickvault.alpaca.news import decode_news
+                from tickvault.stream.reader import channel_subscription
+
+                self.news_metrics = feed_metrics
+                resume, gaps = await self._news_resume_point()
+                # No silence watchdog: an hour without an article is ordinary; pings catch a dead socket.
+                self.readers[label] = MarketDataReader(
+                    news_stream_url(settings), key, secret, self.queue, feed_metrics, channels=["news"],
+                    symbols=list(settings.news_symbols), backfill=self.backfill_news, resume_from_ns=resume,
+                    gaps=gaps, silence_s=0, name=label, decode=decode_news, subscription=channel_subscription,
+                    tag_metrics=not primary,
+                )
             else:  # crypto (Settings refuses anything else)
                 from tickvault.alpaca.crypto import decode_crypto
                 from tickvault.stream.reader import channel_subscription
@@ -400,6 +420,36 @@ class Worker:
             async for page in rest.crypto_bars(loc, chunk, start, end):
                 bars = [b[:2] + ("1Min",) + b[2:] + (False, "backfill") for b in page]
                 await writer.submit(time.monotonic_ns(), metrics=metrics, crypto_bars=bars)
+        return total
+
+    async def _news_resume_point(self) -> tuple[int | None, GapLedger]:
+        """Newest stored article version (``updated_at`` in the last three days), or a gap a crash left
+        open, or TICKVAULT_BACKFILL_FROM on a first start; ledger ``run_dir/gaps/<worker>-news.json``."""
+        settings = self.settings
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT (extract(epoch FROM max(updated_at)) * 1e6)::bigint * 1000 FROM news "
+                f"WHERE created_at > now() - interval '{RESUME_WINDOW}'")
+            resume = (await cur.fetchone())[0]
+        gaps = GapLedger(settings.run_dir / "gaps" / f"{settings.worker_name}-news.json")
+        left_open, _ = gaps.oldest_inherited(time.time_ns() - RESUME_WINDOW_NS)
+        if left_open is not None and (resume is None or left_open < resume):
+            resume = left_open
+        if resume is None and settings.backfill_from is not None:
+            since = settings.backfill_from
+            resume = int(since.timestamp()) * 1_000_000_000 + since.microsecond * 1000
+        return resume, gaps
+
+    async def backfill_news(self, start_ns: int, end_ns: int) -> int:
+        """Articles of the gap from ``GET /v1beta1/news``, upserted like the stream's: those created in
+        [start − NEWS_UPDATE_LOOKBACK, end], so that an article updated during the gap is refreshed too
+        when it was published up to an hour before it (the upsert keeps the newest version either way)."""
+        total = 0
+        async for page in self.rest.news(ns_to_datetime(start_ns - NEWS_UPDATE_LOOKBACK_NS),
+                                         ns_to_datetime(end_ns + 1000),
+                                         symbols=self.settings.news_symbols):
+            await self.writer.submit(time.monotonic_ns(), metrics=self.news_metrics, news=page)
+            total += len(page)
         return total
 
     async def _tradable_symbols(self) -> list[str]:

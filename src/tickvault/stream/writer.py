@@ -67,6 +67,7 @@ from tickvault.db.tables import (
     TRADING_STATUSES,
     UPSERT_BARS_FROM_STAGE,
     UPSERT_CRYPTO_BARS_FROM_STAGE,
+    UPSERT_NEWS,
     CopySpec,
     indicators_upsert,
 )
@@ -139,7 +140,7 @@ YIELD_EVERY = 250  # rows formatted between event-loop turns (~0.6 ms): keeps pr
 
 SPILL_FIELDS = (
     "trades", "backfill_trades", "quotes", "bars", "corrections", "cancels", "statuses", "lulds", "indicators", "bad",
-    "crypto_trades", "backfill_crypto_trades", "crypto_quotes", "crypto_bars", "crypto_orderbooks",
+    "crypto_trades", "backfill_crypto_trades", "crypto_quotes", "crypto_bars", "crypto_orderbooks", "news",
 )
 
 
@@ -171,6 +172,7 @@ class Batch:
     crypto_quotes: list[QuoteColumns] = field(default_factory=list)
     crypto_bars: list[tuple] = field(default_factory=list)  # as `bars`, volume a float or int (numeric column)
     crypto_orderbooks: list[tuple] = field(default_factory=list)
+    news: list[tuple] = field(default_factory=list)  # alpaca/news.py NEWS_FIELDS tuples, upserted on the id
     # (received monotonic ns, rows, the feed's Metrics or None: the writer's) per submission
     frames: list[tuple] = field(default_factory=list)
     backfill_metrics: dict = field(default_factory=dict)  # backfill field -> the Metrics its new rows count in
@@ -472,6 +474,10 @@ class BatchWriter:
             if batch.crypto_trades or batch.backfill_crypto_trades or batch.crypto_quotes or batch.crypto_bars \
                     or batch.crypto_orderbooks:
                 await self._write_crypto(cur, batch)
+            if batch.news:
+                # A few articles a minute: one upsert each; the newest version of an article wins.
+                await cur.executemany(UPSERT_NEWS, [a[:8] + (ns_to_datetime(a[8]), ns_to_datetime(a[9]))
+                                                    for a in batch.news])
             if batch.bad:
                 await self._copy(cur, BAD_MESSAGES, ((s, r, p, self.worker) for s, r, p in batch.bad))
 
