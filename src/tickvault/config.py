@@ -182,6 +182,8 @@ class Settings(BaseSettings):
     retention_crypto_orderbooks_days: int = Field(
         3, ge=0, description="Keep crypto_orderbooks rows (every book change: the widest rows) this many days."
     )
+    retention_option_trades_days: int = Field(30, ge=0, description="Keep raw option_trades this many days.")
+    retention_option_quotes_days: int = Field(7, ge=0, description="Keep raw option_quotes this many days.")
     retention_news_days: int = Field(730, ge=0, description="Keep news articles this many days (by created_at).")
     retention_indicators_days: int = Field(730, ge=0, description="Keep indicator rows this many days.")
     retention_ingest_stats_days: int = Field(30, ge=0, description="Keep ingest_stats rows this many days.")

@@ -9,6 +9,8 @@ Windows come from :class:`~tickvault.config.Settings` (days; 0 keeps a table for
 ``retention_crypto_trades_days``        crypto_trades
 ``retention_crypto_quotes_days``        crypto_quotes
 ``retention_crypto_orderbooks_days``    crypto_orderbooks
+``retention_option_trades_days``        option_trades
+``retention_option_quotes_days``        option_quotes
 ``retention_news_days``                 news
 ``retention_indicators_days``           indicators
 ``retention_ingest_stats_days``         ingest_stats
@@ -91,6 +93,8 @@ _RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("retention_crypto_trades_days", ("crypto_trades",)),
     ("retention_crypto_quotes_days", ("crypto_quotes",)),
     ("retention_crypto_orderbooks_days", ("crypto_orderbooks",)),
+    ("retention_option_trades_days", ("option_trades",)),
+    ("retention_option_quotes_days", ("option_quotes",)),
     ("retention_news_days", ("news",)),
     ("retention_indicators_days", ("indicators",)),
     ("retention_ingest_stats_days", ("ingest_stats",)),

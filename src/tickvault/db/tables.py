@@ -38,6 +38,8 @@ __all__ = [
     "INDICATOR_VALUES",
     "INSERT_FILL",
     "LULDS",
+    "OPTION_QUOTES",
+    "OPTION_TRADES",
     "QUOTES",
     "TRADES",
     "TRADING_STATUSES",
@@ -115,6 +117,20 @@ CRYPTO_ORDERBOOKS = CopySpec(
     "crypto_orderbooks",
     ("time", "symbol", "reset", "bid_prices", "bid_sizes", "ask_prices", "ask_sizes", "time_ns"),
     ("timestamptz", "text", "bool", "float8[]", "float8[]", "float8[]", "float8[]", "int8"),
+)
+# --- options (migration 011): the OCC symbol's parts beside it (alpaca/options.py) -------------------
+_OCC_COLUMNS = ("time", "symbol", "underlying", "expiration", "option_type", "strike")
+_OCC_TYPES = ("timestamptz", "text", "text", "date", "text", "numeric")
+OPTION_TRADES = CopySpec(
+    "option_trades",
+    (*_OCC_COLUMNS, "price", "size", "exchange", "condition", "time_ns"),
+    (*_OCC_TYPES, "float8", "int8", "text", "text", "int8"),
+)
+OPTION_QUOTES = CopySpec(
+    "option_quotes",
+    (*_OCC_COLUMNS, "bid_exchange", "bid_price", "bid_size", "ask_exchange", "ask_price", "ask_size", "condition",
+     "time_ns"),
+    (*_OCC_TYPES, "text", "float8", "int8", "text", "float8", "int8", "text", "int8"),
 )
 BAD_MESSAGES = CopySpec(
     "bad_messages",
