@@ -333,6 +333,31 @@ class CryptoDataAPI(MarketDataAPI):
         return {"snapshots": super()._snapshots(request)}
 
 
+class OptionsDataAPI(MarketDataAPI):
+    """``/v1beta1/options/...`` over an :class:`~tickvault.sim.options.OptionsMarket`: historical trades
+    (no trade id, as Alpaca's) and bars, latest trades and quotes, paged like the stock paths; the
+    ``feed`` parameter (indicative/opra) is accepted and ignored: one simulated tape."""
+
+    def routes(self, endpoint: Callable[[Callable[[Request], Any]], Any]) -> list[Route]:
+        e = endpoint
+        return [
+            Route("/v1beta1/options/trades", e(self._hist_trades)),
+            Route("/v1beta1/options/bars", e(self._hist_bars)),
+            Route("/v1beta1/options/trades/latest", e(self._latest_trades)),
+            Route("/v1beta1/options/quotes/latest", e(self._latest_quotes)),
+        ]
+
+    def _trade_item(self, b, i: int) -> dict:
+        from tickvault.sim.options import OPTION_EXCHANGES
+
+        return {"t": ns_to_rfc3339(b.times[i]), "x": OPTION_EXCHANGES[b.venues[i]], "p": b.cents[i] / 100,
+                "s": b.sizes[i], "c": "I"}
+
+    def _quote_item(self, b, i: int) -> dict:
+        return {"t": ns_to_rfc3339(b.q_times[i]), "bx": "C", "bp": b.q_bid[i] / 100, "bs": b.q_bid_size[i],
+                "ax": "X", "ap": b.q_ask[i] / 100, "as": b.q_ask_size[i], "c": "A"}
+
+
 # ---------------------------------------------------------------------- helpers
 def _trade_json(t: int, cents: int, size: int, tid: int) -> dict:
     return {

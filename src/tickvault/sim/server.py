@@ -64,7 +64,8 @@ from tickvault.sim.data import MarketDataAPI
 from tickvault.alpaca.crypto import CRYPTO_CHANNELS
 from tickvault.sim.crypto import CRYPTO_PAIRS, CryptoMarket
 from tickvault.sim.news import NewsWire
-from tickvault.sim.data import CryptoDataAPI
+from tickvault.sim.data import CryptoDataAPI, OptionsDataAPI
+from tickvault.sim.options import OptionsMarket
 from tickvault.sim.market import CONDITIONS, EXCHANGE, TAPE, Market, TruthChecksum, symbol_names
 from tickvault.sim.recording import RecordingError, frame_messages, read_recording
 from tickvault.sim.trading import TradingAPI
@@ -79,7 +80,8 @@ _CRYPTO_PATH = re.compile(r"/v1beta3/crypto/(us|us-1|eu-1)")
 _CHANNELS = ("trades", "quotes", "bars", "updatedBars", "dailyBars", "statuses", "lulds")
 # Channels per stream: what a connection of that asset class may subscribe to and has acknowledged.
 _NEWS_PATH = "/v1beta1/news"
-_ASSET_CHANNELS = {"stocks": _CHANNELS, "crypto": CRYPTO_CHANNELS, "news": ("news",)}
+_OPTIONS_PATH = re.compile(r"/v1beta1/(indicative|opra)")
+_ASSET_CHANNELS = {"stocks": _CHANNELS, "crypto": CRYPTO_CHANNELS, "news": ("news",), "options": ("trades", "quotes")}
 TRADE_UPDATES_QUEUE = 1_000  # events buffered per trade-updates client; a client this far behind is closed
 # msgpack never uses 0xc1: a frame starting with it cannot decode, whatever follows.
 GARBAGE_FRAME = b"\xc1\xc1 tickvault-sim malformed frame \xff\xfe"
@@ -216,6 +218,8 @@ class Simulator:
         crypto_pairs: list[str] | None = None,
         crypto_rate: float = 50.0,
         news_interval_s: float | None = 1.0,
+        option_underlyings: int = 2,
+        options_rate: float = 20.0,
     ) -> None:
         if not (host.startswith("127.") or host in ("localhost", "::1")):
             raise ValueError("the simulator binds to loopback only")
@@ -274,6 +278,15 @@ class Simulator:
         self.news = NewsWire(self.symbols or ["AAPL"], seed=seed + 2)
         self.news_interval_s = news_interval_s
         self._news_task: asyncio.Task | None = None
+        # Options (``/v1beta1/{indicative,opra}``, msgpack only): 8 contracts on each of the first
+        # ``option_underlyings`` stock symbols, ``options_rate`` trades a second across them.
+        if options_rate <= 0:
+            raise ValueError("options_rate must be > 0")
+        underlyings = [s for s in self.symbols[:option_underlyings] if s.isalpha() and len(s) <= 6]
+        self.options_market = OptionsMarket(underlyings, seed=seed + 3) if underlyings else None
+        self.option_symbols = self.options_market.symbols if self.options_market is not None else []
+        self.options_rate = options_rate
+        self._options_task: asyncio.Task | None = None
         self.broker = Broker(self._price_for_broker, quote=self.market.last_quote, clock=self.clock,
                              hours=hours, cash=cash)
         self.trading = TradingAPI(self)
@@ -359,6 +372,12 @@ class Simulator:
             raise ValueError("location must be us, us-1 or eu-1")
         return f"{self.ws_url}/v1beta3/crypto/{location}"
 
+    def options_stream_url(self, feed: str = "indicative") -> str:
+        """``ws://.../v1beta1/{indicative,opra}`` (msgpack only)."""
+        if not _OPTIONS_PATH.fullmatch(f"/v1beta1/{feed}"):
+            raise ValueError("feed must be indicative or opra")
+        return f"{self.ws_url}/v1beta1/{feed}"
+
     @property
     def news_stream_url(self) -> str:
         return f"{self.ws_url}{_NEWS_PATH}"
@@ -412,7 +431,11 @@ class Simulator:
             await asyncio.sleep(0.005)  # startup poll, not synchronisation of results
         self._market_task = asyncio.create_task(self._run_market(), name="sim-market")
         if self.crypto_pairs and self.replay is None:
-            self._crypto_task = asyncio.create_task(self._run_crypto_market(), name="sim-crypto-market")
+            self._crypto_task = asyncio.create_task(
+                self._run_side_market(self.crypto_market, self.crypto_rate), name="sim-crypto-market")
+        if self.options_market is not None and self.replay is None:
+            self._options_task = asyncio.create_task(
+                self._run_side_market(self.options_market, self.options_rate), name="sim-options-market")
         if self.news_interval_s is not None:
             self._news_task = asyncio.create_task(self._run_news(), name="sim-news")
         self._housekeeping_task = asyncio.create_task(self._housekeeping(), name="sim-housekeeping")
@@ -424,7 +447,7 @@ class Simulator:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping_task
             self._housekeeping_task = None
-        for attr in ("_crypto_task", "_news_task"):
+        for attr in ("_crypto_task", "_options_task", "_news_task"):
             task = getattr(self, attr)
             if task is not None:
                 task.cancel()
@@ -765,10 +788,10 @@ class Simulator:
                 break
             self._fan_out([("news:news", tuple(m["symbols"]), m) for m in self.news.publish(self.clock())])
 
-    async def _run_crypto_market(self) -> None:
-        """Crypto trades at ``crypto_rate`` per second across the pairs until :meth:`finish`; never closed."""
+    async def _run_side_market(self, market: Market, rate: float) -> None:
+        """The crypto or options market: ``rate`` trades a second across its symbols until :meth:`finish`,
+        whatever the stock hours (crypto never closes; the options tape is kept simple)."""
         loop = asyncio.get_running_loop()
-        rate, market = self.crypto_rate, self.crypto_market
         tick = min(0.05, max(0.001, self.frame_size / rate))
         max_batch = max(self.frame_size, int(rate * 0.05))  # bounded work per loop turn
         t0, made = loop.time(), 0
@@ -878,7 +901,8 @@ class Simulator:
     # ------------------------------------------------------------------ market-data WebSocket
     def _route_ws(self, connection: ServerConnection, request: Any) -> Any:
         path = urlsplit(request.path).path
-        if path in ("/stream", _NEWS_PATH) or _FEED_PATH.fullmatch(path) or _CRYPTO_PATH.fullmatch(path):
+        if (path in ("/stream", _NEWS_PATH) or _FEED_PATH.fullmatch(path) or _CRYPTO_PATH.fullmatch(path)
+                or _OPTIONS_PATH.fullmatch(path)):
             return None
         return connection.respond(HTTPStatus.NOT_FOUND, "unknown path\n")
 
@@ -888,8 +912,11 @@ class Simulator:
             await self._handle_trade_updates(ws)
             return
         crypto = _CRYPTO_PATH.fullmatch(path)
+        options = _OPTIONS_PATH.fullmatch(path)
         if path == _NEWS_PATH:
             feed, asset = "news", "news"
+        elif options:
+            feed, asset = f"options/{options.group(1)}", "options"
         elif crypto:
             feed, asset = f"crypto/{crypto.group(1)}", "crypto"
         else:
@@ -898,6 +925,12 @@ class Simulator:
         c = _MarketClient(
             ws, feed, content_type.lower().startswith("application/msgpack"), self.client_queue_frames, asset=asset,
         )
+        if asset == "options" and not c.use_msgpack:
+            # Alpaca's options stream speaks msgpack only: a client that did not ask for it is refused.
+            await ws.send(encode_frame([{"T": "error", "code": 400, "msg": "the options stream is msgpack only: "
+                                         "send Content-Type: application/msgpack"}], use_msgpack=False))
+            await ws.close()
+            return
         self._clients.add(c)
         self.stats["connections"] += 1
         try:
@@ -1075,6 +1108,7 @@ class Simulator:
         routes = [
             *MarketDataAPI(self.market).routes(self._endpoint),
             *CryptoDataAPI(self.crypto_market).routes(self._endpoint),
+            *(OptionsDataAPI(self.options_market).routes(self._endpoint) if self.options_market else []),
             Route(_NEWS_PATH, self._endpoint(self._news_history)),
             *self.trading.routes(self._endpoint),
             *self.trading.control_routes(),
