@@ -24,7 +24,7 @@ def test_feeds_name_each_stream_url():
     ("crypto:mars", "'crypto:mars' is not a feed"),
     ("stocks:iex,stocks:sip", "one connection per endpoint"),
     ("crypto:us,crypto:us-1", "one connection per endpoint"),
-    ("options:opra", "the options feed is not recorded yet"),
+    ("options:opra", "TICKVAULT_OPTION_SYMBOLS is empty"),
 ])
 def test_a_wrong_feed_is_refused_with_a_message_naming_the_variable(value, says):
     with pytest.raises(ConfigError) as err:
@@ -35,3 +35,10 @@ def test_a_wrong_feed_is_refused_with_a_message_naming_the_variable(value, says)
 def test_unknown_crypto_channel_is_refused():
     with pytest.raises(ConfigError, match="TICKVAULT_CRYPTO_CHANNELS: .*unknown crypto channel"):
         load_settings(crypto_channels="trades,lulds")
+
+
+def test_option_symbols_must_be_occ():
+    assert load_settings(feeds="options:opra", option_symbols="aapl250117c00200000").option_symbols == [
+        "AAPL250117C00200000"]
+    with pytest.raises(ConfigError, match="TICKVAULT_OPTION_SYMBOLS: .*'AAPL' is not an OCC option symbol"):
+        load_settings(option_symbols="AAPL")

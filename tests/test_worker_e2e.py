@@ -472,13 +472,27 @@ async def _news_stored(url: str) -> dict[int, tuple]:
         return {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
 
 
-async def test_one_worker_streams_stocks_crypto_and_news_through_a_disconnect_exactly(fresh_database, tmp_path):
+OPTION_ROWS_SQL = """
+SELECT symbol, time_ns, round(price * 100)::bigint, size, exchange FROM option_trades ORDER BY symbol, time_ns"""
+
+
+async def _option_count(url: str) -> int:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        return (await (await conn.execute("SELECT count(*) FROM option_trades")).fetchone())[0]
+
+
+async def test_one_worker_streams_every_feed_through_a_disconnect_exactly(fresh_database, tmp_path):
+    """stocks + crypto + options + news in one worker, all connections dropped once: each table equals
+    the simulator's truth (crypto and options row for row)."""
     url = fresh_database()
     since = datetime.now(timezone.utc)
     pairs = ["BTC/USD", "ETH/USD"]
     async with Simulator(symbols=5, rate=2_000, frame_size=100, max_trades=None, seed=11, crypto_pairs=pairs,
-                         crypto_rate=400, news_interval_s=0.05) as sim:
-        settings = _settings_for(sim, url, tmp_path / "run", since, TICKVAULT_FEEDS="stocks:iex,crypto:us,news",
+                         crypto_rate=400, news_interval_s=0.05, options_rate=300) as sim:
+        contracts = sim.option_symbols[:4]
+        settings = _settings_for(sim, url, tmp_path / "run", since,
+                                 TICKVAULT_FEEDS="stocks:iex,crypto:us,options:opra,news",
+                                 TICKVAULT_OPTION_SYMBOLS=",".join(contracts),
                                  TICKVAULT_CRYPTO_SYMBOLS=",".join(pairs),
                                  TICKVAULT_CRYPTO_CHANNELS="trades,quotes,bars,orderbooks")
         handle = WorkerHandle()
@@ -496,7 +510,7 @@ async def test_one_worker_streams_stocks_crypto_and_news_through_a_disconnect_ex
                 return False
 
             await wait_until(lambda: grew(500), 120, "crypto trades stored")
-            assert sim.drop_connections() >= 3  # the stocks, crypto and news connections alike
+            assert sim.drop_connections() >= 4  # the stocks, crypto, options and news connections alike
 
             async def reconnected() -> bool:
                 return all(r.connected.is_set() for r in handle.readers.values())
@@ -508,8 +522,11 @@ async def test_one_worker_streams_stocks_crypto_and_news_through_a_disconnect_ex
 
             news_truth = {i: (a["headline"], datetime.fromisoformat(a["updated_at"])) for i, a in sim.news.truth.items()}
 
+            options_made = sum(1 for c in contracts for _ in sim.options_market.truth_trades_full(c))
+
             async def all_stored() -> bool:
                 return (await _crypto_count(url) >= made and await _truth_reached(url, sim)
+                        and await _option_count(url) >= options_made
                         and await _news_stored(url) == news_truth)
 
             await wait_until(all_stored, 180, "every crypto and stock trade committed")
@@ -532,4 +549,7 @@ async def test_one_worker_streams_stocks_crypto_and_news_through_a_disconnect_ex
     assert reconnects["crypto:us"] >= 1 and reconnects["stocks:iex"] >= 1
     assert resets >= len(pairs) and quotes > 0 and bad == 0
     assert len(news_truth) > 10 and any(h.endswith("(updated)") for h, _ in news_truth.values())
-    assert "news" in feeds
+    assert "news" in feeds and feeds["options:opra"] >= options_made
+    with psycopg.connect(url) as conn:
+        options = [tuple(r) for r in conn.execute(OPTION_ROWS_SQL)]
+    assert options == sorted((c, *row) for c in contracts for row in sim.options_market.truth_trades_full(c))

@@ -72,8 +72,16 @@ class Settings(BaseSettings):
     feeds: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated market-data feeds one worker records, each on its own connection: "
-        "`stocks:iex` or `stocks:sip`, `crypto:us` (or `us-1`, `eu-1`), `news`. Unset: "
-        "`stocks:<TICKVAULT_ALPACA_FEED>`.",
+        "`stocks:iex` or `stocks:sip`, `crypto:us` (or `us-1`, `eu-1`), `options:indicative` or `options:opra`, "
+        "`news`. Unset: `stocks:<TICKVAULT_ALPACA_FEED>`.",
+    )
+    option_symbols: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated OCC option symbols (e.g. AAPL250117C00200000) the options "
+        "feed records; required with an options feed.",
+    )
+    option_feed_silence_s: float = Field(
+        60.0, ge=0, description="The options feed's silence watchdog (0: off); like the stocks one it doubles on "
+        "each silent reconnect, up to 30 min: a chosen chain can be quiet for minutes.",
     )
     news_symbols: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated symbols whose news the news feed records. Empty: all (`*`).",
@@ -230,7 +238,7 @@ class Settings(BaseSettings):
     )
 
     @field_validator("symbols", "channels", "feeds", "crypto_symbols", "crypto_channels", "news_symbols",
-                     mode="before")
+                     "option_symbols", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
@@ -241,6 +249,19 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_symbols(cls, value: list[str]) -> list[str]:
         return [s.upper() for s in value]
+
+    @field_validator("option_symbols")
+    @classmethod
+    def _occ_symbols(cls, value: list[str]) -> list[str]:
+        from tickvault.alpaca.options import OccSymbolError, parse_occ
+
+        symbols = [s.upper() for s in value]
+        for s in symbols:
+            try:
+                parse_occ(s)
+            except OccSymbolError as exc:
+                raise ValueError(str(exc)) from None
+        return symbols
 
     @field_validator("crypto_channels")
     @classmethod
@@ -263,12 +284,11 @@ class Settings(BaseSettings):
                 pass
             elif kind == "news" and not where:
                 pass
-            elif kind == "options":
-                raise ValueError("the options feed is not recorded yet (issue 9); use stocks:iex|sip, "
-                                 "crypto:us|us-1|eu-1, news")
+            elif kind == "options" and where in ("indicative", "opra"):
+                pass
             else:
                 raise ValueError(f"{spec!r} is not a feed; write stocks:iex, stocks:sip, crypto:us, crypto:us-1, "
-                                 "crypto:eu-1 or news")
+                                 "crypto:eu-1, options:indicative, options:opra or news")
             if kind in kinds:
                 raise ValueError(f"two {kind} feeds: Alpaca allows one connection per endpoint and account; run a "
                                  "second worker (another TICKVAULT_WORKER_NAME) for the other")
@@ -279,6 +299,9 @@ class Settings(BaseSettings):
     def _default_feeds(self) -> "Settings":
         if not self.feeds:
             self.feeds = [f"stocks:{self.alpaca_feed}"]  # what a worker recorded before TICKVAULT_FEEDS existed
+        if any(f.startswith("options:") for f in self.feeds) and not self.option_symbols:
+            raise ValueError("TICKVAULT_FEEDS has an options feed but TICKVAULT_OPTION_SYMBOLS is empty: name the "
+                             "contracts (OCC symbols, e.g. AAPL250117C00200000); Alpaca's options stream takes no '*'")
         return self
 
     @field_validator("backfill_from", "sim_clock_start")

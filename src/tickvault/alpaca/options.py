@@ -40,6 +40,7 @@ __all__ = [
     "decode_options",
     "option_trade_columns",
     "parse_occ",
+    "trade_row_from_rest",
 ]
 
 OPTION_FEEDS = ("indicative", "opra")
@@ -160,6 +161,15 @@ def option_quote_columns(rows: list[tuple]) -> QuoteColumns | None:
     copy = b"".join([_quote_row(r, cache) for r in rows])
     tmin, tmax, latest = _summary(rows)
     return QuoteColumns(len(rows), copy, tmin, tmax, rows[-1][0], latest)
+
+
+def trade_row_from_rest(symbol: str, raw: dict) -> tuple:
+    """One REST option trade ``{t, x, p, s, c}`` as an OPTION_TRADE_FIELDS tuple (the stream's row)."""
+    from tickvault.alpaca.protocol import rfc3339_to_ns
+
+    size = raw["s"]
+    return (rfc3339_to_ns(raw["t"]), symbol, float(raw["p"]), int(size) if int(size) == size else size,
+            raw.get("x"), raw.get("c"))
 
 
 # --------------------------------------------------------------------------------------------

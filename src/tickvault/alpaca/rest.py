@@ -354,6 +354,16 @@ class AlpacaREST:
         return self._historical(f"/v1beta3/crypto/{location}/bars", "bars", bar_row_from_rest, symbols, start, end,
                                 None, limit, with_feed=False, timeframe=timeframe)
 
+    def option_trades(
+        self, symbols: str | Sequence[str], start: TimeArg, end: TimeArg | None = None, feed: str = "indicative",
+        limit: int = 10_000,
+    ) -> AsyncIterator[list[tuple]]:
+        """``GET /v1beta1/options/trades``: pages of ``OPTION_TRADE_FIELDS`` tuples, ascending."""
+        from tickvault.alpaca.options import trade_row_from_rest
+
+        return self._historical("/v1beta1/options/trades", "trades", trade_row_from_rest, symbols, start, end, feed,
+                                limit)
+
     async def news(
         self, start: TimeArg, end: TimeArg | None = None, symbols: Sequence[str] = (), limit: int = 50,
     ) -> AsyncIterator[list[tuple]]:

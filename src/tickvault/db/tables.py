@@ -169,6 +169,11 @@ UPSERT_NEWS = (
     "WHERE excluded.updated_at >= news.updated_at"
 )
 
+OPTION_TRADES_DEDUPE = (
+    f"INSERT INTO option_trades ({', '.join(OPTION_TRADES.columns)}) "
+    f"SELECT {', '.join(OPTION_TRADES.columns)} FROM option_trades_stage ON CONFLICT DO NOTHING"
+)
+
 #: indicators rows as both writers build them: (time, symbol, timeframe, close, *INDICATOR_VALUES).
 INDICATORS = ("time", "symbol", "timeframe", "close", *INDICATOR_VALUES)
 

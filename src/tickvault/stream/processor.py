@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from tickvault.alpaca.crypto import CryptoFrame
 from tickvault.alpaca.news import NewsFrame
+from tickvault.alpaca.options import OptionsFrame
 from tickvault.db.tables import INDICATOR_VALUES
 from tickvault.indicators import IndicatorSet
 from tickvault.stream.cache import PriceCache
@@ -74,6 +75,9 @@ class Processor:
             return
         if isinstance(item.frame, NewsFrame):
             await self._handle_news(item)
+            return
+        if isinstance(item.frame, OptionsFrame):
+            await self._handle_options(item)
             return
         trades = item.frame.trades
         quotes = item.frame.quotes
@@ -170,6 +174,33 @@ class Processor:
             crypto_trades=[trades] if trades is not None else None,
             crypto_quotes=[quotes] if quotes is not None else None,
             crypto_bars=bars, crypto_orderbooks=f.orderbooks, bad=bad,
+        )
+
+    async def _handle_options(self, item: QueuedFrame) -> None:
+        """An options frame: trades and quotes (COPY columns) to option_trades / option_quotes."""
+        frame, mono = item.frame, item.received_mono_ns
+        metrics = item.metrics or self.metrics
+        metrics.add("frames")
+        n = 0
+        if frame.trades is not None:
+            n += frame.trades.n
+            metrics.add("trades", frame.trades.n)
+            lag = item.received_wall_ns - frame.trades.time_last_ns
+            metrics.observe("exchange_to_received", lag if lag > 0 else 0, frame.trades.n)
+        if frame.quotes is not None:
+            n += frame.quotes.n
+            metrics.add("quotes", frame.quotes.n)
+        if n:
+            metrics.observe("received_to_processed", time.monotonic_ns() - mono, n)
+        bad = None
+        if frame.rest.rejects:
+            metrics.add("rejects", len(frame.rest.rejects))
+            bad = [("stream:options", r.reason, r.payload) for r in frame.rest.rejects]
+            log.warning("%d rejected option message(s) kept in bad_messages, e.g. %s", len(bad), bad[0][1])
+        await self.writer.submit(
+            mono, metrics=item.metrics, bad=bad,
+            option_trades=[frame.trades] if frame.trades is not None else None,
+            option_quotes=[frame.quotes] if frame.quotes is not None else None,
         )
 
     async def _handle_news(self, item: QueuedFrame) -> None:

@@ -74,6 +74,10 @@ def stream_url(settings: Settings) -> str:
     return f"{settings.alpaca_stream_url.rstrip('/')}/v2/{feed}"
 
 
+def options_stream_url(settings: Settings, feed: str) -> str:
+    return f"{settings.alpaca_stream_url.rstrip('/')}/v1beta1/{feed}"
+
+
 def news_stream_url(settings: Settings) -> str:
     return f"{settings.alpaca_stream_url.rstrip('/')}/v1beta1/news"
 
@@ -271,6 +275,19 @@ class Worker:
                     resume_from_ns=resume, universe=self.universe, gaps=gaps, silence_s=settings.feed_silence_s,
                     name=label, tag_metrics=not primary,
                 )
+            elif kind == "options":
+                from tickvault.alpaca.options import decode_options
+                from tickvault.stream.reader import channel_subscription
+
+                self.options_feed, self.options_metrics = where, feed_metrics
+                resume, gaps = await self._table_resume_point("option_trades", settings.option_symbols, "options")
+                self.readers[label] = MarketDataReader(
+                    options_stream_url(settings, where), key, secret, self.queue, feed_metrics,
+                    channels=["trades", "quotes"], symbols=list(settings.option_symbols),
+                    backfill=self.backfill_options, resume_from_ns=resume, gaps=gaps,
+                    silence_s=settings.option_feed_silence_s, name=label, decode=decode_options,
+                    subscription=channel_subscription, tag_metrics=not primary,
+                )
             elif kind == "news":
                 from tickvault.alpaca.news import decode_news
                 from tickvault.stream.reader import channel_subscription
@@ -420,6 +437,33 @@ class Worker:
             async for page in rest.crypto_bars(loc, chunk, start, end):
                 bars = [b[:2] + ("1Min",) + b[2:] + (False, "backfill") for b in page]
                 await writer.submit(time.monotonic_ns(), metrics=metrics, crypto_bars=bars)
+        return total
+
+    async def _table_resume_point(self, table: str, symbols: list[str], ledger: str) -> tuple[int | None, GapLedger]:
+        """Newest stored trade of ``symbols`` in ``table``, or a gap a crash left open, or
+        TICKVAULT_BACKFILL_FROM on a first start; ledger ``run_dir/gaps/<worker>-<ledger>.json``."""
+        settings = self.settings
+        resume = await _resume_point(self.pool, symbols, table)
+        gaps = GapLedger(settings.run_dir / "gaps" / f"{settings.worker_name}-{ledger}.json")
+        left_open, _ = gaps.oldest_inherited(time.time_ns() - RESUME_WINDOW_NS)
+        if left_open is not None and (resume is None or left_open < resume):
+            resume = left_open
+        if resume is None and settings.backfill_from is not None:
+            since = settings.backfill_from
+            resume = int(since.timestamp()) * 1_000_000_000 + since.microsecond * 1000
+        return resume, gaps
+
+    async def backfill_options(self, start_ns: int, end_ns: int) -> int:
+        """Option trades of [start, end] from ``GET /v1beta1/options/trades``, through the dedupe path."""
+        symbols = list(self.settings.option_symbols)
+        total = 0
+        start, end = ns_to_datetime(start_ns), ns_to_datetime(end_ns + 1000)
+        for i in range(0, len(symbols), BACKFILL_SYMBOLS_PER_REQUEST):
+            async for page in self.rest.option_trades(symbols[i:i + BACKFILL_SYMBOLS_PER_REQUEST], start, end,
+                                                      feed=self.options_feed):
+                await self.writer.submit(time.monotonic_ns(), metrics=self.options_metrics,
+                                         backfill_option_trades=page)
+                total += len(page)
         return total
 
     async def _news_resume_point(self) -> tuple[int | None, GapLedger]:

@@ -52,6 +52,7 @@ from tickvault.alpaca.columnar import (
     trade_columns,
 )
 from tickvault.alpaca.crypto import crypto_quote_columns, crypto_trade_columns, size_decimal
+from tickvault.alpaca.options import option_quote_columns, option_trade_columns
 from tickvault.alpaca.protocol import ns_to_datetime
 from tickvault.db.tables import (
     BAD_MESSAGES,
@@ -62,6 +63,9 @@ from tickvault.db.tables import (
     CRYPTO_TRADES,
     CRYPTO_TRADES_DEDUPE,
     LULDS,
+    OPTION_QUOTES,
+    OPTION_TRADES,
+    OPTION_TRADES_DEDUPE,
     QUOTES,
     TRADES,
     TRADING_STATUSES,
@@ -141,14 +145,16 @@ YIELD_EVERY = 250  # rows formatted between event-loop turns (~0.6 ms): keeps pr
 SPILL_FIELDS = (
     "trades", "backfill_trades", "quotes", "bars", "corrections", "cancels", "statuses", "lulds", "indicators", "bad",
     "crypto_trades", "backfill_crypto_trades", "crypto_quotes", "crypto_bars", "crypto_orderbooks", "news",
+    "option_trades", "backfill_option_trades", "option_quotes",
 )
 
 
 # Batch fields that hold columns (one TradeColumns/QuoteColumns per frame), not row tuples.
 _COLUMNS = {"trades": trade_columns, "backfill_trades": trade_columns, "quotes": quote_columns,
             "crypto_trades": crypto_trade_columns, "backfill_crypto_trades": crypto_trade_columns,
-            "crypto_quotes": crypto_quote_columns}
-_QUOTE_FIELDS = ("quotes", "crypto_quotes")
+            "crypto_quotes": crypto_quote_columns, "option_trades": option_trade_columns,
+            "backfill_option_trades": option_trade_columns, "option_quotes": option_quote_columns}
+_QUOTE_FIELDS = ("quotes", "crypto_quotes", "option_quotes")
 
 
 @dataclass
@@ -173,6 +179,9 @@ class Batch:
     crypto_bars: list[tuple] = field(default_factory=list)  # as `bars`, volume a float or int (numeric column)
     crypto_orderbooks: list[tuple] = field(default_factory=list)
     news: list[tuple] = field(default_factory=list)  # alpaca/news.py NEWS_FIELDS tuples, upserted on the id
+    option_trades: list[TradeColumns] = field(default_factory=list)  # alpaca/options.py COPY columns
+    backfill_option_trades: list[TradeColumns] = field(default_factory=list)
+    option_quotes: list[QuoteColumns] = field(default_factory=list)
     # (received monotonic ns, rows, the feed's Metrics or None: the writer's) per submission
     frames: list[tuple] = field(default_factory=list)
     backfill_metrics: dict = field(default_factory=dict)  # backfill field -> the Metrics its new rows count in
@@ -183,6 +192,7 @@ class Batch:
     maybe_committed: bool = False
     backfilled: int = 0  # backfilled trades that were new (set at commit)
     backfilled_crypto: int = 0
+    backfilled_options: int = 0
 
 
 def _encode_rows(name: str, rows: list[tuple]) -> tuple[list, list[tuple]]:
@@ -286,7 +296,7 @@ class BatchWriter:
             batch.first_mono = recv_mono_ns
         batch.frames.append((recv_mono_ns, n, metrics))
         if metrics is not None:
-            for name in ("backfill_trades", "backfill_crypto_trades"):
+            for name in ("backfill_trades", "backfill_crypto_trades", "backfill_option_trades"):
                 if rows.get(name):
                     batch.backfill_metrics[name] = metrics
         batch.rows += n
@@ -430,6 +440,9 @@ class BatchWriter:
             batch.backfill_metrics.get("backfill_trades", self.metrics).add("backfilled", batch.backfilled)
         if batch.backfilled_crypto:
             batch.backfill_metrics.get("backfill_crypto_trades", self.metrics).add("backfilled", batch.backfilled_crypto)
+        if batch.backfilled_options:
+            batch.backfill_metrics.get("backfill_option_trades", self.metrics).add("backfilled",
+                                                                                   batch.backfilled_options)
         self.committed_batches += 1
 
     async def _landed(self, conn: psycopg.AsyncConnection, batch: Batch) -> bool:
@@ -474,6 +487,8 @@ class BatchWriter:
             if batch.crypto_trades or batch.backfill_crypto_trades or batch.crypto_quotes or batch.crypto_bars \
                     or batch.crypto_orderbooks:
                 await self._write_crypto(cur, batch)
+            if batch.option_trades or batch.backfill_option_trades or batch.option_quotes:
+                await self._write_options(cur, batch)
             if batch.news:
                 # A few articles a minute: one upsert each; the newest version of an article wins.
                 await cur.executemany(UPSERT_NEWS, [a[:8] + (ns_to_datetime(a[8]), ns_to_datetime(a[9]))
@@ -502,6 +517,28 @@ class BatchWriter:
             rows = (b[:7] + (size_decimal(b[7]),) + b[8:] for b in batch.crypto_bars)
             await self._copy(cur, CRYPTO_BARS_STAGE, rows)
             await cur.execute(UPSERT_CRYPTO_BARS_FROM_STAGE)
+
+    async def _write_options(self, cur: psycopg.AsyncCursor, batch: Batch) -> None:
+        """Option rows: trades by COPY (through the staging table after a key violation, always for a
+        backfill), quotes by COPY."""
+        if batch.option_trades:
+            if batch.dedupe:
+                await self._staged_option_trades(cur, batch.option_trades)
+            else:
+                await self._copy_columns(cur, OPTION_TRADES.copy_statement(), batch.option_trades)
+        if batch.backfill_option_trades:
+            batch.backfilled_options = await self._staged_option_trades(cur, batch.backfill_option_trades)
+        if batch.option_quotes:
+            await self._copy_columns(cur, OPTION_QUOTES.copy_statement(), batch.option_quotes)
+
+    async def _staged_option_trades(self, cur: psycopg.AsyncCursor, trades: list[TradeColumns]) -> int:
+        await cur.execute("CREATE TEMP TABLE IF NOT EXISTS option_trades_stage (LIKE option_trades INCLUDING DEFAULTS) "
+                          "ON COMMIT DELETE ROWS")
+        await self._copy_columns(cur, OPTION_TRADES.copy_statement("option_trades_stage"), trades)
+        await cur.execute(OPTION_TRADES_DEDUPE)
+        inserted = max(cur.rowcount, 0)
+        await cur.execute("TRUNCATE option_trades_stage")
+        return inserted
 
     async def _staged_crypto_trades(self, cur: psycopg.AsyncCursor, trades: list[TradeColumns]) -> int:
         await cur.execute("CREATE TEMP TABLE IF NOT EXISTS crypto_trades_stage (LIKE crypto_trades INCLUDING DEFAULTS) "
