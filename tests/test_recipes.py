@@ -67,7 +67,7 @@ def rconn(fresh_database):
 def test_every_recipe_is_tested():
     assert set(recipe_names()) == {
         "trade_history", "open_orders", "daily_realized_pnl", "position_history", "last_price", "bars_with_indicators",
-        "crypto_vwap", "news_with_bars",
+        "crypto_vwap", "news_with_bars", "option_trades_by_expiry",
     }
 
 
@@ -158,4 +158,30 @@ def test_news_for_a_symbol_next_to_its_one_minute_bars(rconn):
     assert [(r[0], r[1], r[4], r[5], r[7], r[8]) for r in rows] == [
         (t0, 100.0, 102.0, 17, 1, "AAPL beats"),
         (t0 + timedelta(minutes=3), None, None, None, 2, "AAPL names CFO"),
+    ]
+
+
+def test_option_trades_by_underlying_and_expiry(rconn):
+    from tickvault.alpaca.options import parse_occ
+
+    t0 = datetime(2026, 3, 10, 14, 30, tzinfo=timezone.utc)
+    prints = [  # (seconds after t0, OCC symbol, price, contracts)
+        (0, "AAPL260320C00200000", 4.0, 10), (5, "AAPL260320C00200000", 5.0, 30),
+        (7, "AAPL260320P00180000", 1.5, 2), (9, "AAPL261218C00250000", 9.0, 1),
+        (11, "MSFT260320C00400000", 3.0, 5),                  # another underlying
+        (-3600, "AAPL260320C00200000", 1.0, 100),             # before `since`
+    ]
+    with rconn.transaction(force_rollback=True):
+        for sec, symbol, price, size in prints:
+            occ, t = parse_occ(symbol), t0 + timedelta(seconds=sec)
+            rconn.execute(
+                "INSERT INTO option_trades (time, symbol, underlying, expiration, option_type, strike, price, size, "
+                "time_ns) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (t, symbol, occ.underlying, occ.expiration, occ.option_type, occ.strike, price, size,
+                 int(t.timestamp()) * 10**9))
+        rows = run_recipe(rconn, "option_trades_by_expiry", underlying="AAPL", since=t0)
+    assert [(str(r[0]), r[1], r[2], r[4], r[5], r[6], r[7]) for r in rows] == [
+        ("2026-03-20", "C", Decimal("200.000"), 40, 2, 4.75, 5.0),
+        ("2026-03-20", "P", Decimal("180.000"), 2, 1, 1.5, 1.5),
+        ("2026-12-18", "C", Decimal("250.000"), 1, 1, 9.0, 9.0),
     ]
