@@ -42,3 +42,18 @@ def test_option_symbols_must_be_occ():
         "AAPL250117C00200000"]
     with pytest.raises(ConfigError, match="TICKVAULT_OPTION_SYMBOLS: .*'AAPL' is not an OCC option symbol"):
         load_settings(option_symbols="AAPL")
+
+
+def test_prometheus_text_labels_each_feed_and_types_each_metric_once():
+    from tickvault.stream.metrics import Metrics, prometheus_text
+
+    stocks, crypto = Metrics(), Metrics()
+    stocks.add("trades", 5)
+    crypto.add("trades", 7)
+    text = prometheus_text("w", [("stocks:iex", stocks), ("crypto:us", crypto)])
+    assert 'tickvault_trades_total{worker="w",feed="stocks:iex"} 5' in text
+    assert 'tickvault_trades_total{worker="w",feed="crypto:us"} 7' in text
+    assert text.count("# TYPE tickvault_trades_total counter") == 1
+    single = prometheus_text("w", [(None, stocks)])
+    assert 'tickvault_trades_total{worker="w"} 5' in single and "feed=" not in single
+    assert single == stocks.prometheus("w")

@@ -1,5 +1,6 @@
 """The processor: one decoded frame at a time from the bounded queue → cache, indicators,
-strategy → the writer's buffers.
+strategy → the writer's buffers. Crypto, options and news frames go straight to their tables (no
+cache, indicators or strategy for them yet), counted in their feed's figures.
 
 Per frame, not per message: trades and quotes arrive as columns (:mod:`tickvault.alpaca.columnar`:
 the frame's COPY data, its time range, the newest row per symbol), so the cache takes each

@@ -1,7 +1,11 @@
 """The reader: Alpaca's market-data WebSocket → decoded frames → the bounded queue.
 
-One connection, msgpack frames decoded whole into columns (``tickvault.alpaca.columnar``). The
-reader never does more per frame than decode and ``queue.put``: when the queue is full it waits,
+One connection per feed (a worker runs one reader per entry of TICKVAULT_FEEDS, all into the same
+queue), msgpack frames decoded whole by the feed's decoder: stocks into columns
+(``tickvault.alpaca.columnar``), crypto (``alpaca.crypto``), options (``alpaca.options``) and news
+(``alpaca.news``) likewise; each frame's ``trades`` (for news: its articles' ``updated_at`` range) is
+the stream position the gap logic below reads. The reader never does more per frame than decode and
+``queue.put``: when the queue is full it waits,
 stops reading the socket, and TCP pushes back on the server. websockets' own receive buffer is
 bounded too (``max_queue`` frames of at most ``max_size`` bytes).
 

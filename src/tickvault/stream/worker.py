@@ -1,4 +1,8 @@
-"""The streaming worker: reader → bounded queue → processor → writer → TimescaleDB.
+"""The streaming worker: one reader per feed → bounded queue → processor → writer → TimescaleDB.
+
+Feeds (TICKVAULT_FEEDS): stocks, crypto, options, news, each its own connection, reconnect, watchdog,
+gap ledger and backfill; the first feed's figures are the worker's (Prometheus, status), every other
+feed counts in its own :class:`Metrics`, and ``ingest_stats`` gets one row per feed per interval.
 
 ``run_worker`` owns every task and its shutdown. On SIGTERM/SIGINT (or ``stop``) it stops
 reading, waits for running backfills, drains the queue through the processor, flushes and commits
@@ -325,7 +329,7 @@ class Worker:
                 loop.add_signal_handler(sig, self.handle.stop)
                 stack.callback(loop.remove_signal_handler, sig)
         if settings.metrics_port:
-            prom = await serve_prometheus(metrics, settings.worker_name, settings.metrics_port)
+            prom = await serve_prometheus(self.feed_metrics, settings.worker_name, settings.metrics_port)
             stack.callback(prom.close)
         self._proc = psutil.Process()
         self._proc.cpu_percent(None)

@@ -6,6 +6,10 @@ that, :meth:`BatchWriter.submit` blocks the processor, the processor stops drain
 queue, the reader stops reading the socket, and TCP pushes back on the feed: the database's speed
 sets the pace and memory stays flat. Every such wait is counted as a stall.
 
+Crypto and option trades and quotes arrive as columns too (``alpaca.crypto``, ``alpaca.options``) and
+take the same COPY and dedupe paths into their own tables; crypto bars upsert ``crypto_bars``, order
+books are copied, news articles upsert ``news`` on the id (the newest version wins).
+
 Trades and quotes arrive as columns (:mod:`tickvault.alpaca.columnar`): each frame's rows are
 already binary COPY tuple data, so a batch's COPY is one header, the frames' bytes joined, one
 trailer — no Python call per row. The other tables (bars, statuses, LULDs, corrections, bad
