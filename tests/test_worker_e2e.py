@@ -482,8 +482,8 @@ async def _option_count(url: str) -> int:
 
 
 async def test_one_worker_streams_every_feed_through_a_disconnect_exactly(fresh_database, tmp_path):
-    """stocks + crypto + options + news in one worker, all connections dropped once: each table equals
-    the simulator's truth (crypto and options row for row)."""
+    """stocks + crypto + options + news in one worker, every connection dropped twice and a stall that only
+    the watchdogs notice: each table equals the simulator's truth (crypto and options row for row)."""
     url = fresh_database()
     since = datetime.now(timezone.utc)
     pairs = ["BTC/USD", "ETH/USD"]
@@ -494,7 +494,9 @@ async def test_one_worker_streams_every_feed_through_a_disconnect_exactly(fresh_
                                  TICKVAULT_FEEDS="stocks:iex,crypto:us,options:opra,news",
                                  TICKVAULT_OPTION_SYMBOLS=",".join(contracts),
                                  TICKVAULT_CRYPTO_SYMBOLS=",".join(pairs),
-                                 TICKVAULT_CRYPTO_CHANNELS="trades,quotes,bars,orderbooks")
+                                 TICKVAULT_CRYPTO_CHANNELS="trades,quotes,bars,orderbooks",
+                                 TICKVAULT_CRYPTO_FEED_SILENCE_S="1", TICKVAULT_FEED_SILENCE_S="1",
+                                 TICKVAULT_OPTION_FEED_SILENCE_S="1")
         handle = WorkerHandle()
         task = asyncio.create_task(run_worker(settings, handle))
         try:
@@ -515,8 +517,22 @@ async def test_one_worker_streams_every_feed_through_a_disconnect_exactly(fresh_
             async def reconnected() -> bool:
                 return all(r.connected.is_set() for r in handle.readers.values())
 
-            await wait_until(reconnected, 120, "both feeds reconnected")
+            await wait_until(reconnected, 120, "every feed reconnected")
             await wait_until(lambda: grew(500), 120, "crypto trades after the disconnect")
+            # A stall: sockets open, nothing sent, what the markets make meanwhile only in REST history.
+            # The crypto watchdog (1 s here, never doubled) must notice, reconnect and backfill by itself.
+            stalls_before = crypto_reader.metrics.totals["stalls"]
+            sim.stall(2.5)
+
+            async def crypto_stalled() -> bool:
+                return crypto_reader.metrics.totals["stalls"] > stalls_before
+
+            await wait_until(crypto_stalled, 60, "the crypto watchdog to notice the stall")
+            await wait_until(lambda: grew(500), 120, "crypto trades after the stall")
+            # News has no watchdog (silence is normal there): a second drop makes it reconnect and backfill.
+            await wait_until(reconnected, 120, "every feed reconnected after the stall")
+            assert sim.drop_connections() >= 4
+            await wait_until(reconnected, 120, "every feed reconnected after the second drop")
             sim.finish()
             made = sim.crypto_market.total
 
