@@ -357,6 +357,7 @@ def _stop_child(proc) -> None:
 def worker_run(live: bool = typer.Option(True, "--live/--quiet", help="Show a one-line live status.")) -> None:
     """Run the streaming worker in the foreground (SIGTERM/Ctrl-C: drain, flush, exit 0)."""
     from tickvault.registration import WorkerNameTaken
+    from tickvault.stream.feed_claims import FeedTaken
     from tickvault.stream.reader import AuthFailed
     from tickvault.stream.worker import ShutdownIncomplete
 
@@ -366,7 +367,7 @@ def worker_run(live: bool = typer.Option(True, "--live/--quiet", help="Show a on
         _run_worker_foreground(settings, live=live and sys.stderr.isatty(), strategy=strategy)
     except ShutdownIncomplete as exc:
         raise _fail(str(exc), code=3) from None
-    except (AuthFailed, WorkerNameTaken, ValueError) as exc:
+    except (AuthFailed, WorkerNameTaken, FeedTaken, ValueError) as exc:
         raise _fail(str(exc)) from None
 
 
@@ -591,6 +592,7 @@ def run_main() -> None:
     import subprocess
 
     from tickvault.registration import WorkerNameTaken, check_name_free
+    from tickvault.stream.feed_claims import FeedTaken
     from tickvault.stream.reader import AuthFailed
     from tickvault.stream.worker import ShutdownIncomplete
 
@@ -636,7 +638,7 @@ def run_main() -> None:
         _run_worker_foreground(settings, live=sys.stderr.isatty(), strategy=strategy, children=children)
     except ShutdownIncomplete as exc:
         raise _fail(str(exc), code=3) from None
-    except (AuthFailed, WorkerNameTaken, ValueError) as exc:  # the name: claimed by another since the check
+    except (AuthFailed, WorkerNameTaken, FeedTaken, ValueError) as exc:  # the name: claimed since the check
         raise _fail(str(exc)) from None
     finally:
         _stop_dashboard(ui_proc)

@@ -241,6 +241,14 @@ class Worker:
         self._tune_gc()
         self.pool = pool = await open_pool(settings, min_size=2, name=f"tickvault-{settings.worker_name}")
         stack.push_async_callback(self._close_pool)
+        # One worker per feed of an account, across machines: claimed before any stream opens.
+        from tickvault.db import database_url
+        from tickvault.stream.feed_claims import account_id, claim_feeds, release_feeds
+
+        account = account_id(settings.alpaca_key_id.get_secret_value())
+        claims = await claim_feeds(database_url(settings), account=account, feeds=list(settings.feeds),
+                                   worker=settings.worker_name, pid=pid)
+        stack.push_async_callback(release_feeds, claims, account=account, worker=settings.worker_name, pid=pid)
         self.rest = rest = AlpacaREST(settings)
         if hasattr(rest, "aclose"):
             stack.push_async_callback(rest.aclose)
