@@ -344,6 +344,14 @@ class AlpacaREST:
         return self._historical(f"/v1beta3/crypto/{location}/trades", "trades", trade_row_from_rest, symbols,
                                 start, end, None, limit, with_feed=False)
 
+    async def crypto_latest_trades(self, location: str, symbols: str | Sequence[str]) -> dict[str, tuple]:
+        """``GET /v1beta3/crypto/{location}/latest/trades``: pair → its CRYPTO_TRADE_FIELDS tuple."""
+        from tickvault.alpaca.crypto import trade_row_from_rest
+
+        body = await self._request("GET", self.data_url, f"/v1beta3/crypto/{location}/latest/trades",
+                                   params={"symbols": _csv(symbols)})
+        return {sym: trade_row_from_rest(sym, raw) for sym, raw in ((body or {}).get("trades") or {}).items()}
+
     def crypto_bars(
         self, location: str, symbols: str | Sequence[str], start: TimeArg, end: TimeArg | None = None,
         limit: int = 10_000, timeframe: str = "1Min",

@@ -139,8 +139,10 @@ class Processor:
         )
 
     async def _handle_crypto(self, item: QueuedFrame) -> None:
-        """A crypto frame: its columns and tuples to the crypto tables. No price cache, indicators or
-        strategy for crypto yet (issue 9): its rows are stored, counted in the feed's own figures."""
+        """A crypto frame: its columns and tuples to the crypto tables; the price cache takes each pair's
+        newest trade and quote, and every closed minute bar updates the pair's indicators (VWAP restarting
+        each UTC day: the crypto session). The strategy does not see crypto bars yet (the order gateway
+        sends equity orders only), counted in the feed's own figures."""
         frame, mono = item.frame, item.received_mono_ns
         metrics = item.metrics or self.metrics
         trades, quotes, f = frame.trades, frame.quotes, frame.rest
@@ -151,9 +153,16 @@ class Processor:
             metrics.add("trades", trades.n)
             lag = item.received_wall_ns - trades.time_last_ns
             metrics.observe("exchange_to_received", lag if lag > 0 else 0, trades.n)
+            # The cache keeps the stock tuple shape (price at index 4): one tuple per pair per frame.
+            self.cache.update_latest_trades(
+                {s: (t[0], s, t[2], None, t[3], t[4], None, None) for s, t in trades.latest.items()}, mono)
         if quotes is not None:
             n += quotes.n
             metrics.add("quotes", quotes.n)
+            self.cache.update_latest_quotes(
+                {s: (q[0], s, None, q[2], q[3], None, q[4], q[5], None, None) for s, q in quotes.latest.items()},
+                mono)
+        indicator_rows = [self._on_bar(b, strategy=False) for b in f.bars]
         bars = [b[:2] + ("1Min",) + b[2:] + (False, "stream") for b in f.bars]
         bars += [b[:2] + ("1Min",) + b[2:] + (True, "stream") for b in f.updated_bars]
         bars += [b[:2] + ("1Day",) + b[2:] + (False, "stream") for b in f.daily_bars]
@@ -174,7 +183,7 @@ class Processor:
             mono, metrics=item.metrics,
             crypto_trades=[trades] if trades is not None else None,
             crypto_quotes=[quotes] if quotes is not None else None,
-            crypto_bars=bars, crypto_orderbooks=f.orderbooks, bad=bad,
+            crypto_bars=bars, crypto_orderbooks=f.orderbooks, bad=bad, indicators=indicator_rows,
         )
 
     async def _handle_options(self, item: QueuedFrame) -> None:
@@ -218,7 +227,7 @@ class Processor:
             log.warning("%d rejected news message(s) kept in bad_messages, e.g. %s", len(bad), bad[0][1])
         await self.writer.submit(item.received_mono_ns, metrics=item.metrics, news=frame.articles, bad=bad)
 
-    def _on_bar(self, b: tuple) -> tuple | None:
+    def _on_bar(self, b: tuple, strategy: bool = True) -> tuple | None:
         time_ns, symbol, o, h, low, c, v, count, vw = b
         ind = self.indicators.get(symbol)
         if ind is None:
@@ -229,7 +238,7 @@ class Processor:
             ind.reset_session()
         ind.update(h, low, c, v)
         values = ind.values()
-        if self.strategy is not None:
+        if strategy and self.strategy is not None:
             bar = Bar(symbol, time_ns, o, h, low, c, int(v), count, vw)
             try:
                 intents = self.strategy.on_bar(bar, values)

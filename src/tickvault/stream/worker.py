@@ -376,8 +376,18 @@ class Worker:
         await self.pool.close(timeout=5 if self.drained else 0.5)
 
     async def _fetch_latest(self, symbols):
-        latest = await self.rest.latest_trades(symbols)
-        return {s: (t.time_ns, float(t.price)) for s, t in latest.items()}
+        """Latest trades from REST for the cache: stocks from /v2/stocks, crypto pairs (a "/" in the symbol)
+        from the crypto feed's location."""
+        pairs = [s for s in symbols if "/" in s]
+        stocks = [s for s in symbols if "/" not in s]
+        out = {}
+        if stocks:
+            latest = await self.rest.latest_trades(stocks)
+            out.update({s: (t.time_ns, float(t.price)) for s, t in latest.items()})
+        if pairs and getattr(self, "crypto_location", None):
+            latest = await self.rest.crypto_latest_trades(self.crypto_location, pairs)
+            out.update({s: (t[0], t[3]) for s, t in latest.items()})
+        return out
 
     async def _resume_point(self) -> tuple[int | None, GapLedger]:
         """Where the stream resumes (None: from the live stream) and the ledger of open backfill windows."""
