@@ -446,6 +446,10 @@ def _simulator_banner(sim, settings: Settings) -> list[str]:
     return [
         source,
         f"  market data  {sim.stream_url(settings.alpaca_feed)}",
+        f"  crypto       {sim.crypto_stream_url('us')}  ({', '.join(sim.crypto_pairs)})",
+        *([f"  options      {sim.options_stream_url('indicative')}  (msgpack only; {len(sim.option_symbols)} "
+           f"contracts, e.g. {sim.option_symbols[0]})"] if sim.option_symbols else []),
+        f"  news         {sim.news_stream_url}",
         f"  trade updates {sim.trade_updates_url}",
         f"  REST         {sim.rest_url}",
         f"  keys         {keys}",

@@ -236,7 +236,8 @@ class Worker:
         # Claimed before the spill files of this name are recovered or the feed is opened: a second
         # worker of the same name must touch neither.
         register_worker(settings, name=settings.worker_name, pid=pid,
-                        extra={"metrics_port": settings.metrics_port, "stream": stream_url(settings)})
+                        extra={"metrics_port": settings.metrics_port, "stream": stream_url(settings),
+                               "feeds": list(settings.feeds)})
         stack.callback(unregister_worker, settings, settings.worker_name, pid=pid)
         self._tune_gc()
         self.pool = pool = await open_pool(settings, min_size=2, name=f"tickvault-{settings.worker_name}")
