@@ -3,6 +3,8 @@ with a message naming the holder; a released or crashed holder frees it; other f
 
 from __future__ import annotations
 
+import asyncio
+
 import psycopg
 import pytest
 
@@ -10,6 +12,7 @@ from tickvault.config import load_settings
 from tickvault.sim.server import Simulator
 from tickvault.stream.feed_claims import FeedTaken, account_id, claim_feeds, release_feeds
 from tickvault.stream.worker import Worker
+from tests.support.waiting import wait_until
 
 
 async def test_a_held_feed_is_refused_naming_its_holder_until_released(fresh_database):
@@ -58,3 +61,32 @@ async def test_a_second_worker_on_the_same_feed_refuses_to_start(fresh_database,
         finally:
             await first.drain()
             await first.close()
+
+
+async def test_a_worker_with_only_the_crypto_feed_records_crypto_and_nothing_else(fresh_database, tmp_path):
+    url = fresh_database()
+    async with Simulator(symbols=["AAA"], rate=500, crypto_pairs=["ETH/USD"], crypto_rate=300) as sim:
+        settings = load_settings(database_url=url, alpaca_key_id=sim.key, alpaca_secret_key=sim.secret,
+                                 alpaca_stream_url=sim.ws_url, alpaca_data_url=sim.rest_url,
+                                 alpaca_trading_url=sim.rest_url, alpaca_trade_stream_url=sim.trade_updates_url,
+                                 feeds="crypto:us", crypto_symbols="ETH/USD", metrics_port=0,
+                                 run_dir=str(tmp_path / "run"), worker_name="crypto-only", stats_interval_s=60)
+        worker = Worker(settings)
+        task = asyncio.create_task(worker.run())
+        try:
+            await asyncio.wait_for(worker.handle.ready.wait(), 60)
+            assert list(worker.handle.readers) == ["crypto:us"] and sim.subscribed_clients() == 1
+
+            async def stored() -> bool:
+                async with await psycopg.AsyncConnection.connect(url) as conn:
+                    cur = await conn.execute("SELECT count(*) FROM crypto_trades")
+                    return (await cur.fetchone())[0] >= 200
+
+            await wait_until(stored, 60, "200 crypto trades")
+        finally:
+            worker.handle.stop()
+            await asyncio.wait_for(task, 60)
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM trades").fetchone()[0] == 0
+        feeds = [r[0] for r in conn.execute("SELECT DISTINCT feed FROM ingest_stats WHERE worker = 'crypto-only'")]
+    assert feeds == ["crypto:us"]
