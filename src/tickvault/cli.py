@@ -446,12 +446,13 @@ def _simulator_banner(sim, settings: Settings) -> list[str]:
     return [
         source,
         f"  market data  {sim.stream_url(settings.alpaca_feed)}",
+        f"  trade updates {sim.trade_updates_url}",
+        f"  REST         {sim.rest_url}",
+        # after the first four lines, which scripts and tests read for the URLs they need
         f"  crypto       {sim.crypto_stream_url('us')}  ({', '.join(sim.crypto_pairs)})",
         *([f"  options      {sim.options_stream_url('indicative')}  (msgpack only; {len(sim.option_symbols)} "
            f"contracts, e.g. {sim.option_symbols[0]})"] if sim.option_symbols else []),
         f"  news         {sim.news_stream_url}",
-        f"  trade updates {sim.trade_updates_url}",
-        f"  REST         {sim.rest_url}",
         f"  keys         {keys}",
         f"  clock        {ns_to_rfc3339(sim.clock())} x{scale:g}, hours {sim.hours}  (POST {sim.rest_url}/_sim/clock)",
     ]
