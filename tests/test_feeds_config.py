@@ -16,6 +16,7 @@ def test_unset_feeds_mean_the_stocks_feed_as_before():
 def test_feeds_name_each_stream_url():
     settings = load_settings(feeds="stocks:sip,crypto:eu-1", alpaca_stream_url="ws://127.0.0.1:1")
     assert settings.feeds == ["stocks:sip", "crypto:eu-1"]
+    assert settings.alpaca_feed == "sip"  # the REST history and latest prices follow the stocks feed
     assert stream_url(settings) == "ws://127.0.0.1:1/v2/sip"
     assert crypto_stream_url(settings, "eu-1") == "ws://127.0.0.1:1/v1beta3/crypto/eu-1"
 
@@ -57,3 +58,8 @@ def test_prometheus_text_labels_each_feed_and_types_each_metric_once():
     single = prometheus_text("w", [(None, stocks)])
     assert 'tickvault_trades_total{worker="w"} 5' in single and "feed=" not in single
     assert single == stocks.prometheus("w")
+
+
+def test_a_stocks_feed_that_contradicts_the_alpaca_feed_is_refused():
+    with pytest.raises(ConfigError, match="TICKVAULT_FEEDS says stocks:sip but TICKVAULT_ALPACA_FEED says iex"):
+        load_settings(feeds="stocks:sip", alpaca_feed="iex")

@@ -299,6 +299,12 @@ class Settings(BaseSettings):
     def _default_feeds(self) -> "Settings":
         if not self.feeds:
             self.feeds = [f"stocks:{self.alpaca_feed}"]  # what a worker recorded before TICKVAULT_FEEDS existed
+        stocks = next((f.partition(":")[2] for f in self.feeds if f.startswith("stocks:")), None)
+        if stocks is not None and stocks != self.alpaca_feed:
+            if "alpaca_feed" in self.model_fields_set:
+                raise ValueError(f"TICKVAULT_FEEDS says stocks:{stocks} but TICKVAULT_ALPACA_FEED says "
+                                 f"{self.alpaca_feed}: set one of them")
+            self.alpaca_feed = stocks  # one stocks feed for the stream, its REST history and latest prices
         if any(f.startswith("options:") for f in self.feeds) and not self.option_symbols:
             raise ValueError("TICKVAULT_FEEDS has an options feed but TICKVAULT_OPTION_SYMBOLS is empty: name the "
                              "contracts (OCC symbols, e.g. AAPL250117C00200000); Alpaca's options stream takes no '*'")
