@@ -66,7 +66,8 @@ def rconn(fresh_database):
 
 def test_every_recipe_is_tested():
     assert set(recipe_names()) == {
-        "trade_history", "open_orders", "daily_realized_pnl", "position_history", "last_price", "bars_with_indicators"
+        "trade_history", "open_orders", "daily_realized_pnl", "position_history", "last_price", "bars_with_indicators",
+        "crypto_vwap", "news_with_bars", "option_trades_by_expiry",
     }
 
 
@@ -114,3 +115,73 @@ def test_trade_history_uses_the_symbol_time_index(rconn):
     ))
     rconn.execute("RESET enable_seqscan")
     assert "trades_symbol_time_key" in plan or "_hyper_" in plan and "Index" in plan
+
+
+def test_crypto_vwap_over_the_last_hour_sums_fractional_sizes_exactly(rconn):
+    until = datetime(2026, 3, 10, 15, 0, tzinfo=timezone.utc)
+    trades = [  # (minutes before `until`, pair, id, price, size)
+        (5, "BTC/USD", 1, 90_000.0, "0.1"), (10, "BTC/USD", 2, 91_000.0, "0.2"),
+        (59, "BTC/USD", 3, 92_000.0, "0.0012"),
+        (61, "BTC/USD", 4, 1.0, "100"),  # older than the hour: left out
+        (1, "ETH/USD", 1, 3_000.0, "1.5"),
+    ]
+    with rconn.transaction(force_rollback=True):
+        for minutes, pair, tid, price, size in trades:
+            t = until - timedelta(minutes=minutes)
+            rconn.execute("INSERT INTO crypto_trades (time, symbol, trade_id, price, size, taker_side, time_ns) "
+                          "VALUES (%s, %s, %s, %s, %s, 'B', %s)",
+                          (t, pair, tid, price, Decimal(size), int(t.timestamp()) * 10**9))
+        rows = run_recipe(rconn, "crypto_vwap", symbols=["BTC/USD", "ETH/USD", "SOL/USD"], until=until)
+    by_pair = {r[0]: r[1:] for r in rows}
+    volume = Decimal("0.3012")
+    assert by_pair["BTC/USD"][1:] == (volume, 3)  # exact: 0.1 + 0.2 + 0.0012, no float residue
+    expected = (Decimal(90_000) * Decimal("0.1") + Decimal(91_000) * Decimal("0.2")
+                + Decimal(92_000) * Decimal("0.0012")) / volume
+    assert abs(by_pair["BTC/USD"][0] - expected) < Decimal("1e-9")
+    assert by_pair["ETH/USD"] == (Decimal(3000), Decimal("1.5"), 1)
+    assert by_pair["SOL/USD"] == (None, 0, 0)
+
+
+def test_news_for_a_symbol_next_to_its_one_minute_bars(rconn):
+    t0 = datetime(2026, 3, 10, 14, 30, tzinfo=timezone.utc)  # AAPL traded at 14:30:00-02 (see rconn)
+    articles = [  # (id, published, symbols, headline)
+        (1, t0 + timedelta(seconds=30), ["AAPL", "MSFT"], "AAPL beats"),   # in the minute with a bar
+        (2, t0 + timedelta(minutes=3), ["AAPL"], "AAPL names CFO"),          # a minute without trades
+        (3, t0 + timedelta(seconds=40), ["MSFT"], "MSFT only"),              # another symbol
+        (4, t0 + timedelta(hours=2), ["AAPL"], "later"),                     # outside the window
+    ]
+    with rconn.transaction(force_rollback=True):
+        for aid, when, symbols, headline in articles:
+            rconn.execute("INSERT INTO news (id, headline, symbols, created_at, updated_at) VALUES (%s,%s,%s,%s,%s)",
+                          (aid, headline, symbols, when, when))
+        rows = run_recipe(rconn, "news_with_bars", symbol="AAPL", start=t0, end=t0 + timedelta(minutes=10))
+    assert [(r[0], r[1], r[4], r[5], r[7], r[8]) for r in rows] == [
+        (t0, 100.0, 102.0, 17, 1, "AAPL beats"),
+        (t0 + timedelta(minutes=3), None, None, None, 2, "AAPL names CFO"),
+    ]
+
+
+def test_option_trades_by_underlying_and_expiry(rconn):
+    from tickvault.alpaca.options import parse_occ
+
+    t0 = datetime(2026, 3, 10, 14, 30, tzinfo=timezone.utc)
+    prints = [  # (seconds after t0, OCC symbol, price, contracts)
+        (0, "AAPL260320C00200000", 4.0, 10), (5, "AAPL260320C00200000", 5.0, 30),
+        (7, "AAPL260320P00180000", 1.5, 2), (9, "AAPL261218C00250000", 9.0, 1),
+        (11, "MSFT260320C00400000", 3.0, 5),                  # another underlying
+        (-3600, "AAPL260320C00200000", 1.0, 100),             # before `since`
+    ]
+    with rconn.transaction(force_rollback=True):
+        for sec, symbol, price, size in prints:
+            occ, t = parse_occ(symbol), t0 + timedelta(seconds=sec)
+            rconn.execute(
+                "INSERT INTO option_trades (time, symbol, underlying, expiration, option_type, strike, price, size, "
+                "time_ns) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (t, symbol, occ.underlying, occ.expiration, occ.option_type, occ.strike, price, size,
+                 int(t.timestamp()) * 10**9))
+        rows = run_recipe(rconn, "option_trades_by_expiry", underlying="AAPL", since=t0)
+    assert [(str(r[0]), r[1], r[2], r[4], r[5], r[6], r[7]) for r in rows] == [
+        ("2026-03-20", "C", Decimal("200.000"), 40, 2, 4.75, 5.0),
+        ("2026-03-20", "P", Decimal("180.000"), 2, 1, 1.5, 1.5),
+        ("2026-12-18", "C", Decimal("250.000"), 1, 1, 9.0, 9.0),
+    ]

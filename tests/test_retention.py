@@ -172,14 +172,9 @@ async def test_dry_run_lists_the_chunks_and_drops_nothing(db: str):
 
 
 async def test_zero_day_windows_keep_everything(db: str):
-    zero = {
-        "retention_trades_days": 0,
-        "retention_quotes_days": 0,
-        "retention_bars_days": 0,
-        "retention_indicators_days": 0,
-        "retention_ingest_stats_days": 0,
-        "retention_bad_messages_days": 0,
-    }
+    from tickvault.retention import retention_plan
+
+    zero = {setting: 0 for _table, setting, _days in retention_plan(_settings(db))}  # every window, new ones too
     with psycopg.connect(db) as conn:
         before = {t: _times(conn, t) for t in ("trades", "quotes", "bars", "ingest_stats")}
 

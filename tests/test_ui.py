@@ -213,3 +213,24 @@ def test_tickvault_ui_serves_on_loopback_and_stops_on_sigterm(planted):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
+
+
+async def test_health_adds_up_a_workers_feeds_into_one_row_per_interval(fresh_database):
+    from tickvault.ui import queries
+
+    url = fresh_database()
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        async with conn.transaction():  # the worker writes its feeds' rows in one transaction: one time
+            for feed, trades, p99 in (("stocks:iex", 1000, 5.0), ("crypto:us", 200, 9.0)):
+                await conn.execute(
+                    "INSERT INTO ingest_stats (time, worker, feed, interval_s, trades, reconnects, "
+                    "received_to_committed_p99_ms) VALUES (now(), 'multi', %s, 10, %s, 1, %s)", (feed, trades, p99))
+        history = await queries.ingest_history(conn, "multi")
+        latest = await queries.workers(conn)
+        plan = "\n".join(r[0] for r in await (await conn.execute(
+            "EXPLAIN SELECT * FROM " + queries._STATS_BY_WORKER + " WHERE worker = 'multi'")).fetchall())
+    assert len(history) == 1
+    assert history[0]["trades_per_s"] == 120.0 and history[0]["reconnects"] == 2
+    assert history[0]["received_to_committed_p99_ms"] == 9.0  # the worst feed's
+    assert [w["worker"] for w in latest] == ["multi"] and latest[0]["trades_per_s"] == 120.0
+    assert "worker = 'multi'" in plan or "(worker = 'multi'::text)" in plan  # filtered before grouping

@@ -427,3 +427,118 @@ async def test_worker_killed_with_sigkill_mid_stream_restarts_with_exactly_the_s
         finally:
             workers.kill_all()
     assert "left a backfill unfinished" in workers.logs[1].read_text()
+
+
+CRYPTO_ROWS_SQL = """
+SELECT trade_id, time_ns, round(price * 100)::bigint, (size * 100000000)::bigint, taker_side
+  FROM crypto_trades ORDER BY trade_id"""
+
+
+async def _crypto_count(url: str) -> int:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        return (await (await conn.execute("SELECT count(*) FROM crypto_trades")).fetchone())[0]
+
+
+async def _news_stored(url: str) -> dict[int, tuple]:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        cur = await conn.execute("SELECT id, headline, updated_at FROM news")
+        return {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
+
+
+OPTION_ROWS_SQL = """
+SELECT symbol, time_ns, round(price * 100)::bigint, size, exchange FROM option_trades ORDER BY symbol, time_ns"""
+
+
+async def _option_count(url: str) -> int:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        return (await (await conn.execute("SELECT count(*) FROM option_trades")).fetchone())[0]
+
+
+async def test_one_worker_streams_every_feed_through_a_disconnect_exactly(fresh_database, tmp_path):
+    """stocks + crypto + options + news in one worker, every connection dropped twice and a stall that only
+    the watchdogs notice: each table equals the simulator's truth (crypto and options row for row)."""
+    url = fresh_database()
+    since = datetime.now(timezone.utc)
+    pairs = ["BTC/USD", "ETH/USD"]
+    async with Simulator(symbols=5, rate=2_000, frame_size=100, max_trades=None, seed=11, crypto_pairs=pairs,
+                         crypto_rate=400, news_interval_s=0.05, options_rate=300) as sim:
+        contracts = sim.option_symbols[:4]
+        settings = _settings_for(sim, url, tmp_path / "run", since,
+                                 TICKVAULT_FEEDS="stocks:iex,crypto:us,options:opra,news",
+                                 TICKVAULT_OPTION_SYMBOLS=",".join(contracts),
+                                 TICKVAULT_CRYPTO_SYMBOLS=",".join(pairs),
+                                 TICKVAULT_CRYPTO_CHANNELS="trades,quotes,bars,orderbooks",
+                                 TICKVAULT_CRYPTO_FEED_SILENCE_S="1", TICKVAULT_FEED_SILENCE_S="1",
+                                 TICKVAULT_OPTION_FEED_SILENCE_S="1")
+        handle = WorkerHandle()
+        task = asyncio.create_task(run_worker(settings, handle))
+        try:
+            await asyncio.wait_for(handle.ready.wait(), 120)
+            crypto_reader = handle.readers["crypto:us"]
+            progress = {"n": 0}
+
+            async def grew(by: int) -> bool:
+                n = await _crypto_count(url)
+                if n >= progress["n"] + by:
+                    progress["n"] = n
+                    return True
+                return False
+
+            await wait_until(lambda: grew(500), 120, "crypto trades stored")
+            assert sim.drop_connections() >= 4  # the stocks, crypto, options and news connections alike
+
+            async def reconnected() -> bool:
+                return all(r.connected.is_set() for r in handle.readers.values())
+
+            await wait_until(reconnected, 120, "every feed reconnected")
+            await wait_until(lambda: grew(500), 120, "crypto trades after the disconnect")
+            # A stall: sockets open, nothing sent, what the markets make meanwhile only in REST history.
+            # The crypto watchdog (1 s here, never doubled) must notice, reconnect and backfill by itself.
+            stalls_before = crypto_reader.metrics.totals["stalls"]
+            sim.stall(2.5)
+
+            async def crypto_stalled() -> bool:
+                return crypto_reader.metrics.totals["stalls"] > stalls_before
+
+            await wait_until(crypto_stalled, 60, "the crypto watchdog to notice the stall")
+            await wait_until(lambda: grew(500), 120, "crypto trades after the stall")
+            # News has no watchdog (silence is normal there): a second drop makes it reconnect and backfill.
+            await wait_until(reconnected, 120, "every feed reconnected after the stall")
+            assert sim.drop_connections() >= 4
+            await wait_until(reconnected, 120, "every feed reconnected after the second drop")
+            sim.finish()
+            made = sim.crypto_market.total
+
+            news_truth = {i: (a["headline"], datetime.fromisoformat(a["updated_at"])) for i, a in sim.news.truth.items()}
+
+            options_made = sum(1 for c in contracts for _ in sim.options_market.truth_trades_full(c))
+
+            async def all_stored() -> bool:
+                return (await _crypto_count(url) >= made and await _truth_reached(url, sim)
+                        and await _option_count(url) >= options_made
+                        and await _news_stored(url) == news_truth)
+
+            await wait_until(all_stored, 180, "every crypto and stock trade committed")
+        finally:
+            handle.stop()
+            await asyncio.wait_for(task, 120)
+    truth = sorted(row[:4] + (row[4],) for p in pairs for row in sim.crypto_market.truth_trades_full(p))
+    with psycopg.connect(url) as conn:
+        stored = [tuple(r) for r in conn.execute(CRYPTO_ROWS_SQL)]
+        feeds = dict(conn.execute("SELECT feed, sum(trades) + sum(backfilled) FROM ingest_stats "
+                                  "WHERE worker = 'e2e' GROUP BY feed").fetchall())
+        reconnects = dict(conn.execute("SELECT feed, sum(reconnects) FROM ingest_stats GROUP BY feed").fetchall())
+        resets = conn.execute("SELECT count(*) FROM crypto_orderbooks WHERE reset").fetchone()[0]
+        quotes = conn.execute("SELECT count(*) FROM crypto_quotes").fetchone()[0]
+        bad = conn.execute("SELECT count(*) FROM bad_messages").fetchone()[0]
+    assert len(stored) == len(truth) == made
+    assert stored == truth  # id, exact ns time, price, size to 1e-8, taker side: every trade once
+    _assert_equals_truth(url, sim)  # and the stocks feed alongside, exact too
+    assert feeds["crypto:us"] >= made and feeds["stocks:iex"] >= sim.truth_count()
+    assert reconnects["crypto:us"] >= 1 and reconnects["stocks:iex"] >= 1
+    assert resets >= len(pairs) and quotes > 0 and bad == 0
+    assert len(news_truth) > 10 and any(h.endswith("(updated)") for h, _ in news_truth.values())
+    assert "news" in feeds and feeds["options:opra"] >= options_made
+    with psycopg.connect(url) as conn:
+        options = [tuple(r) for r in conn.execute(OPTION_ROWS_SQL)]
+    assert options == sorted((c, *row) for c in contracts for row in sim.options_market.truth_trades_full(c))

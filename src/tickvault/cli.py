@@ -357,6 +357,7 @@ def _stop_child(proc) -> None:
 def worker_run(live: bool = typer.Option(True, "--live/--quiet", help="Show a one-line live status.")) -> None:
     """Run the streaming worker in the foreground (SIGTERM/Ctrl-C: drain, flush, exit 0)."""
     from tickvault.registration import WorkerNameTaken
+    from tickvault.stream.feed_claims import FeedTaken
     from tickvault.stream.reader import AuthFailed
     from tickvault.stream.worker import ShutdownIncomplete
 
@@ -366,13 +367,16 @@ def worker_run(live: bool = typer.Option(True, "--live/--quiet", help="Show a on
         _run_worker_foreground(settings, live=live and sys.stderr.isatty(), strategy=strategy)
     except ShutdownIncomplete as exc:
         raise _fail(str(exc), code=3) from None
-    except (AuthFailed, WorkerNameTaken, ValueError) as exc:
+    except (AuthFailed, WorkerNameTaken, FeedTaken, ValueError) as exc:
         raise _fail(str(exc)) from None
+
+
+FEED_KINDS = 4  # stocks, crypto, options, news: at most one feed of each per worker
 
 
 @worker_app.command("status")
 def worker_status(rows: int = typer.Option(5, help="How many recent intervals to show.")) -> None:
-    """The latest figures the worker wrote to ingest_stats, as a table."""
+    """The latest figures the worker wrote to ingest_stats, as a table: the last N intervals of each feed."""
     import psycopg
 
     from tickvault.db import database_url
@@ -382,17 +386,25 @@ def worker_status(rows: int = typer.Option(5, help="How many recent intervals to
         found = conn.execute(
             "SELECT time, worker, trades / interval_s, rows_committed / interval_s, received_to_processed_p99_ms, "
             "received_to_committed_p99_ms, exchange_to_received_p99_ms, queue_depth, queue_max, rss_mb, cpu_percent, "
-            "reconnects, rejects, stalls, backfilled FROM ingest_stats WHERE worker = %s ORDER BY time DESC LIMIT %s",
-            (settings.worker_name, rows),
+            "reconnects, rejects, stalls, backfilled, feed FROM ingest_stats WHERE worker = %s "
+            "ORDER BY time DESC LIMIT %s",
+            (settings.worker_name, rows * FEED_KINDS),  # one row per feed per interval
         ).fetchall()
+    per_feed: dict[str, int] = {}
+    kept = []
+    for r in found:  # the last `rows` intervals of each feed
+        per_feed[r[15]] = per_feed.get(r[15], 0) + 1
+        if per_feed[r[15]] <= rows:
+            kept.append(r)
+    found = kept
     if not found:
         typer.echo(f"no ingest_stats yet for worker {settings.worker_name!r}")
         raise typer.Exit(3)
-    head = ("time (UTC)", "trades/s", "rows/s", "p99 proc ms", "p99 commit ms", "p99 feed ms", "queue", "q max",
+    head = ("time (UTC)", "feed", "trades/s", "rows/s", "p99 proc ms", "p99 commit ms", "p99 feed ms", "queue", "q max",
             "RSS MB", "CPU %", "reconn", "rejects", "stalls", "backfill")
     table = [head]
     for r in found:
-        table.append((r[0].strftime("%H:%M:%S"), f"{r[2]:,.0f}", f"{r[3]:,.0f}", *(f"{v:.3f}" if v is not None else "-" for v in r[4:7]),
+        table.append((r[0].strftime("%H:%M:%S"), r[15], f"{r[2]:,.0f}", f"{r[3]:,.0f}", *(f"{v:.3f}" if v is not None else "-" for v in r[4:7]),
                       str(r[7]), str(r[8]), f"{r[9]:.0f}", f"{r[10]:.0f}", *(str(v) for v in r[11:15])))
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     typer.echo(f"worker {settings.worker_name}")
@@ -436,6 +448,11 @@ def _simulator_banner(sim, settings: Settings) -> list[str]:
         f"  market data  {sim.stream_url(settings.alpaca_feed)}",
         f"  trade updates {sim.trade_updates_url}",
         f"  REST         {sim.rest_url}",
+        # after the first four lines, which scripts and tests read for the URLs they need
+        f"  crypto       {sim.crypto_stream_url('us')}  ({', '.join(sim.crypto_pairs)})",
+        *([f"  options      {sim.options_stream_url('indicative')}  (msgpack only; {len(sim.option_symbols)} "
+           f"contracts, e.g. {sim.option_symbols[0]})"] if sim.option_symbols else []),
+        f"  news         {sim.news_stream_url}",
         f"  keys         {keys}",
         f"  clock        {ns_to_rfc3339(sim.clock())} x{scale:g}, hours {sim.hours}  (POST {sim.rest_url}/_sim/clock)",
     ]
@@ -580,6 +597,7 @@ def run_main() -> None:
     import subprocess
 
     from tickvault.registration import WorkerNameTaken, check_name_free
+    from tickvault.stream.feed_claims import FeedTaken
     from tickvault.stream.reader import AuthFailed
     from tickvault.stream.worker import ShutdownIncomplete
 
@@ -625,7 +643,7 @@ def run_main() -> None:
         _run_worker_foreground(settings, live=sys.stderr.isatty(), strategy=strategy, children=children)
     except ShutdownIncomplete as exc:
         raise _fail(str(exc), code=3) from None
-    except (AuthFailed, WorkerNameTaken, ValueError) as exc:  # the name: claimed by another since the check
+    except (AuthFailed, WorkerNameTaken, FeedTaken, ValueError) as exc:  # the name: claimed since the check
         raise _fail(str(exc)) from None
     finally:
         _stop_dashboard(ui_proc)

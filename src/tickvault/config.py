@@ -69,6 +69,36 @@ class Settings(BaseSettings):
         default_factory=lambda: ["trades", "quotes", "bars", "updatedBars"],
         description="Comma-separated stream channels.",
     )
+    feeds: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated market-data feeds one worker records, each on its own connection: "
+        "`stocks:iex` or `stocks:sip`, `crypto:us` (or `us-1`, `eu-1`), `options:indicative` or `options:opra`, "
+        "`news`. Unset: `stocks:<TICKVAULT_ALPACA_FEED>`.",
+    )
+    option_symbols: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated OCC option symbols (e.g. AAPL250117C00200000) the options "
+        "feed records; required with an options feed.",
+    )
+    option_feed_silence_s: float = Field(
+        60.0, ge=0, description="The options feed's silence watchdog (0: off); like the stocks one it doubles on "
+        "each silent reconnect, up to 30 min: a chosen chain can be quiet for minutes.",
+    )
+    news_symbols: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated symbols whose news the news feed records. Empty: all (`*`).",
+    )
+    crypto_symbols: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated crypto pairs (e.g. BTC/USD,ETH/USD) for the crypto feed. "
+        "Empty: all (`*`).",
+    )
+    crypto_channels: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["trades", "quotes", "bars", "updatedBars"],
+        description="Comma-separated crypto stream channels (trades, quotes, bars, updatedBars, dailyBars, "
+        "orderbooks).",
+    )
+    crypto_feed_silence_s: float = Field(
+        30.0, ge=0, description="The crypto feed's silence watchdog (0: off). Crypto trades around the clock, so "
+        "silence there is a fault: unlike the stocks feed's, this limit never doubles.",
+    )
     queue_max_frames: int = Field(
         256, ge=1, description="Bound of the reader→processor queue, in frames (≤ ~1000 messages each)."
     )
@@ -152,7 +182,17 @@ class Settings(BaseSettings):
     # --- retention (days; 0 keeps forever) -------------------------------------------------
     retention_trades_days: int = Field(30, ge=0, description="Keep raw trades this many days.")
     retention_quotes_days: int = Field(7, ge=0, description="Keep raw quotes this many days.")
-    retention_bars_days: int = Field(730, ge=0, description="Keep feed bars and OHLCV rollups this many days.")
+    retention_bars_days: int = Field(
+        730, ge=0, description="Keep feed bars (stocks and crypto_bars) and OHLCV rollups this many days."
+    )
+    retention_crypto_trades_days: int = Field(30, ge=0, description="Keep raw crypto_trades this many days.")
+    retention_crypto_quotes_days: int = Field(7, ge=0, description="Keep raw crypto_quotes this many days.")
+    retention_crypto_orderbooks_days: int = Field(
+        3, ge=0, description="Keep crypto_orderbooks rows (every book change: the widest rows) this many days."
+    )
+    retention_option_trades_days: int = Field(30, ge=0, description="Keep raw option_trades this many days.")
+    retention_option_quotes_days: int = Field(7, ge=0, description="Keep raw option_quotes this many days.")
+    retention_news_days: int = Field(730, ge=0, description="Keep news articles this many days (by created_at).")
     retention_indicators_days: int = Field(730, ge=0, description="Keep indicator rows this many days.")
     retention_ingest_stats_days: int = Field(30, ge=0, description="Keep ingest_stats rows this many days.")
     retention_bad_messages_days: int = Field(30, ge=0, description="Keep bad_messages rows this many days.")
@@ -197,17 +237,78 @@ class Settings(BaseSettings):
         5.0, gt=0, description="Alert when a worker has written no `ingest_stats` row for this many minutes."
     )
 
-    @field_validator("symbols", "channels", mode="before")
+    @field_validator("symbols", "channels", "feeds", "crypto_symbols", "crypto_channels", "news_symbols",
+                     "option_symbols", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("symbols")
+    @field_validator("symbols", "crypto_symbols", "news_symbols")
     @classmethod
     def _upper_symbols(cls, value: list[str]) -> list[str]:
         return [s.upper() for s in value]
+
+    @field_validator("option_symbols")
+    @classmethod
+    def _occ_symbols(cls, value: list[str]) -> list[str]:
+        from tickvault.alpaca.options import OccSymbolError, parse_occ
+
+        symbols = [s.upper() for s in value]
+        for s in symbols:
+            try:
+                parse_occ(s)
+            except OccSymbolError as exc:
+                raise ValueError(str(exc)) from None
+        return symbols
+
+    @field_validator("crypto_channels")
+    @classmethod
+    def _crypto_channels(cls, value: list[str]) -> list[str]:
+        known = ("trades", "quotes", "bars", "updatedBars", "dailyBars", "orderbooks")
+        unknown = [c for c in value if c not in known]
+        if unknown:
+            raise ValueError(f"unknown crypto channel(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        return value
+
+    @field_validator("feeds")
+    @classmethod
+    def _feeds(cls, value: list[str]) -> list[str]:
+        kinds: set[str] = set()
+        for spec in value:
+            kind, _, where = spec.partition(":")
+            if kind == "stocks" and where in ("iex", "sip"):
+                pass
+            elif kind == "crypto" and where in ("us", "us-1", "eu-1"):
+                pass
+            elif kind == "news" and not where:
+                pass
+            elif kind == "options" and where in ("indicative", "opra"):
+                pass
+            else:
+                raise ValueError(f"{spec!r} is not a feed; write stocks:iex, stocks:sip, crypto:us, crypto:us-1, "
+                                 "crypto:eu-1, options:indicative, options:opra or news")
+            if kind in kinds:
+                raise ValueError(f"two {kind} feeds: Alpaca allows one connection per endpoint and account; run a "
+                                 "second worker (another TICKVAULT_WORKER_NAME) for the other")
+            kinds.add(kind)
+        return value
+
+    @model_validator(mode="after")
+    def _default_feeds(self) -> "Settings":
+        if not self.feeds:
+            self.feeds = [f"stocks:{self.alpaca_feed}"]  # what a worker recorded before TICKVAULT_FEEDS existed
+        stocks = next((f.partition(":")[2] for f in self.feeds if f.startswith("stocks:")), None)
+        if stocks is not None and stocks != self.alpaca_feed:
+            if "alpaca_feed" in self.model_fields_set:
+                raise ValueError(f"TICKVAULT_FEEDS says stocks:{stocks} but TICKVAULT_ALPACA_FEED says "
+                                 f"{self.alpaca_feed}: set one of them")
+            self.alpaca_feed = stocks  # one stocks feed for the stream, its REST history and latest prices
+        if any(f.startswith("options:") for f in self.feeds) and not self.option_symbols:
+            raise ValueError("TICKVAULT_FEEDS has an options feed but TICKVAULT_OPTION_SYMBOLS is empty: name the "
+                             "contracts (OCC symbols, e.g. AAPL250117C00200000); Alpaca's options stream takes no '*'")
+        return self
 
     @field_validator("backfill_from", "sim_clock_start")
     @classmethod

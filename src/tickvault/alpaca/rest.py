@@ -333,6 +333,68 @@ class AlpacaREST:
             timeframe=timeframe,
         )
 
+    def crypto_trades(
+        self, location: str, symbols: str | Sequence[str], start: TimeArg, end: TimeArg | None = None,
+        limit: int = 10_000,
+    ) -> AsyncIterator[list[tuple]]:
+        """``GET /v1beta3/crypto/{location}/trades``: pages of ``CRYPTO_TRADE_FIELDS`` tuples (the
+        stream's rows: fractional size, taker side), ascending, ≤ ``limit`` items a page."""
+        from tickvault.alpaca.crypto import trade_row_from_rest
+
+        return self._historical(f"/v1beta3/crypto/{location}/trades", "trades", trade_row_from_rest, symbols,
+                                start, end, None, limit, with_feed=False)
+
+    async def crypto_latest_trades(self, location: str, symbols: str | Sequence[str]) -> dict[str, tuple]:
+        """``GET /v1beta3/crypto/{location}/latest/trades``: pair → its CRYPTO_TRADE_FIELDS tuple."""
+        from tickvault.alpaca.crypto import trade_row_from_rest
+
+        body = await self._request("GET", self.data_url, f"/v1beta3/crypto/{location}/latest/trades",
+                                   params={"symbols": _csv(symbols)})
+        return {sym: trade_row_from_rest(sym, raw) for sym, raw in ((body or {}).get("trades") or {}).items()}
+
+    def crypto_bars(
+        self, location: str, symbols: str | Sequence[str], start: TimeArg, end: TimeArg | None = None,
+        limit: int = 10_000, timeframe: str = "1Min",
+    ) -> AsyncIterator[list[tuple]]:
+        """``GET /v1beta3/crypto/{location}/bars``: pages of ``CRYPTO_BAR_FIELDS`` tuples."""
+        from tickvault.alpaca.crypto import bar_row_from_rest
+
+        return self._historical(f"/v1beta3/crypto/{location}/bars", "bars", bar_row_from_rest, symbols, start, end,
+                                None, limit, with_feed=False, timeframe=timeframe)
+
+    def option_trades(
+        self, symbols: str | Sequence[str], start: TimeArg, end: TimeArg | None = None, feed: str = "indicative",
+        limit: int = 10_000,
+    ) -> AsyncIterator[list[tuple]]:
+        """``GET /v1beta1/options/trades``: pages of ``OPTION_TRADE_FIELDS`` tuples, ascending."""
+        from tickvault.alpaca.options import trade_row_from_rest
+
+        return self._historical("/v1beta1/options/trades", "trades", trade_row_from_rest, symbols, start, end, feed,
+                                limit)
+
+    async def news(
+        self, start: TimeArg, end: TimeArg | None = None, symbols: Sequence[str] = (), limit: int = 50,
+    ) -> AsyncIterator[list[tuple]]:
+        """``GET /v1beta1/news``: pages of ``NEWS_FIELDS`` tuples (content included), oldest first, ≤ 50 an
+        item page (Alpaca's limit). Only one page is alive at a time."""
+        from tickvault.alpaca.news import article_row
+
+        params: dict[str, Any] = {"start": format_rfc3339(start), "limit": limit, "sort": "asc",
+                                  "include_content": "true"}
+        if end is not None:
+            params["end"] = format_rfc3339(end)
+        if symbols:
+            params["symbols"] = _csv(symbols)
+        while True:
+            body = await self._request("GET", self.data_url, "/v1beta1/news", params=params) or {}
+            page = [article_row(raw) for raw in body.get("news") or ()]
+            if page:
+                yield page
+            token = body.get("next_page_token")
+            if not token:
+                return
+            params["page_token"] = token
+
     async def _historical(
         self,
         path: str,
@@ -343,6 +405,7 @@ class AlpacaREST:
         end: TimeArg | None,
         feed: str | None,
         limit: int,
+        with_feed: bool = True,  # the crypto paths name their venue in the path instead
         **extra: str,
     ) -> AsyncIterator[list[Any]]:
         # Only one page is alive at a time: memory stays bounded by `limit` whatever the window.
@@ -350,10 +413,11 @@ class AlpacaREST:
             "symbols": _csv(symbols),
             "start": format_rfc3339(start),
             "limit": limit,
-            "feed": feed or self.default_feed,
             "sort": "asc",
             **extra,
         }
+        if with_feed:
+            params["feed"] = feed or self.default_feed
         if end is not None:
             params["end"] = format_rfc3339(end)
         while True:

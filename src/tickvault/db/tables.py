@@ -25,12 +25,21 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BAD_MESSAGES",
+    "CRYPTO_BARS_STAGE",
+    "CRYPTO_ORDERBOOKS",
+    "CRYPTO_QUOTES",
+    "CRYPTO_TRADES",
+    "CRYPTO_TRADES_DEDUPE",
+    "UPSERT_CRYPTO_BARS_FROM_STAGE",
+    "UPSERT_NEWS",
     "BARS_STAGE",
     "CopySpec",
     "INDICATORS",
     "INDICATOR_VALUES",
     "INSERT_FILL",
     "LULDS",
+    "OPTION_QUOTES",
+    "OPTION_TRADES",
     "QUOTES",
     "TRADES",
     "TRADING_STATUSES",
@@ -87,6 +96,42 @@ LULDS = CopySpec(
     ("time", "symbol", "limit_up", "limit_down", "indicator", "tape", "time_ns"),
     ("timestamptz", "text", "float8", "float8", "text", "text", "int8"),
 )
+# --- crypto (migration 009): sizes are numeric, see alpaca/crypto.py for why ------------------------
+CRYPTO_TRADES = CopySpec(
+    "crypto_trades",
+    ("time", "symbol", "trade_id", "price", "size", "taker_side", "time_ns"),
+    ("timestamptz", "text", "int8", "float8", "numeric", "text", "int8"),
+)
+CRYPTO_QUOTES = CopySpec(
+    "crypto_quotes",
+    ("time", "symbol", "bid_price", "bid_size", "ask_price", "ask_size", "time_ns"),
+    ("timestamptz", "text", "float8", "float8", "float8", "float8", "int8"),
+)
+CRYPTO_BARS_STAGE = CopySpec(
+    "crypto_bars_stage",
+    BARS_STAGE.columns,
+    ("timestamptz", "text", "text", "float8", "float8", "float8", "float8", "numeric", "int8", "float8", "bool",
+     "text"),
+)
+CRYPTO_ORDERBOOKS = CopySpec(
+    "crypto_orderbooks",
+    ("time", "symbol", "reset", "bid_prices", "bid_sizes", "ask_prices", "ask_sizes", "time_ns"),
+    ("timestamptz", "text", "bool", "float8[]", "float8[]", "float8[]", "float8[]", "int8"),
+)
+# --- options (migration 011): the OCC symbol's parts beside it (alpaca/options.py) -------------------
+_OCC_COLUMNS = ("time", "symbol", "underlying", "expiration", "option_type", "strike")
+_OCC_TYPES = ("timestamptz", "text", "text", "date", "text", "numeric")
+OPTION_TRADES = CopySpec(
+    "option_trades",
+    (*_OCC_COLUMNS, "price", "size", "exchange", "condition", "time_ns"),
+    (*_OCC_TYPES, "float8", "int8", "text", "text", "int8"),
+)
+OPTION_QUOTES = CopySpec(
+    "option_quotes",
+    (*_OCC_COLUMNS, "bid_exchange", "bid_price", "bid_size", "ask_exchange", "ask_price", "ask_size", "condition",
+     "time_ns"),
+    (*_OCC_TYPES, "text", "float8", "int8", "text", "float8", "int8", "text", "int8"),
+)
 BAD_MESSAGES = CopySpec(
     "bad_messages",
     ("source", "reason", "payload", "worker"),
@@ -103,6 +148,30 @@ UPSERT_BARS_FROM_STAGE = (
     "low = excluded.low, close = excluded.close, volume = excluded.volume, trade_count = excluded.trade_count, "
     "vwap = excluded.vwap, updated = bars.updated OR excluded.updated, "
     "source = CASE WHEN excluded.updated THEN bars.source ELSE excluded.source END"
+)
+
+UPSERT_CRYPTO_BARS_FROM_STAGE = UPSERT_BARS_FROM_STAGE.replace("INTO bars ", "INTO crypto_bars ").replace(
+    "FROM bars_stage", "FROM crypto_bars_stage").replace("bars.updated", "crypto_bars.updated").replace(
+    "bars.source", "crypto_bars.source")
+CRYPTO_TRADES_DEDUPE = (
+    "INSERT INTO crypto_trades (time, symbol, trade_id, price, size, taker_side, time_ns) "
+    "SELECT DISTINCT ON (symbol, time, trade_id) time, symbol, trade_id, price, size, taker_side, time_ns "
+    "FROM crypto_trades_stage ON CONFLICT DO NOTHING"
+)
+
+# News (migration 010): a newer version of an article replaces the stored one, never the reverse.
+UPSERT_NEWS = (
+    "INSERT INTO news (id, headline, summary, author, source, url, content, symbols, created_at, updated_at) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (id, created_at) DO UPDATE SET headline = excluded.headline, summary = excluded.summary, "
+    "author = excluded.author, source = excluded.source, url = excluded.url, content = excluded.content, "
+    "symbols = excluded.symbols, updated_at = excluded.updated_at, received_at = now() "
+    "WHERE excluded.updated_at >= news.updated_at"
+)
+
+OPTION_TRADES_DEDUPE = (
+    f"INSERT INTO option_trades ({', '.join(OPTION_TRADES.columns)}) "
+    f"SELECT {', '.join(OPTION_TRADES.columns)} FROM option_trades_stage ON CONFLICT DO NOTHING"
 )
 
 #: indicators rows as both writers build them: (time, symbol, timeframe, close, *INDICATOR_VALUES).

@@ -2,14 +2,20 @@
 
 Windows come from :class:`~tickvault.config.Settings` (days; 0 keeps a table forever):
 
-==============================  ===========================================================
-``retention_trades_days``       trades, trade_corrections, trading_statuses, lulds
-``retention_quotes_days``       quotes
-``retention_bars_days``         bars and the OHLCV rollups (ohlcv_1m/5m/1h/1d)
-``retention_indicators_days``   indicators
-``retention_ingest_stats_days`` ingest_stats
-``retention_bad_messages_days`` bad_messages
-==============================  ===========================================================
+======================================  ===========================================================
+``retention_trades_days``               trades, trade_corrections, trading_statuses, lulds
+``retention_quotes_days``               quotes
+``retention_bars_days``                 bars, crypto_bars and the OHLCV rollups (ohlcv_1m/5m/1h/1d)
+``retention_crypto_trades_days``        crypto_trades
+``retention_crypto_quotes_days``        crypto_quotes
+``retention_crypto_orderbooks_days``    crypto_orderbooks
+``retention_option_trades_days``        option_trades
+``retention_option_quotes_days``        option_quotes
+``retention_news_days``                 news
+``retention_indicators_days``           indicators
+``retention_ingest_stats_days``         ingest_stats
+``retention_bad_messages_days``         bad_messages
+======================================  ===========================================================
 
 Trade history (orders, fills, position and account snapshots, reconciliation runs and diffs,
 profiles) is never purged here: it is the record of what happened to money. ``ingest_batches`` is a
@@ -84,7 +90,13 @@ RAW_TABLE = "trades"
 _RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("retention_trades_days", ("trades", "trade_corrections", "trading_statuses", "lulds")),
     ("retention_quotes_days", ("quotes",)),
-    ("retention_bars_days", ("bars", "ohlcv_1m", "ohlcv_5m", "ohlcv_1h", "ohlcv_1d")),
+    ("retention_bars_days", ("bars", "crypto_bars", "ohlcv_1m", "ohlcv_5m", "ohlcv_1h", "ohlcv_1d")),
+    ("retention_crypto_trades_days", ("crypto_trades",)),
+    ("retention_crypto_quotes_days", ("crypto_quotes",)),
+    ("retention_crypto_orderbooks_days", ("crypto_orderbooks",)),
+    ("retention_option_trades_days", ("option_trades",)),
+    ("retention_option_quotes_days", ("option_quotes",)),
+    ("retention_news_days", ("news",)),
     ("retention_indicators_days", ("indicators",)),
     ("retention_ingest_stats_days", ("ingest_stats",)),
     ("retention_bad_messages_days", ("bad_messages",)),

@@ -21,6 +21,8 @@ from starlette.routing import Route
 
 from tickvault.alpaca.protocol import ns_to_rfc3339, rfc3339_to_ns
 from tickvault.sim.broker import BrokerError
+from tickvault.alpaca.crypto import CRYPTO_LOCATIONS
+from tickvault.sim.crypto import SIZE_SCALE
 from tickvault.sim.market import CONDITIONS, EXCHANGE, MINUTE_NS, TAPE, Market
 
 MAX_PAGE = 10_000  # Alpaca's page limit for historical market data
@@ -41,8 +43,16 @@ class MarketDataAPI:
     """``/v2/stocks/...`` over one :class:`Market`. ``routes(endpoint)`` wraps each handler with the
     simulator's auth and fault layer."""
 
+    size_scale = 1  # sizes in the truth arrays are whole shares
+
     def __init__(self, market: Market) -> None:
         self.market = market
+
+    def _trade_item(self, b, i: int) -> dict:
+        return _trade_json(b.times[i], b.cents[i], b.sizes[i], b.ids[i])
+
+    def _quote_item(self, b, i: int) -> dict:
+        return _quote_json(b.q_times[i], b.q_bid[i], b.q_bid_size[i], b.q_ask[i], b.q_ask_size[i])
 
     def routes(self, endpoint: Callable[[Callable[[Request], Any]], Any]) -> list[Route]:
         e = endpoint
@@ -124,7 +134,7 @@ class MarketDataAPI:
 
         def row(sym: str, i: int) -> dict:
             b = books[sym]
-            return _trade_json(b.times[i], b.cents[i], b.sizes[i], b.ids[i])
+            return self._trade_item(b, i)
 
         data, next_token = self._page(symbols, limit, asc, token, ranges, row)
         return {"trades": data, "next_page_token": next_token}
@@ -139,7 +149,7 @@ class MarketDataAPI:
 
         def row(sym: str, i: int) -> dict:
             b = books[sym]
-            return _quote_json(b.q_times[i], b.q_bid[i], b.q_bid_size[i], b.q_ask[i], b.q_ask_size[i])
+            return self._quote_item(b, i)
 
         data, next_token = self._page(symbols, limit, asc, token, ranges, row)
         return {"quotes": data, "next_page_token": next_token}
@@ -178,7 +188,7 @@ class MarketDataAPI:
                     "h": h / 100,
                     "l": low / 100,
                     "c": c / 100,
-                    "v": v,
+                    "v": v / self.size_scale,
                     "n": n,
                     "vw": pv / v / 100,
                 }
@@ -213,7 +223,7 @@ class MarketDataAPI:
         for s in self._latest_symbols(request):
             b = self.market.books[s]
             if b.ids:
-                out[s] = _trade_json(b.times[-1], b.cents[-1], b.sizes[-1], b.ids[-1])
+                out[s] = self._trade_item(b, -1)
         return {"trades": out}
 
     def _latest_quotes(self, request: Request) -> dict:
@@ -221,9 +231,7 @@ class MarketDataAPI:
         for s in self._latest_symbols(request):
             b = self.market.books[s]
             if b.q_times:
-                out[s] = _quote_json(
-                    b.q_times[-1], b.q_bid[-1], b.q_bid_size[-1], b.q_ask[-1], b.q_ask_size[-1]
-                )
+                out[s] = self._quote_item(b, -1)
         return {"quotes": out}
 
     def _latest_bars(self, request: Request) -> dict:
@@ -249,9 +257,8 @@ class MarketDataAPI:
         _, minute_bars = self._bars_for(symbol, minute, minute, MINUTE_NS)
         _, day_bars = self._bars_for(symbol, day - DAY_NS, day, DAY_NS)
         out = {
-            "latestTrade": _trade_json(b.times[-1], b.cents[-1], b.sizes[-1], b.ids[-1]),
-            "latestQuote": _quote_json(b.q_times[-1], b.q_bid[-1], b.q_bid_size[-1], b.q_ask[-1],
-                                       b.q_ask_size[-1]) if b.q_times else None,
+            "latestTrade": self._trade_item(b, -1),
+            "latestQuote": self._quote_item(b, -1) if b.q_times else None,
             "minuteBar": minute_bars[-1],
             "dailyBar": day_bars[-1],
             "prevDailyBar": day_bars[-2] if len(day_bars) > 1 else None,
@@ -273,6 +280,82 @@ class MarketDataAPI:
         if snap is None:
             raise BrokerError(404, 40410000, f"no snapshot for {symbol}")
         return {"symbol": symbol, **snap}
+
+
+class CryptoDataAPI(MarketDataAPI):
+    """``/v1beta3/crypto/{loc}/...`` over a :class:`~tickvault.sim.crypto.CryptoMarket`: historical trades
+    (with ``tks``), quotes and bars (fractional volume), latest trades/quotes/bars/orderbooks and
+    snapshots, paged exactly like the stock paths. Every location serves the one simulated venue."""
+
+    size_scale = SIZE_SCALE
+
+    def routes(self, endpoint: Callable[[Callable[[Request], Any]], Any]) -> list[Route]:
+        e = endpoint
+        base = "/v1beta3/crypto/{loc}"
+        return [
+            Route(f"{base}/trades", e(self._located(self._hist_trades))),
+            Route(f"{base}/quotes", e(self._located(self._hist_quotes))),
+            Route(f"{base}/bars", e(self._located(self._hist_bars))),
+            Route(f"{base}/latest/trades", e(self._located(self._latest_trades))),
+            Route(f"{base}/latest/quotes", e(self._located(self._latest_quotes))),
+            Route(f"{base}/latest/bars", e(self._located(self._latest_bars))),
+            Route(f"{base}/latest/orderbooks", e(self._located(self._latest_orderbooks))),
+            Route(f"{base}/snapshots", e(self._located(self._snapshots))),
+        ]
+
+    @staticmethod
+    def _located(fn: Callable[[Request], dict]) -> Callable[[Request], dict]:
+        def handler(request: Request) -> dict:
+            if request.path_params["loc"] not in CRYPTO_LOCATIONS:
+                raise BrokerError(404, 40410000, f"unknown crypto location {request.path_params['loc']!r}")
+            return fn(request)
+
+        return handler
+
+    def _trade_item(self, b, i: int) -> dict:
+        return {"t": ns_to_rfc3339(b.times[i]), "p": b.cents[i] / 100, "s": b.sizes[i] / SIZE_SCALE,
+                "i": b.ids[i], "tks": "B" if b.sides[i] else "S"}
+
+    def _quote_item(self, b, i: int) -> dict:
+        return {"t": ns_to_rfc3339(b.q_times[i]), "bp": b.q_bid[i] / 100, "bs": b.q_bid_size[i] / SIZE_SCALE,
+                "ap": b.q_ask[i] / 100, "as": b.q_ask_size[i] / SIZE_SCALE}
+
+    def _latest_orderbooks(self, request: Request) -> dict:
+        out = {}
+        for s in self._latest_symbols(request):
+            book = self.market.orderbook_snapshot(s)
+            if book is not None:
+                out[s] = {"t": ns_to_rfc3339(book["t"]), "b": book["b"], "a": book["a"]}
+        return {"orderbooks": out}
+
+    def _snapshots(self, request: Request) -> dict:
+        """Crypto snapshots come wrapped in ``snapshots`` (stocks' are not)."""
+        return {"snapshots": super()._snapshots(request)}
+
+
+class OptionsDataAPI(MarketDataAPI):
+    """``/v1beta1/options/...`` over an :class:`~tickvault.sim.options.OptionsMarket`: historical trades
+    (no trade id, as Alpaca's) and bars, latest trades and quotes, paged like the stock paths; the
+    ``feed`` parameter (indicative/opra) is accepted and ignored: one simulated tape."""
+
+    def routes(self, endpoint: Callable[[Callable[[Request], Any]], Any]) -> list[Route]:
+        e = endpoint
+        return [
+            Route("/v1beta1/options/trades", e(self._hist_trades)),
+            Route("/v1beta1/options/bars", e(self._hist_bars)),
+            Route("/v1beta1/options/trades/latest", e(self._latest_trades)),
+            Route("/v1beta1/options/quotes/latest", e(self._latest_quotes)),
+        ]
+
+    def _trade_item(self, b, i: int) -> dict:
+        from tickvault.sim.options import OPTION_EXCHANGES
+
+        return {"t": ns_to_rfc3339(b.times[i]), "x": OPTION_EXCHANGES[b.venues[i]], "p": b.cents[i] / 100,
+                "s": b.sizes[i], "c": "I"}
+
+    def _quote_item(self, b, i: int) -> dict:
+        return {"t": ns_to_rfc3339(b.q_times[i]), "bx": "C", "bp": b.q_bid[i] / 100, "bs": b.q_bid_size[i],
+                "ax": "X", "ap": b.q_ask[i] / 100, "as": b.q_ask_size[i], "c": "A"}
 
 
 # ---------------------------------------------------------------------- helpers

@@ -56,10 +56,16 @@ from tickvault.alpaca.protocol import (
     decode_client_message,
     encode_frame,
     ns_to_rfc3339,
+    rfc3339_to_ns,
 )
 from tickvault.sim.broker import HOURS, Broker, BrokerError
 from tickvault.sim.calendar import SimClock
 from tickvault.sim.data import MarketDataAPI
+from tickvault.alpaca.crypto import CRYPTO_CHANNELS
+from tickvault.sim.crypto import CRYPTO_PAIRS, CryptoMarket
+from tickvault.sim.news import NewsWire
+from tickvault.sim.data import CryptoDataAPI, OptionsDataAPI
+from tickvault.sim.options import OptionsMarket
 from tickvault.sim.market import CONDITIONS, EXCHANGE, TAPE, Market, TruthChecksum, symbol_names
 from tickvault.sim.recording import RecordingError, frame_messages, read_recording
 from tickvault.sim.trading import TradingAPI
@@ -70,7 +76,12 @@ __all__ = ["Simulator", "run_simulator"]
 
 FEEDS = ("iex", "sip", "test")
 _FEED_PATH = re.compile(r"/v2/(iex|sip|test)")
+_CRYPTO_PATH = re.compile(r"/v1beta3/crypto/(us|us-1|eu-1)")
 _CHANNELS = ("trades", "quotes", "bars", "updatedBars", "dailyBars", "statuses", "lulds")
+# Channels per stream: what a connection of that asset class may subscribe to and has acknowledged.
+_NEWS_PATH = "/v1beta1/news"
+_OPTIONS_PATH = re.compile(r"/v1beta1/(indicative|opra)")
+_ASSET_CHANNELS = {"stocks": _CHANNELS, "crypto": CRYPTO_CHANNELS, "news": ("news",), "options": ("trades", "quotes")}
 TRADE_UPDATES_QUEUE = 1_000  # events buffered per trade-updates client; a client this far behind is closed
 # msgpack never uses 0xc1: a frame starting with it cannot decode, whatever follows.
 GARBAGE_FRAME = b"\xc1\xc1 tickvault-sim malformed frame \xff\xfe"
@@ -90,6 +101,8 @@ class _MarketClient:
 
     __slots__ = (
         "ws",
+        "asset",
+        "channels",
         "feed",
         "use_msgpack",
         "key",
@@ -102,13 +115,16 @@ class _MarketClient:
         "frames_sent",
     )
 
-    def __init__(self, ws: ServerConnection, feed: str, use_msgpack: bool, queue_frames: int) -> None:
+    def __init__(self, ws: ServerConnection, feed: str, use_msgpack: bool, queue_frames: int,
+                 asset: str = "stocks") -> None:
         self.ws = ws
-        self.feed = feed
+        self.asset = asset  # "stocks" or "crypto": which market's messages this connection gets
+        self.channels = _ASSET_CHANNELS[asset]
+        self.feed = feed  # iex/sip/test, or crypto/us...: one connection per key and feed
         self.use_msgpack = use_msgpack
         self.key: str | None = None
         self.authed = False
-        self.subs: dict[str, set[str]] = {ch: set() for ch in _CHANNELS}  # ≤ symbols per channel
+        self.subs: dict[str, set[str]] = {ch: set() for ch in self.channels}  # ≤ symbols per channel
         self.sub_key: tuple | None = None  # hashable copy of subs for the per-round encode cache; None: none
         self.queue: asyncio.Queue[bytes | str | None] = asyncio.Queue(queue_frames)
         self.sender: asyncio.Task | None = None
@@ -118,15 +134,21 @@ class _MarketClient:
     def wants(self, channel: str, symbol: str) -> bool:
         if channel == "_all":
             return True
-        subs = self.subs.get(channel)
+        asset, _, name = channel.rpartition(":")  # "crypto:trades"; a stock channel has no prefix
+        if (asset or "stocks") != self.asset:
+            return False
+        subs = self.subs.get(name)
+        if symbol.__class__ is tuple:  # a news article: any of its symbols
+            return bool(subs) and ("*" in subs or any(s in subs for s in symbol))
         return bool(subs) and (symbol in subs or "*" in subs)
 
     def subscription_message(self) -> dict:
         msg: dict[str, Any] = {"T": "subscription"}
-        for ch in _CHANNELS:
+        for ch in self.channels:
             msg[ch] = sorted(self.subs[ch])
-        msg["corrections"] = sorted(self.subs["trades"])
-        msg["cancelErrors"] = sorted(self.subs["trades"])
+        if self.asset == "stocks":
+            msg["corrections"] = sorted(self.subs["trades"])
+            msg["cancelErrors"] = sorted(self.subs["trades"])
         return msg
 
 
@@ -193,6 +215,11 @@ class Simulator:
         hours: str = "always",
         replay: str | Path | None = None,
         replay_speed: float = 1.0,
+        crypto_pairs: list[str] | None = None,
+        crypto_rate: float = 50.0,
+        news_interval_s: float | None = 1.0,
+        option_underlyings: int = 2,
+        options_rate: float = 20.0,
     ) -> None:
         if not (host.startswith("127.") or host in ("localhost", "::1")):
             raise ValueError("the simulator binds to loopback only")
@@ -236,6 +263,30 @@ class Simulator:
         self.market = Market(names, seed=seed, quotes_per_trade=quotes_per_trade, truth_limit=truth_limit,
                              allow_empty=self.replay is not None)
         self.symbols = self.market.symbols  # one list: a replay adds the symbols it meets
+        # The crypto market (``/v1beta3/crypto/{loc}``): its own pairs, rate and truth, same seed family.
+        # It trades around the clock, also with calendar hours, and whether or not anyone listens.
+        if crypto_rate <= 0:
+            raise ValueError("crypto_rate must be > 0")
+        self.crypto_market = CryptoMarket(list(CRYPTO_PAIRS) if crypto_pairs is None else
+                                          [p.upper() for p in crypto_pairs], seed=seed + 1)
+        self.crypto_pairs = self.crypto_market.symbols
+        self.crypto_rate = crypto_rate
+        self._crypto_task: asyncio.Task | None = None
+        # The news wire (``/v1beta1/news``): an article about the stock symbols every news_interval_s.
+        if news_interval_s is not None and news_interval_s <= 0:
+            raise ValueError("news_interval_s must be > 0 (or None: no news)")
+        self.news = NewsWire(self.symbols or ["AAPL"], seed=seed + 2)
+        self.news_interval_s = news_interval_s
+        self._news_task: asyncio.Task | None = None
+        # Options (``/v1beta1/{indicative,opra}``, msgpack only): 8 contracts on each of the first
+        # ``option_underlyings`` stock symbols, ``options_rate`` trades a second across them.
+        if options_rate <= 0:
+            raise ValueError("options_rate must be > 0")
+        underlyings = [s for s in self.symbols[:option_underlyings] if s.isalpha() and len(s) <= 6]
+        self.options_market = OptionsMarket(underlyings, seed=seed + 3) if underlyings else None
+        self.option_symbols = self.options_market.symbols if self.options_market is not None else []
+        self.options_rate = options_rate
+        self._options_task: asyncio.Task | None = None
         self.broker = Broker(self._price_for_broker, quote=self.market.last_quote, clock=self.clock,
                              hours=hours, cash=cash)
         self.trading = TradingAPI(self)
@@ -315,6 +366,22 @@ class Simulator:
     def ws_url(self) -> str:
         return f"ws://{self.host}:{self.ws_port}"
 
+    def crypto_stream_url(self, location: str = "us") -> str:
+        """``ws://.../v1beta3/crypto/{location}`` (``us``, ``us-1`` or ``eu-1``)."""
+        if not _CRYPTO_PATH.fullmatch(f"/v1beta3/crypto/{location}"):
+            raise ValueError("location must be us, us-1 or eu-1")
+        return f"{self.ws_url}/v1beta3/crypto/{location}"
+
+    def options_stream_url(self, feed: str = "indicative") -> str:
+        """``ws://.../v1beta1/{indicative,opra}`` (msgpack only)."""
+        if not _OPTIONS_PATH.fullmatch(f"/v1beta1/{feed}"):
+            raise ValueError("feed must be indicative or opra")
+        return f"{self.ws_url}/v1beta1/{feed}"
+
+    @property
+    def news_stream_url(self) -> str:
+        return f"{self.ws_url}{_NEWS_PATH}"
+
     def stream_url(self, feed: str = "iex") -> str:
         if feed not in FEEDS:
             raise ValueError(f"feed must be one of {FEEDS}")
@@ -363,6 +430,14 @@ class Simulator:
                 raise RuntimeError("the simulator's REST server did not start within 10 s")
             await asyncio.sleep(0.005)  # startup poll, not synchronisation of results
         self._market_task = asyncio.create_task(self._run_market(), name="sim-market")
+        if self.crypto_pairs and self.replay is None:
+            self._crypto_task = asyncio.create_task(
+                self._run_side_market(self.crypto_market, self.crypto_rate), name="sim-crypto-market")
+        if self.options_market is not None and self.replay is None:
+            self._options_task = asyncio.create_task(
+                self._run_side_market(self.options_market, self.options_rate), name="sim-options-market")
+        if self.news_interval_s is not None:
+            self._news_task = asyncio.create_task(self._run_news(), name="sim-news")
         self._housekeeping_task = asyncio.create_task(self._housekeeping(), name="sim-housekeeping")
         log.info("simulator up: market data %s, REST %s", self.ws_url, self.rest_url)
 
@@ -372,6 +447,13 @@ class Simulator:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping_task
             self._housekeeping_task = None
+        for attr in ("_crypto_task", "_options_task", "_news_task"):
+            task = getattr(self, attr)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                setattr(self, attr, None)
         if self._market_task is not None:
             self._market_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -698,6 +780,35 @@ class Simulator:
                     self._fan_out([])
             await asyncio.sleep(0.01)
 
+    async def _run_news(self) -> None:
+        """An article every ``news_interval_s`` (wall time) until :meth:`finish`."""
+        while not self._finish_requested:
+            await asyncio.sleep(self.news_interval_s)
+            if self._finish_requested:
+                break
+            self._fan_out([("news:news", tuple(m["symbols"]), m) for m in self.news.publish(self.clock())])
+
+    async def _run_side_market(self, market: Market, rate: float) -> None:
+        """The crypto or options market: ``rate`` trades a second across its symbols until :meth:`finish`,
+        whatever the stock hours (crypto never closes; the options tape is kept simple)."""
+        loop = asyncio.get_running_loop()
+        tick = min(0.05, max(0.001, self.frame_size / rate))
+        max_batch = max(self.frame_size, int(rate * 0.05))  # bounded work per loop turn
+        t0, made = loop.time(), 0
+        while not self._finish_requested:
+            due = int((loop.time() - t0) * rate) - made
+            if due <= 0:
+                items = market.flush_bars(self.clock())
+                if items:
+                    self._fan_out(items)
+                await asyncio.sleep(tick)
+                continue
+            n = min(due, max_batch)
+            items = market.generate(n, self.clock())
+            made += n
+            self._fan_out(items)
+            await asyncio.sleep(0)
+
     def _frames_for_round(self, items: list[tuple[str, str, dict]]) -> list[tuple[_MarketClient, list]]:
         """Encode this round's messages per client (clients with equal subscriptions share the encoding)."""
         clients = [c for c in self._clients if c.sub_key is not None and not c.closed]
@@ -720,7 +831,7 @@ class Simulator:
         cache: dict[tuple, list] = {}
         out = []
         for c in clients:
-            ck = (c.sub_key, c.use_msgpack)
+            ck = (c.asset, c.sub_key, c.use_msgpack)  # equal subscriptions of two streams differ
             frames = cache.get(ck)
             if frames is None:
                 wants = c.wants
@@ -790,7 +901,8 @@ class Simulator:
     # ------------------------------------------------------------------ market-data WebSocket
     def _route_ws(self, connection: ServerConnection, request: Any) -> Any:
         path = urlsplit(request.path).path
-        if path == "/stream" or _FEED_PATH.fullmatch(path):
+        if (path in ("/stream", _NEWS_PATH) or _FEED_PATH.fullmatch(path) or _CRYPTO_PATH.fullmatch(path)
+                or _OPTIONS_PATH.fullmatch(path)):
             return None
         return connection.respond(HTTPStatus.NOT_FOUND, "unknown path\n")
 
@@ -799,11 +911,26 @@ class Simulator:
         if path == "/stream":
             await self._handle_trade_updates(ws)
             return
-        feed = _FEED_PATH.fullmatch(path).group(1)
+        crypto = _CRYPTO_PATH.fullmatch(path)
+        options = _OPTIONS_PATH.fullmatch(path)
+        if path == _NEWS_PATH:
+            feed, asset = "news", "news"
+        elif options:
+            feed, asset = f"options/{options.group(1)}", "options"
+        elif crypto:
+            feed, asset = f"crypto/{crypto.group(1)}", "crypto"
+        else:
+            feed, asset = _FEED_PATH.fullmatch(path).group(1), "stocks"
         content_type = ws.request.headers.get("Content-Type", "")
         c = _MarketClient(
-            ws, feed, content_type.lower().startswith("application/msgpack"), self.client_queue_frames
+            ws, feed, content_type.lower().startswith("application/msgpack"), self.client_queue_frames, asset=asset,
         )
+        if asset == "options" and not c.use_msgpack:
+            # Alpaca's options stream speaks msgpack only: a client that did not ask for it is refused.
+            await ws.send(encode_frame([{"T": "error", "code": 400, "msg": "the options stream is msgpack only: "
+                                         "send Content-Type: application/msgpack"}], use_msgpack=False))
+            await ws.close()
+            return
         self._clients.add(c)
         self.stats["connections"] += 1
         try:
@@ -852,6 +979,9 @@ class Simulator:
     async def _control(self, c: _MarketClient, msg: dict) -> None:
         await c.ws.send(encode_frame([msg], use_msgpack=c.use_msgpack))
 
+    async def _control_many(self, c: _MarketClient, msgs: list[dict]) -> None:
+        await c.ws.send(encode_frame(msgs, use_msgpack=c.use_msgpack))
+
     async def _error(self, c: _MarketClient, code: int) -> None:
         from tickvault.alpaca.protocol import ERROR_CODES
 
@@ -880,7 +1010,7 @@ class Simulator:
 
     async def _subscribe(self, c: _MarketClient, msg: dict, add: bool) -> None:
         new = {ch: set(syms) for ch, syms in c.subs.items()}
-        for ch in _CHANNELS:
+        for ch in c.channels:
             symbols = msg.get(ch)
             if not symbols:
                 continue
@@ -897,6 +1027,14 @@ class Simulator:
         ack = c.subscription_message()
         c.subs = old
         await self._control(c, ack)  # the ack goes out before any data of the new subscription
+        if c.asset == "crypto" and add:
+            # Alpaca sends each new orderbooks subscriber the whole book first (r: reset).
+            fresh = new["orderbooks"] - old["orderbooks"]
+            pairs = self.crypto_pairs if "*" in fresh else sorted(fresh)
+            books = [b for b in (self.crypto_market.orderbook_snapshot(p, self.clock()) for p in pairs
+                                 if p in self.crypto_market.books) if b is not None]
+            if books:
+                await self._control_many(c, books)
         c.subs = new
         key = tuple((ch, frozenset(s)) for ch, s in new.items() if s)
         c.sub_key = key or None
@@ -969,6 +1107,9 @@ class Simulator:
     def _rest_app(self) -> Starlette:
         routes = [
             *MarketDataAPI(self.market).routes(self._endpoint),
+            *CryptoDataAPI(self.crypto_market).routes(self._endpoint),
+            *(OptionsDataAPI(self.options_market).routes(self._endpoint) if self.options_market else []),
+            Route(_NEWS_PATH, self._endpoint(self._news_history)),
             *self.trading.routes(self._endpoint),
             *self.trading.control_routes(),
             Route("/_sim/faults", self._sim_faults, methods=["POST"]),
@@ -1022,6 +1163,20 @@ class Simulator:
             return JSONResponse(result)
 
         return endpoint
+
+    def _news_history(self, request: Request) -> dict:
+        """``GET /v1beta1/news``: the newest version of each article, Alpaca's parameters and paging."""
+        q = request.query_params
+        symbols = {s.strip().upper() for s in (q.get("symbols") or "").split(",") if s.strip()} or None
+        sort = q.get("sort") or "desc"
+        if sort not in ("asc", "desc"):
+            raise ValueError("sort must be asc or desc")
+        return self.news.page(
+            symbols=symbols, start_ns=rfc3339_to_ns(q["start"]) if q.get("start") else 0,
+            end_ns=rfc3339_to_ns(q["end"]) if q.get("end") else 2**62, limit=int(q.get("limit") or 10),
+            asc=sort == "asc", token=q.get("page_token") or None,
+            include_content=(q.get("include_content") or "").lower() == "true",
+        )
 
     # --- simulator control (no auth, no faults: loopback only)
     async def _sim_faults(self, request: Request) -> Response:

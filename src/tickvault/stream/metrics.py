@@ -118,35 +118,49 @@ class Metrics:
         return counts, hists
 
     def prometheus(self, worker: str) -> str:
-        lines = []
-        label = f'worker="{worker}"'
-        for name, value in self.totals.items():
-            lines.append(f"# TYPE tickvault_{name}_total counter")
-            lines.append(f"tickvault_{name}_total{{{label}}} {value}")
-        for gauge in ("queue_depth", "queue_max", "rss_mb", "cpu_percent"):
-            lines.append(f"# TYPE tickvault_{gauge} gauge")
-            lines.append(f"tickvault_{gauge}{{{label}}} {getattr(self, gauge)}")
-        if self.pending_rows_source is not None:
-            lines.append("# TYPE tickvault_pending_rows gauge")
-            lines.append(f"tickvault_pending_rows{{{label}}} {self.pending_rows_source()}")
-        for stage, hist in self.lifetime.items():
-            lines.append(f"# TYPE tickvault_{stage}_ms summary")
+        return prometheus_text(worker, [(None, self)])
+
+
+def prometheus_text(worker: str, feeds: list[tuple[str | None, Metrics]]) -> str:
+    """The exposition text of one worker: one ``# TYPE`` line per metric, then a sample per feed, labelled
+    ``feed="crypto:us"`` when the worker records several feeds (a single feed keeps only ``worker``, as
+    before feeds existed, so existing dashboards keep their series)."""
+    labels = [(f'worker="{worker}"' + (f',feed="{feed}"' if feed is not None else ""), m) for feed, m in feeds]
+    lines = []
+    for name in COUNTERS:
+        lines.append(f"# TYPE tickvault_{name}_total counter")
+        lines.extend(f"tickvault_{name}_total{{{label}}} {m.totals[name]}" for label, m in labels)
+    for gauge in ("queue_depth", "queue_max", "rss_mb", "cpu_percent"):
+        lines.append(f"# TYPE tickvault_{gauge} gauge")
+        lines.extend(f"tickvault_{gauge}{{{label}}} {getattr(m, gauge)}" for label, m in labels)
+    pending = [(label, m) for label, m in labels if m.pending_rows_source is not None]
+    if pending:
+        lines.append("# TYPE tickvault_pending_rows gauge")
+        lines.extend(f"tickvault_pending_rows{{{label}}} {m.pending_rows_source()}" for label, m in pending)
+    for stage in labels[0][1].lifetime:
+        lines.append(f"# TYPE tickvault_{stage}_ms summary")
+        for label, m in labels:
+            hist = m.lifetime[stage]
             for q in (0.5, 0.9, 0.99):
                 v = hist.percentile_ms(q)
                 if v is not None:
                     lines.append(f'tickvault_{stage}_ms{{{label},quantile="{q}"}} {v:.6f}')
             lines.append(f"tickvault_{stage}_ms_count{{{label}}} {hist.total}")
             lines.append(f"tickvault_{stage}_ms_sum{{{label}}} {hist.sum_ns / 1e6:.6f}")
-        return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n"
 
 
-async def serve_prometheus(metrics: Metrics, worker: str, port: int) -> asyncio.AbstractServer:
-    """A minimal HTTP/1.0 endpoint on 127.0.0.1 answering every GET with the metrics text."""
+async def serve_prometheus(metrics: Metrics | dict[str, Metrics], worker: str, port: int) -> asyncio.AbstractServer:
+    """A minimal HTTP/1.0 endpoint on 127.0.0.1 answering every GET with the metrics text. ``metrics``: the
+    worker's, or a feed label → Metrics map (several feeds: each sample carries its ``feed`` label)."""
+    feeds: list[tuple[str | None, Metrics]] = (
+        [(None, metrics)] if isinstance(metrics, Metrics)
+        else [(None, m) for m in metrics.values()] if len(metrics) == 1 else list(metrics.items()))
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
-            body = metrics.prometheus(worker).encode()
+            body = prometheus_text(worker, feeds).encode()
             writer.write(
                 b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: "
                 + str(len(body)).encode() + b"\r\n\r\n" + body

@@ -1,5 +1,6 @@
 """The processor: one decoded frame at a time from the bounded queue → cache, indicators,
-strategy → the writer's buffers.
+strategy → the writer's buffers. Crypto, options and news frames go straight to their tables (no
+cache, indicators or strategy for them yet), counted in their feed's figures.
 
 Per frame, not per message: trades and quotes arrive as columns (:mod:`tickvault.alpaca.columnar`:
 the frame's COPY data, its time range, the newest row per symbol), so the cache takes each
@@ -18,6 +19,9 @@ import logging
 import time
 from collections.abc import Callable
 
+from tickvault.alpaca.crypto import CryptoFrame
+from tickvault.alpaca.news import NewsFrame
+from tickvault.alpaca.options import OptionsFrame
 from tickvault.db.tables import INDICATOR_VALUES
 from tickvault.indicators import IndicatorSet
 from tickvault.stream.cache import PriceCache
@@ -67,11 +71,20 @@ class Processor:
             await self.handle(item)
 
     async def handle(self, item: QueuedFrame) -> None:
+        if isinstance(item.frame, CryptoFrame):
+            await self._handle_crypto(item)
+            return
+        if isinstance(item.frame, NewsFrame):
+            await self._handle_news(item)
+            return
+        if isinstance(item.frame, OptionsFrame):
+            await self._handle_options(item)
+            return
         trades = item.frame.trades
         quotes = item.frame.quotes
         f = item.frame.rest
         mono = item.received_mono_ns
-        metrics = self.metrics
+        metrics = item.metrics or self.metrics
         metrics.add("frames")
         n = 0
         if trades is not None:
@@ -113,6 +126,7 @@ class Processor:
             metrics.observe("received_to_processed", time.monotonic_ns() - mono, n)
         await self.writer.submit(
             mono,
+            metrics=item.metrics,
             trades=[trades] if trades is not None else None,
             quotes=[quotes] if quotes is not None else None,
             bars=bar_rows,
@@ -124,7 +138,96 @@ class Processor:
             bad=bad,
         )
 
-    def _on_bar(self, b: tuple) -> tuple | None:
+    async def _handle_crypto(self, item: QueuedFrame) -> None:
+        """A crypto frame: its columns and tuples to the crypto tables; the price cache takes each pair's
+        newest trade and quote, and every closed minute bar updates the pair's indicators (VWAP restarting
+        each UTC day: the crypto session). The strategy does not see crypto bars yet (the order gateway
+        sends equity orders only), counted in the feed's own figures."""
+        frame, mono = item.frame, item.received_mono_ns
+        metrics = item.metrics or self.metrics
+        trades, quotes, f = frame.trades, frame.quotes, frame.rest
+        metrics.add("frames")
+        n = 0
+        if trades is not None:
+            n += trades.n
+            metrics.add("trades", trades.n)
+            lag = item.received_wall_ns - trades.time_last_ns
+            metrics.observe("exchange_to_received", lag if lag > 0 else 0, trades.n)
+            # The cache keeps the stock tuple shape (price at index 4): one tuple per pair per frame.
+            self.cache.update_latest_trades(
+                {s: (t[0], s, t[2], None, t[3], t[4], None, None) for s, t in trades.latest.items()}, mono)
+        if quotes is not None:
+            n += quotes.n
+            metrics.add("quotes", quotes.n)
+            self.cache.update_latest_quotes(
+                {s: (q[0], s, None, q[2], q[3], None, q[4], q[5], None, None) for s, q in quotes.latest.items()},
+                mono)
+        indicator_rows = [self._on_bar(b, strategy=False) for b in f.bars]
+        bars = [b[:2] + ("1Min",) + b[2:] + (False, "stream") for b in f.bars]
+        bars += [b[:2] + ("1Min",) + b[2:] + (True, "stream") for b in f.updated_bars]
+        bars += [b[:2] + ("1Day",) + b[2:] + (False, "stream") for b in f.daily_bars]
+        if bars:
+            metrics.add("bars", len(bars))
+        if f.orderbooks:
+            metrics.add("other_messages", len(f.orderbooks))
+        bad = None
+        if f.rejects:
+            metrics.add("rejects", len(f.rejects))
+            bad = [("stream:crypto", r.reason, r.payload) for r in f.rejects]
+            log.warning("%d rejected crypto message(s) kept in bad_messages, e.g. %s", len(f.rejects),
+                        f.rejects[0].reason)
+        n += len(bars) + len(f.orderbooks)
+        if n:
+            metrics.observe("received_to_processed", time.monotonic_ns() - mono, n)
+        await self.writer.submit(
+            mono, metrics=item.metrics,
+            crypto_trades=[trades] if trades is not None else None,
+            crypto_quotes=[quotes] if quotes is not None else None,
+            crypto_bars=bars, crypto_orderbooks=f.orderbooks, bad=bad, indicators=indicator_rows,
+        )
+
+    async def _handle_options(self, item: QueuedFrame) -> None:
+        """An options frame: trades and quotes (COPY columns) to option_trades / option_quotes."""
+        frame, mono = item.frame, item.received_mono_ns
+        metrics = item.metrics or self.metrics
+        metrics.add("frames")
+        n = 0
+        if frame.trades is not None:
+            n += frame.trades.n
+            metrics.add("trades", frame.trades.n)
+            lag = item.received_wall_ns - frame.trades.time_last_ns
+            metrics.observe("exchange_to_received", lag if lag > 0 else 0, frame.trades.n)
+        if frame.quotes is not None:
+            n += frame.quotes.n
+            metrics.add("quotes", frame.quotes.n)
+        if n:
+            metrics.observe("received_to_processed", time.monotonic_ns() - mono, n)
+        bad = None
+        if frame.rest.rejects:
+            metrics.add("rejects", len(frame.rest.rejects))
+            bad = [("stream:options", r.reason, r.payload) for r in frame.rest.rejects]
+            log.warning("%d rejected option message(s) kept in bad_messages, e.g. %s", len(bad), bad[0][1])
+        await self.writer.submit(
+            mono, metrics=item.metrics, bad=bad,
+            option_trades=[frame.trades] if frame.trades is not None else None,
+            option_quotes=[frame.quotes] if frame.quotes is not None else None,
+        )
+
+    async def _handle_news(self, item: QueuedFrame) -> None:
+        """A news frame: its articles upserted into ``news`` (counted as other messages of the feed)."""
+        frame, metrics = item.frame, item.metrics or self.metrics
+        metrics.add("frames")
+        if frame.articles:
+            metrics.add("other_messages", len(frame.articles))
+            metrics.observe("received_to_processed", time.monotonic_ns() - item.received_mono_ns, len(frame.articles))
+        bad = None
+        if frame.rest.rejects:
+            metrics.add("rejects", len(frame.rest.rejects))
+            bad = [("stream:news", r.reason, r.payload) for r in frame.rest.rejects]
+            log.warning("%d rejected news message(s) kept in bad_messages, e.g. %s", len(bad), bad[0][1])
+        await self.writer.submit(item.received_mono_ns, metrics=item.metrics, news=frame.articles, bad=bad)
+
+    def _on_bar(self, b: tuple, strategy: bool = True) -> tuple | None:
         time_ns, symbol, o, h, low, c, v, count, vw = b
         ind = self.indicators.get(symbol)
         if ind is None:
@@ -135,7 +238,7 @@ class Processor:
             ind.reset_session()
         ind.update(h, low, c, v)
         values = ind.values()
-        if self.strategy is not None:
+        if strategy and self.strategy is not None:
             bar = Bar(symbol, time_ns, o, h, low, c, int(v), count, vw)
             try:
                 intents = self.strategy.on_bar(bar, values)

@@ -1,7 +1,11 @@
 """The reader: Alpaca's market-data WebSocket → decoded frames → the bounded queue.
 
-One connection, msgpack frames decoded whole into columns (``tickvault.alpaca.columnar``). The
-reader never does more per frame than decode and ``queue.put``: when the queue is full it waits,
+One connection per feed (a worker runs one reader per entry of TICKVAULT_FEEDS, all into the same
+queue), msgpack frames decoded whole by the feed's decoder: stocks into columns
+(``tickvault.alpaca.columnar``), crypto (``alpaca.crypto``), options (``alpaca.options``) and news
+(``alpaca.news``) likewise; each frame's ``trades`` (for news: its articles' ``updated_at`` range) is
+the stream position the gap logic below reads. The reader never does more per frame than decode and
+``queue.put``: when the queue is full it waits,
 stops reading the socket, and TCP pushes back on the server. websockets' own receive buffer is
 bounded too (``max_queue`` frames of at most ``max_size`` bytes).
 
@@ -30,6 +34,7 @@ import websockets
 from websockets.asyncio.client import connect
 
 from tickvault.alpaca.columnar import ColumnarFrame, decode_columnar
+from tickvault.alpaca.crypto import CryptoFrame
 from tickvault.alpaca.protocol import (
     DecodedFrame,
     StreamError,
@@ -57,10 +62,11 @@ BACKFILL_ATTEMPTS = 6  # 1+2+4+8+16 s between them: rides out a REST or database
 
 @dataclass(slots=True)
 class QueuedFrame:
-    frame: ColumnarFrame
+    frame: ColumnarFrame | CryptoFrame
     received_wall_ns: int
     received_mono_ns: int
     backfill: bool = False
+    metrics: Metrics | None = None  # the feed's figures (None: the worker's)
 
 
 class FeedSilent(ConnectionError):
@@ -72,6 +78,22 @@ class AuthFailed(Exception):
 
 
 BackfillFn = Callable[[int, int], Awaitable[int]]
+
+
+def stock_subscription(channels: Sequence[str], symbols: list[str]) -> dict:
+    """The stock stream's subscribe action for these channels, each with ``symbols``."""
+    wanted = {ch: symbols for ch in channels}
+    return subscribe_message(
+        trades=wanted.get("trades", ()), quotes=wanted.get("quotes", ()), bars=wanted.get("bars", ()),
+        updated_bars=wanted.get("updatedBars", ()), daily_bars=wanted.get("dailyBars", ()),
+        statuses=wanted.get("statuses", ()), lulds=wanted.get("lulds", ()),
+    )
+
+
+def channel_subscription(channels: Sequence[str], symbols: list[str]) -> dict:
+    """A subscribe action naming the wire channels as given (crypto: trades, quotes, bars, updatedBars,
+    dailyBars, orderbooks)."""
+    return {"action": "subscribe", **{ch: list(symbols) for ch in channels}}
 
 
 class MarketDataReader:
@@ -90,7 +112,18 @@ class MarketDataReader:
         silence_s: float = 0.0,
         universe: BackfillUniverse | None = None,
         gaps: GapLedger | None = None,
+        name: str = "stocks",
+        decode: Callable[[bytes | str], ColumnarFrame | CryptoFrame] = decode_columnar,
+        subscription: Callable[[Sequence[str], list[str]], dict] = stock_subscription,
+        silence_backoff: bool = True,
+        tag_metrics: bool = False,
     ) -> None:
+        self.name = name  # the feed's label in logs and ingest_stats ("stocks:iex", "crypto:us")
+        self._decode = decode
+        self._subscription = subscription
+        # A 24/7 feed's silence is a fault, not a closed market: its limit stays put (no doubling).
+        self._silence_backoff = silence_backoff
+        self._frame_metrics = metrics if tag_metrics else None  # frames carry the feed's own figures
         self.url = url
         self._key = key
         self._secret = secret
@@ -166,7 +199,8 @@ class MarketDataReader:
                 self.connected.clear()
                 if isinstance(exc, StreamError) and exc.code == 406:
                     delay = max(delay, 5.0)  # another connection holds the feed: give it time to go
-                log.warning("market-data stream lost (%s: %s); reconnecting in ≤ %.2f s", type(exc).__name__, exc, delay)
+                log.warning("%s market-data stream lost (%s: %s); reconnecting in ≤ %.2f s", self.name,
+                            type(exc).__name__, exc, delay)
                 try:
                     await asyncio.wait_for(self._stopping.wait(), random.uniform(0, delay))
                 except asyncio.TimeoutError:
@@ -184,15 +218,9 @@ class MarketDataReader:
             if msg.get("T") == "error" and msg.get("code") in (401, 402):
                 raise AuthFailed(f"Alpaca refused the API keys: {msg.get('msg')} (code {msg.get('code')})")
         self._check_control(reply, "authenticated")
-        wanted = {ch: self.symbols for ch in self.channels}
-        sub = subscribe_message(
-            trades=wanted.get("trades", ()), quotes=wanted.get("quotes", ()), bars=wanted.get("bars", ()),
-            updated_bars=wanted.get("updatedBars", ()), daily_bars=wanted.get("dailyBars", ()),
-            statuses=wanted.get("statuses", ()), lulds=wanted.get("lulds", ()),
-        )
-        await ws.send(encode_client_message(sub))
+        await ws.send(encode_client_message(self._subscription(self.channels, self.symbols)))
         while True:  # market data may already be flowing before the ack; keep it
-            frame = decode_columnar(await asyncio.wait_for(ws.recv(), 10))
+            frame = self._decode(await asyncio.wait_for(ws.recv(), 10))
             for msg in frame.rest.control:
                 if msg.get("T") == "error":
                     raise StreamError.from_control(msg)
@@ -218,18 +246,19 @@ class MarketDataReader:
                 data = await asyncio.wait_for(recv(), silence) if silence else await recv()
             except asyncio.TimeoutError:
                 self.metrics.add("stalls")
-                self._silence_now = min(silence * 2, SILENCE_MAX_S)
+                if self._silence_backoff:
+                    self._silence_now = min(silence * 2, SILENCE_MAX_S)
                 raise FeedSilent(f"no market data for {silence:.1f} s on an open connection") from None
             self._silence_now = self.silence_s
             wall = time.time_ns()
             mono = time.monotonic_ns()
-            frame = decode_columnar(data)
+            frame = self._decode(data)
             for msg in frame.rest.control:
                 if msg.get("T") == "error":
                     raise StreamError.from_control(msg)
             await self._enqueue(frame, wall, mono)
 
-    async def _enqueue(self, frame: ColumnarFrame, wall: int, mono: int) -> None:
+    async def _enqueue(self, frame: ColumnarFrame | CryptoFrame, wall: int, mono: int) -> None:
         trades = frame.trades
         if trades is not None:
             if self._observe is not None:
@@ -241,7 +270,7 @@ class MarketDataReader:
             last = trades.time_last_ns
             if self.last_exchange_ns is None or last > self.last_exchange_ns:
                 self.last_exchange_ns = last
-        item = QueuedFrame(frame, wall, mono)
+        item = QueuedFrame(frame, wall, mono, False, self._frame_metrics)
         queue = self.queue
         if queue.full():
             started = time.monotonic()
@@ -266,7 +295,7 @@ class MarketDataReader:
         for attempt in range(1, BACKFILL_ATTEMPTS + 1):
             try:
                 rows = await self.backfill(start_ns, end_ns)
-                log.info("backfilled %d rows for the gap %d → %d", rows, start_ns, end_ns)
+                log.info("%s: backfilled %d rows for the gap %d → %d", self.name, rows, start_ns, end_ns)
                 if token is not None:
                     self.gaps.close(token)  # only now: a crash or a cut shutdown leaves it for the next start
                 return

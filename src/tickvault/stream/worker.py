@@ -1,4 +1,8 @@
-"""The streaming worker: reader → bounded queue → processor → writer → TimescaleDB.
+"""The streaming worker: one reader per feed → bounded queue → processor → writer → TimescaleDB.
+
+Feeds (TICKVAULT_FEEDS): stocks, crypto, options, news, each its own connection, reconnect, watchdog,
+gap ledger and backfill; the first feed's figures are the worker's (Prometheus, status), every other
+feed counts in its own :class:`Metrics`, and ``ingest_stats`` gets one row per feed per interval.
 
 ``run_worker`` owns every task and its shutdown. On SIGTERM/SIGINT (or ``stop``) it stops
 reading, waits for running backfills, drains the queue through the processor, flushes and commits
@@ -36,6 +40,9 @@ from tickvault.stream.writer import BatchWriter, ns_to_datetime
 log = logging.getLogger("tickvault.worker")
 
 BACKFILL_SYMBOLS_PER_REQUEST = 100  # keeps the query string short; pages are ≤ 10k rows each
+# News is re-sent when an article is updated, often within minutes of publication: a gap's backfill
+# also asks for the hour before it (tens to a few hundred articles: a few 50-article pages).
+NEWS_UPDATE_LOOKBACK_NS = 3600 * 10**9
 
 
 class ShutdownIncomplete(RuntimeError):
@@ -49,7 +56,8 @@ class WorkerHandle:
     metrics: Metrics = field(default_factory=Metrics)
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
-    reader: MarketDataReader | None = None
+    reader: MarketDataReader | None = None  # the first feed's
+    readers: dict = field(default_factory=dict)  # feed label ("stocks:iex", "crypto:us") -> its reader
     writer: BatchWriter | None = None
     last_status: dict = field(default_factory=dict)
     trade_updates: object | None = None
@@ -65,7 +73,21 @@ class WorkerHandle:
 
 
 def stream_url(settings: Settings) -> str:
-    return f"{settings.alpaca_stream_url.rstrip('/')}/v2/{settings.alpaca_feed}"
+    """The stocks stream's URL (``/v2/{feed}``: the ``stocks:`` entry of TICKVAULT_FEEDS)."""
+    feed = next((f.partition(":")[2] for f in settings.feeds if f.startswith("stocks:")), settings.alpaca_feed)
+    return f"{settings.alpaca_stream_url.rstrip('/')}/v2/{feed}"
+
+
+def options_stream_url(settings: Settings, feed: str) -> str:
+    return f"{settings.alpaca_stream_url.rstrip('/')}/v1beta1/{feed}"
+
+
+def news_stream_url(settings: Settings) -> str:
+    return f"{settings.alpaca_stream_url.rstrip('/')}/v1beta1/news"
+
+
+def crypto_stream_url(settings: Settings, location: str) -> str:
+    return f"{settings.alpaca_stream_url.rstrip('/')}/v1beta3/crypto/{location}"
 
 
 # A restart resumes from the newest trade stored within this window (older data means a first start).
@@ -73,21 +95,22 @@ RESUME_WINDOW = "3 days"
 RESUME_WINDOW_NS = 3 * 86_400 * 10**9
 
 
-async def _resume_point(pool, symbols: Sequence[str]) -> int | None:
-    """Exchange time of the newest stored trade (of our symbols; any with a wildcard): the start of a restart's gap."""
+async def _resume_point(pool, symbols: Sequence[str], table: str = "trades") -> int | None:
+    """Exchange time of the newest stored trade (of our symbols; any with a wildcard): the start of a restart's gap.
+    ``table``: ``trades`` or ``crypto_trades`` (a constant of ours, never user input)."""
     async with pool.connection() as conn:
         if symbols:
             cur = await conn.execute(
-                f"SELECT max(time_ns) FROM trades WHERE symbol = ANY(%s) AND time > now() - interval '{RESUME_WINDOW}'",
+                f"SELECT max(time_ns) FROM {table} WHERE symbol = ANY(%s) AND time > now() - interval '{RESUME_WINDOW}'",
                 (list(symbols),),
             )
         else:
-            cur = await conn.execute(f"SELECT max(time_ns) FROM trades WHERE time > now() - interval '{RESUME_WINDOW}'")
+            cur = await conn.execute(f"SELECT max(time_ns) FROM {table} WHERE time > now() - interval '{RESUME_WINDOW}'")
         row = await cur.fetchone()
         return row[0] if row else None
 
 
-async def _stored_symbols(pool, limit: int) -> list[str]:
+async def _stored_symbols(pool, limit: int, table: str = "trades") -> list[str]:
     """Symbols with trades stored in the resume window (at most ``limit``), for a wildcard restart's gap.
 
     A loose index scan over ``(symbol, time DESC)``: one index probe per symbol, not a scan of three
@@ -96,9 +119,9 @@ async def _stored_symbols(pool, limit: int) -> list[str]:
     async with pool.connection() as conn:
         cur = await conn.execute(
             f"""WITH RECURSIVE stored(symbol) AS (
-                  (SELECT symbol FROM trades WHERE time > now() - interval '{RESUME_WINDOW}' ORDER BY symbol LIMIT 1)
+                  (SELECT symbol FROM {table} WHERE time > now() - interval '{RESUME_WINDOW}' ORDER BY symbol LIMIT 1)
                   UNION ALL
-                  SELECT (SELECT t.symbol FROM trades t
+                  SELECT (SELECT t.symbol FROM {table} t
                            WHERE t.symbol > stored.symbol AND t.time > now() - interval '{RESUME_WINDOW}'
                            ORDER BY t.symbol LIMIT 1)
                     FROM stored WHERE stored.symbol IS NOT NULL)
@@ -213,11 +236,20 @@ class Worker:
         # Claimed before the spill files of this name are recovered or the feed is opened: a second
         # worker of the same name must touch neither.
         register_worker(settings, name=settings.worker_name, pid=pid,
-                        extra={"metrics_port": settings.metrics_port, "stream": stream_url(settings)})
+                        extra={"metrics_port": settings.metrics_port, "stream": stream_url(settings),
+                               "feeds": list(settings.feeds)})
         stack.callback(unregister_worker, settings, settings.worker_name, pid=pid)
         self._tune_gc()
         self.pool = pool = await open_pool(settings, min_size=2, name=f"tickvault-{settings.worker_name}")
         stack.push_async_callback(self._close_pool)
+        # One worker per feed of an account, across machines: claimed before any stream opens.
+        from tickvault.db import database_url
+        from tickvault.stream.feed_claims import account_id, claim_feeds, release_feeds
+
+        account = account_id(settings.alpaca_key_id.get_secret_value())
+        claims = await claim_feeds(database_url(settings), account=account, feeds=list(settings.feeds),
+                                   worker=settings.worker_name, pid=pid)
+        stack.push_async_callback(release_feeds, claims, account=account, worker=settings.worker_name, pid=pid)
         self.rest = rest = AlpacaREST(settings)
         if hasattr(rest, "aclose"):
             stack.push_async_callback(rest.aclose)
@@ -236,15 +268,69 @@ class Worker:
         recovered = await writer.recover(self.spill_dir)  # what a previous run could not commit, first
         if recovered:
             log.warning("committed %d rows spilled by the previous run", recovered)
-        self.universe = BackfillUniverse(list(settings.symbols))  # a gap's symbols; with "*" it learns
-        resume, gaps = await self._resume_point()
-        self.reader = reader = MarketDataReader(
-            stream_url(settings), settings.alpaca_key_id.get_secret_value(),
-            settings.alpaca_secret_key.get_secret_value(), self.queue, metrics,
-            channels=settings.channels, symbols=list(settings.symbols), backfill=self.backfill, resume_from_ns=resume,
-            universe=self.universe, gaps=gaps, silence_s=settings.feed_silence_s,
-        )
+        # One reader per feed (TICKVAULT_FEEDS), each on its own connection with its own reconnect,
+        # watchdog, gap ledger and backfill, all into the one bounded queue. The first feed's figures
+        # are the worker's Metrics (Prometheus, `worker status`); every other feed counts in its own.
+        self.readers: dict[str, MarketDataReader] = {}
+        self.feed_metrics: dict[str, Metrics] = {}
+        key, secret = settings.alpaca_key_id.get_secret_value(), settings.alpaca_secret_key.get_secret_value()
+        for label in settings.feeds:
+            kind, _, where = label.partition(":")
+            primary = not self.readers
+            feed_metrics = metrics if primary else Metrics()
+            self.feed_metrics[label] = feed_metrics
+            if kind == "stocks":
+                self.universe = BackfillUniverse(list(settings.symbols))  # a gap's symbols; with "*" it learns
+                resume, gaps = await self._resume_point()
+                self.readers[label] = MarketDataReader(
+                    stream_url(settings), key, secret, self.queue, feed_metrics,
+                    channels=settings.channels, symbols=list(settings.symbols), backfill=self.backfill,
+                    resume_from_ns=resume, universe=self.universe, gaps=gaps, silence_s=settings.feed_silence_s,
+                    name=label, tag_metrics=not primary,
+                )
+            elif kind == "options":
+                from tickvault.alpaca.options import decode_options
+                from tickvault.stream.reader import channel_subscription
+
+                self.options_feed, self.options_metrics = where, feed_metrics
+                resume, gaps = await self._table_resume_point("option_trades", settings.option_symbols, "options")
+                self.readers[label] = MarketDataReader(
+                    options_stream_url(settings, where), key, secret, self.queue, feed_metrics,
+                    channels=["trades", "quotes"], symbols=list(settings.option_symbols),
+                    backfill=self.backfill_options, resume_from_ns=resume, gaps=gaps,
+                    silence_s=settings.option_feed_silence_s, name=label, decode=decode_options,
+                    subscription=channel_subscription, tag_metrics=not primary,
+                )
+            elif kind == "news":
+                from tickvault.alpaca.news import decode_news
+                from tickvault.stream.reader import channel_subscription
+
+                self.news_metrics = feed_metrics
+                resume, gaps = await self._news_resume_point()
+                # No silence watchdog: an hour without an article is ordinary; pings catch a dead socket.
+                self.readers[label] = MarketDataReader(
+                    news_stream_url(settings), key, secret, self.queue, feed_metrics, channels=["news"],
+                    symbols=list(settings.news_symbols), backfill=self.backfill_news, resume_from_ns=resume,
+                    gaps=gaps, silence_s=0, name=label, decode=decode_news, subscription=channel_subscription,
+                    tag_metrics=not primary,
+                )
+            else:  # crypto (Settings refuses anything else)
+                from tickvault.alpaca.crypto import decode_crypto
+                from tickvault.stream.reader import channel_subscription
+
+                self.crypto_location, self.crypto_metrics = where, feed_metrics
+                self.crypto_universe = BackfillUniverse(list(settings.crypto_symbols))
+                resume, gaps = await self._crypto_resume_point()
+                self.readers[label] = MarketDataReader(
+                    crypto_stream_url(settings, where), key, secret, self.queue, feed_metrics,
+                    channels=settings.crypto_channels, symbols=list(settings.crypto_symbols),
+                    backfill=self.backfill_crypto, resume_from_ns=resume, universe=self.crypto_universe, gaps=gaps,
+                    silence_s=settings.crypto_feed_silence_s, name=label, decode=decode_crypto,
+                    subscription=channel_subscription, silence_backoff=False, tag_metrics=not primary,
+                )
+        self.reader = reader = next(iter(self.readers.values()))
         self.handle.reader, self.handle.writer = reader, writer
+        self.handle.readers = self.readers
         metrics.pending_rows_source = writer.pending_rows
         if self.install_signal_handlers:
             loop = asyncio.get_running_loop()
@@ -252,12 +338,14 @@ class Worker:
                 loop.add_signal_handler(sig, self.handle.stop)
                 stack.callback(loop.remove_signal_handler, sig)
         if settings.metrics_port:
-            prom = await serve_prometheus(metrics, settings.worker_name, settings.metrics_port)
+            prom = await serve_prometheus(self.feed_metrics, settings.worker_name, settings.metrics_port)
             stack.callback(prom.close)
         self._proc = psutil.Process()
         self._proc.cpu_percent(None)
         self._tasks["processor"] = asyncio.create_task(self.processor.run(), name="processor")
-        self._tasks["reader"] = asyncio.create_task(reader.run(), name="reader")
+        for i, (label, feed_reader) in enumerate(self.readers.items()):
+            name = "reader" if i == 0 else f"reader:{label}"
+            self._tasks[name] = asyncio.create_task(feed_reader.run(), name=name)
         self._tasks["stats"] = asyncio.create_task(self._stats_loop(), name="stats")
         if self.gateway is not None:
             self._tasks["gateway"] = asyncio.create_task(self.gateway.run(), name="order-gateway")
@@ -289,8 +377,18 @@ class Worker:
         await self.pool.close(timeout=5 if self.drained else 0.5)
 
     async def _fetch_latest(self, symbols):
-        latest = await self.rest.latest_trades(symbols)
-        return {s: (t.time_ns, float(t.price)) for s, t in latest.items()}
+        """Latest trades from REST for the cache: stocks from /v2/stocks, crypto pairs (a "/" in the symbol)
+        from the crypto feed's location."""
+        pairs = [s for s in symbols if "/" in s]
+        stocks = [s for s in symbols if "/" not in s]
+        out = {}
+        if stocks:
+            latest = await self.rest.latest_trades(stocks)
+            out.update({s: (t.time_ns, float(t.price)) for s, t in latest.items()})
+        if pairs and getattr(self, "crypto_location", None):
+            latest = await self.rest.crypto_latest_trades(self.crypto_location, pairs)
+            out.update({s: (t[0], t[3]) for s, t in latest.items()})
+        return out
 
     async def _resume_point(self) -> tuple[int | None, GapLedger]:
         """Where the stream resumes (None: from the live stream) and the ledger of open backfill windows."""
@@ -321,6 +419,105 @@ class Worker:
                      "received%s", len(universe), RESUME_WINDOW,
                      ", the broker's tradable assets" if first_start_backfill else "")
         return resume, gaps
+
+    async def _crypto_resume_point(self) -> tuple[int | None, GapLedger]:
+        """The crypto feed's resume point and gap ledger: as stocks', over ``crypto_trades``, with the
+        ledger in ``run_dir/gaps/<worker>-crypto.json``. A wildcard has no asset list to ask: a first
+        start backfills the pairs of TICKVAULT_CRYPTO_SYMBOLS only."""
+        settings, universe = self.settings, self.crypto_universe
+        resume = await _resume_point(self.pool, [] if universe.wildcard else list(settings.crypto_symbols),
+                                     "crypto_trades")
+        gaps = GapLedger(settings.run_dir / "gaps" / f"{settings.worker_name}-crypto.json")
+        window_start_ns = time.time_ns() - RESUME_WINDOW_NS
+        left_open, _ = gaps.oldest_inherited(window_start_ns)
+        if left_open is not None and (resume is None or left_open < resume):
+            log.warning("the previous run left a crypto backfill unfinished from %s; resuming from there",
+                        ns_to_rfc3339(left_open))
+            resume = max(left_open, window_start_ns)
+        if universe.wildcard and resume is not None:
+            universe.add(await _stored_symbols(self.pool, universe.max_symbols + 1, "crypto_trades"),
+                         "the stored crypto trades")
+        if resume is None and settings.backfill_from is not None:
+            since = settings.backfill_from
+            resume = int(since.timestamp()) * 1_000_000_000 + since.microsecond * 1000
+        return resume, gaps
+
+    async def backfill_crypto(self, start_ns: int, end_ns: int) -> int:
+        """Crypto trades and 1-minute bars of [start, end] from ``/v1beta3/crypto/{loc}``, through the dedupe path."""
+        rest, writer, loc, metrics = self.rest, self.writer, self.crypto_location, self.crypto_metrics
+        wanted = await self.crypto_universe.resolve()
+        if not wanted:
+            log.warning("no crypto pairs known for the gap %s → %s (wildcard subscription, nothing stored or "
+                        "received yet): nothing to backfill", ns_to_rfc3339(start_ns), ns_to_rfc3339(end_ns))
+            return 0
+        total = 0
+        start, end = ns_to_datetime(start_ns), ns_to_datetime(end_ns + 1000)
+        for i in range(0, len(wanted), BACKFILL_SYMBOLS_PER_REQUEST):
+            chunk = wanted[i:i + BACKFILL_SYMBOLS_PER_REQUEST]
+            async for page in rest.crypto_trades(loc, chunk, start, end):
+                await writer.submit(time.monotonic_ns(), metrics=metrics, backfill_crypto_trades=page)
+                total += len(page)
+            async for page in rest.crypto_bars(loc, chunk, start, end):
+                bars = [b[:2] + ("1Min",) + b[2:] + (False, "backfill") for b in page]
+                await writer.submit(time.monotonic_ns(), metrics=metrics, crypto_bars=bars)
+        return total
+
+    async def _table_resume_point(self, table: str, symbols: list[str], ledger: str) -> tuple[int | None, GapLedger]:
+        """Newest stored trade of ``symbols`` in ``table``, or a gap a crash left open, or
+        TICKVAULT_BACKFILL_FROM on a first start; ledger ``run_dir/gaps/<worker>-<ledger>.json``."""
+        settings = self.settings
+        resume = await _resume_point(self.pool, symbols, table)
+        gaps = GapLedger(settings.run_dir / "gaps" / f"{settings.worker_name}-{ledger}.json")
+        left_open, _ = gaps.oldest_inherited(time.time_ns() - RESUME_WINDOW_NS)
+        if left_open is not None and (resume is None or left_open < resume):
+            resume = left_open
+        if resume is None and settings.backfill_from is not None:
+            since = settings.backfill_from
+            resume = int(since.timestamp()) * 1_000_000_000 + since.microsecond * 1000
+        return resume, gaps
+
+    async def backfill_options(self, start_ns: int, end_ns: int) -> int:
+        """Option trades of [start, end] from ``GET /v1beta1/options/trades``, through the dedupe path."""
+        symbols = list(self.settings.option_symbols)
+        total = 0
+        start, end = ns_to_datetime(start_ns), ns_to_datetime(end_ns + 1000)
+        for i in range(0, len(symbols), BACKFILL_SYMBOLS_PER_REQUEST):
+            async for page in self.rest.option_trades(symbols[i:i + BACKFILL_SYMBOLS_PER_REQUEST], start, end,
+                                                      feed=self.options_feed):
+                await self.writer.submit(time.monotonic_ns(), metrics=self.options_metrics,
+                                         backfill_option_trades=page)
+                total += len(page)
+        return total
+
+    async def _news_resume_point(self) -> tuple[int | None, GapLedger]:
+        """Newest stored article version (``updated_at`` in the last three days), or a gap a crash left
+        open, or TICKVAULT_BACKFILL_FROM on a first start; ledger ``run_dir/gaps/<worker>-news.json``."""
+        settings = self.settings
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT (extract(epoch FROM max(updated_at)) * 1e6)::bigint * 1000 FROM news "
+                f"WHERE created_at > now() - interval '{RESUME_WINDOW}'")
+            resume = (await cur.fetchone())[0]
+        gaps = GapLedger(settings.run_dir / "gaps" / f"{settings.worker_name}-news.json")
+        left_open, _ = gaps.oldest_inherited(time.time_ns() - RESUME_WINDOW_NS)
+        if left_open is not None and (resume is None or left_open < resume):
+            resume = left_open
+        if resume is None and settings.backfill_from is not None:
+            since = settings.backfill_from
+            resume = int(since.timestamp()) * 1_000_000_000 + since.microsecond * 1000
+        return resume, gaps
+
+    async def backfill_news(self, start_ns: int, end_ns: int) -> int:
+        """Articles of the gap from ``GET /v1beta1/news``, upserted like the stream's: those created in
+        [start − NEWS_UPDATE_LOOKBACK, end], so that an article updated during the gap is refreshed too
+        when it was published up to an hour before it (the upsert keeps the newest version either way)."""
+        total = 0
+        async for page in self.rest.news(ns_to_datetime(start_ns - NEWS_UPDATE_LOOKBACK_NS),
+                                         ns_to_datetime(end_ns + 1000),
+                                         symbols=self.settings.news_symbols):
+            await self.writer.submit(time.monotonic_ns(), metrics=self.news_metrics, news=page)
+            total += len(page)
+        return total
 
     async def _tradable_symbols(self) -> list[str]:
         assets = await self.rest.list_assets(status="active", asset_class="us_equity")
@@ -353,15 +550,16 @@ class Worker:
     # --- serve -------------------------------------------------------------------------------
     async def serve(self) -> None:
         handle, tasks = self.handle, self._tasks
-        reader_task = tasks["reader"]
-        connected = asyncio.create_task(self.reader.connected.wait())
+        reader_tasks = {t for name, t in tasks.items() if name.startswith("reader")}
+        # Ready when every feed is subscribed.
+        connected = asyncio.ensure_future(asyncio.gather(*(r.connected.wait() for r in self.readers.values())))
         stopping = asyncio.create_task(handle.stop_event.wait())
         try:
-            done, _ = await asyncio.wait({connected, stopping, reader_task}, return_when=asyncio.FIRST_COMPLETED)
-            if reader_task in done:
-                reader_task.result()  # AuthFailed and friends surface here
+            done, _ = await asyncio.wait({connected, stopping, *reader_tasks}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done & reader_tasks:
+                task.result()  # AuthFailed and friends surface here
             handle.ready.set()
-            done, _ = await asyncio.wait({stopping, reader_task, tasks["processor"], tasks["writer"]},
+            done, _ = await asyncio.wait({stopping, *reader_tasks, tasks["processor"], tasks["writer"]},
                                          return_when=asyncio.FIRST_COMPLETED)
             for task in done - {stopping}:
                 task.result()  # a crashed component is an error, not a silent stop
@@ -374,14 +572,17 @@ class Worker:
         """Stop reading; commit everything accepted before the deadline. False: cut short (spill next)."""
         handle, tasks = self.handle, self._tasks
         handle.stop_event.set()
-        self.reader.stop()
-        try:
-            await asyncio.wait_for(tasks["reader"], 15)
-        except (asyncio.TimeoutError, Exception):  # noqa: BLE001
-            tasks["reader"].cancel()
+        for reader in self.readers.values():
+            reader.stop()
+        for name, task in tasks.items():
+            if name.startswith("reader"):
+                try:
+                    await asyncio.wait_for(task, 15)
+                except (asyncio.TimeoutError, Exception):  # noqa: BLE001
+                    task.cancel()
         self._deadline = asyncio.get_running_loop().time() + self.settings.shutdown_timeout_s
         drained = (
-            await self._until_deadline(self.reader.wait_backfills())
+            await self._until_deadline(asyncio.gather(*(r.wait_backfills() for r in self.readers.values())))
             and await self._until_deadline(self.queue.put(None))
             and await self._until_deadline(tasks["processor"])
             and await self._until_deadline(self.writer.drain())
@@ -460,44 +661,54 @@ class Worker:
         self._stats_clock = now
 
     async def _write_stats(self, interval_s: float) -> None:
-        settings, metrics, queue, proc, handle = self.settings, self.metrics, self.queue, self._proc, self.handle
-        metrics.rss_mb = proc.memory_info().rss / 2**20
-        metrics.cpu_percent = proc.cpu_percent(None)
-        counts, hists = metrics.snapshot_and_reset()
+        """One ``ingest_stats`` row per feed (its label in ``feed``); the first feed's row is also the status."""
+        settings, queue, proc = self.settings, self.queue, self._proc
+        rss_mb = proc.memory_info().rss / 2**20
+        cpu = proc.cpu_percent(None)
+        rows = []
+        for i, (label, metrics) in enumerate(self.feed_metrics.items()):
+            metrics.rss_mb, metrics.cpu_percent = rss_mb, cpu  # the process's, on every feed's row
+            counts, hists = metrics.snapshot_and_reset()
+            if i == 0:
+                self._publish_status(interval_s, metrics, counts, hists)
+            rows.append((label, metrics.queue_max, counts, hists))
+            metrics.queue_max = queue.qsize()  # the next interval's maximum starts from now
+        try:
+            async with self.pool.connection(timeout=5) as conn:
+                for label, queue_max, counts, h in rows:
+                    await conn.execute(
+                        "INSERT INTO ingest_stats (time, worker, feed, interval_s, trades, quotes, bars, other_messages, "
+                        "rows_committed, rejects, drops, stalls, reconnects, backfilled, queue_depth, queue_max, "
+                        "exchange_to_received_p50_ms, exchange_to_received_p99_ms, received_to_processed_p50_ms, "
+                        "received_to_processed_p99_ms, received_to_processed_max_ms, received_to_committed_p50_ms, "
+                        "received_to_committed_p99_ms, received_to_committed_max_ms, rss_mb, cpu_percent, extra) "
+                        "VALUES (now(), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                        "%s, %s, %s, %s, %s, %s, %s)",
+                        (settings.worker_name, label, interval_s, counts["trades"], counts["quotes"], counts["bars"],
+                         counts["other_messages"], counts["rows_committed"], counts["rejects"], counts["drops"],
+                         counts["stalls"], counts["reconnects"], counts["backfilled"], queue.qsize(),
+                         queue_max,
+                         h["exchange_to_received"]["p50_ms"], h["exchange_to_received"]["p99_ms"],
+                         h["received_to_processed"]["p50_ms"], h["received_to_processed"]["p99_ms"],
+                         h["received_to_processed"]["max_ms"], h["received_to_committed"]["p50_ms"],
+                         h["received_to_committed"]["p99_ms"], h["received_to_committed"]["max_ms"],
+                         rss_mb, cpu,
+                         json.dumps({k: counts[k] for k in ("stall_seconds", "db_errors", "cache_hits", "cache_misses",
+                                                            "cache_stale", "frames", "orders_submitted",
+                                                            "fills_recorded")})),
+                    )
+        except Exception as exc:  # noqa: BLE001 - stats must never take the worker down
+            log.warning("could not write ingest_stats (%s); figures kept in memory", exc)
+
+    def _publish_status(self, interval_s: float, metrics: Metrics, counts: dict, hists: dict) -> None:
         status = {
-            "worker": settings.worker_name, "interval_s": interval_s,
+            "worker": self.settings.worker_name, "interval_s": interval_s,
             "trades_per_s": counts["trades"] / interval_s if interval_s else 0.0,
             "rows_per_s": counts["rows_committed"] / interval_s if interval_s else 0.0,
-            "queue_depth": queue.qsize(), "queue_max": metrics.queue_max, "rss_mb": metrics.rss_mb,
+            "queue_depth": self.queue.qsize(), "queue_max": metrics.queue_max, "rss_mb": metrics.rss_mb,
             "cpu_percent": metrics.cpu_percent, **{f"{k}": v for k, v in counts.items()},
             **{f"{s}_{q}": h[q] for s, h in hists.items() for q in ("p50_ms", "p99_ms", "max_ms")},
         }
-        handle.last_status = status
+        self.handle.last_status = status
         if self.on_status:
             self.on_status(status)
-        h = hists
-        try:
-            async with self.pool.connection(timeout=5) as conn:
-                await conn.execute(
-                    "INSERT INTO ingest_stats (time, worker, interval_s, trades, quotes, bars, other_messages, "
-                    "rows_committed, rejects, drops, stalls, reconnects, backfilled, queue_depth, queue_max, "
-                    "exchange_to_received_p50_ms, exchange_to_received_p99_ms, received_to_processed_p50_ms, "
-                    "received_to_processed_p99_ms, received_to_processed_max_ms, received_to_committed_p50_ms, "
-                    "received_to_committed_p99_ms, received_to_committed_max_ms, rss_mb, cpu_percent, extra) "
-                    "VALUES (now(), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-                    "%s, %s, %s, %s, %s)",
-                    (settings.worker_name, interval_s, counts["trades"], counts["quotes"], counts["bars"],
-                     counts["other_messages"], counts["rows_committed"], counts["rejects"], counts["drops"],
-                     counts["stalls"], counts["reconnects"], counts["backfilled"], queue.qsize(), metrics.queue_max,
-                     h["exchange_to_received"]["p50_ms"], h["exchange_to_received"]["p99_ms"],
-                     h["received_to_processed"]["p50_ms"], h["received_to_processed"]["p99_ms"],
-                     h["received_to_processed"]["max_ms"], h["received_to_committed"]["p50_ms"],
-                     h["received_to_committed"]["p99_ms"], h["received_to_committed"]["max_ms"],
-                     metrics.rss_mb, metrics.cpu_percent,
-                     json.dumps({k: counts[k] for k in ("stall_seconds", "db_errors", "cache_hits", "cache_misses",
-                                                        "cache_stale", "frames", "orders_submitted",
-                                                        "fills_recorded")})),
-                )
-        except Exception as exc:  # noqa: BLE001 - stats must never take the worker down
-            log.warning("could not write ingest_stats (%s); figures kept in memory", exc)
-        metrics.queue_max = queue.qsize()

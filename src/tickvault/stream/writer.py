@@ -6,6 +6,10 @@ that, :meth:`BatchWriter.submit` blocks the processor, the processor stops drain
 queue, the reader stops reading the socket, and TCP pushes back on the feed: the database's speed
 sets the pace and memory stays flat. Every such wait is counted as a stall.
 
+Crypto and option trades and quotes arrive as columns too (``alpaca.crypto``, ``alpaca.options``) and
+take the same COPY and dedupe paths into their own tables; crypto bars upsert ``crypto_bars``, order
+books are copied, news articles upsert ``news`` on the id (the newest version wins).
+
 Trades and quotes arrive as columns (:mod:`tickvault.alpaca.columnar`): each frame's rows are
 already binary COPY tuple data, so a batch's COPY is one header, the frames' bytes joined, one
 trailer — no Python call per row. The other tables (bars, statuses, LULDs, corrections, bad
@@ -51,15 +55,27 @@ from tickvault.alpaca.columnar import (
     quote_columns,
     trade_columns,
 )
+from tickvault.alpaca.crypto import crypto_quote_columns, crypto_trade_columns, size_decimal
+from tickvault.alpaca.options import option_quote_columns, option_trade_columns
 from tickvault.alpaca.protocol import ns_to_datetime
 from tickvault.db.tables import (
     BAD_MESSAGES,
     BARS_STAGE,
+    CRYPTO_BARS_STAGE,
+    CRYPTO_ORDERBOOKS,
+    CRYPTO_QUOTES,
+    CRYPTO_TRADES,
+    CRYPTO_TRADES_DEDUPE,
     LULDS,
+    OPTION_QUOTES,
+    OPTION_TRADES,
+    OPTION_TRADES_DEDUPE,
     QUOTES,
     TRADES,
     TRADING_STATUSES,
     UPSERT_BARS_FROM_STAGE,
+    UPSERT_CRYPTO_BARS_FROM_STAGE,
+    UPSERT_NEWS,
     CopySpec,
     indicators_upsert,
 )
@@ -132,11 +148,17 @@ YIELD_EVERY = 250  # rows formatted between event-loop turns (~0.6 ms): keeps pr
 
 SPILL_FIELDS = (
     "trades", "backfill_trades", "quotes", "bars", "corrections", "cancels", "statuses", "lulds", "indicators", "bad",
+    "crypto_trades", "backfill_crypto_trades", "crypto_quotes", "crypto_bars", "crypto_orderbooks", "news",
+    "option_trades", "backfill_option_trades", "option_quotes",
 )
 
 
 # Batch fields that hold columns (one TradeColumns/QuoteColumns per frame), not row tuples.
-_COLUMNS = {"trades": trade_columns, "backfill_trades": trade_columns, "quotes": quote_columns}
+_COLUMNS = {"trades": trade_columns, "backfill_trades": trade_columns, "quotes": quote_columns,
+            "crypto_trades": crypto_trade_columns, "backfill_crypto_trades": crypto_trade_columns,
+            "crypto_quotes": crypto_quote_columns, "option_trades": option_trade_columns,
+            "backfill_option_trades": option_trade_columns, "option_quotes": option_quote_columns}
+_QUOTE_FIELDS = ("quotes", "crypto_quotes", "option_quotes")
 
 
 @dataclass
@@ -154,13 +176,27 @@ class Batch:
     lulds: list[tuple] = field(default_factory=list)
     indicators: list[tuple] = field(default_factory=list)  # tables.INDICATORS order, time as ns
     bad: list[tuple] = field(default_factory=list)  # (source, reason, payload)
-    frames: list[tuple[int, int]] = field(default_factory=list)  # (received monotonic ns, rows) per frame
+    # crypto (alpaca/crypto.py): trades and quotes as columns, bars and orderbooks as CRYPTO_*_FIELDS tuples
+    crypto_trades: list[TradeColumns] = field(default_factory=list)
+    backfill_crypto_trades: list[TradeColumns] = field(default_factory=list)
+    crypto_quotes: list[QuoteColumns] = field(default_factory=list)
+    crypto_bars: list[tuple] = field(default_factory=list)  # as `bars`, volume a float or int (numeric column)
+    crypto_orderbooks: list[tuple] = field(default_factory=list)
+    news: list[tuple] = field(default_factory=list)  # alpaca/news.py NEWS_FIELDS tuples, upserted on the id
+    option_trades: list[TradeColumns] = field(default_factory=list)  # alpaca/options.py COPY columns
+    backfill_option_trades: list[TradeColumns] = field(default_factory=list)
+    option_quotes: list[QuoteColumns] = field(default_factory=list)
+    # (received monotonic ns, rows, the feed's Metrics or None: the writer's) per submission
+    frames: list[tuple] = field(default_factory=list)
+    backfill_metrics: dict = field(default_factory=dict)  # backfill field -> the Metrics its new rows count in
     rows: int = 0
     first_mono: int = 0
     batch_id: uuid.UUID = field(default_factory=uuid.uuid4)
     dedupe: bool = False
     maybe_committed: bool = False
     backfilled: int = 0  # backfilled trades that were new (set at commit)
+    backfilled_crypto: int = 0
+    backfilled_options: int = 0
 
 
 def _encode_rows(name: str, rows: list[tuple]) -> tuple[list, list[tuple]]:
@@ -177,7 +213,7 @@ def _encode_rows(name: str, rows: list[tuple]) -> tuple[list, list[tuple]]:
             encode([row])
             good.append(row)
         except UnstorableRow as exc:
-            bad.append(("backfill" if name == "backfill_trades" else "writer", str(exc), repr(row).encode()))
+            bad.append(("backfill" if name.startswith("backfill") else "writer", str(exc), repr(row).encode()))
     block = encode(good) if good else None
     if bad:
         log.warning("%d %s row(s) cannot be stored and were kept in bad_messages, e.g. %s", len(bad), name, bad[0][1])
@@ -226,12 +262,13 @@ class BatchWriter:
         self._inflight: Batch | None = None
 
     # --- producer side --------------------------------------------------------------------
-    async def submit(self, recv_mono_ns: int, **rows: list) -> None:
+    async def submit(self, recv_mono_ns: int, *, metrics: Metrics | None = None, **rows: list) -> None:
         """Buffer rows (keyword = Batch field). Blocks while too much is pending (backpressure).
 
-        ``trades``, ``backfill_trades`` and ``quotes`` take columns (a list of ``TradeColumns`` /
-        ``QuoteColumns``, as the reader decodes them) or row tuples (REST backfill, tests), which are
-        encoded here once.
+        ``trades``, ``backfill_trades`` and ``quotes`` (and their ``crypto_`` twins) take columns (a
+        list of ``TradeColumns`` / ``QuoteColumns``, as the reader decodes them) or row tuples (REST
+        backfill, tests), which are encoded here once. ``metrics``: the feed whose figures these rows
+        count in (committed rows, commit latency, new backfilled trades); default the writer's own.
         """
         if self._pending_rows >= self.max_pending_rows:
             started = time.monotonic()
@@ -261,7 +298,11 @@ class BatchWriter:
         first = not batch.frames
         if first:
             batch.first_mono = recv_mono_ns
-        batch.frames.append((recv_mono_ns, n))
+        batch.frames.append((recv_mono_ns, n, metrics))
+        if metrics is not None:
+            for name in ("backfill_trades", "backfill_crypto_trades", "backfill_option_trades"):
+                if rows.get(name):
+                    batch.backfill_metrics[name] = metrics
         batch.rows += n
         self._pending_rows += n
         self._idle.clear()
@@ -328,7 +369,7 @@ class BatchWriter:
                 for name, rows in doc["fields"].items():
                     if name in _COLUMNS:
                         getattr(batch, name).extend(
-                            _blocks_from_json(QuoteColumns if name == "quotes" else TradeColumns, rows))
+                            _blocks_from_json(QuoteColumns if name in _QUOTE_FIELDS else TradeColumns, rows))
                         continue
                     if name == "bad":
                         rows = [(r[0], r[1], base64.b64decode(r[2])) for r in rows]
@@ -392,11 +433,20 @@ class BatchWriter:
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 5.0)
         now = time.monotonic_ns()
-        for recv, n in batch.frames:
-            self.metrics.observe("received_to_committed", now - recv, n)
-        self.metrics.add("rows_committed", batch.rows)
+        counted = 0
+        for recv, n, metrics in batch.frames:
+            (metrics or self.metrics).observe("received_to_committed", now - recv, n)
+            (metrics or self.metrics).add("rows_committed", n)
+            counted += n
+        if batch.rows > counted:  # a recovered spill: its frames were not kept
+            self.metrics.add("rows_committed", batch.rows - counted)
         if batch.backfilled:
-            self.metrics.add("backfilled", batch.backfilled)
+            batch.backfill_metrics.get("backfill_trades", self.metrics).add("backfilled", batch.backfilled)
+        if batch.backfilled_crypto:
+            batch.backfill_metrics.get("backfill_crypto_trades", self.metrics).add("backfilled", batch.backfilled_crypto)
+        if batch.backfilled_options:
+            batch.backfill_metrics.get("backfill_option_trades", self.metrics).add("backfilled",
+                                                                                   batch.backfilled_options)
         self.committed_batches += 1
 
     async def _landed(self, conn: psycopg.AsyncConnection, batch: Batch) -> bool:
@@ -438,8 +488,70 @@ class BatchWriter:
                 await self._upsert_indicators(cur, batch.indicators)
             if batch.corrections or batch.cancels:
                 await self._apply_corrections(cur, batch.corrections, batch.cancels)
+            if batch.crypto_trades or batch.backfill_crypto_trades or batch.crypto_quotes or batch.crypto_bars \
+                    or batch.crypto_orderbooks:
+                await self._write_crypto(cur, batch)
+            if batch.option_trades or batch.backfill_option_trades or batch.option_quotes:
+                await self._write_options(cur, batch)
+            if batch.news:
+                # A few articles a minute: one upsert each; the newest version of an article wins.
+                await cur.executemany(UPSERT_NEWS, [a[:8] + (ns_to_datetime(a[8]), ns_to_datetime(a[9]))
+                                                    for a in batch.news])
             if batch.bad:
                 await self._copy(cur, BAD_MESSAGES, ((s, r, p, self.worker) for s, r, p in batch.bad))
+
+    async def _write_crypto(self, cur: psycopg.AsyncCursor, batch: Batch) -> None:
+        """Crypto rows, in the batch's transaction: trades by COPY (through the de-duplicating staging
+        table after a key violation, and always for backfills), quotes and orderbooks by COPY, bars upserted."""
+        if batch.crypto_trades:
+            if batch.dedupe:
+                await self._staged_crypto_trades(cur, batch.crypto_trades)
+            else:
+                await self._copy_columns(cur, CRYPTO_TRADES.copy_statement(), batch.crypto_trades)
+        if batch.backfill_crypto_trades:
+            batch.backfilled_crypto = await self._staged_crypto_trades(cur, batch.backfill_crypto_trades)
+        if batch.crypto_quotes:
+            await self._copy_columns(cur, CRYPTO_QUOTES.copy_statement(), batch.crypto_quotes)
+        if batch.crypto_orderbooks:
+            await self._copy(cur, CRYPTO_ORDERBOOKS, (o + (o[0],) for o in batch.crypto_orderbooks))
+        if batch.crypto_bars:
+            await cur.execute("CREATE TEMP TABLE IF NOT EXISTS crypto_bars_stage (LIKE crypto_bars INCLUDING DEFAULTS) "
+                              "ON COMMIT DELETE ROWS")
+            # numeric volume: the decimal the venue printed (alpaca/crypto.py's size_decimal)
+            rows = (b[:7] + (size_decimal(b[7]),) + b[8:] for b in batch.crypto_bars)
+            await self._copy(cur, CRYPTO_BARS_STAGE, rows)
+            await cur.execute(UPSERT_CRYPTO_BARS_FROM_STAGE)
+
+    async def _write_options(self, cur: psycopg.AsyncCursor, batch: Batch) -> None:
+        """Option rows: trades by COPY (through the staging table after a key violation, always for a
+        backfill), quotes by COPY."""
+        if batch.option_trades:
+            if batch.dedupe:
+                await self._staged_option_trades(cur, batch.option_trades)
+            else:
+                await self._copy_columns(cur, OPTION_TRADES.copy_statement(), batch.option_trades)
+        if batch.backfill_option_trades:
+            batch.backfilled_options = await self._staged_option_trades(cur, batch.backfill_option_trades)
+        if batch.option_quotes:
+            await self._copy_columns(cur, OPTION_QUOTES.copy_statement(), batch.option_quotes)
+
+    async def _staged_option_trades(self, cur: psycopg.AsyncCursor, trades: list[TradeColumns]) -> int:
+        await cur.execute("CREATE TEMP TABLE IF NOT EXISTS option_trades_stage (LIKE option_trades INCLUDING DEFAULTS) "
+                          "ON COMMIT DELETE ROWS")
+        await self._copy_columns(cur, OPTION_TRADES.copy_statement("option_trades_stage"), trades)
+        await cur.execute(OPTION_TRADES_DEDUPE)
+        inserted = max(cur.rowcount, 0)
+        await cur.execute("TRUNCATE option_trades_stage")
+        return inserted
+
+    async def _staged_crypto_trades(self, cur: psycopg.AsyncCursor, trades: list[TradeColumns]) -> int:
+        await cur.execute("CREATE TEMP TABLE IF NOT EXISTS crypto_trades_stage (LIKE crypto_trades INCLUDING DEFAULTS) "
+                          "ON COMMIT DELETE ROWS")
+        await self._copy_columns(cur, CRYPTO_TRADES.copy_statement("crypto_trades_stage"), trades)
+        await cur.execute(CRYPTO_TRADES_DEDUPE)
+        inserted = max(cur.rowcount, 0)
+        await cur.execute("TRUNCATE crypto_trades_stage")
+        return inserted
 
     @staticmethod
     async def _copy(cur: psycopg.AsyncCursor, spec: CopySpec, rows) -> None:

@@ -205,6 +205,15 @@ def _stats_row(row: tuple) -> dict[str, Any]:
 
 
 _STATS_SELECT = "SELECT extract(epoch FROM time)::float8, worker, interval_s, " + ", ".join(_STATS_COLUMNS)
+_SUMMED = ("trades", "quotes", "bars", "rows_committed", "rejects", "drops", "stalls", "reconnects", "backfilled")
+# A worker recording several feeds writes one ingest_stats row per feed per interval, all with the same
+# time (one transaction): the Health page shows the worker, so its feeds are added up (counts) or the
+# worst taken (latencies, queue, RSS, CPU). Quals on worker and time are pushed into the GROUP BY.
+_STATS_BY_WORKER = (
+    "(SELECT time, worker, max(interval_s) AS interval_s, "
+    + ", ".join(f"sum({c})::bigint AS {c}" if c in _SUMMED else f"max({c}) AS {c}" for c in _STATS_COLUMNS)
+    + " FROM ingest_stats GROUP BY time, worker) AS ingest_stats"
+)
 
 
 async def workers(conn: psycopg.AsyncConnection) -> list[dict[str, Any]]:
@@ -217,7 +226,7 @@ async def workers(conn: psycopg.AsyncConnection) -> list[dict[str, Any]]:
     out = []
     for name in names:  # one index probe each on ingest_stats_worker_time_idx
         cur = await conn.execute(
-            _STATS_SELECT + ", extract(epoch FROM now() - time)::float8 FROM ingest_stats WHERE worker = %s "
+            _STATS_SELECT + f", extract(epoch FROM now() - time)::float8 FROM {_STATS_BY_WORKER} WHERE worker = %s "
             "ORDER BY time DESC LIMIT 1", (name,))
         row = await cur.fetchone()
         if row:
@@ -229,7 +238,7 @@ async def workers(conn: psycopg.AsyncConnection) -> list[dict[str, Any]]:
 
 async def ingest_history(conn: psycopg.AsyncConnection, worker: str, minutes: float = 60) -> list[dict[str, Any]]:
     cur = await conn.execute(
-        _STATS_SELECT + " FROM ingest_stats WHERE worker = %s AND time > now() - make_interval(secs => %s) "
+        _STATS_SELECT + f" FROM {_STATS_BY_WORKER} WHERE worker = %s AND time > now() - make_interval(secs => %s) "
         "ORDER BY time DESC LIMIT %s",
         (worker, minutes * 60, HEALTH_MAX_ROWS),
     )
@@ -241,7 +250,7 @@ async def ingest_history(conn: psycopg.AsyncConnection, worker: str, minutes: fl
 async def ingest_since(conn: psycopg.AsyncConnection, since_epoch: float) -> list[dict[str, Any]]:
     """Rows of every worker newer than ``since_epoch`` (what live updates push to the Health page)."""
     cur = await conn.execute(
-        _STATS_SELECT + " FROM ingest_stats WHERE time > to_timestamp(%s) AND time > now() - interval '1 hour' "
+        _STATS_SELECT + f" FROM {_STATS_BY_WORKER} WHERE time > to_timestamp(%s) AND time > now() - interval '1 hour' "
         "ORDER BY time LIMIT %s",
         (since_epoch, HEALTH_MAX_ROWS),
     )

@@ -1,0 +1,105 @@
+"""The simulated options market: contracts on the first stock symbols, trading on the same seeded walk.
+
+An :class:`OptionsMarket` is a :class:`~tickvault.sim.market.Market` over OCC symbols: for each of the
+first ``underlyings`` stock symbols, calls and puts at two strikes and two expiries (8 contracts each).
+It speaks Alpaca's options stream (``alpaca/options.py``'s wire notes): trades ``{T,S,t,p,s,x,c}``
+(whole contracts, one condition letter, no trade id) and a quote every other trade ``{T,S,t,bx,bp,bs,ax,
+ap,as,c}``; no bars on the stream. Items are tagged ``options:trades`` / ``options:quotes`` so only
+options connections get them. The truth arrays keep an internal sequence number in ``ids`` (never sent)
+and each trade's exchange index in ``venues``. Memory: as :class:`Market`, plus 1 B per trade.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterator
+
+from msgpack import Timestamp
+
+from tickvault.sim.market import Market, SymbolBook
+
+__all__ = ["OPTION_EXCHANGES", "OptionsMarket", "occ_symbol"]
+
+OPTION_EXCHANGES = ("C", "X", "I", "N")  # CBOE, PHLX, ISE, NYSE Arca: a few OPRA participant codes
+_EXPIRIES = ("270115", "270319")
+
+
+def occ_symbol(underlying: str, yymmdd: str, kind: str, strike_thousandths: int) -> str:
+    return f"{underlying}{yymmdd}{kind}{strike_thousandths:08d}"
+
+
+class _OptionBook(SymbolBook):
+    __slots__ = ("venues",)
+
+    def __init__(self, symbol: str, price_cents: int) -> None:
+        super().__init__(symbol, price_cents)
+        self.venues = array("b")
+
+    def trim_half(self) -> None:
+        k = len(self.ids) // 2
+        super().trim_half()
+        del self.venues[:k]
+
+
+class OptionsMarket(Market):
+    """Contracts on ``underlyings`` (stock symbols); ``generate(n, now_ns)`` makes ``n`` option trades."""
+
+    def __init__(self, underlyings: list[str], *, seed: int = 9, truth_limit: int = 1_000_000) -> None:
+        contracts = []
+        for u in underlyings:
+            for expiry in _EXPIRIES:
+                for kind in ("C", "P"):
+                    for strike in (100_000, 150_000):  # $100 and $150
+                        contracts.append(occ_symbol(u, expiry, kind, strike))
+        super().__init__(contracts, seed=seed, quotes_per_trade=0.5, truth_limit=truth_limit)
+        for s in self.symbols:
+            self.books[s] = _OptionBook(s, self.rng.randrange(50, 3_000))  # $0.50 .. $30 premiums
+        self._book_list = [self.books[s] for s in self.symbols]
+
+    def generate(self, n: int, now_ns: int, on_trade=None, on_quote=None) -> list[tuple[str, str, dict]]:
+        rng, books = self.rng, self._book_list
+        out: list[tuple[str, str, dict]] = []
+        for _ in range(n):
+            book = books[rng.randrange(len(books))]
+            book.price_cents = max(1, book.price_cents + rng.choice((-1, 0, 1)) * max(1, book.price_cents // 200))
+            size = rng.randrange(1, 21)
+            venue = rng.randrange(len(OPTION_EXCHANGES))
+            t = book.last_ns = max(book.last_ns + 1, now_ns)
+            book.ids.append(self.next_id)
+            self.next_id += 1
+            book.times.append(t)
+            book.cents.append(book.price_cents)
+            book.sizes.append(size)
+            book.venues.append(venue)
+            out.append(("options:trades", book.symbol, {
+                "T": "t", "S": book.symbol, "t": Timestamp.from_unix_nano(t), "p": book.price_cents / 100,
+                "s": size, "x": OPTION_EXCHANGES[venue], "c": "I"}))
+            book.quote_credit += self.quotes_per_trade
+            if book.quote_credit >= 1.0:
+                book.quote_credit -= 1.0
+                price = book.price_cents
+                bid, ask = max(1, price - 5), price + 5
+                qt = book.last_ns = book.last_ns + 1
+                book.q_times.append(qt)
+                book.q_bid.append(bid)
+                book.q_ask.append(ask)
+                bsz, asz = rng.randrange(1, 100), rng.randrange(1, 100)
+                book.q_bid_size.append(bsz)
+                book.q_ask_size.append(asz)
+                self.quotes_total += 1
+                out.append(("options:quotes", book.symbol, {
+                    "T": "q", "S": book.symbol, "t": Timestamp.from_unix_nano(qt), "bx": "C", "bp": bid / 100,
+                    "bs": bsz, "ax": "X", "ap": ask / 100, "as": asz, "c": "A"}))
+        self.total += n
+        self.retained += n
+        if self.retained > self.truth_limit:
+            for book in books:
+                book.trim_half()
+            self.retained = sum(len(b.ids) for b in books)
+        return out
+
+    def truth_trades_full(self, symbol: str) -> Iterator[tuple[int, int, int, str]]:
+        """Retained trades: ``(time_ns, price_cents, size, exchange)``, ascending time."""
+        b = self.books[symbol]
+        for t, c, s, v in zip(b.times, b.cents, b.sizes, b.venues, strict=True):  # type: ignore[attr-defined]
+            yield t, c, s, OPTION_EXCHANGES[v]

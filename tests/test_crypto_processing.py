@@ -1,0 +1,67 @@
+"""Crypto frames through the real processor and writer into TimescaleDB: bars upserted (an updated
+bar replaces), indicators computed per pair on each closed minute bar, the price cache fed, rejects kept."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import psycopg
+
+from tickvault.alpaca.crypto import decode_crypto
+from tickvault.alpaca.protocol import encode_frame
+from tickvault.config import load_settings
+from tickvault.db.pool import open_pool
+from tickvault.stream.cache import PriceCache
+from tickvault.stream.metrics import Metrics
+from tickvault.stream.processor import Processor
+from tickvault.stream.reader import QueuedFrame
+from tickvault.stream.writer import BatchWriter
+
+MINUTE = 60 * 10**9
+T0 = 1_767_225_600 * 10**9  # 2026-01-01T00:00Z
+
+
+def _bar(i: int, close: float, kind: str = "b") -> dict:
+    return {"T": kind, "S": "BTC/USD", "t": T0 + i * MINUTE, "o": close - 1, "h": close + 2, "l": close - 2,
+            "c": close, "v": 0.5 + i / 1000, "n": 10, "vw": close}
+
+
+async def test_crypto_frames_store_bars_indicators_and_feed_the_price_cache(fresh_database):
+    url = fresh_database()
+    settings = load_settings(database_url=url)
+    pool = await open_pool(settings, min_size=1, name="crypto-processing-test")
+    metrics, feed_metrics = Metrics(), Metrics()
+    writer = BatchWriter(pool, metrics, worker="t", batch_rows=1000, flush_ms=10)
+    cache = PriceCache(60, metrics)
+    processor = Processor(asyncio.Queue(), writer, cache, metrics)
+    writer_task = asyncio.create_task(writer.run())
+    try:
+        messages = [_bar(i, 90_000.0 + i) for i in range(30)]
+        messages += [{"T": "t", "S": "BTC/USD", "i": 1, "p": 90_031.5, "s": 0.25, "tks": "S", "t": T0 + 31 * MINUTE},
+                     {"T": "q", "S": "BTC/USD", "bp": 90_031.0, "bs": 1.0, "ap": 90_032.0, "as": 2.0,
+                      "t": T0 + 31 * MINUTE + 1},
+                     _bar(29, 95_000.0, kind="u"),  # a late trade changed the last bar
+                     {"T": "s", "S": "BTC/USD", "t": T0}]  # no statuses on the crypto stream: rejected alone
+        frame = decode_crypto(encode_frame(messages))
+        await processor.handle(QueuedFrame(frame, time.time_ns(), time.monotonic_ns(), False, feed_metrics))
+        await writer.drain()
+    finally:
+        writer.close()
+        await writer_task
+        await pool.close()
+    with psycopg.connect(url) as conn:
+        bars = conn.execute("SELECT count(*), max(close), bool_or(updated) FROM crypto_bars").fetchone()
+        volume = conn.execute("SELECT volume FROM crypto_bars ORDER BY time LIMIT 1").fetchone()[0]
+        ind = conn.execute("SELECT count(*), count(rsi_14), count(sma_20) FROM indicators "
+                           "WHERE symbol = 'BTC/USD' AND timeframe = '1m'").fetchone()
+        bad = conn.execute("SELECT source, reason FROM bad_messages").fetchall()
+        trades = conn.execute("SELECT size, taker_side FROM crypto_trades").fetchall()
+    assert bars == (30, 95_000.0, True)
+    assert str(volume) == "0.5"
+    assert ind[0] == 30 and ind[1] == 30 - 14 and ind[2] == 30 - 19  # NULL until each window has filled
+    assert bad == [("stream:crypto", "unknown message type 's' on the crypto stream")]
+    assert [(str(s), side) for s, side in trades] == [("0.25", "S")]
+    assert cache.peek("BTC/USD") == (90_031.5, True) and cache.quote("BTC/USD")[6] == 90_032.0
+    assert feed_metrics.totals["bars"] == 31 and feed_metrics.totals["rejects"] == 1
+    assert feed_metrics.totals["rows_committed"] > 0 and metrics.totals["rows_committed"] == 0
