@@ -172,7 +172,7 @@ async def test_dry_run_lists_the_chunks_and_drops_nothing(db: str):
 
 
 async def test_zero_day_windows_keep_everything(db: str):
-    from tickvault.retention import retention_plan
+    from tickvault.jobs.retention import retention_plan
 
     zero = {setting: 0 for _table, setting, _days in retention_plan(_settings(db))}  # every window, new ones too
     with psycopg.connect(db) as conn:
