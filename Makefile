@@ -18,6 +18,12 @@ $(STAMP): pyproject.toml setup.py src/tickvault/_columnar.c
 	  echo "python venv is missing; installing python3-venv with apt-get"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); \
 	fi
+	@# tickvault._columnar is C: without a compiler or Python's headers it would install without it (slower).
+	@command -v cc >/dev/null 2>&1 || { echo "no C compiler; installing gcc with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev; }
+	@$(BIN)/python -c "import os, sysconfig; raise SystemExit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
+	  || { echo "Python headers missing; installing python3-dev with apt-get"; \
+	       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-dev; }
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
 	@touch $(STAMP)
