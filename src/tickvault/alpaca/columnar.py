@@ -49,6 +49,7 @@ __all__ = [
     "QuoteColumns",
     "TradeColumns",
     "UnstorableRow",
+    "columns_of",
     "decode_columnar",
     "encode_quote_copy",
     "encode_trade_copy",
@@ -264,23 +265,24 @@ def _summary(rows: list[tuple]) -> tuple[int, int, dict[str, tuple]]:
     return tmin, tmax, latest
 
 
+def columns_of(cls, rows: list[tuple], copy: bytes):
+    """``cls`` (TradeColumns or QuoteColumns) for ``rows`` (time first, symbol second, in row order)
+    whose COPY data is ``copy``; None for no rows. Every stream's decoder builds its columns here."""
+    if not rows:
+        return None
+    tmin, tmax, latest = _summary(rows)
+    return cls(len(rows), copy, tmin, tmax, rows[-1][0], latest)
+
+
 def trade_columns(rows: list[tuple]) -> TradeColumns | None:
     """Columns from TRADE_FIELDS tuples (backfill, JSON frames, spill files); None for no rows.
     Raises :class:`UnstorableRow` on a row the trades table cannot take."""
-    if not rows:
-        return None
-    copy = encode_trade_copy(rows)
-    tmin, tmax, latest = _summary(rows)
-    return TradeColumns(len(rows), copy, tmin, tmax, rows[-1][0], latest)
+    return columns_of(TradeColumns, rows, encode_trade_copy(rows)) if rows else None
 
 
 def quote_columns(rows: list[tuple]) -> QuoteColumns | None:
     """Columns from QUOTE_FIELDS tuples; None for no rows. Raises :class:`UnstorableRow`."""
-    if not rows:
-        return None
-    copy = encode_quote_copy(rows)
-    tmin, tmax, latest = _summary(rows)
-    return QuoteColumns(len(rows), copy, tmin, tmax, rows[-1][0], latest)
+    return columns_of(QuoteColumns, rows, encode_quote_copy(rows)) if rows else None
 
 
 # --------------------------------------------------------------------------------------------

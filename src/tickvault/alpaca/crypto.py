@@ -46,11 +46,12 @@ from tickvault.alpaca.columnar import (
     UnstorableRow,
     _float8,
     _int8,
-    _summary,
+    columns_of,
     _text,
     _time,
 )
 from tickvault.alpaca.protocol import (
+    _reject_reason,
     _CONTROL_TYPES,
     Reject,
     _load_frame,
@@ -188,19 +189,11 @@ def encode_crypto_quote_copy(rows) -> bytes:
 def crypto_trade_columns(rows: list[tuple]) -> TradeColumns | None:
     """Columns from CRYPTO_TRADE_FIELDS tuples (REST backfill, spill files); None for no rows.
     Raises :class:`~tickvault.alpaca.columnar.UnstorableRow` on a row the table cannot take."""
-    if not rows:
-        return None
-    copy = encode_crypto_trade_copy(rows)
-    tmin, tmax, latest = _summary(rows)
-    return TradeColumns(len(rows), copy, tmin, tmax, rows[-1][0], latest)
+    return columns_of(TradeColumns, rows, encode_crypto_trade_copy(rows)) if rows else None
 
 
 def crypto_quote_columns(rows: list[tuple]) -> QuoteColumns | None:
-    if not rows:
-        return None
-    copy = encode_crypto_quote_copy(rows)
-    tmin, tmax, latest = _summary(rows)
-    return QuoteColumns(len(rows), copy, tmin, tmax, rows[-1][0], latest)
+    return columns_of(QuoteColumns, rows, encode_crypto_quote_copy(rows)) if rows else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,19 +214,8 @@ def _levels(levels: Any) -> tuple[list[float], list[float]]:
 
 
 def _reason(msg: Any) -> str:
-    if not isinstance(msg, dict):
-        return f"message is not a map: {type(msg).__name__}"
-    kind = msg.get("T")
-    if kind is None:
-        return "message without 'T'"
-    spec = _REQUIRED.get(kind) if isinstance(kind, str) else None
-    if spec is None:
-        return f"unknown message type {kind!r} on the crypto stream"
-    name, required = spec
-    for key in required:
-        if key not in msg:
-            return f"{name} missing field {key!r}"
-    return f"{name} has a field of the wrong type or a value the table cannot store"
+    return _reject_reason(msg, _REQUIRED, stream="crypto",
+                          wrong_type="has a field of the wrong type or a value the table cannot store")
 
 
 def decode_crypto(data: bytes | str) -> CryptoFrame:
@@ -292,14 +274,8 @@ def decode_crypto(data: bytes | str) -> CryptoFrame:
                 else:
                     rest.rejects.append(Reject(_reason(m), _reencode(m, use_msgpack)))
         pending = retry
-    tcols = qcols = None
-    if trades:
-        tmin, tmax, latest = _summary(trades)
-        tcols = TradeColumns(len(trades), b"".join(trade_copy), tmin, tmax, trades[-1][0], latest)
-    if quotes:
-        tmin, tmax, latest = _summary(quotes)
-        qcols = QuoteColumns(len(quotes), b"".join(quote_copy), tmin, tmax, quotes[-1][0], latest)
-    return CryptoFrame(tcols, qcols, rest)
+    return CryptoFrame(columns_of(TradeColumns, trades, b"".join(trade_copy)),
+                       columns_of(QuoteColumns, quotes, b"".join(quote_copy)), rest)
 
 
 # --------------------------------------------------------------------------------------------

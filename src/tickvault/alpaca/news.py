@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tickvault.alpaca.protocol import _CONTROL_TYPES, Reject, _load_frame, _reencode, rfc3339_to_ns
+from tickvault.alpaca.protocol import _CONTROL_TYPES, Reject, _load_frame, _reencode, _reject_reason, rfc3339_to_ns
 
 __all__ = ["NEWS_FIELDS", "NewsFrame", "NewsPosition", "article_row", "decode_news"]
 
@@ -96,15 +96,7 @@ def article_row(raw: dict) -> tuple:
 
 
 def _reason(msg: Any) -> str:
-    if not isinstance(msg, dict):
-        return f"message is not a map: {type(msg).__name__}"
-    kind = msg.get("T")
-    if kind != "n":
-        return "message without 'T'" if kind is None else f"unknown message type {kind!r} on the news stream"
-    for key in _REQUIRED:
-        if key not in msg:
-            return f"news missing field {key!r}"
-    return "news has a field of the wrong type"
+    return _reject_reason(msg, {"n": ("news", _REQUIRED)}, stream="news")
 
 
 def decode_news(data: bytes | str) -> NewsFrame:

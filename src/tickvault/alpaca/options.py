@@ -27,8 +27,8 @@ from decimal import Decimal
 
 from psycopg.types.numeric import dump_decimal_to_numeric_binary
 
-from tickvault.alpaca.columnar import QuoteColumns, TradeColumns, UnstorableRow, _float8, _int8, _summary, _text, _time
-from tickvault.alpaca.protocol import _CONTROL_TYPES, Reject, _load_frame, _reencode, _repair
+from tickvault.alpaca.columnar import QuoteColumns, TradeColumns, UnstorableRow, _float8, _int8, _text, _time, columns_of
+from tickvault.alpaca.protocol import _CONTROL_TYPES, Reject, _load_frame, _reencode, _reject_reason, _repair
 
 __all__ = [
     "OPTION_FEEDS",
@@ -149,18 +149,14 @@ def option_trade_columns(rows: list[tuple]) -> TradeColumns | None:
     if not rows:
         return None
     cache: dict = {}
-    copy = b"".join([_trade_row(r, cache) for r in rows])
-    tmin, tmax, latest = _summary(rows)
-    return TradeColumns(len(rows), copy, tmin, tmax, rows[-1][0], latest)
+    return columns_of(TradeColumns, rows, b"".join([_trade_row(r, cache) for r in rows]))
 
 
 def option_quote_columns(rows: list[tuple]) -> QuoteColumns | None:
     if not rows:
         return None
     cache: dict = {}
-    copy = b"".join([_quote_row(r, cache) for r in rows])
-    tmin, tmax, latest = _summary(rows)
-    return QuoteColumns(len(rows), copy, tmin, tmax, rows[-1][0], latest)
+    return columns_of(QuoteColumns, rows, b"".join([_quote_row(r, cache) for r in rows]))
 
 
 def trade_row_from_rest(symbol: str, raw: dict) -> tuple:
@@ -176,22 +172,17 @@ def trade_row_from_rest(symbol: str, raw: dict) -> tuple:
 # Decoding.
 
 
+_OPTION_REQUIRED = {"t": ("option trade", ("t", "S", "p", "s")),
+                    "q": ("option quote", ("t", "S", "bp", "bs", "ap", "as"))}
+_CANNOT_STORE = "has a field of the wrong type or a value the table cannot store"
+
+
 def _reason(msg) -> str:
-    if not isinstance(msg, dict):
-        return f"message is not a map: {type(msg).__name__}"
-    kind = msg.get("T")
-    required = {"t": ("option trade", ("t", "S", "p", "s")),
-                "q": ("option quote", ("t", "S", "bp", "bs", "ap", "as"))}.get(kind if isinstance(kind, str) else "")
-    if required is None:
-        return "message without 'T'" if kind is None else f"unknown message type {kind!r} on the options stream"
-    name, keys = required
-    for key in keys:
-        if key not in msg:
-            return f"{name} missing field {key!r}"
-    symbol = msg.get("S")
-    if isinstance(symbol, str) and _OCC.fullmatch(symbol) is None:
-        return f"{name} on {symbol!r}, which is not an OCC option symbol"
-    return f"{name} has a field of the wrong type or a value the table cannot store"
+    reason = _reject_reason(msg, _OPTION_REQUIRED, stream="options", wrong_type=_CANNOT_STORE)
+    symbol = msg.get("S") if isinstance(msg, dict) else None
+    if reason.endswith(_CANNOT_STORE) and isinstance(symbol, str) and _OCC.fullmatch(symbol) is None:
+        return f"{reason[:-len(_CANNOT_STORE) - 1]} on {symbol!r}, which is not an OCC option symbol"
+    return reason
 
 
 def decode_options(data: bytes | str) -> OptionsFrame:
@@ -237,11 +228,5 @@ def decode_options(data: bytes | str) -> OptionsFrame:
                 else:
                     rest.rejects.append(Reject(_reason(m), _reencode(m, True)))
         pending = retry
-    tcols = qcols = None
-    if trades:
-        tmin, tmax, latest = _summary(trades)
-        tcols = TradeColumns(len(trades), b"".join(trade_copy), tmin, tmax, trades[-1][0], latest)
-    if quotes:
-        tmin, tmax, latest = _summary(quotes)
-        qcols = QuoteColumns(len(quotes), b"".join(quote_copy), tmin, tmax, quotes[-1][0], latest)
-    return OptionsFrame(tcols, qcols, rest)
+    return OptionsFrame(columns_of(TradeColumns, trades, b"".join(trade_copy)),
+                        columns_of(QuoteColumns, quotes, b"".join(quote_copy)), rest)

@@ -242,20 +242,23 @@ def _reencode(msg: Any, use_msgpack: bool) -> bytes:
         return repr(msg).encode()
 
 
-def _reject_reason(msg: Any) -> str:
+def _reject_reason(msg: Any, required: dict[str, tuple[str, tuple[str, ...]]] | None = None, *,
+                   stream: str = "", wrong_type: str = "has a field of the wrong type") -> str:
+    """Why a message was rejected, for every stream: ``required`` maps a type to (name, required
+    keys) (the stocks stream's by default); ``stream`` names the stream in an unknown-type reason."""
     if not isinstance(msg, dict):
         return f"message is not a map: {type(msg).__name__}"
     kind = msg.get("T")
     if kind is None:
         return "message without 'T'"
-    spec = _REQUIRED.get(kind) if isinstance(kind, str) else None
+    spec = (_REQUIRED if required is None else required).get(kind) if isinstance(kind, str) else None
     if spec is None:
-        return f"unknown message type {kind!r}"
-    name, required = spec
-    for key in required:
+        return f"unknown message type {kind!r}" + (f" on the {stream} stream" if stream else "")
+    name, keys = spec
+    for key in keys:
         if key not in msg:
             return f"{name} missing field {key!r}"
-    return f"{name} has a field of the wrong type"
+    return f"{name} {wrong_type}"
 
 
 def _repair(msg: dict) -> bool:
