@@ -465,8 +465,12 @@ class Worker:
     async def _table_resume_point(self, table: str, symbols: list[str], ledger: str) -> tuple[int | None, GapLedger]:
         """Newest stored trade of ``symbols`` in ``table``, or a gap a crash left open, or
         TICKVAULT_BACKFILL_FROM on a first start; ledger ``run_dir/gaps/<worker>-<ledger>.json``."""
+        return self._resume_with_open_gaps(await _resume_point(self.pool, symbols, table), ledger)
+
+    def _resume_with_open_gaps(self, resume: int | None, ledger: str) -> tuple[int | None, GapLedger]:
+        """A feed's resume point, moved back to a gap a crash left open in its ledger
+        (``run_dir/gaps/<worker>-<ledger>.json``), or TICKVAULT_BACKFILL_FROM on a first start."""
         settings = self.settings
-        resume = await _resume_point(self.pool, symbols, table)
         gaps = GapLedger(settings.run_dir / "gaps" / f"{settings.worker_name}-{ledger}.json")
         left_open, _ = gaps.oldest_inherited(time.time_ns() - RESUME_WINDOW_NS)
         if left_open is not None and (resume is None or left_open < resume):
@@ -492,20 +496,12 @@ class Worker:
     async def _news_resume_point(self) -> tuple[int | None, GapLedger]:
         """Newest stored article version (``updated_at`` in the last three days), or a gap a crash left
         open, or TICKVAULT_BACKFILL_FROM on a first start; ledger ``run_dir/gaps/<worker>-news.json``."""
-        settings = self.settings
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT (extract(epoch FROM max(updated_at)) * 1e6)::bigint * 1000 FROM news "
                 f"WHERE created_at > now() - interval '{RESUME_WINDOW}'")
             resume = (await cur.fetchone())[0]
-        gaps = GapLedger(settings.run_dir / "gaps" / f"{settings.worker_name}-news.json")
-        left_open, _ = gaps.oldest_inherited(time.time_ns() - RESUME_WINDOW_NS)
-        if left_open is not None and (resume is None or left_open < resume):
-            resume = left_open
-        if resume is None and settings.backfill_from is not None:
-            since = settings.backfill_from
-            resume = int(since.timestamp()) * 1_000_000_000 + since.microsecond * 1000
-        return resume, gaps
+        return self._resume_with_open_gaps(resume, "news")
 
     async def backfill_news(self, start_ns: int, end_ns: int) -> int:
         """Articles of the gap from ``GET /v1beta1/news``, upserted like the stream's: those created in
