@@ -125,6 +125,20 @@ async def test_wrong_key_is_refused_with_402_and_closed() -> None:
                     await ws.recv()
 
 
+async def test_a_subscription_past_the_symbol_limit_gets_405_and_keeps_the_old_one(monkeypatch) -> None:
+    """Any symbol string is accepted, so one connection's subscription is capped (error 405 past it)."""
+    import tickvault.sim.server as server
+
+    monkeypatch.setattr(server, "MAX_SUBSCRIBED_SYMBOLS", 3)
+    async with Simulator(symbols=2, rate=100) as sim:
+        async with await open_stream(sim, subscribe={"trades": ["AAA", "BBB"]}) as ws:
+            await ws.send(encode_client_message(subscribe_message(trades=["CCC", "DDD"])))
+            assert await recv_control(ws) == {"T": "error", "code": 405, "msg": "symbol limit exceeded"}
+            await ws.send(encode_client_message(subscribe_message(trades=["CCC"])))  # within the cap: taken
+            ack = await recv_control(ws)
+            assert ack["T"] == "subscription" and sorted(ack["trades"]) == ["AAA", "BBB", "CCC"]
+
+
 async def test_second_connection_for_same_key_gets_406() -> None:
     async with Simulator(symbols=2, rate=100) as sim:
         first = await open_stream(sim)

@@ -13,8 +13,8 @@ carrying one is rejected alone.
 
 Columnar form as for crypto (:mod:`tickvault.alpaca.crypto`): trades and quotes become binary COPY tuple
 data for :data:`tickvault.db.tables.OPTION_TRADES` / ``OPTION_QUOTES`` in Python (the compiled fast
-path is stocks-only). Never raises on server input, never blocks or logs. Bounds: memory O(frame); the
-per-frame OCC cache holds one entry per distinct contract of the frame and is dropped with it.
+path is stocks-only). Never raises on server input, never blocks or logs. Bounds: memory O(frame), plus
+the OCC cache of contracts seen (``CONTRACTS_CACHE_MAX`` entries, cleared when full).
 """
 
 from __future__ import annotations
@@ -108,9 +108,18 @@ _QUOTE_TUPLE = struct.pack("!h", 14)
 _PG_EPOCH_DATE = date(2000, 1, 1).toordinal()
 
 
+# The OCC columns of each contract seen, encoded once (parsing a symbol costs a regex, a date and a
+# Decimal): kept across frames, since most messages of a frame name a different contract. Bound:
+# CONTRACTS_CACHE_MAX entries of ~60 bytes; cleared when full (the option universe is ~1M contracts).
+CONTRACTS_CACHE_MAX = 100_000
+_CONTRACTS: dict[str, bytes] = {}
+
+
 def _contract(symbol: str, cache: dict) -> bytes:
     data = cache.get(symbol)
     if data is None:
+        if len(cache) >= CONTRACTS_CACHE_MAX:
+            cache.clear()
         occ = parse_occ(symbol)
         strike = bytes(dump_decimal_to_numeric_binary(occ.strike))
         data = b"".join((_text(symbol, False), _text(occ.underlying, False),
@@ -148,14 +157,14 @@ def option_trade_columns(rows: list[tuple]) -> TradeColumns | None:
     """Columns from OPTION_TRADE_FIELDS tuples (REST backfill, spill files); raises UnstorableRow."""
     if not rows:
         return None
-    cache: dict = {}
+    cache = _CONTRACTS
     return columns_of(TradeColumns, rows, b"".join([_trade_row(r, cache) for r in rows]))
 
 
 def option_quote_columns(rows: list[tuple]) -> QuoteColumns | None:
     if not rows:
         return None
-    cache: dict = {}
+    cache = _CONTRACTS
     return columns_of(QuoteColumns, rows, b"".join([_quote_row(r, cache) for r in rows]))
 
 
@@ -198,7 +207,7 @@ def decode_options(data: bytes | str) -> OptionsFrame:
     trade_copy: list[bytes] = []
     quotes: list[tuple] = []
     quote_copy: list[bytes] = []
-    cache: dict = {}
+    cache = _CONTRACTS
     pending = msgs or []
     while pending:
         retry = []

@@ -219,6 +219,11 @@ def ns_to_datetime(ns: int) -> datetime:
     return _EPOCH + timedelta(microseconds=ns // 1000)
 
 
+def datetime_to_ns(when: datetime) -> int:
+    """Epoch ns of an aware datetime, exactly (no float on the way); the inverse of :func:`ns_to_datetime`."""
+    return (when - _EPOCH) // timedelta(microseconds=1) * 1000
+
+
 def ns_to_rfc3339(ns: int) -> str:
     """Format int ns since the epoch as RFC 3339 UTC with exactly 9 fraction digits and ``Z``."""
     secs, frac = divmod(ns, 1_000_000_000)

@@ -38,6 +38,8 @@ from tickvault.db.migrate import server_edition
 TIMEFRAMES = ("1m", "5m", "1h", "1d")
 # Shared with tickvault.jobs.retention (a purge takes it exclusively): "tick" "purg".
 RETENTION_LOCK_KEY = 0x7469636B_70757267
+# The raw horizon when there are raw trades (no row: none at all, 'infinity' in SQL).
+RAW_HORIZON_SQL = "SELECT h FROM tickvault_raw_horizon() h WHERE isfinite(h)"
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ def aggregate_status(conn: psycopg.Connection) -> list[AggregateStatus]:
 
 def raw_horizon(conn: psycopg.Connection) -> datetime | None:
     """The oldest time from which raw trades are complete (None: no raw trades at all)."""
-    row = conn.execute("SELECT h FROM tickvault_raw_horizon() h WHERE isfinite(h)").fetchone()
+    row = conn.execute(RAW_HORIZON_SQL).fetchone()
     return None if row is None else row[0]
 
 

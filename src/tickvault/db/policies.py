@@ -187,7 +187,9 @@ def apply_policies(conn: psycopg.Connection, settings: Settings) -> PolicyReport
                     (view, want, policy.end_offset, policy.schedule),
                 )
         report.changed.append(f"{view} refresh policy start_offset {_interval(want)}")
-    want_after = timedelta(hours=settings.compress_after_hours) if settings.compress_after_hours > 0 else None
+    # Whole seconds: the server's interval then reads back equal, so an unchanged setting changes nothing.
+    want_after = (timedelta(seconds=round(settings.compress_after_hours * 3600))
+                  if settings.compress_after_hours > 0 else None)
     for table in COMPRESSED_TABLES:
         have_after = _compression_job(conn, table)
         report.compression[table] = want_after

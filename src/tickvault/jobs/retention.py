@@ -56,7 +56,7 @@ import psycopg
 from psycopg import sql
 
 from tickvault.config import Settings
-from tickvault.db.aggregates import RETENTION_LOCK_KEY
+from tickvault.db.aggregates import RAW_HORIZON_SQL, RETENTION_LOCK_KEY
 from tickvault.jobs.markdown import human_bytes
 from tickvault.db.jobs import JobHealth, job_health, jobs_markdown, warning_lines
 from tickvault.db.policies import CompressionStats, apply_policies, compression_stats
@@ -422,7 +422,7 @@ async def purge_retention(
                     "DELETE FROM ingest_batches WHERE committed_at < %s", (batches_cutoff,)
                 )
                 report.ingest_batches_deleted = cur.rowcount
-            cur = await conn.execute("SELECT h FROM tickvault_raw_horizon() h WHERE isfinite(h)")
+            cur = await conn.execute(RAW_HORIZON_SQL)
             report.raw_horizon = row[0] if (row := await cur.fetchone()) else None
         finally:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (PURGE_LOCK_KEY,))

@@ -96,6 +96,11 @@ class _QuietUvicorn(uvicorn.Server):
         yield
 
 
+# Symbols one connection may hold per channel: any string is accepted (as on Alpaca, an unknown
+# symbol simply gets no data), so a client could otherwise grow its subscription without end; past
+# this the subscribe is answered with error 405 (symbol limit exceeded), as Alpaca does.
+MAX_SUBSCRIBED_SYMBOLS = 20_000
+
 class _MarketClient:
     """One market-data WebSocket connection."""
 
@@ -124,7 +129,7 @@ class _MarketClient:
         self.use_msgpack = use_msgpack
         self.key: str | None = None
         self.authed = False
-        self.subs: dict[str, set[str]] = {ch: set() for ch in self.channels}  # ≤ symbols per channel
+        self.subs: dict[str, set[str]] = {ch: set() for ch in self.channels}  # ≤ MAX_SUBSCRIBED_SYMBOLS each
         self.sub_key: tuple | None = None  # hashable copy of subs for the per-round encode cache; None: none
         self.queue: asyncio.Queue[bytes | str | None] = asyncio.Queue(queue_frames)
         self.sender: asyncio.Task | None = None
@@ -1022,6 +1027,9 @@ class Simulator:
                 new[ch] |= symbols
             else:
                 new[ch] -= symbols
+        if any(len(syms) > MAX_SUBSCRIBED_SYMBOLS for syms in new.values()):
+            await self._error(c, 405)  # Alpaca's "symbol limit exceeded": the subscription is unchanged
+            return
         old = c.subs
         c.subs = new
         ack = c.subscription_message()

@@ -117,6 +117,8 @@ class LogAboveStatus(logging.Handler):
             self.handleError(record)
 
 
+RELAY_MAX_LINES = 10_000  # child output lines waiting for the next redraw (a second's worth is a few)
+
 class StatusDisplay:
     """The status line and what prints above it, for the duration of a ``with`` block.
 
@@ -130,7 +132,10 @@ class StatusDisplay:
         self.console = console or Console(stderr=True)
         self.status = StatusLine(metrics)
         self._level = level if live else quiet_level
-        self._lines: queue.SimpleQueue[str] = queue.SimpleQueue()  # relayed child output, until the next tick
+        # Relayed child output until the next tick. Bound: RELAY_MAX_LINES; past it (a child flooding its
+        # output, or nobody ticking any more) lines are dropped and the count is printed.
+        self._lines: queue.Queue[str] = queue.Queue(maxsize=RELAY_MAX_LINES)
+        self._dropped = 0
         self._live: Live | None = None
         self._handler: logging.Handler | None = None
         self._saved: tuple[list[logging.Handler], int] | None = None
@@ -165,7 +170,10 @@ class StatusDisplay:
 
         def pump() -> None:
             for line in stream:
-                self._lines.put(prefix + line.rstrip("\n"))
+                try:
+                    self._lines.put_nowait(prefix + line.rstrip("\n"))
+                except queue.Full:
+                    self._dropped += 1
 
         thread = threading.Thread(target=pump, name=f"relay {prefix.strip()}", daemon=True)
         thread.start()
@@ -178,6 +186,9 @@ class StatusDisplay:
                 lines.append(self._lines.get_nowait())
             except queue.Empty:
                 break
+        if self._dropped:
+            dropped, self._dropped = self._dropped, 0
+            lines.append(f"({dropped} line(s) of child output dropped: more than {RELAY_MAX_LINES} waited)")
         self._print(lines)
 
     def _print(self, lines: Iterable[str]) -> None:

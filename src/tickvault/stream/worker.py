@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from tickvault.alpaca.protocol import ns_to_rfc3339
+from tickvault.alpaca.protocol import datetime_to_ns, ns_to_rfc3339
 from tickvault.config import Settings
 from tickvault.stream.cache import PriceCache
 from tickvault.stream.gaps import GapLedger
@@ -394,21 +394,12 @@ class Worker:
         """Where the stream resumes (None: from the live stream) and the ledger of open backfill windows."""
         settings, pool, universe = self.settings, self.pool, self.universe
         resume = await _resume_point(pool, [] if universe.wildcard else list(settings.symbols))
-        gaps = GapLedger(settings.run_dir / "gaps" / f"{settings.worker_name}.json")
-        window_start_ns = time.time_ns() - RESUME_WINDOW_NS
-        left_open, left_needs_assets = gaps.oldest_inherited(window_start_ns)
-        if left_open is not None and (resume is None or left_open < resume):
-            # The previous run stored trades past a gap it had not finished backfilling: resume before it.
-            log.warning("the previous run left a backfill unfinished from %s; resuming from there",
-                        ns_to_rfc3339(left_open))
-            resume = max(left_open, window_start_ns)
+        resume, gaps, left_needs_assets = self._open_gaps(resume, f"{settings.worker_name}.json", "")
         if universe.wildcard and resume is not None:  # a restart's gap is made of the symbols stored before it
             universe.add(await _stored_symbols(pool, universe.max_symbols + 1), "the stored trades")
         first_start_backfill = resume is None and settings.backfill_from is not None
         if first_start_backfill:
-            # Settings refuses a time without a UTC offset (TICKVAULT_BACKFILL_FROM).
-            since = settings.backfill_from
-            resume = int(since.timestamp()) * 1_000_000_000 + since.microsecond * 1000
+            resume = self._backfill_from_ns()
             universe.fetch_tradable_once(self._tradable_symbols)  # nothing stored or received yet: ask the broker
             gaps.with_assets = universe.wildcard
         elif left_needs_assets and universe.wildcard:
@@ -420,6 +411,25 @@ class Worker:
                      ", the broker's tradable assets" if first_start_backfill else "")
         return resume, gaps
 
+    def _open_gaps(self, resume: int | None, ledger_file: str, what: str) -> tuple[int | None, GapLedger, bool]:
+        """A feed's resume point moved back to the oldest backfill window a crash or a cut shutdown left
+        open in its ledger (``run_dir/gaps/<ledger_file>``), never before the resume window; with the
+        ledger and whether that window was a first start's (which asked the broker's asset list)."""
+        gaps = GapLedger(self.settings.run_dir / "gaps" / ledger_file)
+        window_start_ns = time.time_ns() - RESUME_WINDOW_NS
+        left_open, left_needs_assets = gaps.oldest_inherited(window_start_ns)
+        if left_open is not None and (resume is None or left_open < resume):
+            # The previous run stored trades past a gap it had not finished backfilling: resume before it.
+            log.warning("the previous run left a%s backfill unfinished from %s; resuming from there",
+                        what, ns_to_rfc3339(left_open))
+            resume = max(left_open, window_start_ns)
+        return resume, gaps, left_needs_assets
+
+    def _backfill_from_ns(self) -> int | None:
+        """TICKVAULT_BACKFILL_FROM (Settings refuses a time without a UTC offset) as epoch ns."""
+        since = self.settings.backfill_from
+        return None if since is None else datetime_to_ns(since)
+
     async def _crypto_resume_point(self) -> tuple[int | None, GapLedger]:
         """The crypto feed's resume point and gap ledger: as stocks', over ``crypto_trades``, with the
         ledger in ``run_dir/gaps/<worker>-crypto.json``. A wildcard has no asset list to ask: a first
@@ -427,19 +437,12 @@ class Worker:
         settings, universe = self.settings, self.crypto_universe
         resume = await _resume_point(self.pool, [] if universe.wildcard else list(settings.crypto_symbols),
                                      "crypto_trades")
-        gaps = GapLedger(settings.run_dir / "gaps" / f"{settings.worker_name}-crypto.json")
-        window_start_ns = time.time_ns() - RESUME_WINDOW_NS
-        left_open, _ = gaps.oldest_inherited(window_start_ns)
-        if left_open is not None and (resume is None or left_open < resume):
-            log.warning("the previous run left a crypto backfill unfinished from %s; resuming from there",
-                        ns_to_rfc3339(left_open))
-            resume = max(left_open, window_start_ns)
+        resume, gaps, _ = self._open_gaps(resume, f"{settings.worker_name}-crypto.json", " crypto")
         if universe.wildcard and resume is not None:
             universe.add(await _stored_symbols(self.pool, universe.max_symbols + 1, "crypto_trades"),
                          "the stored crypto trades")
-        if resume is None and settings.backfill_from is not None:
-            since = settings.backfill_from
-            resume = int(since.timestamp()) * 1_000_000_000 + since.microsecond * 1000
+        if resume is None:
+            resume = self._backfill_from_ns()
         return resume, gaps
 
     async def backfill_crypto(self, start_ns: int, end_ns: int) -> int:
@@ -470,15 +473,8 @@ class Worker:
     def _resume_with_open_gaps(self, resume: int | None, ledger: str) -> tuple[int | None, GapLedger]:
         """A feed's resume point, moved back to a gap a crash left open in its ledger
         (``run_dir/gaps/<worker>-<ledger>.json``), or TICKVAULT_BACKFILL_FROM on a first start."""
-        settings = self.settings
-        gaps = GapLedger(settings.run_dir / "gaps" / f"{settings.worker_name}-{ledger}.json")
-        left_open, _ = gaps.oldest_inherited(time.time_ns() - RESUME_WINDOW_NS)
-        if left_open is not None and (resume is None or left_open < resume):
-            resume = left_open
-        if resume is None and settings.backfill_from is not None:
-            since = settings.backfill_from
-            resume = int(since.timestamp()) * 1_000_000_000 + since.microsecond * 1000
-        return resume, gaps
+        resume, gaps, _ = self._open_gaps(resume, f"{self.settings.worker_name}-{ledger}.json", f" {ledger}")
+        return (self._backfill_from_ns() if resume is None else resume), gaps
 
     async def backfill_options(self, start_ns: int, end_ns: int) -> int:
         """Option trades of [start, end] from ``GET /v1beta1/options/trades``, through the dedupe path."""

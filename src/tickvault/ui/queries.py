@@ -174,8 +174,10 @@ async def symbols(conn: psycopg.AsyncConnection, settings: Settings) -> list[str
     seen = [r[0] for r in await cur.fetchall()]
     if not seen:  # no feed bars (a trades-only feed): the symbols in trades, one index probe per symbol
         cur = await conn.execute(
-            "WITH RECURSIVE s AS (SELECT min(symbol) AS symbol FROM trades UNION ALL "
-            "SELECT (SELECT min(symbol) FROM trades WHERE symbol > s.symbol) FROM s WHERE s.symbol IS NOT NULL) "
+            # the last day only, like the bars above: each probe then reads the recent chunks, never all history
+            "WITH RECURSIVE s AS (SELECT min(symbol) AS symbol FROM trades WHERE time > now() - interval '1 day' "
+            "UNION ALL SELECT (SELECT min(symbol) FROM trades WHERE symbol > s.symbol "
+            "AND time > now() - interval '1 day') FROM s WHERE s.symbol IS NOT NULL) "
             "SELECT symbol FROM s WHERE symbol IS NOT NULL LIMIT 1000"
         )
         seen = [r[0] for r in await cur.fetchall()]
