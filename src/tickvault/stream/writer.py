@@ -83,6 +83,7 @@ from tickvault.stream.metrics import Metrics
 
 log = logging.getLogger("tickvault.writer")
 
+PENDING_BATCHES = 5  # rows buffered plus in flight, in batches: see BatchWriter.__init__
 _PG_EPOCH_US = 946_684_800 * 1_000_000  # 2000-01-01 in Unix µs
 _pack_q = struct.Struct("!q").pack
 
@@ -246,9 +247,12 @@ class BatchWriter:
         self.worker = worker
         self.batch_rows = batch_rows
         self.flush_ns = flush_ms * 1_000_000
-        # Twice a batch may wait while one commits: enough to keep COPY busy, small enough that
-        # memory is bounded (≈ 2 × batch_rows × ~200 B per row).
-        self.max_pending_rows = max_pending_rows or 2 * batch_rows
+        # Group commit: while one batch commits, up to PENDING_BATCHES - 1 more batches' rows may
+        # gather, and the next commit takes them all. A database that keeps up sees batch_rows-sized
+        # commits; one that falls behind gets fewer, larger transactions (what makes bare COPY with
+        # big batches fast) before backpressure starts. Memory stays bounded: ≈ PENDING_BATCHES ×
+        # batch_rows × ~70 B per trade (binary COPY data) — 7 MB at the defaults.
+        self.max_pending_rows = max_pending_rows or PENDING_BATCHES * batch_rows
         self._batch = Batch()
         self._pending_rows = 0  # buffered + in flight
         self._wake = asyncio.Event()
