@@ -65,11 +65,9 @@ from tickvault.db.tables import (
     CRYPTO_ORDERBOOKS,
     CRYPTO_QUOTES,
     CRYPTO_TRADES,
-    CRYPTO_TRADES_DEDUPE,
     LULDS,
     OPTION_QUOTES,
     OPTION_TRADES,
-    OPTION_TRADES_DEDUPE,
     QUOTES,
     TRADES,
     TRADING_STATUSES,
@@ -474,11 +472,11 @@ class BatchWriter:
                 await cur.execute("SELECT tickvault_ohlcv_invalidate(%s, %s)", (ns_to_datetime(lo), ns_to_datetime(hi)))
                 if batch.trades:
                     if batch.dedupe:
-                        await self._staged_trades(cur, batch.trades)
+                        await self._staged(cur, TRADES, batch.trades)
                     else:
                         await self._copy_columns(cur, TRADES.copy_statement(), batch.trades)
                 if batch.backfill_trades:
-                    inserted = await self._staged_trades(cur, batch.backfill_trades)
+                    inserted = await self._staged(cur, TRADES, batch.backfill_trades)
                     batch.backfilled = inserted
             if batch.quotes:
                 await self._copy_columns(cur, QUOTES.copy_statement(), batch.quotes)
@@ -509,11 +507,11 @@ class BatchWriter:
         table after a key violation, and always for backfills), quotes and orderbooks by COPY, bars upserted."""
         if batch.crypto_trades:
             if batch.dedupe:
-                await self._staged_crypto_trades(cur, batch.crypto_trades)
+                await self._staged(cur, CRYPTO_TRADES, batch.crypto_trades)
             else:
                 await self._copy_columns(cur, CRYPTO_TRADES.copy_statement(), batch.crypto_trades)
         if batch.backfill_crypto_trades:
-            batch.backfilled_crypto = await self._staged_crypto_trades(cur, batch.backfill_crypto_trades)
+            batch.backfilled_crypto = await self._staged(cur, CRYPTO_TRADES, batch.backfill_crypto_trades)
         if batch.crypto_quotes:
             await self._copy_columns(cur, CRYPTO_QUOTES.copy_statement(), batch.crypto_quotes)
         if batch.crypto_orderbooks:
@@ -531,31 +529,13 @@ class BatchWriter:
         backfill), quotes by COPY."""
         if batch.option_trades:
             if batch.dedupe:
-                await self._staged_option_trades(cur, batch.option_trades)
+                await self._staged(cur, OPTION_TRADES, batch.option_trades)
             else:
                 await self._copy_columns(cur, OPTION_TRADES.copy_statement(), batch.option_trades)
         if batch.backfill_option_trades:
-            batch.backfilled_options = await self._staged_option_trades(cur, batch.backfill_option_trades)
+            batch.backfilled_options = await self._staged(cur, OPTION_TRADES, batch.backfill_option_trades)
         if batch.option_quotes:
             await self._copy_columns(cur, OPTION_QUOTES.copy_statement(), batch.option_quotes)
-
-    async def _staged_option_trades(self, cur: psycopg.AsyncCursor, trades: list[TradeColumns]) -> int:
-        await cur.execute("CREATE TEMP TABLE IF NOT EXISTS option_trades_stage (LIKE option_trades INCLUDING DEFAULTS) "
-                          "ON COMMIT DELETE ROWS")
-        await self._copy_columns(cur, OPTION_TRADES.copy_statement("option_trades_stage"), trades)
-        await cur.execute(OPTION_TRADES_DEDUPE)
-        inserted = max(cur.rowcount, 0)
-        await cur.execute("TRUNCATE option_trades_stage")
-        return inserted
-
-    async def _staged_crypto_trades(self, cur: psycopg.AsyncCursor, trades: list[TradeColumns]) -> int:
-        await cur.execute("CREATE TEMP TABLE IF NOT EXISTS crypto_trades_stage (LIKE crypto_trades INCLUDING DEFAULTS) "
-                          "ON COMMIT DELETE ROWS")
-        await self._copy_columns(cur, CRYPTO_TRADES.copy_statement("crypto_trades_stage"), trades)
-        await cur.execute(CRYPTO_TRADES_DEDUPE)
-        inserted = max(cur.rowcount, 0)
-        await cur.execute("TRUNCATE crypto_trades_stage")
-        return inserted
 
     @staticmethod
     async def _copy(cur: psycopg.AsyncCursor, spec: CopySpec, rows) -> None:
@@ -592,22 +572,16 @@ class BatchWriter:
             piece.append(COPY_TRAILER)
             await copy.write(b"".join(piece))
 
-    async def _staged_trades(self, cur: psycopg.AsyncCursor, trades: list[TradeColumns]) -> int:
-        """Insert through a staging table, skipping rows whose key is already stored; returns rows inserted."""
-        await cur.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS trades_stage (LIKE trades INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-        )
-        await self._copy_columns(cur, TRADES.copy_statement("trades_stage"), trades)
-        await cur.execute(
-            "INSERT INTO trades (time, symbol, trade_id, exchange, price, size, conditions, tape, time_ns) "
-            "SELECT DISTINCT ON (symbol, time, trade_id, exchange) time, symbol, trade_id, exchange, price, size, "
-            "conditions, tape, time_ns FROM trades_stage ON CONFLICT DO NOTHING"
-        )
+    async def _staged(self, cur: psycopg.AsyncCursor, spec: CopySpec, blocks: list[TradeColumns]) -> int:
+        """COPY into ``spec``'s staging twin, then insert what is not stored yet; returns rows inserted."""
+        await cur.execute(spec.create_stage())
+        await self._copy_columns(cur, spec.copy_statement(spec.stage), blocks)
+        await cur.execute(spec.dedupe_insert())
         inserted = max(cur.rowcount, 0)
-        offered = sum(b.n for b in trades)
+        offered = sum(b.n for b in blocks)
         if offered - inserted:
-            log.debug("%d re-delivered trades were already stored", offered - inserted)
-        await cur.execute("TRUNCATE trades_stage")  # a dedupe retry and a backfill may share one transaction
+            log.debug("%d re-delivered %s rows were already stored", offered - inserted, spec.table)
+        await cur.execute(f"TRUNCATE {spec.stage}")  # a dedupe retry and a backfill may share one transaction
         return inserted
 
     async def _upsert_bars(self, cur: psycopg.AsyncCursor, bars: list[tuple]) -> None:
