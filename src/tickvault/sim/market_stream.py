@@ -18,13 +18,15 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from tickvault.alpaca.crypto import CRYPTO_CHANNELS
-from tickvault.alpaca.protocol import ERROR_CODES, ProtocolError, decode_client_message, encode_frame
+from tickvault.alpaca import session
+from tickvault.alpaca.protocol import ProtocolError, decode_client_message, encode_frame
 
 if TYPE_CHECKING:
     from tickvault.sim.server import Simulator
@@ -72,7 +74,7 @@ class MarketClient:
         "feed",
         "use_msgpack",
         "key",
-        "authed",
+        "session",
         "subs",
         "sub_key",
         "queue",
@@ -82,15 +84,17 @@ class MarketClient:
     )
 
     def __init__(self, ws: ServerConnection, feed: str, use_msgpack: bool, queue_frames: int,
-                 asset: str = "stocks") -> None:
+                 asset: str = "stocks", max_symbols: int = MAX_SUBSCRIBED_SYMBOLS) -> None:
         self.ws = ws
         self.asset = asset  # "stocks" or "crypto": which market's messages this connection gets
         self.channels = _ASSET_CHANNELS[asset]
         self.feed = feed  # iex/sip/test, or crypto/us...: one connection per key and feed
         self.use_msgpack = use_msgpack
         self.key: str | None = None
-        self.authed = False
-        self.subs: dict[str, set[str]] = {ch: set() for ch in self.channels}  # ≤ MAX_SUBSCRIBED_SYMBOLS each
+        # The protocol's view (auth, the acknowledged subscription); ``subs`` is what is delivered, taken
+        # from it once the ack is sent.
+        self.session = session.MarketDataServer(self.channels, stocks=asset == "stocks", max_symbols=max_symbols)
+        self.subs: Mapping[str, frozenset[str]] = self.session.subscription  # ≤ max_symbols each
         self.sub_key: tuple | None = None  # hashable copy of subs for the per-round encode cache; None: none
         self.queue: asyncio.Queue[bytes | str | None] = asyncio.Queue(queue_frames)
         self.sender: asyncio.Task | None = None
@@ -107,15 +111,6 @@ class MarketClient:
         if symbol.__class__ is tuple:  # a news article: any of its symbols
             return bool(subs) and ("*" in subs or any(s in subs for s in symbol))
         return bool(subs) and (symbol in subs or "*" in subs)
-
-    def subscription_message(self) -> dict:
-        msg: dict[str, Any] = {"T": "subscription"}
-        for ch in self.channels:
-            msg[ch] = sorted(self.subs[ch])
-        if self.asset == "stocks":
-            msg["corrections"] = sorted(self.subs["trades"])
-            msg["cancelErrors"] = sorted(self.subs["trades"])
-        return msg
 
 
 class MarketDataServer:
@@ -219,9 +214,7 @@ class MarketDataServer:
         self.stats["slow_disconnects"] += 1
         c.closed = True
         drain(c.queue)
-        c.queue.put_nowait(
-            encode_frame([{"T": "error", "code": 407, "msg": "slow client"}], use_msgpack=c.use_msgpack)
-        )
+        c.queue.put_nowait(encode_frame([session.MarketDataServer.error(407).message], use_msgpack=c.use_msgpack))
         c.queue.put_nowait(None)  # the sender closes the connection after the error
 
     async def _send_loop(self, c: MarketClient) -> None:
@@ -249,6 +242,7 @@ class MarketDataServer:
         content_type = ws.request.headers.get("Content-Type", "")
         c = MarketClient(
             ws, feed, content_type.lower().startswith("application/msgpack"), sim.client_queue_frames, asset=asset,
+            max_symbols=MAX_SUBSCRIBED_SYMBOLS,
         )
         if asset == "options" and not c.use_msgpack:
             # Alpaca's options stream speaks msgpack only: a client that did not ask for it is refused.
@@ -259,35 +253,23 @@ class MarketDataServer:
         self.clients.add(c)
         self.stats["connections"] += 1
         try:
-            await self._control(c, {"T": "success", "msg": "connected"})
+            await self._perform(c, c.session.welcome())
             while True:
-                if c.authed:
+                if c.session.state is session.State.AUTHENTICATED:
                     data = await ws.recv()
                 else:
                     try:
                         async with asyncio.timeout(sim.auth_timeout):
                             data = await ws.recv()
                     except TimeoutError:
-                        await self._error(c, 404)
-                        await ws.close()
+                        await self._perform(c, c.session.auth_timed_out())
                         return
                 try:
                     msg = decode_client_message(data)
                 except ProtocolError:
-                    await self._error(c, 400)
-                    continue
-                action = msg["action"]
-                if action == "auth":
-                    if not await self._auth(c, msg):
-                        await ws.close()
-                        return
-                elif action in ("subscribe", "unsubscribe"):
-                    if not c.authed:
-                        await self._error(c, 401)
-                        continue
-                    await self._subscribe(c, msg, action == "subscribe")
-                else:
-                    await self._error(c, 400)
+                    msg = None  # the session answers 400
+                if not await self._perform(c, c.session.receive(msg)):
+                    return
         except ConnectionClosed:
             pass
         finally:
@@ -301,70 +283,51 @@ class MarketDataServer:
                 c.sender.cancel()
             drain(c.queue)  # unblocks a market waiting to put (rate=None)
 
-    async def _control(self, c: MarketClient, msg: dict) -> None:
-        await c.ws.send(encode_frame([msg], use_msgpack=c.use_msgpack))
+    async def _perform(self, c: MarketClient, events: list) -> bool:
+        """Carry out the session's events; False once the connection is closed."""
+        for event in events:
+            if isinstance(event, session.Send):
+                await c.ws.send(encode_frame([event.message], use_msgpack=c.use_msgpack))
+            elif isinstance(event, session.Close):
+                await c.ws.close()
+                return False
+            elif isinstance(event, session.AuthRequest):
+                if not await self._auth(c, event):
+                    return False
+            elif isinstance(event, session.SubscriptionChange):
+                await self._subscribe(c, event)
+        return True
 
-    async def _control_many(self, c: MarketClient, msgs: list[dict]) -> None:
-        await c.ws.send(encode_frame(msgs, use_msgpack=c.use_msgpack))
-
-    async def _error(self, c: MarketClient, code: int) -> None:
-        await self._control(c, {"T": "error", "code": code, "msg": ERROR_CODES[code]})
-
-    async def _auth(self, c: MarketClient, msg: dict) -> bool:
-        """Answer an auth action; False when the connection must close."""
+    async def _auth(self, c: MarketClient, request: session.AuthRequest) -> bool:
+        """Decide on the keys (and the fail-auth fault, and the connection limit); False when closed."""
         sim = self.sim
-        if c.authed:
-            await self._error(c, 403)
-            return True
-        if self.fail_auth > 0 or msg.get("key") != sim.key or msg.get("secret") != sim.secret:
+        if self.fail_auth > 0 or request.key != sim.key or request.secret != sim.secret:
             self.fail_auth = max(0, self.fail_auth - 1)
             self.stats["auth_failures"] += 1
-            await self._error(c, 402)
-            return False
+            return await self._perform(c, c.session.refuse(402))
         peers = self.authed.setdefault((sim.key, c.feed), set())
         if len(peers) >= sim.max_connections_per_key:
-            await self._error(c, 406)
-            return False
+            return await self._perform(c, c.session.refuse(406))
         peers.add(c)
         c.key = sim.key
-        c.authed = True
-        await self._control(c, {"T": "success", "msg": "authenticated"})
+        await self._perform(c, c.session.accept())
         c.sender = sim._spawn(self._send_loop(c), "sim-send")
         return True
 
-    async def _subscribe(self, c: MarketClient, msg: dict, add: bool) -> None:
-        new = {ch: set(syms) for ch, syms in c.subs.items()}
-        for ch in c.channels:
-            symbols = msg.get(ch)
-            if not symbols:
-                continue
-            if not isinstance(symbols, list) or not all(isinstance(s, str) for s in symbols):
-                await self._error(c, 400)
-                return
-            symbols = {s.upper() for s in symbols}
-            if add:
-                new[ch] |= symbols
-            else:
-                new[ch] -= symbols
-        if any(len(syms) > MAX_SUBSCRIBED_SYMBOLS for syms in new.values()):
-            await self._error(c, 405)  # Alpaca's "symbol limit exceeded": the subscription is unchanged
-            return
-        old = c.subs
-        c.subs = new
-        ack = c.subscription_message()
-        c.subs = old
-        await self._control(c, ack)  # the ack goes out before any data of the new subscription
-        if c.asset == "crypto" and add:
+    async def _subscribe(self, c: MarketClient, change: session.SubscriptionChange) -> None:
+        """Send the ack, then (crypto) the books of new orderbook subscribers, then deliver the new set."""
+        await c.ws.send(encode_frame([change.ack], use_msgpack=c.use_msgpack))  # before any data of it
+        if c.asset == "crypto" and change.added:
             # Alpaca sends each new orderbooks subscriber the whole book first (r: reset).
-            fresh = new["orderbooks"] - old["orderbooks"]
+            fresh = change.subscription["orderbooks"] - change.previous["orderbooks"]
             crypto = self.sim.crypto_market
             pairs = self.sim.crypto_pairs if "*" in fresh else sorted(fresh)
             books = [b for b in (crypto.orderbook_snapshot(p, self.sim.clock()) for p in pairs
                                  if p in crypto.books) if b is not None]
             if books:
-                await self._control_many(c, books)
-        c.subs = new
-        key = tuple((ch, frozenset(s)) for ch, s in new.items() if s)
+                await c.ws.send(encode_frame(books, use_msgpack=c.use_msgpack))
+        c.subs = change.subscription
+        key = tuple((ch, s) for ch, s in c.subs.items() if s)
         c.sub_key = key or None
         if c.sub_key is not None:
             self.subscribed.set()

@@ -1,5 +1,8 @@
 """The simulator's trade-updates WebSocket (Alpaca's ``/stream``): auth, listen, the broker's events.
 
+The protocol (authenticate → authorization, listen → listening) is
+:class:`tickvault.alpaca.session.TradeUpdatesServer`; this module does the I/O and the fan-out.
+
 JSON in binary frames, as Alpaca sends them. Every order event of the
 :class:`~tickvault.sim.broker.Broker` goes to each connection listening to ``trade_updates``.
 Bound: per connection :data:`TRADE_UPDATES_QUEUE` events; a client that far behind is closed
@@ -16,6 +19,7 @@ from typing import TYPE_CHECKING
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from tickvault.alpaca import session
 from tickvault.sim.market_stream import drain
 
 if TYPE_CHECKING:
@@ -57,40 +61,30 @@ class TradeUpdatesServer:
                     await ws.send(frame)
                 await ws.close(1008, "slow client")
 
-        def reply(stream: str, data: dict) -> bytes:
-            return json.dumps({"stream": stream, "data": data}, separators=(",", ":")).encode()
-
-        authorized = False
+        protocol = session.TradeUpdatesServer()
         try:
             async for raw in ws:
                 try:
                     msg = json.loads(raw)
-                    action = msg["action"]
-                    data = msg.get("data") or {}
-                except (ValueError, KeyError, TypeError):
-                    await ws.send(reply("error", {"error_message": "invalid syntax"}))
-                    continue
-                if action in ("authenticate", "auth"):
-                    ok = data.get("key_id") == self.sim.key and data.get("secret_key") == self.sim.secret
-                    status = "authorized" if ok else "unauthorized"
-                    await ws.send(reply("authorization", {"action": "authenticate", "status": status}))
-                    if not ok:
+                except ValueError:
+                    msg = None  # the session answers "invalid syntax"
+                events = protocol.receive(msg)
+                while events:
+                    event = events.pop(0)
+                    if isinstance(event, session.Send):
+                        await ws.send(json.dumps(event.message, separators=(",", ":")).encode())
+                    elif isinstance(event, session.Close):
                         await ws.close()
                         return
-                    authorized = True
-                elif action == "listen":
-                    if not authorized:
-                        await ws.send(reply("authorization", {"action": "listen", "status": "unauthorized"}))
-                        continue
-                    streams = [s for s in data.get("streams", []) if s == "trade_updates"]
-                    await ws.send(reply("listening", {"streams": streams}))
-                    if streams and sender is None:
-                        self.queues.add(queue)
-                        sender = self.sim._spawn(send_events(), "sim-trade-updates")
-                    elif not streams and sender is not None:
-                        self.queues.discard(queue)
-                else:
-                    await ws.send(reply("error", {"error_message": f"unknown action {action!r}"}))
+                    elif isinstance(event, session.AuthRequest):
+                        ok = event.key == self.sim.key and event.secret == self.sim.secret
+                        events[:0] = protocol.authorize(ok)
+                    elif isinstance(event, session.Listening):
+                        if event.streams and sender is None:
+                            self.queues.add(queue)
+                            sender = self.sim._spawn(send_events(), "sim-trade-updates")
+                        elif not event.streams and sender is not None:
+                            self.queues.discard(queue)
         except ConnectionClosed:
             pass
         finally:
