@@ -42,8 +42,8 @@ def error(code: int) -> dict:
     return {"T": "error", "code": code, "msg": ERROR_CODES[code]}
 
 
-def client_at(state: State) -> session.MarketDataClient:
-    client = session.MarketDataClient("key", "secret", SUBSCRIBE)
+def client_at(state: State) -> session.MarketDataClientSession:
+    client = session.MarketDataClientSession("key", "secret", SUBSCRIBE)
     steps = {State.AUTHENTICATING: [CONNECTED], State.SUBSCRIBING: [CONNECTED, AUTHENTICATED],
              State.STREAMING: [CONNECTED, AUTHENTICATED, ACK]}
     for msg in steps.get(state, []):
@@ -54,7 +54,7 @@ def client_at(state: State) -> session.MarketDataClient:
 
 # ------------------------------------------------------------------ market-data client
 def test_client_handshake_sends_auth_then_subscribe_and_reports_the_ack() -> None:
-    client = session.MarketDataClient("key", "secret", SUBSCRIBE)
+    client = session.MarketDataClientSession("key", "secret", SUBSCRIBE)
     assert not client.accepts_data
     assert client.receive([CONNECTED]) == [Connected(), Send({"action": "auth", "key": "key", "secret": "secret"})]
     assert client.state is State.AUTHENTICATING and not client.accepts_data
@@ -113,7 +113,7 @@ def test_a_handshake_frame_without_the_awaited_message_is_a_protocol_error(state
 
 
 def test_connected_and_authenticated_in_one_frame_are_taken_in_order() -> None:
-    client = session.MarketDataClient("key", "secret", SUBSCRIBE)
+    client = session.MarketDataClientSession("key", "secret", SUBSCRIBE)
     events = client.receive([CONNECTED, AUTHENTICATED])
     assert [type(e) for e in events] == [Connected, Send, Authenticated, Send]
     assert client.state is State.SUBSCRIBING
@@ -124,11 +124,11 @@ def test_the_secret_is_not_in_an_auth_requests_repr() -> None:
 
 
 # ------------------------------------------------------------------ market-data server
-def server(max_symbols: int = 20_000) -> session.MarketDataServer:
-    return session.MarketDataServer(("trades", "quotes", "bars"), stocks=True, max_symbols=max_symbols)
+def server(max_symbols: int = 20_000) -> session.MarketDataServerSession:
+    return session.MarketDataServerSession(("trades", "quotes", "bars"), stocks=True, max_symbols=max_symbols)
 
 
-def authed_server(max_symbols: int = 20_000) -> session.MarketDataServer:
+def authed_server(max_symbols: int = 20_000) -> session.MarketDataServerSession:
     srv = server(max_symbols)
     [request] = srv.receive({"action": "auth", "key": "k", "secret": "s"})
     assert request == AuthRequest("k", "s")
@@ -199,7 +199,7 @@ def test_server_auth_timeout_is_404_and_only_before_auth() -> None:
 
 def test_client_and_server_agree_over_the_wire_in_msgpack_and_json() -> None:
     for use_msgpack in (True, False):
-        client = session.MarketDataClient("k", "s", SUBSCRIBE)
+        client = session.MarketDataClientSession("k", "s", SUBSCRIBE)
         srv = server()
         to_client = [e.message for e in srv.welcome()]
         for _ in range(10):
@@ -226,7 +226,7 @@ def authorization(status: str) -> dict:
 
 
 def test_trade_updates_client_authenticates_listens_and_passes_events() -> None:
-    client = session.TradeUpdatesClient("k", "s")
+    client = session.TradeUpdatesClientSession("k", "s")
     assert client.start() == [Send({"action": "authenticate", "data": {"key_id": "k", "secret_key": "s"}})]
     assert client.receive(authorization("authorized")) == [
         Authenticated(), Send({"action": "listen", "data": {"streams": ["trade_updates"]}})]
@@ -241,7 +241,7 @@ def test_trade_updates_client_authenticates_listens_and_passes_events() -> None:
 
 
 def test_trade_updates_client_refused_keys_are_fatal() -> None:
-    client = session.TradeUpdatesClient("k", "wrong")
+    client = session.TradeUpdatesClientSession("k", "wrong")
     [failure] = client.receive(authorization("unauthorized"))
     assert failure.fatal and "refused the keys" in failure.message
     with pytest.raises(SessionError):
@@ -258,18 +258,18 @@ def test_trade_updates_client_refused_keys_are_fatal() -> None:
 )
 def test_trade_updates_client_out_of_order_messages_are_protocol_errors(msg) -> None:
     with pytest.raises(SessionError):
-        session.TradeUpdatesClient("k", "s").receive(msg)
+        session.TradeUpdatesClientSession("k", "s").receive(msg)
 
 
 def test_trade_updates_client_duplicate_authorization_is_a_protocol_error() -> None:
-    client = session.TradeUpdatesClient("k", "s")
+    client = session.TradeUpdatesClientSession("k", "s")
     client.receive(authorization("authorized"))
     with pytest.raises(SessionError, match="not allowed while listen requested"):
         client.receive(authorization("authorized"))
 
 
 def test_trade_updates_server_authorizes_then_listens() -> None:
-    srv = session.TradeUpdatesServer()
+    srv = session.TradeUpdatesServerSession()
     listen = {"action": "listen", "data": {"streams": ["trade_updates", "other"]}}
     assert srv.receive(listen) == [
         Send({"stream": "authorization", "data": {"action": "listen", "status": "unauthorized"}})]
@@ -282,12 +282,12 @@ def test_trade_updates_server_authorizes_then_listens() -> None:
 
 @pytest.mark.parametrize("msg", [None, {"data": {}}, {"action": "listen", "data": "x"}, [1]])
 def test_trade_updates_server_answers_bad_messages_invalid_syntax(msg) -> None:
-    assert session.TradeUpdatesServer().receive(msg) == [
+    assert session.TradeUpdatesServerSession().receive(msg) == [
         Send({"stream": "error", "data": {"error_message": "invalid syntax"}})]
 
 
 def test_trade_updates_server_unknown_action_and_refused_keys() -> None:
-    srv = session.TradeUpdatesServer()
+    srv = session.TradeUpdatesServerSession()
     assert srv.receive({"action": "dance"}) == [Send({"stream": "error", "data": {"error_message": "unknown action 'dance'"}})]
     assert srv.authorize(False) == [Send(authorization("unauthorized")), Close()]
     with pytest.raises(SessionError):

@@ -37,21 +37,21 @@ from tickvault.alpaca.protocol import ERROR_CODES, ProtocolError, auth_message
 __all__ = [
     "ERROR_POLICY",
     "AuthRequest",
+    "Authenticated",
     "Close",
     "Connected",
     "Listening",
-    "MarketDataClient",
-    "MarketDataServer",
-    "Authenticated",
+    "MarketDataClientSession",
+    "MarketDataServerSession",
     "Send",
     "SessionError",
     "State",
     "StreamFailure",
-    "SubscriptionChange",
     "Subscribed",
+    "SubscriptionChange",
     "TradeUpdate",
-    "TradeUpdatesClient",
-    "TradeUpdatesServer",
+    "TradeUpdatesClientSession",
+    "TradeUpdatesServerSession",
 ]
 
 
@@ -115,7 +115,7 @@ class StreamFailure:
 
 @dataclass(frozen=True, slots=True)
 class AuthRequest:
-    """Server side: the client sent keys; answer with :meth:`MarketDataServer.accept` or ``refuse``."""
+    """Server side: the client sent keys; answer with :meth:`MarketDataServerSession.accept` or ``refuse``."""
 
     key: Any
     secret: Any = field(repr=False)  # never in a repr, never in a log
@@ -174,7 +174,7 @@ def _failure(msg: Mapping, state: State) -> StreamFailure:
 
 
 # ---------------------------------------------------------------------------------------- market data
-class MarketDataClient:
+class MarketDataClientSession:
     """The client side of one market-data connection. ``subscription``: the subscribe action to send
     once authenticated. Feed it each server frame's control messages with :meth:`receive`; data
     messages are the caller's, allowed from SUBSCRIBING on (:attr:`accepts_data`)."""
@@ -229,7 +229,7 @@ def _describe(msg: Mapping) -> str:
     return f"'{msg.get('msg')}'" if kind == "success" else f"a {kind!r} message"
 
 
-class MarketDataServer:
+class MarketDataServerSession:
     """The server side of one market-data connection on a stream whose channels are ``channels``.
 
     Feed it each decoded client action (or the :class:`ProtocolError` decoding raised, as ``None``)
@@ -327,7 +327,7 @@ def _reply(stream: str, data: dict) -> Send:
     return Send({"stream": stream, "data": data})
 
 
-class TradeUpdatesClient:
+class TradeUpdatesClientSession:
     """The client side of Alpaca's trade-updates stream (``/stream``): :meth:`start` gives the
     authenticate action; :meth:`receive` each decoded server message."""
 
@@ -366,7 +366,7 @@ class TradeUpdatesClient:
         return []  # another stream (Alpaca may add some): not ours
 
 
-class TradeUpdatesServer:
+class TradeUpdatesServerSession:
     """The server side of one trade-updates connection. :meth:`receive` each client message as
     decoded JSON (``None``: it did not decode); an :class:`AuthRequest` is answered with
     :meth:`authorize`. A :class:`Listening` event says whether to send events (empty: stop)."""

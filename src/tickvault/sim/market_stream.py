@@ -93,7 +93,8 @@ class MarketClient:
         self.key: str | None = None
         # The protocol's view (auth, the acknowledged subscription); ``subs`` is what is delivered, taken
         # from it once the ack is sent.
-        self.session = session.MarketDataServer(self.channels, stocks=asset == "stocks", max_symbols=max_symbols)
+        self.session = session.MarketDataServerSession(self.channels, stocks=asset == "stocks",
+                                                       max_symbols=max_symbols)
         self.subs: Mapping[str, frozenset[str]] = self.session.subscription  # ≤ max_symbols each
         self.sub_key: tuple | None = None  # hashable copy of subs for the per-round encode cache; None: none
         self.queue: asyncio.Queue[bytes | str | None] = asyncio.Queue(queue_frames)
@@ -214,7 +215,8 @@ class MarketDataServer:
         self.stats["slow_disconnects"] += 1
         c.closed = True
         drain(c.queue)
-        c.queue.put_nowait(encode_frame([session.MarketDataServer.error(407).message], use_msgpack=c.use_msgpack))
+        slow = session.MarketDataServerSession.error(407).message
+        c.queue.put_nowait(encode_frame([slow], use_msgpack=c.use_msgpack))
         c.queue.put_nowait(None)  # the sender closes the connection after the error
 
     async def _send_loop(self, c: MarketClient) -> None:

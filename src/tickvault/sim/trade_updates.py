@@ -1,7 +1,8 @@
 """The simulator's trade-updates WebSocket (Alpaca's ``/stream``): auth, listen, the broker's events.
 
 The protocol (authenticate → authorization, listen → listening) is
-:class:`tickvault.alpaca.session.TradeUpdatesServer`; this module does the I/O and the fan-out.
+:class:`tickvault.alpaca.session.TradeUpdatesServerSession`; this module does the I/O and the
+fan-out.
 
 JSON in binary frames, as Alpaca sends them. Every order event of the
 :class:`~tickvault.sim.broker.Broker` goes to each connection listening to ``trade_updates``.
@@ -61,7 +62,7 @@ class TradeUpdatesServer:
                     await ws.send(frame)
                 await ws.close(1008, "slow client")
 
-        protocol = session.TradeUpdatesServer()
+        protocol = session.TradeUpdatesServerSession()
         try:
             async for raw in ws:
                 try:

@@ -15,9 +15,9 @@ logged.
 Listener: Alpaca's trade-updates stream (JSON) → order status updates and ``fills`` rows keyed by
 (order_id, cum_qty), so a fill seen here and again by reconciliation lands once. The protocol
 (authenticate → authorized → listen → listening → events) is
-:class:`tickvault.alpaca.session.TradeUpdatesClient`; refused keys stop the listener
-(``PermissionError``), anything else reconnects with :data:`tickvault.retry.RECONNECT` (as the reader: 0.25 s doubling to
-30 s, full jitter, reset once authorized).
+:class:`tickvault.alpaca.session.TradeUpdatesClientSession`; refused keys stop the listener
+(``PermissionError``), anything else reconnects with :data:`tickvault.retry.RECONNECT` (as the
+reader: 0.25 s doubling to 30 s, full jitter, reset once authorized).
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ class TradeUpdatesListener:
         while not self._stop.is_set():
             try:
                 async with connect(self.url, open_timeout=10, max_size=2**22) as ws:
-                    protocol = session.TradeUpdatesClient(self._key, self._secret)
+                    protocol = session.TradeUpdatesClientSession(self._key, self._secret)
                     await self._perform(ws, protocol.start())
                     # The authorization answer, within 10 s; the session then asks to listen.
                     await self._perform(ws, protocol.receive(json.loads(await asyncio.wait_for(ws.recv(), 10))))

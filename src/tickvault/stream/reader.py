@@ -9,8 +9,8 @@ the stream position the gap logic below reads. The reader never does more per fr
 stops reading the socket, and TCP pushes back on the server. websockets' own receive buffer is
 bounded too (``max_queue`` frames of at most ``max_size`` bytes).
 
-The session (handshake, subscribe/ack, error codes) is :class:`tickvault.alpaca.session.MarketDataClient`;
-this module does its I/O. On any disconnect it reconnects with :data:`tickvault.retry.RECONNECT` (the
+The session (handshake, subscribe/ack, error codes) is
+:class:`tickvault.alpaca.session.MarketDataClientSession`; this module does its I/O. On any disconnect it reconnects with :data:`tickvault.retry.RECONNECT` (the
 one retry policy) at 0.25 s doubling to 30 s with full jitter, reset after a successful
 subscription and at least 5 s after error 406; refused keys (401/402 answering the auth) stop it
 (:class:`AuthFailed`). It re-authenticates, re-subscribes, then backfills the
@@ -184,7 +184,7 @@ class MarketDataReader:
         self.connected = asyncio.Event()
         self._stopping = asyncio.Event()
         self._ws = None
-        self._session: session.MarketDataClient | None = None  # this connection's protocol state
+        self._session: session.MarketDataClientSession | None = None  # this connection's protocol state
         self._backfills: set[asyncio.Task] = set()
         self._gap_from: int | None = None  # start of a gap waiting for the stream to resume
 
@@ -253,9 +253,9 @@ class MarketDataReader:
                 self._ws = None
 
     async def _handshake(self, ws) -> None:
-        """Drive a :class:`~tickvault.alpaca.session.MarketDataClient` to STREAMING: connected → auth →
+        """Drive a :class:`~tickvault.alpaca.session.MarketDataClientSession` to STREAMING: connected → auth →
         authenticated → subscribe → ack, each reply within 10 s."""
-        protocol = self._session = session.MarketDataClient(
+        protocol = self._session = session.MarketDataClientSession(
             self._key, self._secret, self._subscription(self.channels, self.symbols))
         while protocol.state is not session.State.STREAMING:
             data = await asyncio.wait_for(ws.recv(), 10)

@@ -19,9 +19,9 @@ Durability and duplicates:
 * Live trades go straight into ``trades`` by COPY (fast path). If the unique key rejects a row (a
   re-delivery), the batch is retried through a staging table with ``ON CONFLICT DO NOTHING``.
   Backfilled trades always take that path. Bars upsert (an ``u`` updated bar replaces its bar).
-* A database that goes away makes the commit retry (:data:`tickvault.retry.COMMIT`: 0.1 s doubling to 5 s, full
-  jitter, the one retry policy), forever, holding the batch; after
-  a failure where the COMMIT's outcome is unknown, the ledger says whether the batch landed.
+* A database that goes away makes the commit retry (:data:`tickvault.retry.COMMIT`: 0.1 s doubling
+  to 5 s, full jitter), forever, holding the batch; after a failure where the COMMIT's outcome is
+  unknown, the ledger says whether the batch landed.
 * Late trades below the OHLCV watermark are noted (tickvault_ohlcv_invalidate) in the same
   transaction, so the rollups recompute those buckets.
 This module must never drop a row silently or open a connection per row.
