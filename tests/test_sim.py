@@ -127,9 +127,9 @@ async def test_wrong_key_is_refused_with_402_and_closed() -> None:
 
 async def test_a_subscription_past_the_symbol_limit_gets_405_and_keeps_the_old_one(monkeypatch) -> None:
     """Any symbol string is accepted, so one connection's subscription is capped (error 405 past it)."""
-    import tickvault.sim.server as server
+    import tickvault.sim.market_stream as market_stream
 
-    monkeypatch.setattr(server, "MAX_SUBSCRIBED_SYMBOLS", 3)
+    monkeypatch.setattr(market_stream, "MAX_SUBSCRIBED_SYMBOLS", 3)
     async with Simulator(symbols=2, rate=100) as sim:
         async with await open_stream(sim, subscribe={"trades": ["AAA", "BBB"]}) as ws:
             await ws.send(encode_client_message(subscribe_message(trades=["CCC", "DDD"])))

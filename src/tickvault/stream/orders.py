@@ -13,7 +13,11 @@ gateway submits nothing: each intent is dropped before it is recorded, counted i
 logged.
 
 Listener: Alpaca's trade-updates stream (JSON) → order status updates and ``fills`` rows keyed by
-(order_id, cum_qty), so a fill seen here and again by reconciliation lands once.
+(order_id, cum_qty), so a fill seen here and again by reconciliation lands once. The protocol
+(authenticate → authorized → listen → listening → events) is
+:class:`tickvault.alpaca.session.TradeUpdatesClientSession`; refused keys stop the listener
+(``PermissionError``), anything else reconnects with :data:`tickvault.retry.RECONNECT` (as the
+reader: 0.25 s doubling to 30 s, full jitter, reset once authorized).
 """
 
 from __future__ import annotations
@@ -22,15 +26,17 @@ import asyncio
 import hashlib
 import json
 import logging
-import random
 import time
 from datetime import datetime, timezone
 from decimal import Decimal
 
 from websockets.asyncio.client import connect
 
+from tickvault.alpaca import session
 from tickvault.alpaca.models import Order, OrderRequest
+from tickvault.alpaca.protocol import StreamError
 from tickvault.db.tables import INSERT_FILL, record_order
+from tickvault.retry import RECONNECT
 from tickvault.stream.metrics import Metrics
 from tickvault.stream.strategy import Bar, OrderIntent
 
@@ -149,17 +155,15 @@ class TradeUpdatesListener:
         self._stop.set()
 
     async def run(self) -> None:
-        delay = 0.25
+        backoff = RECONNECT.start()
         while not self._stop.is_set():
             try:
                 async with connect(self.url, open_timeout=10, max_size=2**22) as ws:
-                    await ws.send(json.dumps({"action": "authenticate",
-                                              "data": {"key_id": self._key, "secret_key": self._secret}}))
-                    auth = json.loads(await asyncio.wait_for(ws.recv(), 10))
-                    if (auth.get("data") or {}).get("status") != "authorized":
-                        raise PermissionError(f"trade updates stream refused the keys: {auth.get('data')}")
-                    await ws.send(json.dumps({"action": "listen", "data": {"streams": ["trade_updates"]}}))
-                    delay = 0.25
+                    protocol = session.TradeUpdatesClientSession(self._key, self._secret)
+                    await self._perform(ws, protocol.start())
+                    # The authorization answer, within 10 s; the session then asks to listen.
+                    await self._perform(ws, protocol.receive(json.loads(await asyncio.wait_for(ws.recv(), 10))))
+                    backoff.reset()
                     stop_wait = asyncio.create_task(self._stop.wait())
                     try:
                         while True:
@@ -168,7 +172,7 @@ class TradeUpdatesListener:
                             if stop_wait in done:
                                 recv.cancel()
                                 return
-                            await self.handle(recv.result())
+                            await self._perform(ws, protocol.receive(json.loads(recv.result())))
                     finally:
                         stop_wait.cancel()
             except PermissionError:
@@ -178,20 +182,25 @@ class TradeUpdatesListener:
                     return
                 log.warning("trade updates stream lost (%s); reconnecting", exc)
                 try:
-                    await asyncio.wait_for(self._stop.wait(), random.uniform(0, delay))
+                    await asyncio.wait_for(self._stop.wait(), backoff.next_delay())
                 except asyncio.TimeoutError:
                     pass
-                delay = min(delay * 2, 30.0)
 
-    async def handle(self, raw: str | bytes) -> None:
-        msg = json.loads(raw)
-        stream = msg.get("stream")
-        data = msg.get("data") or {}
-        if stream == "listening":
-            self.listening.set()
-            return
-        if stream != "trade_updates":
-            return
+    async def _perform(self, ws, events: list) -> None:
+        for event in events:
+            if isinstance(event, session.Send):
+                await ws.send(json.dumps(event.message))
+            elif isinstance(event, session.StreamFailure):
+                if event.fatal:
+                    raise PermissionError(event.message)
+                raise StreamError(event.code, event.message)
+            elif isinstance(event, session.Listening):
+                self.listening.set()
+            elif isinstance(event, session.TradeUpdate):
+                await self.record(event.data)
+
+    async def record(self, data: dict) -> None:
+        """One ``trade_updates`` event → its order row and (fills) a ``fills`` row, in one transaction."""
         order = Order.model_validate(data["order"])
         event = data.get("event")
         async with self.pool.connection() as conn:

@@ -9,8 +9,11 @@ the stream position the gap logic below reads. The reader never does more per fr
 stops reading the socket, and TCP pushes back on the server. websockets' own receive buffer is
 bounded too (``max_queue`` frames of at most ``max_size`` bytes).
 
-On any disconnect it reconnects with exponential backoff and full jitter (0.25 s doubling to
-30 s, reset after a successful subscription), re-authenticates, re-subscribes, then backfills the
+The session (handshake, subscribe/ack, error codes) is
+:class:`tickvault.alpaca.session.MarketDataClientSession`; this module does its I/O. On any disconnect it reconnects with :data:`tickvault.retry.RECONNECT` (the
+one retry policy) at 0.25 s doubling to 30 s with full jitter, reset after a successful
+subscription and at least 5 s after error 406; refused keys (401/402 answering the auth) stop it
+(:class:`AuthFailed`). It re-authenticates, re-subscribes, then backfills the
 gap from the REST history — trades and minute bars from the last exchange time it received up to
 the exchange time of the first trade the new connection delivers (where the stream really resumes:
 a server may stay silent or drop data for a while after the ack) — and merges it through the
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -35,15 +37,16 @@ from websockets.asyncio.client import connect
 
 from tickvault.alpaca.columnar import ColumnarFrame, decode_columnar
 from tickvault.alpaca.crypto import CryptoFrame
+from tickvault.alpaca import session
 from tickvault.alpaca.protocol import (
-    DecodedFrame,
+    ProtocolError,
     StreamError,
-    auth_message,
     decode_frame,
     encode_client_message,
     ns_to_rfc3339,
     subscribe_message,
 )
+from tickvault.retry import BACKFILL, RECONNECT
 from tickvault.stream.gaps import GapLedger
 from tickvault.stream.metrics import Metrics
 from tickvault.stream.universe import BackfillUniverse
@@ -54,10 +57,7 @@ log = logging.getLogger("tickvault.reader")
 # the socket: 16 × 16 MiB worst case, in practice 16 × ~100 kB (1000 messages per frame).
 MAX_SIZE = 16 * 2**20
 MAX_QUEUE = 16
-BACKOFF_START_S = 0.25
-BACKOFF_MAX_S = 30.0
 SILENCE_MAX_S = 1800.0
-BACKFILL_ATTEMPTS = 6  # 1+2+4+8+16 s between them: rides out a REST or database outage of ~30 s
 
 
 @dataclass(slots=True)
@@ -108,6 +108,13 @@ class FeedSilent(ConnectionError):
 
 class AuthFailed(Exception):
     """The server refused our keys; retrying will not help."""
+
+
+def _failure(event: session.StreamFailure) -> Exception:
+    """The exception a session's failure ends the connection with: fatal ones stop the reader."""
+    if event.fatal:
+        return AuthFailed(f"Alpaca refused the API keys: {event.message} (code {event.code})")
+    return StreamError(event.code, event.message)
 
 
 BackfillFn = Callable[[int, int], Awaitable[int]]
@@ -177,6 +184,7 @@ class MarketDataReader:
         self.connected = asyncio.Event()
         self._stopping = asyncio.Event()
         self._ws = None
+        self._session: session.MarketDataClientSession | None = None  # this connection's protocol state
         self._backfills: set[asyncio.Task] = set()
         self._gap_from: int | None = None  # start of a gap waiting for the stream to resume
 
@@ -190,7 +198,7 @@ class MarketDataReader:
             await asyncio.gather(*self._backfills, return_exceptions=True)
 
     async def run(self) -> None:
-        delay = BACKOFF_START_S
+        backoff = RECONNECT.start()
         first = True
         while not self._stopping.is_set():
             try:
@@ -213,7 +221,7 @@ class MarketDataReader:
                     if not first:
                         self.metrics.add("reconnects")
                     first = False
-                    delay = BACKOFF_START_S
+                    backoff.reset()
                     if self.backfill is not None:
                         start = gap_start
                         if start is not None:
@@ -226,51 +234,41 @@ class MarketDataReader:
                     await self._read(ws)
             except AuthFailed:
                 raise
-            except (websockets.ConnectionClosed, OSError, asyncio.TimeoutError, StreamError,
+            except (websockets.ConnectionClosed, OSError, asyncio.TimeoutError, StreamError, ProtocolError,
                     websockets.InvalidHandshake) as exc:
                 if self._stopping.is_set():
                     break
                 self.connected.clear()
-                if isinstance(exc, StreamError) and exc.code == 406:
-                    delay = max(delay, 5.0)  # another connection holds the feed: give it time to go
+                if isinstance(exc, StreamError):
+                    _, stay_away = session.ERROR_POLICY.get(exc.code, (False, None))
+                    if stay_away:  # 406: another connection holds the feed; give it time to go
+                        backoff.at_least(stay_away)
                 log.warning("%s market-data stream lost (%s: %s); reconnecting in ≤ %.2f s", self.name,
-                            type(exc).__name__, exc, delay)
+                            type(exc).__name__, exc, backoff.bound)
                 try:
-                    await asyncio.wait_for(self._stopping.wait(), random.uniform(0, delay))
+                    await asyncio.wait_for(self._stopping.wait(), backoff.next_delay())
                 except asyncio.TimeoutError:
                     pass
-                delay = min(delay * 2, BACKOFF_MAX_S)
             finally:
                 self._ws = None
 
     async def _handshake(self, ws) -> None:
-        welcome = decode_frame(await asyncio.wait_for(ws.recv(), 10))
-        self._check_control(welcome, "connected")
-        await ws.send(encode_client_message(auth_message(self._key, self._secret)))
-        reply = decode_frame(await asyncio.wait_for(ws.recv(), 10))
-        for msg in reply.control:
-            if msg.get("T") == "error" and msg.get("code") in (401, 402):
-                raise AuthFailed(f"Alpaca refused the API keys: {msg.get('msg')} (code {msg.get('code')})")
-        self._check_control(reply, "authenticated")
-        await ws.send(encode_client_message(self._subscription(self.channels, self.symbols)))
-        while True:  # market data may already be flowing before the ack; keep it
-            frame = self._decode(await asyncio.wait_for(ws.recv(), 10))
-            for msg in frame.rest.control:
-                if msg.get("T") == "error":
-                    raise StreamError.from_control(msg)
-            if frame.market_count() or frame.rest.rejects:
+        """Drive a :class:`~tickvault.alpaca.session.MarketDataClientSession` to STREAMING: connected → auth →
+        authenticated → subscribe → ack, each reply within 10 s."""
+        protocol = self._session = session.MarketDataClientSession(
+            self._key, self._secret, self._subscription(self.channels, self.symbols))
+        while protocol.state is not session.State.STREAMING:
+            data = await asyncio.wait_for(ws.recv(), 10)
+            frame = self._decode(data) if protocol.accepts_data else None
+            control = frame.rest.control if frame is not None else decode_frame(data).control
+            for event in protocol.receive(control):
+                if isinstance(event, session.Send):
+                    await ws.send(encode_client_message(event.message))
+                elif isinstance(event, session.StreamFailure):
+                    raise _failure(event)
+            # Market data may already be flowing before the ack; keep it.
+            if frame is not None and (frame.market_count() or frame.rest.rejects):
                 await self._enqueue(frame, time.time_ns(), time.monotonic_ns())
-            if any(m.get("T") == "subscription" for m in frame.rest.control):
-                return
-
-    @staticmethod
-    def _check_control(frame: DecodedFrame, expected: str) -> None:
-        for msg in frame.control:
-            if msg.get("T") == "error":
-                raise StreamError.from_control(msg)
-            if msg.get("T") == "success" and msg.get("msg") == expected:
-                return
-        raise StreamError(400, f"expected '{expected}', got {frame.control!r}")
 
     async def _read(self, ws) -> None:
         recv = ws.recv
@@ -304,9 +302,10 @@ class MarketDataReader:
         wall = time.time_ns()
         mono = time.monotonic_ns()
         frame = self._decode(data)
-        for msg in frame.rest.control:
-            if msg.get("T") == "error":
-                raise StreamError.from_control(msg)
+        if frame.rest.control:  # errors, (re)subscription acks: the session says what they mean
+            for event in self._session.receive(frame.rest.control):
+                if isinstance(event, session.StreamFailure):
+                    raise _failure(event)
         await self._enqueue(frame, wall, mono)
 
     async def _enqueue(self, frame: ColumnarFrame | CryptoFrame, wall: int, mono: int) -> None:
@@ -350,8 +349,10 @@ class MarketDataReader:
         task.add_done_callback(self._backfills.discard)
 
     async def _run_backfill(self, start_ns: int, end_ns: int, token: int | None = None) -> None:
-        delay = 1.0
-        for attempt in range(1, BACKFILL_ATTEMPTS + 1):
+        backoff = BACKFILL.start()
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 rows = await self.backfill(start_ns, end_ns)
                 log.info("%s: backfilled %d rows for the gap %d → %d", self.name, rows, start_ns, end_ns)
@@ -360,11 +361,11 @@ class MarketDataReader:
                 return
             except Exception as exc:  # noqa: BLE001 - retried, then logged with the exact window
                 self.metrics.add("db_errors")
-                if attempt == BACKFILL_ATTEMPTS:
+                if backoff.exhausted:
                     log.error("backfill of the gap %s → %s failed %d times (%s): the trades of that window are "
                               "NOT stored%s", ns_to_rfc3339(start_ns), ns_to_rfc3339(end_ns), attempt, exc,
                               f" (kept in {self.gaps.path}: the next start backfills it)" if self.gaps else "")
                     return
+                delay = backoff.next_delay()
                 log.warning("backfill attempt %d failed (%s); retrying in %.0f s", attempt, exc, delay)
                 await asyncio.sleep(delay)
-                delay *= 2

@@ -19,8 +19,9 @@ Durability and duplicates:
 * Live trades go straight into ``trades`` by COPY (fast path). If the unique key rejects a row (a
   re-delivery), the batch is retried through a staging table with ``ON CONFLICT DO NOTHING``.
   Backfilled trades always take that path. Bars upsert (an ``u`` updated bar replaces its bar).
-* A database that goes away makes the commit retry with backoff, forever, holding the batch; after
-  a failure where the COMMIT's outcome is unknown, the ledger says whether the batch landed.
+* A database that goes away makes the commit retry (:data:`tickvault.retry.COMMIT`: 0.1 s doubling
+  to 5 s, full jitter), forever, holding the batch; after a failure where the COMMIT's outcome is
+  unknown, the ledger says whether the batch landed.
 * Late trades below the OHLCV watermark are noted (tickvault_ohlcv_invalidate) in the same
   transaction, so the rollups recompute those buckets.
 This module must never drop a row silently or open a connection per row.
@@ -33,7 +34,6 @@ import base64
 import json
 import logging
 import os
-import random
 import struct
 import time
 import uuid
@@ -77,6 +77,7 @@ from tickvault.db.tables import (
     CopySpec,
     indicators_upsert,
 )
+from tickvault import retry
 from tickvault.stream.metrics import Metrics
 
 log = logging.getLogger("tickvault.writer")
@@ -413,7 +414,7 @@ class BatchWriter:
                 self._idle.set()
 
     async def _commit(self, batch: Batch) -> None:
-        delay = 0.1
+        backoff = retry.COMMIT.start()
         while True:
             try:
                 async with self.pool.connection(timeout=10) as conn:
@@ -430,10 +431,10 @@ class BatchWriter:
             except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, OSError) as exc:
                 batch.maybe_committed = True
                 self.metrics.add("db_errors")
+                delay = backoff.next_delay()
                 log.warning("database unavailable (%s); retrying batch of %d rows in %.1f s",
                             type(exc).__name__, batch.rows, delay)
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(delay)
         now = time.monotonic_ns()
         counted = 0
         for recv, n, metrics in batch.frames:
