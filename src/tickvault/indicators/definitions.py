@@ -63,6 +63,13 @@ COLUMNS: tuple[str, ...] = (
     "vwap",
 )
 
+# Bars of history replayed before the first bar whose indicators are wanted (the refresh flow's
+# warm-up, the worker's restore after a restart). The slowest-decaying state is Wilder's (weight
+# 13/14 per bar for RSI/ATR 14): after 1000 bars a difference in the seed has shrunk by
+# (13/14)**1000 ≈ 1e-32, far below float64 resolution, so the result equals a replay from the
+# first bar. VWAP needs its whole session instead, which both replays also load.
+WARMUP_BARS = 1000
+
 # Running sums (SMA, Bollinger) are recomputed exactly from their ring buffer every this many
 # updates: the drift of a running sum grows like sqrt(updates) * eps * |price|, so 1000 keeps it
 # below 1e-14 relative while the O(period) recompute costs only a few ns per update amortised.
