@@ -7,6 +7,7 @@ import asyncio
 import time
 
 import psycopg
+import pytest
 
 from tickvault.alpaca.crypto import decode_crypto
 from tickvault.alpaca.protocol import encode_frame
@@ -65,3 +66,40 @@ async def test_crypto_frames_store_bars_indicators_and_feed_the_price_cache(fres
     assert cache.peek("BTC/USD") == (90_031.5, True) and cache.quote("BTC/USD")[6] == 90_032.0
     assert feed_metrics.totals["bars"] == 31 and feed_metrics.totals["rejects"] == 1
     assert feed_metrics.totals["rows_committed"] > 0 and metrics.totals["rows_committed"] == 0
+
+
+async def test_crypto_vwap_restarts_at_utc_midnight_uses_vw_and_survives_a_restart(fresh_database):
+    """A pair's session is the UTC day: bars from 23:40Z to 00:20Z, the processor restarted at
+    23:55Z (it restores from crypto_bars); VWAP equals SQL's sum(vwap * volume) / sum(volume) per
+    UTC date, and the first bar after midnight is its own vw."""
+    url = fresh_database()
+    settings = load_settings(database_url=url)
+    pool = await open_pool(settings, min_size=1, name="crypto-sessions-test")
+    metrics = Metrics()
+    writer = BatchWriter(pool, metrics, worker="t", batch_rows=1000, flush_ms=10)
+    writer_task = asyncio.create_task(writer.run())
+    midnight = T0 + 86_400 * 10**9
+    bars = [{**_bar(i, 90_000.0 + 7 * (i % 5)), "t": midnight + (i - 20) * MINUTE, "vw": 90_001.0 + 3 * (i % 7)}
+            for i in range(40)]
+    try:
+        first = Processor(asyncio.Queue(), writer, PriceCache(60, metrics), metrics)
+        await first.handle(QueuedFrame(decode_crypto(encode_frame(bars[:15])), time.time_ns(), time.monotonic_ns()))
+        await writer.drain()
+        restarted = Processor(asyncio.Queue(), writer, PriceCache(60, metrics), metrics)
+        assert await restarted.restore(pool, crypto=["BTC/USD"]) == 15
+        await restarted.handle(QueuedFrame(decode_crypto(encode_frame(bars[15:])), time.time_ns(), time.monotonic_ns()))
+        await writer.drain()
+    finally:
+        writer.close()
+        await writer_task
+        await pool.close()
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT i.time, i.vwap, sum(b.vwap * b.volume::float8) OVER w / sum(b.volume::float8) OVER w, b.vwap "
+            "FROM indicators i JOIN crypto_bars b ON b.symbol = i.symbol AND b.time = i.time "
+            "WHERE i.symbol = 'BTC/USD' "
+            "WINDOW w AS (PARTITION BY (b.time AT TIME ZONE 'UTC')::date ORDER BY b.time) ORDER BY i.time").fetchall()
+    assert len(rows) == 40
+    for when, got, by_sql, _ in rows:
+        assert got == pytest.approx(by_sql, rel=1e-12), when
+    assert rows[20][1] == rows[20][3] and rows[19][1] != pytest.approx(rows[19][3], rel=1e-9)  # 00:00Z restarts
