@@ -11,13 +11,11 @@ import pytest
 
 from tickvault.alpaca.crypto import decode_crypto
 from tickvault.alpaca.protocol import encode_frame
-from tickvault.config import load_settings
-from tickvault.db.pool import open_pool
 from tickvault.stream.cache import PriceCache
 from tickvault.stream.metrics import Metrics
 from tickvault.stream.processor import Processor
 from tickvault.stream.reader import QueuedFrame
-from tickvault.stream.writer import BatchWriter
+from tests.support.pipeline import writer_pipeline
 
 MINUTE = 60 * 10**9
 T0 = 1_767_225_600 * 10**9  # 2026-01-01T00:00Z
@@ -30,14 +28,10 @@ def _bar(i: int, close: float, kind: str = "b") -> dict:
 
 async def test_crypto_frames_store_bars_indicators_and_feed_the_price_cache(fresh_database):
     url = fresh_database()
-    settings = load_settings(database_url=url)
-    pool = await open_pool(settings, min_size=1, name="crypto-processing-test")
-    metrics, feed_metrics = Metrics(), Metrics()
-    writer = BatchWriter(pool, metrics, worker="t", batch_rows=1000, flush_ms=10)
-    cache = PriceCache(60, metrics)
-    processor = Processor(asyncio.Queue(), writer, cache, metrics)
-    writer_task = asyncio.create_task(writer.run())
-    try:
+    feed_metrics = Metrics()
+    async with writer_pipeline(url, "crypto-processing-test") as (_, writer, metrics):
+        cache = PriceCache(60, metrics)
+        processor = Processor(asyncio.Queue(), writer, cache, metrics)
         messages = [_bar(i, 90_000.0 + i) for i in range(30)]
         messages += [{"T": "t", "S": "BTC/USD", "i": 1, "p": 90_031.5, "s": 0.25, "tks": "S", "t": T0 + 31 * MINUTE},
                      {"T": "q", "S": "BTC/USD", "bp": 90_031.0, "bs": 1.0, "ap": 90_032.0, "as": 2.0,
@@ -47,10 +41,6 @@ async def test_crypto_frames_store_bars_indicators_and_feed_the_price_cache(fres
         frame = decode_crypto(encode_frame(messages))
         await processor.handle(QueuedFrame(frame, time.time_ns(), time.monotonic_ns(), False, feed_metrics))
         await writer.drain()
-    finally:
-        writer.close()
-        await writer_task
-        await pool.close()
     with psycopg.connect(url) as conn:
         bars = conn.execute("SELECT count(*), max(close), bool_or(updated) FROM crypto_bars").fetchone()
         volume = conn.execute("SELECT volume FROM crypto_bars ORDER BY time LIMIT 1").fetchone()[0]
@@ -73,15 +63,10 @@ async def test_crypto_vwap_restarts_at_utc_midnight_uses_vw_and_survives_a_resta
     23:55Z (it restores from crypto_bars); VWAP equals SQL's sum(vwap * volume) / sum(volume) per
     UTC date, and the first bar after midnight is its own vw."""
     url = fresh_database()
-    settings = load_settings(database_url=url)
-    pool = await open_pool(settings, min_size=1, name="crypto-sessions-test")
-    metrics = Metrics()
-    writer = BatchWriter(pool, metrics, worker="t", batch_rows=1000, flush_ms=10)
-    writer_task = asyncio.create_task(writer.run())
     midnight = T0 + 86_400 * 10**9
     bars = [{**_bar(i, 90_000.0 + 7 * (i % 5)), "t": midnight + (i - 20) * MINUTE, "vw": 90_001.0 + 3 * (i % 7)}
             for i in range(40)]
-    try:
+    async with writer_pipeline(url, "crypto-sessions-test") as (pool, writer, metrics):
         first = Processor(asyncio.Queue(), writer, PriceCache(60, metrics), metrics)
         await first.handle(QueuedFrame(decode_crypto(encode_frame(bars[:15])), time.time_ns(), time.monotonic_ns()))
         await writer.drain()
@@ -89,10 +74,6 @@ async def test_crypto_vwap_restarts_at_utc_midnight_uses_vw_and_survives_a_resta
         assert await restarted.restore(pool, crypto=["BTC/USD"]) == 15
         await restarted.handle(QueuedFrame(decode_crypto(encode_frame(bars[15:])), time.time_ns(), time.monotonic_ns()))
         await writer.drain()
-    finally:
-        writer.close()
-        await writer_task
-        await pool.close()
     with psycopg.connect(url) as conn:
         rows = conn.execute(
             "SELECT i.time, i.vwap, sum(b.vwap * b.volume::float8) OVER w / sum(b.volume::float8) OVER w, b.vwap "

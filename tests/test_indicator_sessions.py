@@ -19,8 +19,7 @@ import pytest
 from tickvault.alpaca.columnar import decode_columnar
 from tickvault.alpaca.protocol import encode_frame
 from tickvault.alpaca.rest import AlpacaREST, RetryPolicy
-from tickvault.config import Settings, load_settings
-from tickvault.db.pool import open_pool
+from tickvault.config import Settings
 from tickvault.http import build_http_client
 from tickvault.indicators import COLUMNS
 from tickvault.indicators.sessions import (
@@ -32,11 +31,10 @@ from tickvault.indicators.sessions import (
 from tickvault.jobs.indicators import refresh_indicators
 from tickvault.sim import Simulator
 from tickvault.stream.cache import PriceCache
-from tickvault.stream.metrics import Metrics
 from tickvault.stream.processor import Processor
 from tickvault.stream.reader import QueuedFrame
-from tickvault.stream.writer import BatchWriter
 from tests.support.net import free_port
+from tests.support.pipeline import writer_pipeline
 
 SESSIONS_LOG = "tickvault.indicators.sessions"
 NO_RETRY = RetryPolicy(max_retries=0, backoff_base_s=0.01, backoff_cap_s=0.01)
@@ -192,11 +190,7 @@ def _session_vwap_by_sql(url: str) -> dict[datetime, float | None]:
 async def _run_worker(url: str, calendar: SessionCalendar, messages: list[dict]) -> int:
     """The real processor and writer over the bars: up to RESTART_AT, then a new processor that
     restores from the stored bars and takes the rest. Returns the bars the restore replayed."""
-    pool = await open_pool(load_settings(database_url=url), min_size=1, name="sessions-test")
-    metrics = Metrics()
-    writer = BatchWriter(pool, metrics, worker="t", batch_rows=1000, flush_ms=10)
-    writer_task = asyncio.create_task(writer.run())
-    try:
+    async with writer_pipeline(url, "sessions-test") as (pool, writer, metrics):
         before = [m for m in messages if m["t"] < RESTART_AT]
         after = [m for m in messages if m["t"] >= RESTART_AT]
         first = Processor(asyncio.Queue(), writer, PriceCache(60, metrics), metrics, calendar=calendar)
@@ -208,10 +202,6 @@ async def _run_worker(url: str, calendar: SessionCalendar, messages: list[dict])
         replayed = await restarted.restore(pool, stocks=[SYMBOL])
         await restarted.handle(QueuedFrame(decode_columnar(encode_frame(after)), time.time_ns(), time.monotonic_ns()))
         await writer.drain()
-    finally:
-        writer.close()
-        await writer_task
-        await pool.close()
     return replayed
 
 
