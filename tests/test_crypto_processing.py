@@ -60,7 +60,7 @@ async def test_crypto_frames_store_bars_indicators_and_feed_the_price_cache(fres
 
 async def test_crypto_vwap_restarts_at_utc_midnight_uses_vw_and_survives_a_restart(fresh_database):
     """A pair's session is the UTC day: bars from 23:40Z to 00:20Z, the processor restarted at
-    23:55Z (it restores from crypto_bars); VWAP equals SQL's sum(vwap * volume) / sum(volume) per
+    23:55Z (it restores from crypto_bars, the whole session even past its warm-up); VWAP equals SQL's sum(vwap * volume) / sum(volume) per
     UTC date, and the first bar after midnight is its own vw."""
     url = fresh_database()
     midnight = T0 + 86_400 * 10**9
@@ -71,7 +71,8 @@ async def test_crypto_vwap_restarts_at_utc_midnight_uses_vw_and_survives_a_resta
         await first.handle(QueuedFrame(decode_crypto(encode_frame(bars[:15])), time.time_ns(), time.monotonic_ns()))
         await writer.drain()
         restarted = Processor(asyncio.Queue(), writer, PriceCache(60, metrics), metrics)
-        assert await restarted.restore(pool, crypto=["BTC/USD"]) == 15
+        # A warm-up of 5 bars, but the session (the UTC day) goes further back: all 15 are replayed.
+        assert await restarted.restore(pool, crypto=["BTC/USD"], warmup_bars=5) == 15
         await restarted.handle(QueuedFrame(decode_crypto(encode_frame(bars[15:])), time.time_ns(), time.monotonic_ns()))
         await writer.drain()
     with psycopg.connect(url) as conn:

@@ -258,3 +258,22 @@ async def test_worker_restarted_mid_session_and_refresh_flow_give_equal_rows_and
     # The regular open (09:30 EDT) does not restart it: the pre-market bars stay in the session's VWAP.
     assert flow[at("2026-03-09T13:30")]["vwap"] != pytest.approx(own[at("2026-03-09T13:30")], rel=1e-9)
     assert flow[at("2026-03-09T13:59")]["rsi_14"] is not None
+
+
+async def test_restore_with_a_wildcard_takes_every_symbol_with_recent_bars(fresh_database):
+    """``TICKVAULT_SYMBOLS=*``: the symbols with a stored bar in the last 4 days are restored; one
+    whose newest bar is older is not (the feed will start it afresh)."""
+    url = fresh_database()
+    now = time.time_ns() // 60_000_000_000 * 60_000_000_000
+    recent = [{"T": "b", "S": sym, "t": now - (30 - i) * 60 * 10**9, "o": 10.0, "h": 11.0, "l": 9.0, "c": 10.5,
+               "v": 100 + i, "n": 3, "vw": 10.2} for sym in ("AAA", "BBB") for i in range(30)]
+    stale = [{**recent[0], "S": "OLD", "t": now - 5 * 86_400 * 10**9}]
+    async with writer_pipeline(url, "sessions-wildcard-test") as (pool, writer, metrics):
+        live = Processor(asyncio.Queue(), writer, PriceCache(60, metrics), metrics)
+        await live.handle(QueuedFrame(decode_columnar(encode_frame(recent + stale)), time.time_ns(), time.monotonic_ns()))
+        await writer.drain()
+        restarted = Processor(asyncio.Queue(), writer, PriceCache(60, metrics), metrics)
+        assert await restarted.restore(pool, stocks=["*"]) == 60
+    assert sorted(restarted.indicators) == ["AAA", "BBB"]
+    for sym in ("AAA", "BBB"):
+        assert restarted.indicators[sym].values() == pytest.approx(live.indicators[sym].values(), nan_ok=True)

@@ -145,6 +145,10 @@ class SessionCalendar:
         return cls((d for d in days if start <= d.day <= end), covers=(start, end), source="alpaca",
                    reason=f"the date is outside the fetched calendar ({start} to {end})")
 
+    def __len__(self) -> int:
+        """Trading days known from the calendar (0 for the default rule)."""
+        return len(self._days)
+
     def trading_day(self, d: date) -> TradingDay | None:
         """The trading day of New York date ``d``, or None when the exchange is closed that day."""
         covers = self.covers
@@ -232,7 +236,9 @@ async def fetch_session_calendar(rest: AlpacaREST, start: date, end: date) -> Se
 
     try:
         items = await rest.calendar(start, end)
-        return SessionCalendar.from_alpaca(items, start, end)
+        calendar = SessionCalendar.from_alpaca(items, start, end)
+        log.info("session calendar: %d trading days from /v2/calendar, %s to %s", len(calendar), start, end)
+        return calendar
     except (AlpacaError, CalendarError) as e:
         reason = f"GET /v2/calendar failed ({type(e).__name__}: {e})"
     log.warning("session calendar: %s; using the default rule (weekdays %s-%s America/New_York, no holidays)",
