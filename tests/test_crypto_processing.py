@@ -58,29 +58,34 @@ async def test_crypto_frames_store_bars_indicators_and_feed_the_price_cache(fres
     assert feed_metrics.totals["rows_committed"] > 0 and metrics.totals["rows_committed"] == 0
 
 
+def _queued(messages: list[dict]) -> QueuedFrame:
+    return QueuedFrame(decode_crypto(encode_frame(messages)), time.time_ns(), time.monotonic_ns())
+
+
 async def test_crypto_vwap_restarts_at_utc_midnight_uses_vw_and_survives_a_restart(fresh_database):
     """A pair's session is the UTC day: bars from 23:40Z to 00:20Z, the processor restarted at
-    23:55Z (it restores from crypto_bars, the whole session even past its warm-up); VWAP equals SQL's sum(vwap * volume) / sum(volume) per
-    UTC date, and the first bar after midnight is its own vw."""
+    23:55Z (it restores from crypto_bars, the whole session even past its warm-up); VWAP equals
+    SQL's sum(vwap * volume) / sum(volume) per UTC date, and the first bar after midnight is its own vw."""
     url = fresh_database()
     midnight = T0 + 86_400 * 10**9
     bars = [{**_bar(i, 90_000.0 + 7 * (i % 5)), "t": midnight + (i - 20) * MINUTE, "vw": 90_001.0 + 3 * (i % 7)}
             for i in range(40)]
     async with writer_pipeline(url, "crypto-sessions-test") as (pool, writer, metrics):
         first = Processor(asyncio.Queue(), writer, PriceCache(60, metrics), metrics)
-        await first.handle(QueuedFrame(decode_crypto(encode_frame(bars[:15])), time.time_ns(), time.monotonic_ns()))
+        await first.handle(_queued(bars[:15]))
         await writer.drain()
         restarted = Processor(asyncio.Queue(), writer, PriceCache(60, metrics), metrics)
         # A warm-up of 5 bars, but the session (the UTC day) goes further back: all 15 are replayed.
         assert await restarted.restore(pool, crypto=["BTC/USD"], warmup_bars=5) == 15
-        await restarted.handle(QueuedFrame(decode_crypto(encode_frame(bars[15:])), time.time_ns(), time.monotonic_ns()))
+        await restarted.handle(_queued(bars[15:]))
         await writer.drain()
     with psycopg.connect(url) as conn:
         rows = conn.execute(
             "SELECT i.time, i.vwap, sum(b.vwap * b.volume::float8) OVER w / sum(b.volume::float8) OVER w, b.vwap "
             "FROM indicators i JOIN crypto_bars b ON b.symbol = i.symbol AND b.time = i.time "
             "WHERE i.symbol = 'BTC/USD' "
-            "WINDOW w AS (PARTITION BY (b.time AT TIME ZONE 'UTC')::date ORDER BY b.time) ORDER BY i.time").fetchall()
+            "WINDOW w AS (PARTITION BY (b.time AT TIME ZONE 'UTC')::date ORDER BY b.time) "
+            "ORDER BY i.time").fetchall()
     assert len(rows) == 40
     for when, got, by_sql, _ in rows:
         assert got == pytest.approx(by_sql, rel=1e-12), when

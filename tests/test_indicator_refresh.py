@@ -67,7 +67,8 @@ def _expected(url: str, symbol: str) -> dict[datetime, dict[str, float]]:
     session start and NaN outside sessions (as the worker does)."""
     with psycopg.connect(url) as conn:
         bars = conn.execute(
-            "SELECT bucket, high, low, close, volume, vwap FROM ohlcv_1m WHERE symbol = %s ORDER BY bucket", (symbol,)
+            "SELECT bucket, high, low, close, volume, vwap FROM ohlcv_1m WHERE symbol = %s ORDER BY bucket",
+            (symbol,),
         ).fetchall()
     ind = IndicatorSet()
     session = None

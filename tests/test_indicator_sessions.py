@@ -115,7 +115,8 @@ async def test_an_unreachable_calendar_falls_back_to_the_default_rule_logged_onc
 
 
 def test_an_unreadable_calendar_item_is_refused_with_the_item_named():
-    good = {"date": "2026-03-06", "open": "09:30", "close": "16:00", "session_open": "0400", "session_close": "2000"}
+    good = {"date": "2026-03-06", "open": "09:30", "close": "16:00",
+            "session_open": "0400", "session_close": "2000"}
     assert trading_day_from_alpaca(good).session_open_ns == _z("2026-03-06T09:00")
     with pytest.raises(CalendarError, match=r"unreadable /v2/calendar item .*'open': '9h30'"):
         trading_day_from_alpaca({**good, "open": "9h30"})
@@ -195,14 +196,17 @@ async def _run_worker(url: str, calendar: SessionCalendar, messages: list[dict])
         after = [m for m in messages if m["t"] >= RESTART_AT]
         first = Processor(asyncio.Queue(), writer, PriceCache(60, metrics), metrics, calendar=calendar)
         for i in range(0, len(before), 25):  # frames of 25 bars, as a feed sends them
-            frame = decode_columnar(encode_frame(before[i:i + 25]))
-            await first.handle(QueuedFrame(frame, time.time_ns(), time.monotonic_ns()))
+            await first.handle(_queued(before[i:i + 25]))
         await writer.drain()
         restarted = Processor(asyncio.Queue(), writer, PriceCache(60, metrics), metrics, calendar=calendar)
         replayed = await restarted.restore(pool, stocks=[SYMBOL])
-        await restarted.handle(QueuedFrame(decode_columnar(encode_frame(after)), time.time_ns(), time.monotonic_ns()))
+        await restarted.handle(_queued(after))
         await writer.drain()
     return replayed
+
+
+def _queued(messages: list[dict]) -> QueuedFrame:
+    return QueuedFrame(decode_columnar(encode_frame(messages)), time.time_ns(), time.monotonic_ns())
 
 
 def _same(a: float | None, b: float | None) -> bool:
@@ -270,7 +274,7 @@ async def test_restore_with_a_wildcard_takes_every_symbol_with_recent_bars(fresh
     stale = [{**recent[0], "S": "OLD", "t": now - 5 * 86_400 * 10**9}]
     async with writer_pipeline(url, "sessions-wildcard-test") as (pool, writer, metrics):
         live = Processor(asyncio.Queue(), writer, PriceCache(60, metrics), metrics)
-        await live.handle(QueuedFrame(decode_columnar(encode_frame(recent + stale)), time.time_ns(), time.monotonic_ns()))
+        await live.handle(_queued(recent + stale))
         await writer.drain()
         restarted = Processor(asyncio.Queue(), writer, PriceCache(60, metrics), metrics)
         assert await restarted.restore(pool, stocks=["*"]) == 60

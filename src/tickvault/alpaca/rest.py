@@ -209,9 +209,8 @@ class AlpacaREST:
         each ``{date, open, close, session_open, session_close, settlement_date}`` with New York
         wall-clock times as Alpaca writes them (``"09:30"``, ``"0400"``); holidays have no item.
         Read by :mod:`tickvault.indicators.sessions`."""
-        rows = await self._request(
-            "GET", self.trading_url, "/v2/calendar", params={"start": start.isoformat(), "end": end.isoformat()}
-        )
+        params = {"start": start.isoformat(), "end": end.isoformat()}
+        rows = await self._request("GET", self.trading_url, "/v2/calendar", params=params)
         return rows  # checked item by item by the reader (sessions.SessionCalendar.from_alpaca)
 
     # ----------------------------------------------------------------------------- orders

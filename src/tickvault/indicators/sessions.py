@@ -96,12 +96,14 @@ def trading_day_from_alpaca(item: Mapping[str, Any]) -> TradingDay:
         t_open, t_close = _clock_time(str(item["open"])), _clock_time(str(item["close"]))
         # Alpaca always sends the extended window; an item without it gets the default hours.
         s_open = _clock_time(str(item["session_open"])) if item.get("session_open") else DEFAULT_SESSION_OPEN
-        s_close = _clock_time(str(item["session_close"])) if item.get("session_close") else DEFAULT_SESSION_CLOSE
+        s_close = (_clock_time(str(item["session_close"])) if item.get("session_close")
+                   else DEFAULT_SESSION_CLOSE)
     except (KeyError, TypeError, ValueError) as e:
         raise CalendarError(f"unreadable /v2/calendar item {dict(item)!r}: {e}") from None
     day = TradingDay(d, _ns(d, s_open), _ns(d, s_close), _ns(d, t_open), _ns(d, t_close))
     if not day.session_open_ns <= day.open_ns < day.close_ns <= day.session_close_ns:
-        raise CalendarError(f"/v2/calendar item {dict(item)!r}: the regular session is not inside the extended one")
+        raise CalendarError(
+            f"/v2/calendar item {dict(item)!r}: the regular session is not inside the extended one")
     return day
 
 
@@ -209,7 +211,9 @@ class SessionTracker:
         return NEW_SESSION
 
 
-def session_marks(symbol: str, times_ns: Iterable[int], calendar: SessionCalendar) -> tuple[list[bool], list[bool]]:
+def session_marks(
+    symbol: str, times_ns: Iterable[int], calendar: SessionCalendar
+) -> tuple[list[bool], list[bool]]:
     """``(session_start, in_session)`` for a symbol's bars in time order: what
     :func:`tickvault.indicators.vwap` takes, from the same :class:`SessionTracker` the worker steps."""
     tracker = SessionTracker(symbol, calendar)

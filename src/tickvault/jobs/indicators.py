@@ -361,11 +361,14 @@ def compute_symbol(
         low = np.fromiter((b[2] for b in bars), dtype=np.float64, count=len(bars))
         close = np.fromiter((b[3] for b in bars), dtype=np.float64, count=len(bars))
         volume = np.fromiter((b[4] for b in bars), dtype=np.float64, count=len(bars))
-        bar_vwap = np.fromiter((np.nan if b[5] is None else b[5] for b in bars), dtype=np.float64, count=len(bars))
+        bar_vwap = np.fromiter((np.nan if b[5] is None else b[5] for b in bars), dtype=np.float64,
+                               count=len(bars))  # NaN: no vwap, the typical price stands in
         # Sessions as the worker steps them (tickvault.stream.processor): the same tracker, bar by bar.
         starts, inside = session_marks(new.symbol, (_ns(b) for b in buckets), calendar)
-        values = compute_all(high, low, close, volume, bar_vwap=bar_vwap,
-                             session_start=np.array(starts, dtype=bool), in_session=np.array(inside, dtype=bool))
+        values = compute_all(
+            high, low, close, volume, bar_vwap=bar_vwap,
+            session_start=np.array(starts, dtype=bool), in_session=np.array(inside, dtype=bool),
+        )
         first_new = next(i for i, b in enumerate(buckets) if b >= new.start)
         columns = [values[c] for c in COLUMNS]
         rows = [

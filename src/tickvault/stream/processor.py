@@ -12,8 +12,8 @@ stay the protocol's tuples. Indicators update once per closed minute bar
 :mod:`tickvault.indicators.sessions` (US equities: the exchange's extended session in New York
 time, from ``/v2/calendar``; crypto: the UTC day), exactly as the ``refresh_indicators`` flow does.
 After a restart :meth:`Processor.restore` rebuilds each symbol's state from its stored bars (the
-warm-up and the whole current session) before the feed opens. It must never block the loop: the strategy is called
-inline and must be fast; orders go out through the gateway's own bounded queue.
+warm-up and the whole current session) before the feed opens. It must never block the loop: the
+strategy is called inline and must be fast; orders go out through the gateway's own bounded queue.
 """
 
 from __future__ import annotations
@@ -30,7 +30,13 @@ from tickvault.alpaca.options import OptionsFrame
 from tickvault.db.tables import INDICATOR_VALUES
 from tickvault.indicators import IndicatorSet
 from tickvault.indicators.definitions import WARMUP_BARS
-from tickvault.indicators.sessions import NEW_SESSION, NO_SESSION, SessionCalendar, SessionTracker, default_calendar
+from tickvault.indicators.sessions import (
+    NEW_SESSION,
+    NO_SESSION,
+    SessionCalendar,
+    SessionTracker,
+    default_calendar,
+)
 from tickvault.stream.cache import PriceCache
 from tickvault.stream.metrics import Metrics
 from tickvault.stream.reader import QueuedFrame
@@ -120,8 +126,9 @@ class Processor:
 
     async def _restore_symbol(self, conn, table: str, symbol: str, warmup_bars: int) -> int:
         cur = await conn.execute(
-            f"SELECT min(time), max(time) FROM (SELECT time FROM {table} WHERE symbol = %s AND timeframe = '1Min' "
-            "ORDER BY time DESC LIMIT %s) AS recent", (symbol, max(warmup_bars, 1)))
+            f"SELECT min(time), max(time) FROM (SELECT time FROM {table} "
+            "WHERE symbol = %s AND timeframe = '1Min' ORDER BY time DESC LIMIT %s) AS recent",
+            (symbol, max(warmup_bars, 1)))
         oldest, newest = await cur.fetchone()
         if newest is None:
             return 0
@@ -130,8 +137,10 @@ class Processor:
         start_ns = min(_ns(oldest), window[0] if window else newest_ns)
         start_ns = max(start_ns, newest_ns - RESTORE_HORIZON_S * 10**9)
         cur = await conn.execute(
-            f"SELECT time, high, low, close, volume::float8, vwap FROM {table} WHERE symbol = %s AND timeframe = '1Min' "
-            "AND time >= to_timestamp(%s::float8 / 1e9) ORDER BY time", (symbol, start_ns))
+            f"SELECT time, high, low, close, volume::float8, vwap FROM {table} "
+            "WHERE symbol = %s AND timeframe = '1Min' AND time >= to_timestamp(%s::float8 / 1e9) "
+            "ORDER BY time",
+            (symbol, start_ns))
         rows = await cur.fetchall()
         self.indicators.pop(symbol, None)  # a restore starts the symbol afresh
         for t, high, low, close, volume, vwap in rows:

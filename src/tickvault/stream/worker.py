@@ -269,7 +269,8 @@ class Worker:
         calendar = (await fetch_session_calendar(rest, *calendar_range()) if "stocks" in kinds
                     else SessionCalendar(reason="no stocks feed"))
         self.processor = Processor(self.queue, writer, self.cache, metrics, strategy=self.strategy,
-                                   on_intent=self.gateway.enqueue if self.gateway else None, calendar=calendar)
+                                   on_intent=self.gateway.enqueue if self.gateway else None,
+                                   calendar=calendar)
         self._tasks["writer"] = asyncio.create_task(writer.run(), name="writer")
         recovered = await writer.recover(self.spill_dir)  # what a previous run could not commit, first
         if recovered:
