@@ -131,12 +131,13 @@ class SessionCalendar:
         covers: tuple[date, date] | None = None,
         source: str = "default",
         reason: str = "no exchange calendar was loaded",
+        warned: bool = False,
     ) -> None:
         self._days = {d.day: d for d in days}
         self.covers = covers
         self.source = source
         self.reason = reason
-        self._warned = False
+        self._warned = warned  # True: the caller already said why the default rule applies
 
     @classmethod
     def from_alpaca(cls, items: Any, start: date, end: date) -> SessionCalendar:
@@ -158,7 +159,7 @@ class SessionCalendar:
             return self._days.get(d)
         if not self._warned:
             self._warned = True
-            log.warning("session calendar: %s, so the default rule applies from %s on "
+            log.warning("session calendar: %s, so the default rule applies to %s and every such date "
                         "(weekdays %s-%s America/New_York, no holidays)", self.reason, d,
                         DEFAULT_SESSION_OPEN.strftime("%H:%M"), DEFAULT_SESSION_CLOSE.strftime("%H:%M"))
         return default_trading_day(d)
@@ -243,13 +244,11 @@ async def fetch_session_calendar(rest: AlpacaREST, start: date, end: date) -> Se
         calendar = SessionCalendar.from_alpaca(items, start, end)
         log.info("session calendar: %d trading days from /v2/calendar, %s to %s", len(calendar), start, end)
         return calendar
-    except (AlpacaError, CalendarError) as e:
+    except (AlpacaError, ValueError) as e:  # ValueError: CalendarError, or a body that is not JSON
         reason = f"GET /v2/calendar failed ({type(e).__name__}: {e})"
     log.warning("session calendar: %s; using the default rule (weekdays %s-%s America/New_York, no holidays)",
                 reason, DEFAULT_SESSION_OPEN.strftime("%H:%M"), DEFAULT_SESSION_CLOSE.strftime("%H:%M"))
-    calendar = SessionCalendar(reason=reason)
-    calendar._warned = True  # said above, once
-    return calendar
+    return SessionCalendar(reason=reason, warned=True)  # said above, once
 
 
 def calendar_range(around: datetime | None = None) -> tuple[date, date]:
