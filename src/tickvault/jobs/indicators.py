@@ -10,9 +10,9 @@ extended session in New York time from ``/v2/calendar``, which the flow fetches 
 EMA, RSI, ATR and MACD are recursive: a value depends on every bar since the series began. Rather
 than replaying a symbol's whole history every minute, each symbol loads a warm-up of
 :data:`WARMUP_BARS` bars before its first new bar (and at least back to the start of that bar's
-session, for VWAP). The slowest-decaying state is Wilder's (weight 13/14 per bar for RSI/ATR 14): after 1000
-bars a difference in the seed has shrunk by (13/14)**1000 ≈ 1e-32, far below float64 resolution,
-so the result equals a replay from the first bar. A symbol with fewer bars than that is replayed
+session, for VWAP). The slowest-decaying state is Wilder's (weight 13/14 per bar for RSI/ATR 14):
+after 1000 bars a difference in the seed has shrunk by (13/14)**1000 ≈ 1e-32, far below float64
+resolution, so the result equals a replay from the first bar. A symbol with fewer bars than that is replayed
 from its first bar, exactly as the worker saw it.
 
 "New bars" of a symbol are those at or after the newest bar the flow already computed (that bar
@@ -41,6 +41,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import psycopg
 
+from tickvault.alpaca.protocol import datetime_to_ns
 from tickvault.db.aggregates import AggregateStatus, RefreshResult, aggregate_status, refresh_ohlcv
 from tickvault.db.migrate import server_edition
 from tickvault.db.tables import indicators_upsert
@@ -328,17 +329,13 @@ def find_new_bars(
         return found
 
 
-def _ns(when: datetime) -> int:
-    return int(when.timestamp()) * 10**9 + when.microsecond * 1000
-
-
 def compute_symbol(
     url: str, new: NewBars, *, warmup_bars: int = WARMUP_BARS, calendar: SessionCalendar | None = None
 ) -> SymbolRefresh:
     """Load the warm-up and the new bars of one symbol, compute all indicators, upsert the new rows.
     ``calendar``: the US equity sessions (default: the default rule, logged once)."""
     calendar = calendar if calendar is not None else default_calendar()
-    window = calendar.window(new.symbol, _ns(new.start))
+    window = calendar.window(new.symbol, datetime_to_ns(new.start))
     session_start = datetime.fromtimestamp(window[0] // 10**9, UTC) if window else new.start
     with psycopg.connect(url) as conn:
         row = conn.execute(
@@ -364,7 +361,7 @@ def compute_symbol(
         bar_vwap = np.fromiter((np.nan if b[5] is None else b[5] for b in bars), dtype=np.float64,
                                count=len(bars))  # NaN: no vwap, the typical price stands in
         # Sessions as the worker steps them (tickvault.stream.processor): the same tracker, bar by bar.
-        starts, inside = session_marks(new.symbol, (_ns(b) for b in buckets), calendar)
+        starts, inside = session_marks(new.symbol, (datetime_to_ns(b) for b in buckets), calendar)
         values = compute_all(
             high, low, close, volume, bar_vwap=bar_vwap,
             session_start=np.array(starts, dtype=bool), in_session=np.array(inside, dtype=bool),

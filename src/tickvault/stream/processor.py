@@ -22,9 +22,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
 
 from tickvault.alpaca.crypto import CryptoFrame
+from tickvault.alpaca.protocol import datetime_to_ns
 from tickvault.alpaca.news import NewsFrame
 from tickvault.alpaca.options import OptionsFrame
 from tickvault.db.tables import INDICATOR_VALUES
@@ -50,11 +50,6 @@ RESTORE_HORIZON_S = 30 * 86_400
 # With a "*" subscription, the symbols restored are those with a stored bar this recent.
 RESTORE_RECENT_S = 4 * 86_400
 _BARS_TABLE = {False: "bars", True: "crypto_bars"}  # by is-crypto
-
-
-def _ns(when: datetime) -> int:
-    """A stored timestamptz (microseconds) as int ns, exactly (no float on the way)."""
-    return int(when.timestamp()) * 10**9 + when.microsecond * 1000
 
 
 def _nan_to_none(v: float) -> float | None:
@@ -132,9 +127,9 @@ class Processor:
         oldest, newest = await cur.fetchone()
         if newest is None:
             return 0
-        newest_ns = _ns(newest)
+        newest_ns = datetime_to_ns(newest)
         window = self.calendar.window(symbol, newest_ns)
-        start_ns = min(_ns(oldest), window[0] if window else newest_ns)
+        start_ns = min(datetime_to_ns(oldest), window[0] if window else newest_ns)
         start_ns = max(start_ns, newest_ns - RESTORE_HORIZON_S * 10**9)
         cur = await conn.execute(
             f"SELECT time, high, low, close, volume::float8, vwap FROM {table} "
@@ -144,7 +139,7 @@ class Processor:
         rows = await cur.fetchall()
         self.indicators.pop(symbol, None)  # a restore starts the symbol afresh
         for t, high, low, close, volume, vwap in rows:
-            self._indicators_after(symbol, _ns(t), high, low, close, volume, vwap)
+            self._indicators_after(symbol, datetime_to_ns(t), high, low, close, volume, vwap)
         return len(rows)
 
     async def run(self) -> None:
