@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -407,6 +408,10 @@ async def test_wildcard_worker_restarted_after_sigterm_leaves_no_hole(fresh_data
         finally:
             workers.kill_all()
     assert "wildcard subscription" in workers.logs[1].read_text()
+    # Each start read VWAP's sessions from the simulator's /v2/calendar (no fallback to the default rule).
+    for log in workers.logs:
+        assert re.search(r"session calendar: \d+ trading days from /v2/calendar", log.read_text()), log.read_text()
+        assert "default rule" not in log.read_text()
 
 
 async def test_worker_killed_with_sigkill_mid_stream_restarts_with_exactly_the_simulators_trades(

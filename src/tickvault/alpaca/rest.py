@@ -37,7 +37,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal, TypeVar
@@ -182,6 +182,17 @@ class AlpacaREST:
             params["status"] = status
         rows = await self._request("GET", self.trading_url, "/v2/assets", params=params)
         return [Asset.model_validate(row) for row in rows or ()]
+
+    # ----------------------------------------------------------------------------- calendar
+
+    async def calendar(self, start: date, end: date) -> list[dict[str, Any]]:
+        """``GET /v2/calendar``: the exchange's trading days in ``[start, end]`` (New York dates),
+        each ``{date, open, close, session_open, session_close, settlement_date}`` with New York
+        wall-clock times as Alpaca writes them (``"09:30"``, ``"0400"``); holidays have no item.
+        Read by :mod:`tickvault.indicators.sessions`."""
+        params = {"start": start.isoformat(), "end": end.isoformat()}
+        rows = await self._request("GET", self.trading_url, "/v2/calendar", params=params)
+        return rows  # checked item by item by the reader (sessions.SessionCalendar.from_alpaca)
 
     # ----------------------------------------------------------------------------- orders
 

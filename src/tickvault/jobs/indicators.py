@@ -2,13 +2,17 @@
 bars, vectorized, and upsert them into ``indicators`` (``source = 'flow'``).
 
 The values equal what the streaming worker's incremental :class:`~tickvault.indicators.IndicatorSet`
-produces for the same bars (same definitions, VWAP restarted at each UTC day as the worker does).
+produces for the same bars: same definitions, VWAP from each bar's own ``vwap`` (the typical price
+where a bar has none) restarted at each session start by the same
+:class:`~tickvault.indicators.sessions.SessionTracker` the worker steps (US equities: the exchange's
+extended session in New York time from ``/v2/calendar``, which the flow fetches and hands in as a
+:class:`~tickvault.indicators.sessions.SessionCalendar`; crypto: the UTC day).
 EMA, RSI, ATR and MACD are recursive: a value depends on every bar since the series began. Rather
 than replaying a symbol's whole history every minute, each symbol loads a warm-up of
-:data:`WARMUP_BARS` bars before its first new bar (and at least back to the start of that UTC day,
-for VWAP). The slowest-decaying state is Wilder's (weight 13/14 per bar for RSI/ATR 14): after 1000
-bars a difference in the seed has shrunk by (13/14)**1000 ≈ 1e-32, far below float64 resolution,
-so the result equals a replay from the first bar. A symbol with fewer bars than that is replayed
+:data:`WARMUP_BARS` bars before its first new bar (and at least back to the start of that bar's
+session, for VWAP). The slowest-decaying state is Wilder's (weight 13/14 per bar for RSI/ATR 14):
+after 1000 bars a difference in the seed has shrunk by (13/14)**1000 ≈ 1e-32, far below float64
+resolution, so the result equals a replay from the first bar. A symbol with fewer bars than that is replayed
 from its first bar, exactly as the worker saw it.
 
 "New bars" of a symbol are those at or after the newest bar the flow already computed (that bar
@@ -37,12 +41,14 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import psycopg
 
+from tickvault.alpaca.protocol import datetime_to_ns
 from tickvault.db.aggregates import AggregateStatus, RefreshResult, aggregate_status, refresh_ohlcv
 from tickvault.db.migrate import server_edition
 from tickvault.db.tables import indicators_upsert
 from tickvault.db.jobs import JobHealth, job_health, jobs_markdown, warning_lines
 from tickvault.indicators import COLUMNS, compute_all
 from tickvault.indicators import definitions as d
+from tickvault.indicators.sessions import SessionCalendar, default_calendar, session_marks
 from tickvault.market_time import MarketClock
 
 log = logging.getLogger(__name__)
@@ -65,8 +71,7 @@ __all__ = [
 
 TIMEFRAME = "1m"  # the worker computes indicators on 1-minute bars; so does the flow
 SOURCE = "flow"
-# See the module docstring: (13/14)**1000 ≈ 1e-32, so 1000 bars of warm-up equal a full replay.
-WARMUP_BARS = 1000
+WARMUP_BARS = d.WARMUP_BARS  # (13/14)**1000 ≈ 1e-32: 1000 bars of warm-up equal a full replay
 # The warm-up search looks back at most this far (1000 market-hours bars are ~2.6 sessions; 30
 # days covers weekends and holidays with room to spare while bounding the scan).
 MAX_HISTORY = timedelta(days=30)
@@ -324,9 +329,14 @@ def find_new_bars(
         return found
 
 
-def compute_symbol(url: str, new: NewBars, *, warmup_bars: int = WARMUP_BARS) -> SymbolRefresh:
-    """Load the warm-up and the new bars of one symbol, compute all indicators, upsert the new rows."""
-    day_start = new.start.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+def compute_symbol(
+    url: str, new: NewBars, *, warmup_bars: int = WARMUP_BARS, calendar: SessionCalendar | None = None
+) -> SymbolRefresh:
+    """Load the warm-up and the new bars of one symbol, compute all indicators, upsert the new rows.
+    ``calendar``: the US equity sessions (default: the default rule, logged once)."""
+    calendar = calendar if calendar is not None else default_calendar()
+    window = calendar.window(new.symbol, datetime_to_ns(new.start))
+    session_start = datetime.fromtimestamp(window[0] // 10**9, UTC) if window else new.start
     with psycopg.connect(url) as conn:
         row = conn.execute(
             "SELECT bucket FROM ohlcv_1m WHERE symbol = %s AND bucket < %s AND bucket >= %s "
@@ -335,9 +345,9 @@ def compute_symbol(url: str, new: NewBars, *, warmup_bars: int = WARMUP_BARS) ->
         ).fetchone()
         # None: fewer than warmup_bars bars before the start, so replay from the symbol's first bar
         # (within MAX_HISTORY).
-        history_start = min(row[0], day_start) if row else min(new.start - MAX_HISTORY, day_start)
+        history_start = min(row[0], session_start) if row else min(new.start - MAX_HISTORY, session_start)
         bars = conn.execute(
-            "SELECT bucket, high, low, close, volume FROM ohlcv_1m "
+            "SELECT bucket, high, low, close, volume, vwap FROM ohlcv_1m "
             "WHERE symbol = %s AND bucket >= %s AND bucket <= %s ORDER BY bucket",
             (new.symbol, history_start, new.last),
         ).fetchall()
@@ -348,12 +358,14 @@ def compute_symbol(url: str, new: NewBars, *, warmup_bars: int = WARMUP_BARS) ->
         low = np.fromiter((b[2] for b in bars), dtype=np.float64, count=len(bars))
         close = np.fromiter((b[3] for b in bars), dtype=np.float64, count=len(bars))
         volume = np.fromiter((b[4] for b in bars), dtype=np.float64, count=len(bars))
-        # VWAP restarts each UTC day, as in the worker (tickvault.stream.processor).
-        days = np.fromiter((int(b.timestamp()) // 86_400 for b in buckets), dtype=np.int64, count=len(bars))
-        session_start = np.empty(len(bars), dtype=bool)
-        session_start[0] = True
-        session_start[1:] = days[1:] != days[:-1]
-        values = compute_all(high, low, close, volume, session_start=session_start)
+        bar_vwap = np.fromiter((np.nan if b[5] is None else b[5] for b in bars), dtype=np.float64,
+                               count=len(bars))  # NaN: no vwap, the typical price stands in
+        # Sessions as the worker steps them (tickvault.stream.processor): the same tracker, bar by bar.
+        starts, inside = session_marks(new.symbol, (datetime_to_ns(b) for b in buckets), calendar)
+        values = compute_all(
+            high, low, close, volume, bar_vwap=bar_vwap,
+            session_start=np.array(starts, dtype=bool), in_session=np.array(inside, dtype=bool),
+        )
         first_new = next(i for i, b in enumerate(buckets) if b >= new.start)
         columns = [values[c] for c in COLUMNS]
         rows = [
@@ -385,8 +397,12 @@ def refresh_indicators(
     refresh: bool = True,
     now: datetime | None = None,
     initial_lookback: timedelta = DEFAULT_INITIAL_LOOKBACK,
+    calendar: SessionCalendar | None = None,
 ) -> IndicatorRefreshSummary:
-    """The whole job in one call (what tests and scripts use; the flow runs the same steps as tasks)."""
+    """The whole job in one call (what tests and scripts use; the flow runs the same steps as tasks).
+    ``calendar``: the US equity sessions, e.g. from
+    :func:`~tickvault.indicators.sessions.fetch_session_calendar` (default: the default rule)."""
+    calendar = calendar if calendar is not None else default_calendar()
     t0 = time.perf_counter()
     summary = IndicatorRefreshSummary(started_at=datetime.now(UTC))
     if refresh:
@@ -394,7 +410,7 @@ def refresh_indicators(
     t1 = time.perf_counter()
     summary.aggregates_s = t1 - t0
     for new in find_new_bars(url, since=since, symbols=symbols, now=now, initial_lookback=initial_lookback):
-        summary.symbols.append(compute_symbol(url, new, warmup_bars=warmup_bars))
+        summary.symbols.append(compute_symbol(url, new, warmup_bars=warmup_bars, calendar=calendar))
     summary.compute_s = time.perf_counter() - t1
     summary.ohlcv = read_ohlcv_state(url)
     summary.jobs = check_jobs(url)

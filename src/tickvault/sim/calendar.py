@@ -45,8 +45,10 @@ class Session(NamedTuple):
             "date": self.day.isoformat(),
             "open": opens.strftime("%H:%M"),
             "close": closes.strftime("%H:%M"),
+            # Extended hours: pre-market from 04:00, after-hours for four hours after the close
+            # (20:00; 17:00 on an early-close day), written HHMM as Alpaca writes them.
             "session_open": "0400",
-            "session_close": "2000",
+            "session_close": f"{closes.hour + 4:02d}{closes.minute:02d}",
             "settlement_date": _settlement(self.day).isoformat(),
         }
 
