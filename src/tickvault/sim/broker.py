@@ -12,9 +12,17 @@ The fill model, which a strategy tested here can rely on:
 - **Stop orders** trigger on a trade at or through the stop and become market orders (stop-limit:
   limit orders). ``ioc`` fills what it can at once and cancels the rest; ``fok`` fills all at once or
   is canceled.
+- **Trailing stops** (``trail_price`` or ``trail_percent``, ``day``/``gtc``): the high-water mark
+  ``hwm`` starts at the last trade and follows every trade in the order's favour (up for a sell,
+  down for a buy); the stop price keeps its trail from it (cents, half up) and a trade at or through
+  it triggers a market order.
+- **Replacing** (``PATCH``): the new order takes every field not given from the old one; ``qty`` is
+  the order's total, so a partly filled order stays ``replaced`` with what it filled and the new one
+  carries the rest.
 - **Order classes**: ``bracket`` (entry + take-profit limit + stop-loss, the exits ``held`` until the
   entry fills completely), ``oto`` (entry + one exit) and ``oco`` (take-profit limit + stop-loss, both
-  working). When an exit leg fills (even partly) its sibling is canceled.
+  working). When an exit fills in part, the other exit's qty shrinks to what is left of the
+  position; when it fills completely, the other is canceled. The two hold the position's shares once.
 - **Hours**: with ``hours="always"`` the exchange never closes; ``day`` orders do not expire. With
   ``hours="calendar"`` (see :mod:`tickvault.sim.calendar`) an order sent while the market is closed is
   ``accepted`` and goes to work (``new``) at the next open; a ``day`` order expires at its session's
@@ -46,7 +54,7 @@ from tickvault.sim import calendar
 
 CENT = Decimal("0.01")
 QTY_STEP = Decimal("0.000000001")  # Alpaca's fractional qty precision (9 decimals)
-_ORDER_TYPES = ("market", "limit", "stop", "stop_limit")
+_ORDER_TYPES = ("market", "limit", "stop", "stop_limit", "trailing_stop")
 _TIFS = ("day", "gtc", "ioc", "fok", "opg", "cls")
 _CLASSES = ("simple", "bracket", "oco", "oto")
 OPEN_STATUSES = ("new", "accepted", "partially_filled", "pending_new", "held")
@@ -102,7 +110,7 @@ class _Order:
         "expired_ns", "failed_ns", "replaced_ns", "expires_ns", "activate_ns", "symbol", "qty", "notional",
         "filled_qty", "filled_value", "type", "side", "time_in_force", "limit_price", "stop_price", "status",
         "extended_hours", "triggered", "order_class", "legs", "parent", "sibling", "replaced_by", "replaces",
-        "position_intent",
+        "position_intent", "trail_price", "trail_percent", "hwm",
     )
 
     @property
@@ -152,10 +160,23 @@ class _Order:
             "status": self.status,
             "extended_hours": self.extended_hours,
             "legs": [leg.to_json(legs=False) for leg in self.legs] if legs and self.legs else None,
-            "trail_percent": None,
-            "trail_price": None,
-            "hwm": None,
+            "trail_percent": _s(self.trail_percent),
+            "trail_price": _s(self.trail_price),
+            "hwm": _s(self.hwm),
         }
+
+    def trail_to(self, price: Decimal) -> None:
+        """A trailing stop follows the market: the high-water mark (sell; the low-water mark for a buy)
+        moves only in the order's favour, and the stop price keeps its trail from it."""
+        if self.hwm is not None and (price <= self.hwm if self.side == "sell" else price >= self.hwm):
+            return
+        self.hwm = price
+        up = -1 if self.side == "sell" else 1
+        if self.trail_price is not None:
+            stop = price + up * self.trail_price
+        else:
+            stop = price * (1 + up * self.trail_percent / 100)
+        self.stop_price = stop.quantize(CENT, ROUND_HALF_UP)
 
 
 class Broker:
@@ -343,11 +364,13 @@ class Broker:
 
     # ------------------------------------------------------------------ positions
     def _held_for_orders(self, symbol: str, side: str) -> Decimal:
-        # An OCO's two exits hold the same shares once: its stop leg is not counted again.
+        # Two exits that cancel each other (OCO, bracket) hold the same shares once: the stop of the
+        # pair is not counted again.
         return sum(
             (o.remaining for o in self.orders.values()
              if o.is_open and o.symbol == symbol and o.side == side and o.status != "held"
-             and not (o.order_class == "oco" and o.parent is not None)),
+             and not (o.sibling is not None and o.sibling.is_open and o.sibling.status != "held"
+                      and o.stop_price is not None)),
             Decimal(0),
         )
 
@@ -479,6 +502,7 @@ class Broker:
         o.parent = o.sibling = None
         o.replaced_by = o.replaces = None
         o.position_intent = ""
+        o.trail_price = o.trail_percent = o.hwm = None
         return o
 
     def _validated(self, body: dict, order_class: str) -> _Order:
@@ -522,6 +546,10 @@ class Broker:
             o.limit_price = _dec(body["limit_price"], "limit_price")
         if body.get("stop_price") is not None:
             o.stop_price = _dec(body["stop_price"], "stop_price")
+        if otype == "trailing_stop":
+            self._validate_trail(o, body, tif, order_class)
+        elif body.get("trail_price") is not None or body.get("trail_percent") is not None:
+            raise BrokerError(422, 40010001, "trail_price and trail_percent apply to trailing_stop orders only")
         if otype in ("limit", "stop_limit") and o.limit_price is None:
             raise BrokerError(422, 40010001, "limit_price is required for limit orders")
         if otype in ("stop", "stop_limit") and o.stop_price is None:
@@ -541,7 +569,31 @@ class Broker:
         o.symbol, o.side, o.type, o.time_in_force = symbol, side, otype, tif
         o.extended_hours = extended
         o.order_class = order_class
+        if otype == "trailing_stop":
+            o.trail_to(price)  # the high-water mark starts at the last trade
         return o
+
+    @staticmethod
+    def _validate_trail(o: _Order, body: dict, tif: str, order_class: str) -> None:
+        """Alpaca's rules for a trailing stop: exactly one of trail_price/trail_percent, no limit or stop
+        price of its own (the stop follows the high-water mark), day or gtc, a simple order."""
+        trail_price, trail_percent = body.get("trail_price"), body.get("trail_percent")
+        if (trail_price is None) == (trail_percent is None):
+            raise BrokerError(422, 40010001, "trailing_stop orders need exactly one of trail_price or trail_percent")
+        if o.limit_price is not None or o.stop_price is not None:
+            raise BrokerError(422, 40010001, "trailing_stop orders take no limit_price or stop_price")
+        if tif not in ("day", "gtc"):
+            raise BrokerError(422, 40010001, "trailing_stop orders must be day or gtc")
+        if order_class != "simple" or o.notional is not None:
+            raise BrokerError(422, 40010001, "trailing_stop orders must be simple orders with a qty")
+        if trail_price is not None:
+            o.trail_price = _dec(trail_price, "trail_price")
+            if o.trail_price <= 0:
+                raise BrokerError(422, 40010001, "trail_price must be > 0")
+        else:
+            o.trail_percent = _dec(trail_percent, "trail_percent")
+            if not 0 < o.trail_percent < 100:
+                raise BrokerError(422, 40010001, "trail_percent must be in (0, 100)")
 
     def _legs(self, parent: _Order, body: dict, order_class: str) -> list[_Order]:
         take, stop = body.get("take_profit"), body.get("stop_loss")
@@ -552,7 +604,8 @@ class Broker:
                 raise BrokerError(422, 40010001, "oco orders are a limit order with take_profit and stop_loss")
         if order_class == "oto" and bool(take) == bool(stop):
             raise BrokerError(422, 40010001, "oto orders need exactly one of take_profit or stop_loss")
-        exit_side = "sell" if parent.side == "buy" else "buy"
+        # A bracket's or OTO's exits close what the entry opens; an OCO's stop leg exits with its parent.
+        exit_side = parent.side if order_class == "oco" else "sell" if parent.side == "buy" else "buy"
         base = parent.limit_price if parent.limit_price is not None else self._price(parent.symbol)
         legs = []
         tp_price = sl_price = None
@@ -622,7 +675,7 @@ class Broker:
                                   existing_qty=_s(abs(held)), held_for_orders=_s(abs(held) - available))
             o.position_intent = f"{o.side}_to_close"
             for leg in o.legs:
-                leg.position_intent = f"{leg.side}_to_open"
+                leg.position_intent = f"{leg.side}_to_close" if o.order_class == "oco" else f"{leg.side}_to_open"
             return
         o.position_intent = f"{o.side}_to_open"
         if o.side == "sell":
@@ -728,11 +781,13 @@ class Broker:
             if not o.is_open:
                 continue
             if o.stop_price is not None and not o.triggered:
+                if o.type == "trailing_stop":
+                    o.trail_to(price)
                 hit = price >= o.stop_price if o.side == "buy" else price <= o.stop_price
                 if not hit:
                     continue
                 o.triggered = True
-                if o.type == "stop":
+                if o.type in ("stop", "trailing_stop"):
                     self._fill_from_quote(o, t_ns)
                     continue
             if o.limit_price is not None and left > 0:
@@ -804,8 +859,14 @@ class Broker:
         self._emit("fill" if done else "partial_fill", o, price=price, qty=qty, t_ns=t_ns,
                    position_qty=pos[0] if pos else Decimal(0))
         self.marks.append((t_ns, self.equity()))
-        if o.sibling is not None and o.sibling.is_open:
-            self._cancel(o.sibling, t_ns, cascade=False)  # one-cancels-other: the sibling goes at the first fill
+        sibling = o.sibling
+        if sibling is not None and sibling.is_open:
+            if done:
+                self._cancel(sibling, t_ns, cascade=False)  # one-cancels-other: the sibling goes with the last fill
+            elif sibling.remaining > o.remaining:
+                # A partly filled exit: the other exit now covers only what is left of the position.
+                sibling.qty = sibling.filled_qty + o.remaining
+                sibling.updated_ns = t_ns
         if done and o.parent is None and o.order_class in ("bracket", "oto"):
             for leg in o.legs:  # the exits go to work once the entry is completely filled
                 if leg.status == "held":
@@ -910,25 +971,49 @@ class Broker:
 
     def replace(self, order_id: str, body: dict) -> dict:
         """``PATCH /v2/orders/{id}``: a new order takes the old one's place (``replaces``/``replaced_by``);
-        events ``replaced`` (the old order) and ``new`` (the new one). Orders without fills only."""
+        events ``replaced`` (the old order) and ``new`` (the new one).
+
+        Each given field overrides the old order's; ``qty`` is the order's total, as on the old order. A
+        partially filled order keeps what it filled (status ``replaced``, its ``filled_qty``) and the new
+        order carries the rest: ``qty − filled_qty`` of the old one (a ``qty`` not above what already
+        filled is refused). ``trail`` sets a trailing stop's trail_price or trail_percent, whichever it has."""
         o = self._order(order_id)
         if not isinstance(body, dict) or not body:
-            raise BrokerError(422, 40010001, "nothing to replace: give qty, time_in_force, limit_price, stop_price "
-                              "or client_order_id")
-        if not o.is_open or o.status == "held":
+            raise BrokerError(422, 40010001, "nothing to replace: give qty, time_in_force, limit_price, stop_price, "
+                              "trail or client_order_id")
+        if not o.is_open or o.status in ("held", "accepted"):
             raise BrokerError(422, 42210000, f"order is not replaceable (status {o.status})")
-        if o.filled_qty:
-            raise BrokerError(422, 42210000, "a partially filled order cannot be replaced in the simulator")
         if o.type == "market":
             raise BrokerError(422, 42210000, "market orders cannot be replaced")
+        if o.notional is not None:
+            raise BrokerError(422, 42210000, "notional orders cannot be replaced")
         new = self._new_order()
         for name in ("symbol", "side", "type", "time_in_force", "limit_price", "stop_price", "qty",
-                     "extended_hours", "order_class", "parent", "sibling", "legs", "position_intent", "expires_ns"):
+                     "extended_hours", "order_class", "parent", "sibling", "legs", "position_intent", "expires_ns",
+                     "trail_price", "trail_percent", "hwm", "triggered"):
             setattr(new, name, getattr(o, name))
+        total = o.qty
         if body.get("qty") is not None:
-            new.qty = _dec(body["qty"], "qty")
-            if new.qty <= 0:
+            total = _dec(body["qty"], "qty")
+            if total <= 0:
                 raise BrokerError(422, 40010001, "qty must be > 0")
+            if total != total.to_integral_value() or o.qty != o.qty.to_integral_value():
+                raise BrokerError(422, 40010001, "qty of fractional orders cannot be changed")
+        if total <= o.filled_qty:
+            raise BrokerError(422, 40010001, f"qty must be greater than the filled qty ({_s(o.filled_qty)})")
+        new.qty = total - o.filled_qty
+        if body.get("trail") is not None:
+            if new.type != "trailing_stop":
+                raise BrokerError(422, 40010001, "trail applies to trailing_stop orders only")
+            trail = _dec(body["trail"], "trail")
+            if trail <= 0 or (new.trail_percent is not None and trail >= 100):
+                raise BrokerError(422, 40010001, "trail must be > 0 (and a trail_percent < 100)")
+            if new.trail_price is not None:
+                new.trail_price = trail
+            else:
+                new.trail_percent = trail
+            hwm, new.hwm = new.hwm, None
+            new.trail_to(hwm)
         if body.get("time_in_force") is not None:
             if body["time_in_force"] not in _TIFS:
                 raise BrokerError(422, 40010001, f"invalid time_in_force: {body['time_in_force']!r}")
@@ -940,7 +1025,7 @@ class Broker:
                 raise BrokerError(422, 40010001, "limit_price applies to limit and stop_limit orders only")
             new.limit_price = _dec(body["limit_price"], "limit_price")
         if body.get("stop_price") is not None:
-            if new.stop_price is None:
+            if new.stop_price is None or new.type == "trailing_stop":
                 raise BrokerError(422, 40010001, "stop_price applies to stop and stop_limit orders only")
             new.stop_price = _dec(body["stop_price"], "stop_price")
         cid = body.get("client_order_id") or new.client_order_id
@@ -951,6 +1036,12 @@ class Broker:
             price = new.limit_price if new.limit_price is not None else self._book(new.symbol)[1]
             if new.qty * price > self.buying_power(skip=o):
                 raise BrokerError(403, 40310000, "insufficient buying power")
+        if new.position_intent.endswith("_to_close") and new.qty > o.remaining:
+            held = abs(self.positions.get(new.symbol, [Decimal(0)])[0])
+            available = held - self._held_for_orders(new.symbol, new.side) + o.remaining
+            if new.qty > available:
+                raise BrokerError(403, 40310000, f"insufficient qty available for order (requested: {_s(new.qty)}, "
+                                  f"available: {_s(max(available, Decimal(0)))})")
         now = self.clock()
         new.created_ns = new.updated_ns = new.submitted_ns = now
         new.replaces = o.id
@@ -963,6 +1054,8 @@ class Broker:
             o.parent.legs = [new if leg is o else leg for leg in o.parent.legs]
         for leg in o.legs:
             leg.parent = new
+            if leg.status == "held":
+                leg.qty = total  # the exits close what the whole entry (old fills and new) opens
         if o.sibling is not None:
             o.sibling.sibling = new
         self._prune(o.symbol)
