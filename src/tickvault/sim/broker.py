@@ -35,7 +35,7 @@ The fill model, which a strategy tested here can rely on:
   value| − open orders' reservations``, multiplier 1).
 
 What this module must never do: grow without bound in a long run (orders up to ``max_orders``, the
-oldest closed ones forgotten first with their client_order_id; fills up to ``max_fills``; working
+oldest closed ones forgotten first with their client_order_id; activities up to ``max_activities``; working
 orders up to ``max_open_orders``, more → 403 as Alpaca limits them; equity marks up to
 ``max_marks``), or hold money in floats: Decimal throughout, decimal strings on the wire.
 """
@@ -46,6 +46,7 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from datetime import date as datetime_date
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
@@ -63,6 +64,14 @@ HOURS = ("always", "calendar")
 Quote = tuple[int, int, int, int, int]
 _FALLBACK_SIZE = 100  # shares on each side of the quote made up before a symbol has a real quote
 MARK_EVERY_NS = 60 * 10**9  # one equity mark per simulated minute for the portfolio history
+# The non-trade activities the simulator books (``Broker.cash_activity``) and their default description.
+CASH_ACTIVITIES = {"CSD": "cash deposit", "CSW": "cash withdrawal", "FEE": "fee", "DIV": "cash dividend"}
+TRANSFERS = ("CSD", "CSW")  # cash moved by the owner: no part of profit and loss
+# Every activity type Alpaca documents (alpaca-py's ActivityType): filters may name any of them.
+ACTIVITY_TYPES = frozenset(
+    "FILL ACATC ACATS CFEE CIL CSD CSW DIV DIVCGL DIVCGS DIVNRA DIVROC DIVTXEX DIVWH EXTRD FEE FXTRD INT INTPNL "
+    "JNLC JNLS MA MEM NC OCT OPASN OPCSH OPEXC OPEXP OPTRD PTC REORG SPIN SPLIT SWP VOF WH".split()
+)
 
 
 class BrokerError(Exception):
@@ -198,7 +207,7 @@ class Broker:
         hours: str = "always",
         cash: Decimal | str = "100000",
         max_orders: int = 10_000,
-        max_fills: int = 100_000,
+        max_activities: int = 100_000,
         max_open_orders: int = 1_000,
         max_marks: int = 100_000,
     ) -> None:
@@ -212,16 +221,17 @@ class Broker:
         self.account_number = "PA" + self.account_id.replace("-", "")[:10].upper()
         self.cash = Decimal(cash)
         self.max_orders = max_orders
-        self.max_fills = max_fills
+        self.max_activities = max_activities
         self.max_open_orders = max_open_orders
         self.orders: OrderedDict[str, _Order] = OrderedDict()  # ≤ max_orders, oldest first
         self.by_client_id: dict[str, str] = {}  # client_order_id → id, same entries as orders
         self.working: dict[str, list[_Order]] = {}  # symbol → orders the market can fill; ≤ max_open_orders
         self.pending: list[_Order] = []  # accepted while closed, or day orders: waiting on the clock
         self.positions: dict[str, list[Decimal]] = {}  # symbol → [qty (signed), cost basis]; ≤ symbols
-        self.fills: deque[dict] = deque(maxlen=max_fills)  # activities, oldest first
-        self._fill_seq = 0  # sequence of the newest fill; fills[i] has seq first_seq + i
-        self._fill_index: dict[str, int] = {}  # activity id → seq, same entries as fills
+        # Account activities (fills and cash movements), oldest first: (seq, time ns, activity JSON).
+        self.activity_log: deque[tuple[int, int, dict]] = deque(maxlen=max_activities)
+        self._activity_seq = 0  # sequence of the newest activity
+        self._activity_index: dict[str, int] = {}  # activity id → seq, same entries as activity_log
         self._liquidity: dict[str, list[int]] = {}  # symbol → [quote time, bid left, ask left]: ≤ symbols
         self.marks: deque[tuple[int, Decimal]] = deque(maxlen=max_marks)  # (ns, equity), oldest first
         self._next_mark = 0
@@ -874,14 +884,21 @@ class Broker:
                         leg.expires_ns = o.expires_ns
                     self._start(leg, t_ns)
 
-    def _record_fill(self, o: _Order, price: Decimal, qty: Decimal, t_ns: int) -> None:
-        self._fill_seq += 1
+    def _record_activity(self, t_ns: int, activity: dict) -> dict:
+        """Give the activity Alpaca's id (``YYYYMMDDhhmmssmmm::uuid``) and keep it (the oldest go first)."""
+        self._activity_seq += 1
         stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(t_ns // 10**9))
-        activity_id = f"{stamp}{(t_ns // 10**6) % 1000:03d}::{uuid.uuid4()}"  # Alpaca's id shape
+        activity = {"id": f"{stamp}{(t_ns // 10**6) % 1000:03d}::{uuid.uuid4()}", "account_id": self.account_id,
+                    **activity}
+        if len(self.activity_log) == self.activity_log.maxlen:
+            self._activity_index.pop(self.activity_log[0][2]["id"], None)
+        self.activity_log.append((self._activity_seq, t_ns, activity))
+        self._activity_index[activity["id"]] = self._activity_seq
+        return activity
+
+    def _record_fill(self, o: _Order, price: Decimal, qty: Decimal, t_ns: int) -> None:
         done = o.filled_qty >= o.qty
-        activity = {
-            "id": activity_id,
-            "account_id": self.account_id,
+        self._record_activity(t_ns, {
             "activity_type": "FILL",
             "transaction_time": ns_to_rfc3339(t_ns),
             "type": "fill" if done else "partial_fill",
@@ -893,11 +910,42 @@ class Broker:
             "order_id": o.id,
             "cum_qty": _s(o.filled_qty),
             "order_status": o.status,
-        }
-        if len(self.fills) == self.fills.maxlen:
-            self._fill_index.pop(self.fills[0]["id"], None)
-        self.fills.append(activity)
-        self._fill_index[activity_id] = self._fill_seq
+        })
+
+    def cash_activity(self, activity_type: str, amount: Decimal | str | int, *, symbol: str | None = None,
+                      description: str | None = None) -> dict:
+        """A non-trade activity that moves cash, as Alpaca books it: ``CSD`` (deposit) and ``CSW``
+        (withdrawal) of ``amount``, ``FEE`` (``amount`` charged), ``DIV`` (``amount`` a share, paid on
+        the long position in ``symbol``). ``net_amount`` carries the sign; the equity marks and the
+        portfolio history's ``cashflow`` follow."""
+        if activity_type not in CASH_ACTIVITIES:
+            raise BrokerError(422, 40010001, f"activity_type must be one of {', '.join(CASH_ACTIVITIES)}")
+        value = _dec(amount, "amount")
+        if value <= 0:
+            raise BrokerError(422, 40010001, "amount must be > 0")
+        now = self.clock()
+        extra: dict[str, Any] = {}
+        if activity_type == "DIV":
+            held = self.positions.get((symbol or "").upper(), [Decimal(0)])[0]
+            if held <= 0:
+                raise BrokerError(422, 40010001, f"no long position in {symbol!r} to pay a dividend on")
+            extra = {"symbol": symbol.upper(), "qty": _s(held), "per_share_amount": _s(value)}  # type: ignore[union-attr]
+            net = (held * value).quantize(CENT, ROUND_HALF_UP)
+        else:
+            net = value.quantize(CENT, ROUND_HALF_UP) * (1 if activity_type == "CSD" else -1)
+        if activity_type == "CSW" and -net > self.cash:
+            raise BrokerError(403, 40310000, "insufficient cash for the withdrawal")
+        self.cash += net
+        activity = self._record_activity(now, {
+            "activity_type": activity_type,
+            "date": calendar.new_york_date(now).isoformat(),
+            "net_amount": _s(net),
+            "description": description if description is not None else CASH_ACTIVITIES[activity_type],
+            "status": "executed",
+            **extra,
+        })
+        self.marks.append((now, self.equity()))
+        return activity
 
     def _cancel(self, o: _Order, now: int, *, cascade: bool = True) -> None:
         o.status = "canceled"
@@ -1112,45 +1160,67 @@ class Broker:
     def activities(
         self,
         *,
+        activity_types: list[str] | None = None,
+        category: str | None = None,
+        date: str | None = None,
         after: str | None = None,
         until: str | None = None,
         direction: str = "desc",
         page_size: int = 100,
         page_token: str | None = None,
     ) -> list[dict]:
-        """Fill activities, paged: ``page_token`` is the id of the last item of the previous page."""
+        """``GET /v2/account/activities[/{type}]``: activities of the given types (all when None) or
+        ``category`` (``trade_activity``: fills; ``non_trade_activity``: the rest), on New York ``date``
+        or strictly between ``after`` and ``until``, paged: ``page_token`` is the id of the last item
+        of the previous page. Unknown types, categories or tokens are refused (422)."""
         if direction not in ("asc", "desc"):
             raise BrokerError(422, 40010001, f"invalid direction: {direction!r}")
+        wanted = {t.strip().upper() for t in activity_types or () if t.strip()} or None
+        if wanted is not None and not wanted <= ACTIVITY_TYPES:
+            raise BrokerError(422, 40010001, f"invalid activity type: {', '.join(sorted(wanted - ACTIVITY_TYPES))}")
+        if category not in (None, "trade_activity", "non_trade_activity"):
+            raise BrokerError(422, 40010001, "category must be trade_activity or non_trade_activity")
+        if category is not None and wanted is not None:
+            raise BrokerError(422, 40010001, "give activity_types or category, not both")
+        try:
+            day = datetime_date.fromisoformat(date) if date else None
+        except ValueError:
+            raise BrokerError(422, 40010001, f"invalid date: {date!r}") from None
         page_size = max(1, min(int(page_size), 100))
-        items = list(self.fills)
-        if direction == "desc":
-            items.reverse()
-        start = 0
-        if page_token:
-            seq = self._fill_index.get(page_token)
-            if seq is None:
-                raise BrokerError(422, 40010001, "invalid page_token")
-            first_seq = self._fill_seq - len(self.fills) + 1
-            pos = seq - first_seq
-            start = pos + 1 if direction == "asc" else len(items) - pos
         after_ns = rfc3339_to_ns(after) if after else None
         until_ns = rfc3339_to_ns(until) if until else None
+        token_seq = None
+        if page_token:
+            token_seq = self._activity_index.get(page_token)
+            if token_seq is None:
+                raise BrokerError(422, 40010001, "invalid page_token")
+        items = reversed(self.activity_log) if direction == "desc" else iter(self.activity_log)
         out = []
-        for a in items[start:]:
-            if after_ns is not None or until_ns is not None:
-                t = rfc3339_to_ns(a["transaction_time"])
-                if (after_ns is not None and t <= after_ns) or (until_ns is not None and t >= until_ns):
-                    continue
+        for seq, t, a in items:
+            if token_seq is not None and (seq <= token_seq if direction == "asc" else seq >= token_seq):
+                continue
+            kind = a["activity_type"]
+            if wanted is not None and kind not in wanted:
+                continue
+            if category is not None and (kind == "FILL") != (category == "trade_activity"):
+                continue
+            if (after_ns is not None and t <= after_ns) or (until_ns is not None and t >= until_ns):
+                continue
+            if day is not None and calendar.new_york_date(t) != day:
+                continue
             out.append(a)
             if len(out) >= page_size:
                 break
         return out
 
     def portfolio_history(self, *, period: str | None = None, timeframe: str | None = None,
-                          start: str | None = None, end: str | None = None) -> dict:
+                          start: str | None = None, end: str | None = None,
+                          cashflow_types: str | None = None) -> dict:
         """``GET /v2/account/portfolio/history`` from the equity marks (one a simulated minute, one a
-        fill): the last equity in each ``timeframe`` bucket of the window, profit/loss against the
-        window's first value."""
+        fill or cash activity): the last equity in each ``timeframe`` bucket of the window; ``cashflow``:
+        per non-trade activity type (``cashflow_types``: ``ALL``, the default, ``NONE`` or a comma list),
+        the net amount booked in each bucket. Profit/loss is against the window's first value and leaves
+        out the cash transferred in or out after it: a deposit is no gain (a fee is a loss, a dividend a gain)."""
         units = {"D": 86_400, "W": 7 * 86_400, "M": 30 * 86_400, "A": 365 * 86_400}
         frames = {"1Min": 60, "5Min": 300, "15Min": 900, "1H": 3600, "1D": 86_400}
         now = self.clock()
@@ -1167,22 +1237,46 @@ class Broker:
         step = frames[timeframe] * 10**9
         end_ns = rfc3339_to_ns(end) if end else now
         start_ns = rfc3339_to_ns(start) if start else max(end_ns - span, self.created_ns - self.created_ns % step)
+        kinds = (cashflow_types or "ALL").upper()
+        flow_types: set[str] | None = None if kinds == "ALL" else set() if kinds == "NONE" else {
+            k.strip() for k in kinds.split(",") if k.strip()}
+        if flow_types is not None and not flow_types <= ACTIVITY_TYPES:
+            raise BrokerError(422, 40010001, f"invalid cashflow_types: {cashflow_types!r}")
         marks = [(t, e) for t, e in self.marks if t <= end_ns]
+        flows = [(t, a["activity_type"], Decimal(a["net_amount"])) for _, t, a in self.activity_log
+                 if "net_amount" in a and t <= end_ns]
         timestamps: list[int] = []
-        equity: list[float] = []
+        equity: list[Decimal] = []
+        bucket_flows: list[dict[str, Decimal]] = []
         value = self.base_equity
-        i = 0
+        i = j = 0
         for bucket in range(start_ns - start_ns % step, end_ns + 1, step):
+            booked: dict[str, Decimal] = {}
             while i < len(marks) and marks[i][0] < bucket + step:
                 value = marks[i][1]
                 i += 1
+            while j < len(flows) and flows[j][0] < bucket + step:
+                t, kind, net = flows[j]
+                if t >= bucket:
+                    booked[kind] = booked.get(kind, Decimal(0)) + net
+                j += 1
             if bucket + step <= self.created_ns:
                 continue
             timestamps.append(bucket // 10**9)
-            equity.append(float(value.quantize(CENT)))
-        base = Decimal(str(equity[0])) if equity else self.base_equity
-        pl = [float((Decimal(str(e)) - base).quantize(CENT)) for e in equity]
-        pct = [float(((Decimal(str(e)) - base) / base).quantize(Decimal("0.000001"))) if base else 0.0
-               for e in equity]
-        return {"timestamp": timestamps, "equity": equity, "profit_loss": pl, "profit_loss_pct": pct,
-                "base_value": float(base), "timeframe": timeframe}
+            equity.append(value.quantize(CENT))
+            bucket_flows.append(booked)
+        base = equity[0] if equity else self.base_equity
+        pl: list[float] = []
+        pct: list[float] = []
+        flowed = Decimal(0)  # transfers in (+) or out (−) after the first bucket, which the base already holds
+        for n, (e, booked) in enumerate(zip(equity, bucket_flows, strict=True)):
+            if n:
+                flowed += sum((v for k, v in booked.items() if k in TRANSFERS), Decimal(0))
+            gain = e - base - flowed
+            pl.append(float(gain.quantize(CENT)))
+            capital = base + flowed
+            pct.append(float((gain / capital).quantize(Decimal("0.000001"))) if capital else 0.0)
+        shown = {k for booked in bucket_flows for k in booked} if flow_types is None else flow_types
+        cashflow = {k: [float(booked.get(k, 0)) for booked in bucket_flows] for k in sorted(shown)}
+        return {"timestamp": timestamps, "equity": [float(e) for e in equity], "profit_loss": pl,
+                "profit_loss_pct": pct, "base_value": float(base), "timeframe": timeframe, "cashflow": cashflow}

@@ -71,7 +71,8 @@ class TradingAPI:
 
     def control_routes(self) -> list[Route]:
         """The simulator's own controls (no auth, no faults: loopback only)."""
-        return [Route("/_sim/clock", self._sim_clock, methods=["GET", "POST"])]
+        return [Route("/_sim/clock", self._sim_clock, methods=["GET", "POST"]),
+                Route("/_sim/activities", self._sim_activity, methods=["POST"])]
 
     # --- account
     async def _configurations(self, request: Request) -> dict:
@@ -82,14 +83,18 @@ class TradingAPI:
     def _portfolio_history(self, request: Request) -> dict:
         q = request.query_params
         return self.broker.portfolio_history(period=q.get("period"), timeframe=q.get("timeframe"),
-                                             start=q.get("start"), end=q.get("end"))
+                                             start=q.get("start"), end=q.get("end"),
+                                             cashflow_types=q.get("cashflow_types"))
 
     def _activities(self, request: Request) -> list[dict]:
+        """``/v2/account/activities/{activity_type}`` or ``/v2/account/activities?activity_types=A,B``
+        (every type when neither is given, as Alpaca answers)."""
         q = request.query_params
-        kind = request.path_params.get("activity_type") or q.get("activity_types") or "FILL"
-        if "FILL" not in {k.strip().upper() for k in kind.split(",")}:
-            return []  # the simulator's only activities are fills
+        kinds = request.path_params.get("activity_type") or q.get("activity_types")
         return self.broker.activities(
+            activity_types=kinds.split(",") if kinds else None,
+            category=q.get("category"),
+            date=q.get("date"),
             after=q.get("after"),
             until=q.get("until"),
             direction=q.get("direction") or "desc",
@@ -187,6 +192,22 @@ class TradingAPI:
         except ValueError:
             raise ValueError("start and end are dates (YYYY-MM-DD)") from None
         return [s.to_json() for s in calendar.sessions(start, end)]
+
+    # --- the simulator's account control
+    async def _sim_activity(self, request: Request) -> Response:
+        """``POST /_sim/activities`` ``{"activity_type": "CSD"|"CSW"|"FEE"|"DIV", "amount": "…",
+        "symbol": (DIV), "description": …}``: book a cash movement now; answers the activity as
+        ``/v2/account/activities`` will list it (422/403 with Alpaca's error body when refused)."""
+        try:
+            body = await _json_body(request)
+            if not isinstance(body, dict):
+                raise BrokerError(422, 40010001, "the body is a JSON object")
+            self.broker.advance()
+            activity = self.broker.cash_activity(body.get("activity_type") or "", body.get("amount", ""),
+                                                 symbol=body.get("symbol"), description=body.get("description"))
+        except BrokerError as exc:
+            return JSONResponse(exc.body(), exc.status)
+        return JSONResponse(activity)
 
     # --- the simulator's clock control
     async def _sim_clock(self, request: Request) -> Response:
