@@ -1,6 +1,6 @@
 """Order lifecycles past the simple ones, through alpaca-py's TradingClient and TradingStream only:
-trailing stops, replacing a partly filled order, exits that fill in pieces, and the fields of every
-trade update along the way.
+trailing stops, replacing a partly filled order, exits that fill in pieces, the fields of every
+trade update along the way, and a calendar with its own closures and early closes.
 
 The market runs with ``rate=None`` (it moves only while a market-data client reads), so a test reads
 a quote, sends an order against it and knows the quote did not move in between; the simulator's
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import warnings
+from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
@@ -21,6 +22,7 @@ with warnings.catch_warnings():
     from alpaca.data.requests import StockLatestQuoteRequest
     from alpaca.trading.enums import OrderClass, OrderSide, OrderStatus, OrderType, TimeInForce
     from alpaca.trading.requests import (
+        GetCalendarRequest,
         GetOrderByIdRequest,
         LimitOrderRequest,
         MarketOrderRequest,
@@ -30,7 +32,8 @@ with warnings.catch_warnings():
         TrailingStopOrderRequest,
     )
 
-from tests.support.alpaca_bot import WAIT, Bot, d, sim
+from tests.support.alpaca_bot import WAIT, Bot, d, ny_ns, sim
+from tickvault.sim.calendar import Calendar, CalendarError, SimClock
 
 pytestmark = pytest.mark.filterwarnings("ignore:websockets.legacy is deprecated:DeprecationWarning")
 
@@ -215,3 +218,43 @@ async def test_bracket_exits_go_to_work_with_the_entry_qty_and_events_carry_the_
         assert_events_add_up(bot, entry.id)
         new = next(u for u in bot.updates if str(u.order.id) == str(entry.id) and str(getattr(u.event, "value", u.event)) == "new")
         assert d(new.order.filled_qty) == 0 and new.order.filled_avg_price is None and d(new.order.qty) == 5
+
+
+# ------------------------------------------------------------------------------- calendar changes
+async def test_one_off_closure_and_early_close_reach_calendar_clock_expiry_and_the_market() -> None:
+    changes = Calendar.from_lines(["# a storm, and a half day", "2025-03-05", "2025-03-04 13:00"])
+    clock = SimClock(start_ns=ny_ns(2025, 3, 4, 12, 58), scale=1)
+    async with sim(rate=500, hours="calendar", clock=clock, calendar=changes) as s:
+        bot = Bot(s)
+        days = await bot.trade("get_calendar", GetCalendarRequest(start=date(2025, 3, 3), end=date(2025, 3, 7)))
+        assert [(str(c.date), c.close.strftime("%H:%M")) for c in days] == [
+            ("2025-03-03", "16:00"), ("2025-03-04", "13:00"), ("2025-03-06", "16:00"), ("2025-03-07", "16:00")]
+        raw = await bot.call(bot.trading.get, "/calendar", {"start": "2025-03-04", "end": "2025-03-04"})
+        assert raw[0]["settlement_date"] == "2025-03-06"  # T+1 skips the closed day
+        mourning = await bot.trade("get_calendar", GetCalendarRequest(start=date(2025, 1, 8), end=date(2025, 1, 10)))
+        assert [str(c.date) for c in mourning] == ["2025-01-08", "2025-01-10"]  # NYSE's own one-off closure
+        now = await bot.trade("get_clock")
+        assert now.is_open and now.next_close == datetime(2025, 3, 4, 18, 0, tzinfo=UTC)
+        async with bot.trade_updates():
+            day = await bot.trade("submit_order", LimitOrderRequest(
+                symbol="MSFT", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY, limit_price=1.00))
+            assert day.expires_at == datetime(2025, 3, 4, 18, 0, tzinfo=UTC)
+            await bot.sim_control("/_sim/clock", {"to": "next_close"})
+            expired = await bot.event(day.id, "expired")
+            assert expired.order.expired_at == datetime(2025, 3, 4, 18, 0, tzinfo=UTC)
+        closed = await bot.trade("get_clock")
+        assert not closed.is_open and closed.next_open == datetime(2025, 3, 6, 14, 30, tzinfo=UTC)
+        before = s.truth_count()
+        await bot.sim_control("/_sim/clock", {"to": "next_open"})
+        await bot.until(lambda: s.truth_count() > before + 10, "the market trades again at the open")
+        close_ns, open_ns = ny_ns(2025, 3, 4, 13, 0), ny_ns(2025, 3, 6, 9, 30)
+        for symbol in s.symbols:
+            assert not [t for _, t, _, _ in s.truth_trades(symbol) if close_ns <= t < open_ns]  # nothing while closed
+
+
+def test_calendar_changes_are_refused_when_they_cannot_be() -> None:
+    for lines, why in ((["2025-03-08"], "not a trading day"), (["2025-12-25 13:00"], "not a trading day"),
+                       (["2025-03-04 17:00"], "between 09:30 and 16:00"), (["2025-03-04 13:00", "2025-03-04"], "both"),
+                       (["2025-3-4x"], "line 1")):
+        with pytest.raises(CalendarError, match=why):
+            Calendar.from_lines(lines)

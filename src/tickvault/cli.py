@@ -477,6 +477,8 @@ def sim_command(
     seed: int = typer.Option(None, help="Seed of the random walk (and of rate-based faults)."),
     frame_size: int = typer.Option(None, "--frame-size", help="Messages per frame."),
     hours: str = typer.Option(None, help="always (never closes) or calendar (NYSE's sessions)."),
+    calendar_file: str = typer.Option(None, "--calendar-file", help="Extra closures and early closes for --hours calendar: "
+                                      "a file of YYYY-MM-DD or YYYY-MM-DD HH:MM lines."),
     clock_start: str = typer.Option(None, "--clock-start", help="Simulated start time, ISO 8601 with offset."),
     clock_scale: float = typer.Option(None, "--clock-scale", help="Simulated seconds per wall second."),
     replay: str = typer.Option(None, help="Serve this recording (tickvault sim record) instead of the random walk."),
@@ -502,7 +504,8 @@ def sim_command(
         name: value
         for name, value in (
             ("sim_port", port), ("sim_rest_port", rest_port), ("sim_rate", rate), ("sim_seed", seed),
-            ("sim_frame_size", frame_size), ("sim_hours", hours), ("sim_clock_start", clock_start),
+            ("sim_frame_size", frame_size), ("sim_hours", hours), ("sim_calendar_file", calendar_file),
+            ("sim_clock_start", clock_start),
             ("sim_clock_scale", clock_scale), ("sim_replay", replay), ("sim_replay_speed", replay_speed),
         )
         if value is not None

@@ -26,7 +26,8 @@ The fill model, which a strategy tested here can rely on:
 - **Hours**: with ``hours="always"`` the exchange never closes; ``day`` orders do not expire. With
   ``hours="calendar"`` (see :mod:`tickvault.sim.calendar`) an order sent while the market is closed is
   ``accepted`` and goes to work (``new``) at the next open; a ``day`` order expires at its session's
-  close (``expires_at``).
+  close (``expires_at``), an early one on a half day. ``calendar`` adds one-off closures and early
+  closes to NYSE's.
 - **Account rules** (Alpaca's answers): a buy that opens or adds costs ``qty × (limit or ask)`` of
   buying power (403 ``insufficient buying power``); a sell beyond the long position's available qty,
   or a buy beyond the short's, is refused (403 ``insufficient qty available for order``; a position
@@ -51,7 +52,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 from tickvault.alpaca.protocol import ns_to_rfc3339, rfc3339_to_ns
-from tickvault.sim import calendar
+from tickvault.sim.calendar import NYSE, Calendar, new_york_date
 
 CENT = Decimal("0.01")
 QTY_STEP = Decimal("0.000000001")  # Alpaca's fractional qty precision (9 decimals)
@@ -205,6 +206,7 @@ class Broker:
         quote: Callable[[str], Quote | None] | None = None,
         clock: Callable[[], int] = time.time_ns,
         hours: str = "always",
+        calendar: Calendar | None = None,
         cash: Decimal | str = "100000",
         max_orders: int = 10_000,
         max_activities: int = 100_000,
@@ -217,6 +219,7 @@ class Broker:
         self._quote = quote or (lambda symbol: None)
         self.clock = clock
         self.hours = hours
+        self.calendar = calendar or NYSE  # sessions with hours="calendar"; its one-off changes included
         self.account_id = str(uuid.uuid4())
         self.account_number = "PA" + self.account_id.replace("-", "")[:10].upper()
         self.cash = Decimal(cash)
@@ -290,7 +293,7 @@ class Broker:
         return Decimal(bid) / 100, Decimal(ask) / 100, liq
 
     def is_open(self, now: int | None = None) -> bool:
-        return self.hours == "always" or calendar.is_open(self.clock() if now is None else now)
+        return self.hours == "always" or self.calendar.is_open(self.clock() if now is None else now)
 
     # ------------------------------------------------------------------ account
     def _market_values(self) -> tuple[Decimal, Decimal]:
@@ -712,10 +715,10 @@ class Broker:
     def _start(self, o: _Order, now: int) -> None:
         """A new (or activated) order: expiry, then to work now or at the next open."""
         if o.time_in_force == "day" and self.hours == "calendar" and not o.expires_ns:
-            o.expires_ns = calendar.next_close(now) or 0
+            o.expires_ns = self.calendar.next_close(now) or 0
         if not self.is_open(now) and not o.extended_hours:
             o.status = "accepted"
-            o.activate_ns = calendar.next_open(now) or 0
+            o.activate_ns = self.calendar.next_open(now) or 0
             self.pending.append(o)
             self._emit("accepted", o)
             return
@@ -938,7 +941,7 @@ class Broker:
         self.cash += net
         activity = self._record_activity(now, {
             "activity_type": activity_type,
-            "date": calendar.new_york_date(now).isoformat(),
+            "date": new_york_date(now).isoformat(),
             "net_amount": _s(net),
             "description": description if description is not None else CASH_ACTIVITIES[activity_type],
             "status": "executed",
@@ -1206,7 +1209,7 @@ class Broker:
                 continue
             if (after_ns is not None and t <= after_ns) or (until_ns is not None and t >= until_ns):
                 continue
-            if day is not None and calendar.new_york_date(t) != day:
+            if day is not None and new_york_date(t) != day:
                 continue
             out.append(a)
             if len(out) >= page_size:

@@ -59,7 +59,7 @@ from tickvault.alpaca.protocol import (
     rfc3339_to_ns,
 )
 from tickvault.sim.broker import HOURS, Broker, BrokerError
-from tickvault.sim.calendar import SimClock
+from tickvault.sim.calendar import Calendar, SimClock
 from tickvault.sim.data import MarketDataAPI
 from tickvault.alpaca.crypto import CRYPTO_CHANNELS
 from tickvault.sim.crypto import CRYPTO_PAIRS, CryptoMarket
@@ -218,6 +218,7 @@ class Simulator:
         cash: str = "100000",
         clock: Callable[[], int] | None = None,
         hours: str = "always",
+        calendar: Calendar | None = None,
         replay: str | Path | None = None,
         replay_speed: float = 1.0,
         crypto_pairs: list[str] | None = None,
@@ -293,7 +294,7 @@ class Simulator:
         self.options_rate = options_rate
         self._options_task: asyncio.Task | None = None
         self.broker = Broker(self._price_for_broker, quote=self.market.last_quote, clock=self.clock,
-                             hours=hours, cash=cash)
+                             hours=hours, calendar=calendar, cash=cash)
         self.trading = TradingAPI(self)
         self.finished = asyncio.Event()
         self._finish_requested = False  # set by finish(): the market makes no trade after it
@@ -353,6 +354,7 @@ class Simulator:
             key=SIM_KEY,
             secret=SIM_SECRET,
             hours=settings.sim_hours,
+            calendar=Calendar.from_file(settings.sim_calendar_file) if settings.sim_calendar_file else None,
             replay=settings.sim_replay,
             replay_speed=settings.sim_replay_speed,
         )

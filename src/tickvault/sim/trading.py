@@ -180,8 +180,8 @@ class TradingAPI:
         return {
             "timestamp": ns_to_rfc3339(now),
             "is_open": self.broker.is_open(now),
-            "next_open": ns_to_rfc3339(calendar.next_open(now) or 0),
-            "next_close": ns_to_rfc3339(calendar.next_close(now) or 0),
+            "next_open": ns_to_rfc3339(self.broker.calendar.next_open(now) or 0),
+            "next_close": ns_to_rfc3339(self.broker.calendar.next_close(now) or 0),
         }
 
     def _calendar(self, request: Request) -> list[dict]:
@@ -191,7 +191,8 @@ class TradingAPI:
             end = date.fromisoformat(q["end"][:10]) if q.get("end") else date(calendar.LAST_YEAR, 12, 31)
         except ValueError:
             raise ValueError("start and end are dates (YYYY-MM-DD)") from None
-        return [s.to_json() for s in calendar.sessions(start, end)]
+        cal = self.broker.calendar
+        return [cal.day_json(s) for s in cal.sessions(start, end)]
 
     # --- the simulator's account control
     async def _sim_activity(self, request: Request) -> Response:
@@ -228,7 +229,8 @@ class TradingAPI:
                 if body.get("advance") is not None:
                     clock.advance(float(body["advance"]))
                 if body.get("to") is not None:
-                    target = {"next_open": calendar.next_open, "next_close": calendar.next_close}.get(body["to"])
+                    cal = self.broker.calendar
+                    target = {"next_open": cal.next_open, "next_close": cal.next_close}.get(body["to"])
                     if target is None:
                         raise ValueError("to is next_open or next_close")
                     clock.set(target(clock()) or clock())
@@ -241,8 +243,8 @@ class TradingAPI:
             "scale": getattr(clock, "scale", 1.0),
             "hours": self.broker.hours,
             "is_open": self.broker.is_open(now),
-            "next_open": ns_to_rfc3339(calendar.next_open(now) or 0),
-            "next_close": ns_to_rfc3339(calendar.next_close(now) or 0),
+            "next_open": ns_to_rfc3339(self.broker.calendar.next_open(now) or 0),
+            "next_close": ns_to_rfc3339(self.broker.calendar.next_close(now) or 0),
         })
 
 
