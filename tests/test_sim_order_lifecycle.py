@@ -32,7 +32,7 @@ with warnings.catch_warnings():
         TrailingStopOrderRequest,
     )
 
-from tests.support.alpaca_bot import WAIT, Bot, d, ny_ns, sim
+from tests.support.alpaca_bot import WAIT, Bot, assert_events_add_up, d, ny_ns, sim
 from tickvault.sim.calendar import Calendar, CalendarError, SimClock
 
 pytestmark = pytest.mark.filterwarnings("ignore:websockets.legacy is deprecated:DeprecationWarning")
@@ -52,21 +52,6 @@ async def buy_position(bot: Bot, symbol: str, qty: int):
         while (await bot.trade("get_order_by_id", order.id)).status != OrderStatus.FILLED:
             await bot.move_market(5, symbol)
     return await bot.trade("get_open_position", symbol)
-
-
-def assert_events_add_up(bot: Bot, order_id) -> None:
-    """Every fill event of an order: its qty and price add up to the order's filled_qty and
-    filled_avg_price as the event carries them, in order; the last says ``fill``, the others ``partial_fill``."""
-    filled, value = Decimal(0), Decimal(0)
-    pieces = [u for u in bot.updates if str(u.order.id) == str(order_id) and u.price is not None]
-    for u in pieces:
-        filled += d(u.qty)
-        value += d(u.qty) * d(u.price)
-        assert d(u.order.filled_qty) == filled
-        assert abs(d(u.order.filled_avg_price) - value / filled) < Decimal("1e-8")
-        done = filled == d(u.order.qty)
-        assert str(getattr(u.event, "value", u.event)) == ("fill" if done else "partial_fill")
-        assert u.order.status == (OrderStatus.FILLED if done else OrderStatus.PARTIALLY_FILLED)
 
 
 async def test_trailing_stop_follows_the_high_water_mark_and_fills_when_crossed() -> None:

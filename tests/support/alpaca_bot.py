@@ -24,6 +24,7 @@ with warnings.catch_warnings():
     from alpaca.data.historical import StockHistoricalDataClient
     from alpaca.data.live import StockDataStream
     from alpaca.trading.client import TradingClient
+    from alpaca.trading.enums import OrderStatus
     from alpaca.trading.stream import TradingStream
 
 from tickvault.sim import Simulator
@@ -134,3 +135,18 @@ def sim(**kwargs) -> Simulator:
 
 def d(value) -> Decimal:
     return Decimal(str(value))
+
+
+def assert_events_add_up(bot: Bot, order_id) -> None:
+    """Every fill event of an order: its qty and price add up to the order's filled_qty and
+    filled_avg_price as the event carries them, in order; the last says ``fill``, the others ``partial_fill``."""
+    filled, value = Decimal(0), Decimal(0)
+    pieces = [u for u in bot.updates if str(u.order.id) == str(order_id) and u.price is not None]
+    for u in pieces:
+        filled += d(u.qty)
+        value += d(u.qty) * d(u.price)
+        assert d(u.order.filled_qty) == filled
+        assert abs(d(u.order.filled_avg_price) - value / filled) < Decimal("1e-8")
+        done = filled == d(u.order.qty)
+        assert str(getattr(u.event, "value", u.event)) == ("fill" if done else "partial_fill")
+        assert u.order.status == (OrderStatus.FILLED if done else OrderStatus.PARTIALLY_FILLED)

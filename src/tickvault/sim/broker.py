@@ -48,8 +48,8 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from datetime import date as datetime_date
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Any
+from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any, NamedTuple
 
 from tickvault.alpaca.protocol import ns_to_rfc3339, rfc3339_to_ns
 from tickvault.sim.calendar import NYSE, Calendar, new_york_date
@@ -63,7 +63,26 @@ OPEN_STATUSES = ("new", "accepted", "partially_filled", "pending_new", "held")
 HOURS = ("always", "calendar")
 # (bid_cents, bid_size, ask_cents, ask_size, quote time ns): what the market quotes for a symbol.
 Quote = tuple[int, int, int, int, int]
-_FALLBACK_SIZE = 100  # shares on each side of the quote made up before a symbol has a real quote
+_FALLBACK_SIZE = 100  # shares (contracts, coins) each side of the quote made up before a real quote
+
+
+class Venue(NamedTuple):
+    """A market the broker trades in and what its numbers mean: ``price_cents(symbol)`` (None: not
+    listed here) and ``quote(symbol)`` read it; its trade and quote sizes are ``size_scale`` per unit
+    of qty (crypto: 10⁸, sizes in satoshis); a price moves ``multiplier`` × price in cash per unit
+    (an option contract: 100 shares)."""
+
+    asset_class: str  # us_equity | crypto | us_option: Alpaca's asset class
+    exchange: str  # what positions report as their exchange
+    price_cents: Callable[[str], int | None]
+    quote: Callable[[str], Quote | None]
+    size_scale: int = 1
+    multiplier: int = 1
+
+
+def position_symbol(symbol: str) -> str:
+    """Alpaca names a crypto position without the slash of its pair: ``BTC/USD`` → ``BTCUSD``."""
+    return symbol.replace("/", "")
 MARK_EVERY_NS = 60 * 10**9  # one equity mark per simulated minute for the portfolio history
 # The non-trade activities the simulator books (``Broker.cash_activity``) and their default description.
 CASH_ACTIVITIES = {"CSD": "cash deposit", "CSW": "cash withdrawal", "FEE": "fee", "DIV": "cash dividend"}
@@ -120,7 +139,7 @@ class _Order:
         "expired_ns", "failed_ns", "replaced_ns", "expires_ns", "activate_ns", "symbol", "qty", "notional",
         "filled_qty", "filled_value", "type", "side", "time_in_force", "limit_price", "stop_price", "status",
         "extended_hours", "triggered", "order_class", "legs", "parent", "sibling", "replaced_by", "replaces",
-        "position_intent", "trail_price", "trail_percent", "hwm",
+        "position_intent", "trail_price", "trail_percent", "hwm", "asset_class",
     )
 
     @property
@@ -154,7 +173,7 @@ class _Order:
             "replaces": self.replaces,
             "asset_id": asset_id(self.symbol),
             "symbol": self.symbol,
-            "asset_class": "us_equity",
+            "asset_class": self.asset_class,
             "notional": _s(self.notional),
             "qty": _s(self.qty) if self.notional is None or self.filled_qty else None,
             "filled_qty": _s(self.filled_qty),
@@ -215,8 +234,10 @@ class Broker:
     ) -> None:
         if hours not in HOURS:
             raise ValueError(f"hours must be one of {HOURS}")
-        self._price_cents = price_cents
-        self._quote = quote or (lambda symbol: None)
+        # Stocks by default; add_venue() lists crypto pairs and option contracts with their own markets.
+        self.stocks = Venue("us_equity", "NASDAQ", price_cents, quote or (lambda symbol: None))
+        self._venues: dict[str, Venue] = {}  # symbol (a pair, an OCC contract) → its venue; ≤ listed symbols
+        self._pairs: dict[str, str] = {}  # crypto position symbol (BTCUSD) → pair (BTC/USD)
         self.clock = clock
         self.hours = hours
         self.calendar = calendar or NYSE  # sessions with hours="calendar"; its one-off changes included
@@ -247,7 +268,7 @@ class Broker:
             "max_margin_multiplier": "1",
             "pdt_check": "entry",
             "ptp_no_exception_entry": False,
-            "max_options_trading_level": 0,
+            "max_options_trading_level": 3,  # Alpaca's paper accounts come with options enabled
         }
         self.reject_next = 0  # fault: the next N submitted orders are rejected (a ``rejected`` event)
         self.listeners: list[Callable[[dict], None]] = []
@@ -260,10 +281,26 @@ class Broker:
     ) -> None:
         """Plant a position (qty signed: negative is short); qty 0 removes it. Cash is not touched."""
         q = Decimal(str(qty))
+        key = position_symbol(symbol)
         if q == 0:
-            self.positions.pop(symbol, None)
+            self.positions.pop(key, None)
         else:
-            self.positions[symbol] = [q, q * Decimal(str(avg_entry_price))]
+            multiplier = self.venue(self._market_symbol(key)).multiplier
+            self.positions[key] = [q, q * Decimal(str(avg_entry_price)) * multiplier]
+
+    def add_venue(self, venue: Venue, symbols: list[str]) -> None:
+        """Trade ``symbols`` (crypto pairs such as ``BTC/USD``, OCC option contracts) on ``venue``."""
+        for symbol in symbols:
+            self._venues[symbol] = venue
+            if venue.asset_class == "crypto":
+                self._pairs[position_symbol(symbol)] = symbol
+
+    def venue(self, symbol: str) -> Venue:
+        return self._venues.get(symbol, self.stocks)
+
+    def _market_symbol(self, symbol: str) -> str:
+        """The symbol a market quotes: a crypto pair may be named without its slash (BTCUSD)."""
+        return self._pairs.get(symbol, symbol)
 
     def set_cash(self, cash: Decimal | str | int) -> None:
         self.cash = Decimal(str(cash))
@@ -275,17 +312,21 @@ class Broker:
 
     # ------------------------------------------------------------------ prices
     def _price(self, symbol: str) -> Decimal:
-        cents = self._price_cents(symbol)
+        symbol = self._market_symbol(symbol)
+        cents = self.venue(symbol).price_cents(symbol)
         if cents is None:
             raise BrokerError(422, 40010001, f'asset "{symbol}" not found')
         return Decimal(cents) / 100
 
     def _book(self, symbol: str) -> tuple[Decimal, Decimal, list[int]]:
-        """(bid, ask, liquidity [quote time, bid left, ask left]) of the symbol's current quote."""
-        q = self._quote(symbol)
+        """(bid, ask, liquidity [quote time, bid left, ask left]) of the symbol's current quote; the
+        liquidity in the venue's size units."""
+        venue = self.venue(symbol)
+        q = venue.quote(symbol)
         if q is None:
-            cents = self._price_cents(symbol) or 1
-            q = (max(1, cents - 1), _FALLBACK_SIZE, cents + 1, _FALLBACK_SIZE, 0)
+            cents = venue.price_cents(symbol) or 1
+            size = _FALLBACK_SIZE * venue.size_scale
+            q = (max(1, cents - 1), size, cents + 1, size, 0)
         bid, bid_size, ask, ask_size, t = q
         liq = self._liquidity.get(symbol)
         if liq is None or liq[0] != t:
@@ -295,11 +336,15 @@ class Broker:
     def is_open(self, now: int | None = None) -> bool:
         return self.hours == "always" or self.calendar.is_open(self.clock() if now is None else now)
 
+    def _trading(self, o: _Order, now: int) -> bool:
+        """Whether ``o``'s market trades now: crypto around the clock, the rest by the hours."""
+        return o.asset_class == "crypto" or o.extended_hours or self.is_open(now)
+
     # ------------------------------------------------------------------ account
     def _market_values(self) -> tuple[Decimal, Decimal]:
         long_mv = short_mv = Decimal(0)
         for symbol, (qty, _) in self.positions.items():
-            mv = qty * self._price(symbol)
+            mv = qty * self._price(symbol) * self.venue(self._market_symbol(symbol)).multiplier
             if qty > 0:
                 long_mv += mv
             else:
@@ -320,7 +365,7 @@ class Broker:
                 price = o.limit_price if o.limit_price is not None else self._book(o.symbol)[1]
             else:
                 price = o.limit_price if o.limit_price is not None else self._price(o.symbol)
-            total += o.remaining * price
+            total += o.remaining * price * self.venue(o.symbol).multiplier
         return total
 
     def buying_power(self, skip: _Order | None = None) -> Decimal:
@@ -381,7 +426,7 @@ class Broker:
         # pair is not counted again.
         return sum(
             (o.remaining for o in self.orders.values()
-             if o.is_open and o.symbol == symbol and o.side == side and o.status != "held"
+             if o.is_open and position_symbol(o.symbol) == symbol and o.side == side and o.status != "held"
              and not (o.sibling is not None and o.sibling.is_open and o.sibling.status != "held"
                       and o.stop_price is not None)),
             Decimal(0),
@@ -389,19 +434,21 @@ class Broker:
 
     def _position_json(self, symbol: str) -> dict:
         qty, cost = self.positions[symbol]
-        price = self._price(symbol)
-        mv = qty * price
+        market = self._market_symbol(symbol)
+        venue = self.venue(market)
+        price = self._price(market)
+        mv = qty * price * venue.multiplier
         upl = mv - cost
         plpc = _s((upl / abs(cost)).quantize(Decimal("0.0001"))) if cost else "0"
         closing_side = "sell" if qty > 0 else "buy"
         available = abs(qty) - self._held_for_orders(symbol, closing_side)
         return {
-            "asset_id": asset_id(symbol),
+            "asset_id": asset_id(market),
             "symbol": symbol,
-            "exchange": "NASDAQ",
-            "asset_class": "us_equity",
-            "asset_marginable": True,
-            "avg_entry_price": _s((cost / qty).quantize(Decimal("0.0001"), ROUND_HALF_UP)),
+            "exchange": venue.exchange,
+            "asset_class": venue.asset_class,
+            "asset_marginable": venue.asset_class == "us_equity",
+            "avg_entry_price": _s((cost / qty / venue.multiplier).quantize(Decimal("0.0001"), ROUND_HALF_UP)),
             "qty": _s(qty),
             "qty_available": _s(available if qty > 0 else -available),
             "side": "long" if qty > 0 else "short",
@@ -420,11 +467,11 @@ class Broker:
         return [self._position_json(s) for s in sorted(self.positions)]
 
     def _position_symbol(self, symbol_or_asset_id: str) -> str:
-        key = symbol_or_asset_id.upper()
+        key = position_symbol(symbol_or_asset_id.upper())
         if key in self.positions:
             return key
         for symbol in self.positions:
-            if asset_id(symbol) == symbol_or_asset_id:
+            if asset_id(self._market_symbol(symbol)) == symbol_or_asset_id:
                 return symbol
         raise BrokerError(404, 40410000, "position does not exist")
 
@@ -445,8 +492,9 @@ class Broker:
             if not 0 < pct <= 100:
                 raise BrokerError(422, 40010001, "percentage must be in (0, 100]")
             amount = (abs(held) * pct / 100).quantize(QTY_STEP)
-        body = {"symbol": symbol, "qty": str(amount), "side": "sell" if held > 0 else "buy",
-                "type": "market", "time_in_force": "day"}
+        tif = "gtc" if self.venue(self._market_symbol(symbol)).asset_class == "crypto" else "day"
+        body = {"symbol": self._market_symbol(symbol), "qty": str(amount), "side": "sell" if held > 0 else "buy",
+                "type": "market", "time_in_force": tif}
         return self.submit(body)
 
     def close_all_positions(self, cancel_orders: bool = False) -> list[dict]:
@@ -516,14 +564,16 @@ class Broker:
         o.replaced_by = o.replaces = None
         o.position_intent = ""
         o.trail_price = o.trail_percent = o.hwm = None
+        o.asset_class = "us_equity"
         return o
 
     def _validated(self, body: dict, order_class: str) -> _Order:
         symbol = body.get("symbol")
         if not isinstance(symbol, str) or not symbol:
             raise BrokerError(422, 40010001, "symbol is required")
-        symbol = symbol.upper()
+        symbol = self._market_symbol(symbol.upper())
         price = self._price(symbol)
+        venue = self.venue(symbol)
         side = body.get("side")
         if side not in ("buy", "sell"):
             raise BrokerError(422, 40010001, f"invalid side: {side!r}")
@@ -535,6 +585,8 @@ class Broker:
             raise BrokerError(422, 40010001, f"invalid time_in_force: {tif!r}")
         if order_class != "simple" and tif not in ("day", "gtc"):
             raise BrokerError(422, 40010001, "time_in_force must be day or gtc for advanced orders")
+        if venue.asset_class != "us_equity":
+            self._validate_class(venue, body, otype, tif, order_class)
         qty, notional = body.get("qty"), body.get("notional")
         if (qty is None) == (notional is None):
             raise BrokerError(422, 40010001, "qty or notional is required (exactly one)")
@@ -545,12 +597,14 @@ class Broker:
                 raise BrokerError(422, 40010001, "notional must be > 0")
             if otype != "market" or order_class != "simple":
                 raise BrokerError(422, 40010001, "notional orders must be simple market orders")
-            o.qty = (o.notional / price).quantize(QTY_STEP)
+            bid, ask, _ = self._book(symbol)
+            # The qty the notional buys (sells) at the quote it will take: filled at once, it costs the notional.
+            o.qty = (o.notional / (ask if side == "buy" else bid)).quantize(QTY_STEP, ROUND_DOWN)
         else:
             o.qty = _dec(qty, "qty")
             if o.qty <= 0:
                 raise BrokerError(422, 40010001, "qty must be > 0")
-        if o.qty != o.qty.to_integral_value():
+        if o.qty != o.qty.to_integral_value() and venue.asset_class == "us_equity":
             if not self.configuration["fractional_trading"]:
                 raise BrokerError(422, 40010001, "fractional trading is disabled for this account")
             if tif != "day" or order_class != "simple":
@@ -580,11 +634,37 @@ class Broker:
             raise BrokerError(422, 40010001, "client_order_id must be unique")
         o.client_order_id = cid
         o.symbol, o.side, o.type, o.time_in_force = symbol, side, otype, tif
+        o.asset_class = venue.asset_class
         o.extended_hours = extended
         o.order_class = order_class
         if otype == "trailing_stop":
             o.trail_to(price)  # the high-water mark starts at the last trade
         return o
+
+    def _validate_class(self, venue: Venue, body: dict, otype: str, tif: str, order_class: str) -> None:
+        """Alpaca's rules for crypto (gtc/ioc; market, limit, stop_limit; simple orders) and options
+        (day; market or limit; whole contracts, no notional; simple orders; an options level ≥ 2)."""
+        if order_class != "simple":
+            raise BrokerError(422, 40010001, f"{venue.asset_class} orders must be simple orders")
+        if venue.asset_class == "crypto":
+            if tif not in ("gtc", "ioc"):
+                raise BrokerError(422, 40010001, f"invalid crypto time_in_force: {tif} (gtc or ioc)")
+            if otype not in ("market", "limit", "stop_limit"):
+                raise BrokerError(422, 40010001, f"invalid crypto order type: {otype} (market, limit or stop_limit)")
+            return
+        if int(self.configuration["max_options_trading_level"] or 0) < 2:
+            raise BrokerError(403, 40310000, "options trading is not enabled for this account (level 2 or more)")
+        if tif != "day":
+            raise BrokerError(422, 40010001, f"invalid options time_in_force: {tif} (day only)")
+        if otype not in ("market", "limit"):
+            raise BrokerError(422, 40010001, f"invalid options order type: {otype} (market or limit)")
+        if body.get("notional") is not None:
+            raise BrokerError(422, 40010001, "options orders take a qty of contracts, not a notional")
+        qty = _dec(body.get("qty"), "qty")
+        if qty != qty.to_integral_value():
+            raise BrokerError(422, 40010001, "qty must be a whole number of contracts for options")
+        if body.get("extended_hours"):
+            raise BrokerError(422, 40010001, "options orders cannot trade in extended hours")
 
     @staticmethod
     def _validate_trail(o: _Order, body: dict, tif: str, order_class: str) -> None:
@@ -670,7 +750,8 @@ class Broker:
 
     def _check_account(self, o: _Order) -> None:
         """Alpaca's refusals for qty and buying power (403), and the order's position intent."""
-        held = self.positions.get(o.symbol, [Decimal(0)])[0]
+        held = self.positions.get(position_symbol(o.symbol), [Decimal(0)])[0]
+        venue = self.venue(o.symbol)
         if o.order_class == "oco":
             # An OCO exits an existing position: its qty must be available on the closing side.
             if (held > 0) != (o.side == "sell") or held == 0:
@@ -680,7 +761,10 @@ class Broker:
         closing = held != 0 and (held > 0) != (signed > 0)
         if closing:
             closing_side = o.side
-            available = abs(held) - self._held_for_orders(o.symbol, closing_side)
+            available = abs(held) - self._held_for_orders(position_symbol(o.symbol), closing_side)
+            if o.qty > available and venue.asset_class == "crypto":
+                raise BrokerError(403, 40310000, f"insufficient balance for {o.symbol.split('/')[0]} (requested: "
+                                  f"{_s(o.qty)}, available: {_s(max(available, Decimal(0)))})")
             if o.qty > available:
                 raise BrokerError(403, 40310000, f"insufficient qty available for order (requested: {_s(o.qty)}, "
                                   f"available: {_s(max(available, Decimal(0)))})",
@@ -691,6 +775,12 @@ class Broker:
                 leg.position_intent = f"{leg.side}_to_close" if o.order_class == "oco" else f"{leg.side}_to_open"
             return
         o.position_intent = f"{o.side}_to_open"
+        if o.side == "sell" and venue.asset_class == "crypto":
+            raise BrokerError(403, 40310000, f"insufficient balance for {o.symbol.split('/')[0]} (requested: "
+                              f"{_s(o.qty)}, available: 0)")
+        if o.side == "sell" and venue.asset_class == "us_option":
+            raise BrokerError(403, 40310000, "options cannot be sold to open in the simulator: uncovered "
+                              "contracts are not allowed")
         if o.side == "sell":
             if self.configuration["no_shorting"]:
                 raise BrokerError(403, 40310000, "account is not allowed to short")
@@ -699,7 +789,7 @@ class Broker:
             cost = o.qty * (o.limit_price if o.limit_price is not None else self._price(o.symbol))
         else:
             cost = o.qty * (o.limit_price if o.limit_price is not None else self._book(o.symbol)[1])
-        if cost > self.buying_power():
+        if cost * venue.multiplier > self.buying_power():
             raise BrokerError(403, 40310000, "insufficient buying power")
 
     def _remember(self, o: _Order) -> None:
@@ -716,7 +806,7 @@ class Broker:
         """A new (or activated) order: expiry, then to work now or at the next open."""
         if o.time_in_force == "day" and self.hours == "calendar" and not o.expires_ns:
             o.expires_ns = self.calendar.next_close(now) or 0
-        if not self.is_open(now) and not o.extended_hours:
+        if not self._trading(o, now):
             o.status = "accepted"
             o.activate_ns = self.calendar.next_open(now) or 0
             self.pending.append(o)
@@ -757,19 +847,20 @@ class Broker:
         if self._marketable_price(o) is None:
             return Decimal(0)
         liq = self._book(o.symbol)[2]
-        return min(o.remaining, Decimal(liq[2] if o.side == "buy" else liq[1]))
+        return min(o.remaining, Decimal(liq[2] if o.side == "buy" else liq[1]) / self.venue(o.symbol).size_scale)
 
     def _fill_from_quote(self, o: _Order, now: int) -> None:
         price = self._marketable_price(o)
         if price is None:
             return
         liq = self._book(o.symbol)[2]
+        scale = self.venue(o.symbol).size_scale
         side_index = 2 if o.side == "buy" else 1
-        size = min(o.remaining, Decimal(liq[side_index]))
+        size = min(o.remaining, Decimal(liq[side_index]) / scale)
         if size <= 0:
             return
-        liq[side_index] -= int(size) if size == size.to_integral_value() else int(size) + 1
-        liq[side_index] = max(0, liq[side_index])
+        taken = (size * scale).to_integral_value(ROUND_CEILING)  # a fractional share takes a whole one
+        liq[side_index] = max(0, liq[side_index] - int(taken))
         self._fill(o, price, now, size)
 
     # ------------------------------------------------------------------ the market drives these
@@ -784,12 +875,13 @@ class Broker:
         self._prune(symbol)
 
     def on_trade(self, symbol: str, cents: int, t_ns: int, size: int = 10**9) -> None:
-        """A generated trade: stops trigger; resting limits it reaches fill at their limit (up to its size)."""
+        """A generated trade: stops trigger; resting limits it reaches fill at their limit (up to its
+        size, in the venue's units)."""
         orders = self.working.get(symbol)
         if not orders:
             return
         price = Decimal(cents) / 100
-        left = Decimal(size)
+        left = Decimal(size) / self.venue(symbol).size_scale
         for o in list(orders):
             if not o.is_open:
                 continue
@@ -845,21 +937,23 @@ class Broker:
     # ------------------------------------------------------------------ fills and state changes
     def _fill(self, o: _Order, price: Decimal, t_ns: int, qty: Decimal) -> None:
         signed = qty if o.side == "buy" else -qty
-        self.cash -= signed * price
-        pos = self.positions.get(o.symbol)
+        value = price * self.venue(o.symbol).multiplier  # cash per unit of qty
+        self.cash -= signed * value
+        key = position_symbol(o.symbol)
+        pos = self.positions.get(key)
         if pos is None:
-            self.positions[o.symbol] = [signed, signed * price]
+            self.positions[key] = [signed, signed * value]
         else:
             old_qty, cost = pos
             new_qty = old_qty + signed
             if new_qty == 0:
-                del self.positions[o.symbol]
+                del self.positions[key]
             elif (old_qty > 0) == (signed > 0):
-                pos[0], pos[1] = new_qty, cost + signed * price  # adding to the position
+                pos[0], pos[1] = new_qty, cost + signed * value  # adding to the position
             elif (old_qty > 0) == (new_qty > 0):
                 pos[0], pos[1] = new_qty, cost * new_qty / old_qty  # reducing: avg entry unchanged
             else:
-                pos[0], pos[1] = new_qty, new_qty * price  # flipped through zero (planted positions only)
+                pos[0], pos[1] = new_qty, new_qty * value  # flipped through zero (planted positions only)
         o.filled_qty += qty
         o.filled_value += qty * price
         done = o.filled_qty >= o.qty
@@ -868,7 +962,7 @@ class Broker:
         if done:
             o.filled_ns = t_ns
         self._record_fill(o, price, qty, t_ns)
-        pos = self.positions.get(o.symbol)
+        pos = self.positions.get(key)
         self._emit("fill" if done else "partial_fill", o, price=price, qty=qty, t_ns=t_ns,
                    position_qty=pos[0] if pos else Decimal(0))
         self.marks.append((t_ns, self.equity()))

@@ -811,7 +811,7 @@ class Simulator:
                 await asyncio.sleep(tick)
                 continue
             n = min(due, max_batch)
-            items = market.generate(n, self.clock())
+            items = market.generate(n, self.clock(), self.broker.on_trade, self.broker.on_quote)
             made += n
             self._fan_out(items)
             await asyncio.sleep(0)

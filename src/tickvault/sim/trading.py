@@ -22,7 +22,8 @@ from starlette.routing import Route
 
 from tickvault.alpaca.protocol import ns_to_rfc3339, rfc3339_to_ns
 from tickvault.sim import calendar
-from tickvault.sim.broker import BrokerError, asset_id
+from tickvault.sim.broker import BrokerError, Venue, asset_id
+from tickvault.sim.crypto import SIZE_SCALE
 
 if TYPE_CHECKING:
     from tickvault.sim.server import Simulator
@@ -49,6 +50,14 @@ class TradingAPI:
     def __init__(self, sim: Simulator) -> None:
         self.sim = sim
         self.broker = sim.broker
+        # The crypto pairs and option contracts the simulator quotes are tradable too, each on its market.
+        crypto = sim.crypto_market
+        self.broker.add_venue(Venue("crypto", "CRYPTO", _price_of(crypto), crypto.last_quote, SIZE_SCALE),
+                              list(sim.crypto_pairs))
+        if sim.options_market is not None:
+            options = sim.options_market
+            self.broker.add_venue(Venue("us_option", "", _price_of(options), options.last_quote, multiplier=100),
+                                  list(sim.option_symbols))
 
     def routes(self, endpoint: Callable[[Callable[[Request], Any]], Any]) -> list[Route]:
         e = endpoint
@@ -59,7 +68,7 @@ class TradingAPI:
             Route("/v2/account/activities/{activity_type}", e(self._activities)),
             Route("/v2/account/activities", e(self._activities)),
             Route("/v2/positions", e(self._positions), methods=["GET", "DELETE"]),
-            Route("/v2/positions/{symbol_or_asset_id}", e(self._position), methods=["GET", "DELETE"]),
+            Route("/v2/positions/{symbol_or_asset_id:path}", e(self._position), methods=["GET", "DELETE"]),
             Route("/v2/orders", e(self._orders), methods=["GET", "POST", "DELETE"]),
             Route("/v2/orders:by_client_order_id", e(self._order_by_client_id)),
             Route("/v2/orders/{order_id}", e(self._order), methods=["GET", "PATCH", "DELETE"]),
@@ -246,6 +255,16 @@ class TradingAPI:
             "next_open": ns_to_rfc3339(self.broker.calendar.next_open(now) or 0),
             "next_close": ns_to_rfc3339(self.broker.calendar.next_close(now) or 0),
         })
+
+
+def _price_of(market) -> Callable[[str], int | None]:
+    """A market's last trade price in cents (None: a symbol it does not list)."""
+
+    def price_cents(symbol: str) -> int | None:
+        book = market.books.get(symbol)
+        return None if book is None else book.price_cents
+
+    return price_cents
 
 
 def asset_json(symbol: str) -> dict:
