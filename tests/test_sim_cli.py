@@ -153,3 +153,31 @@ async def test_paced_replay_follows_the_recorded_times(tmp_path) -> None:
         took = loop.time() - started
         assert took >= span_s / 4 * 0.9  # never faster than asked (a slow machine may take longer)
         assert replay.clock() >= times[-1]
+
+
+async def test_record_flag_records_like_the_record_command_and_wrong_mixes_are_refused(tmp_path) -> None:
+    recording = tmp_path / "flag.tvrec"
+    async with Simulator(symbols=["AAPL"], rate=2_000, frame_size=20, key=KEY, secret=SECRET) as live:
+        env = {**os.environ, "TICKVAULT_ALPACA_KEY_ID": KEY, "TICKVAULT_ALPACA_SECRET_KEY": SECRET}
+        proc = await asyncio.create_subprocess_exec(
+            *TICKVAULT, "sim", "--record", str(recording), "--url", live.stream_url("iex"), "--symbols", "AAPL",
+            "--channels", "trades", "--frames", "5", env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()[-2000:]
+        assert b"recorded 5 frames" in out
+    meta, frames = read_recording(recording)
+    assert meta["subscription"] == {"trades": ["AAPL"]} and len(list(frames)) == 5
+    for args, why in ((["--record", str(tmp_path / "x"), "--symbols", "AAPL", "--port", "0"], b"--port"),
+                      (["--record", str(tmp_path / "x")], b"--symbols"),
+                      (["--frames", "3"], b"--record only")):
+        proc = await asyncio.create_subprocess_exec(
+            *TICKVAULT, "sim", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 2 and why in err, err
+    assert not (tmp_path / "x").exists()
+    proc = await asyncio.create_subprocess_exec(  # a calendar file that is not there is said, not ignored
+        *TICKVAULT, "sim", "--port", "0", "--rest-port", "0", "--hours", "calendar", "--calendar-file",
+        str(tmp_path / "holidays.txt"), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode != 0 and b"cannot read the calendar file" in err, err
