@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import asynccontextmanager
 from decimal import Decimal
 
 import psycopg
@@ -84,13 +85,23 @@ async def test_restart_mid_submit_finds_the_order_instead_of_resubmitting(env):
         assert conn.execute("SELECT status FROM orders WHERE client_order_id = %s", (cid,)).fetchone()[0] != "pending_submit"
 
 
-async def test_trade_updates_stream_records_fills(env):
-    sim, settings, pool, url = env
-    metrics = Metrics()
+@asynccontextmanager
+async def listening(sim, pool, metrics: Metrics):
+    """A TradeUpdatesListener on the simulator's trade-updates stream, listening; stopped after."""
     listener = TradeUpdatesListener(sim.trade_updates_url, sim.key, sim.secret, pool, metrics)
     task = asyncio.create_task(listener.run())
     try:
         await asyncio.wait_for(listener.listening.wait(), 10)
+        yield listener
+    finally:
+        listener.stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_trade_updates_stream_records_fills(env):
+    sim, settings, pool, url = env
+    metrics = Metrics()
+    async with listening(sim, pool, metrics):
         rest = AlpacaREST(settings)
         order = await rest.submit_order(OrderRequest(symbol="AAPL", side="buy", qty=Decimal("5"), client_order_id="tu-1"))
 
@@ -107,9 +118,6 @@ async def test_trade_updates_stream_records_fills(env):
             status = conn.execute("SELECT status FROM orders WHERE id = %s", (order.id,)).fetchone()[0]
         assert (qty, cum, source, status) == (Decimal("5"), Decimal("5"), "stream", "filled") and price > 0
         assert metrics.totals["fills_recorded"] == 1
-    finally:
-        listener.stop()
-        await asyncio.wait_for(task, 10)
 
 
 def test_strategy_loading_errors_are_clear():
@@ -174,32 +182,28 @@ async def test_crypto_intent_reaches_fills_positions_and_reconcile_exactly(env):
     the broker refuses (a crypto day order) is left ``rejected`` with Alpaca's reason."""
     sim, settings, pool, url = env
     metrics = Metrics()
-    listener = TradeUpdatesListener(sim.trade_updates_url, sim.key, sim.secret, pool, metrics)
-    task = asyncio.create_task(listener.run())
     try:
-        await asyncio.wait_for(listener.listening.wait(), 10)
-        await wait_until(lambda: sim.crypto_market.last_quote("BTC/USD") is not None, 10, "a BTC/USD quote")
-        gateway = OrderGateway(AlpacaREST(settings), pool, metrics)
-        bar = Bar("BTC/USD", 1_767_000_000_000_000_000, 94_000.0, 94_100.0, 93_900.0, 94_050.0, 3, 10, 94_010.0)
-        qty = Decimal("0.012345678")
-        order = await gateway.submit("btc", bar, OrderIntent("BTC/USD", "buy", qty, time_in_force="gtc"))
-        assert order is not None and order.status == "filled" and order.filled_qty == qty
+        async with listening(sim, pool, metrics):
+            await wait_until(lambda: sim.crypto_market.last_quote("BTC/USD") is not None, 10, "a BTC/USD quote")
+            gateway = OrderGateway(AlpacaREST(settings), pool, metrics)
+            bar = Bar("BTC/USD", 1_767_000_000_000_000_000, 94_000.0, 94_100.0, 93_900.0, 94_050.0, 3, 10, 94_010.0)
+            qty = Decimal("0.012345678")
+            order = await gateway.submit("btc", bar, OrderIntent("BTC/USD", "buy", qty, time_in_force="gtc"))
+            assert order is not None and order.status == "filled" and order.filled_qty == qty
 
-        async def fill_recorded() -> bool:
-            async with await psycopg.AsyncConnection.connect(url) as conn:
-                cur = await conn.execute("SELECT 1 FROM fills WHERE order_id = %s", (order.id,))
-                return await cur.fetchone() is not None
+            async def fill_recorded() -> bool:
+                async with await psycopg.AsyncConnection.connect(url) as conn:
+                    cur = await conn.execute("SELECT 1 FROM fills WHERE order_id = %s", (order.id,))
+                    return await cur.fetchone() is not None
 
-        await wait_until(fill_recorded, 10, "the crypto fill from the trade-updates stream")
-        with pytest.raises(UnprocessableError, match="time_in_force"):
-            await gateway.submit("btc", bar, OrderIntent("BTC/USD", "buy", qty, time_in_force="day", tag="day"))
-        first = await reconcile(settings, rest=AlpacaREST(settings), db_url=url)
-        assert [(d.kind, d.symbol) for d in first.diffs] == [("missing_position", "BTCUSD")]
-        second = await reconcile(settings, rest=AlpacaREST(settings), db_url=url)
-        assert second.total_diffs == 0  # the snapshot equals the broker's qty to the last digit
+            await wait_until(fill_recorded, 10, "the crypto fill from the trade-updates stream")
+            with pytest.raises(UnprocessableError, match="time_in_force"):
+                await gateway.submit("btc", bar, OrderIntent("BTC/USD", "buy", qty, time_in_force="day", tag="day"))
+            first = await reconcile(settings, rest=AlpacaREST(settings), db_url=url)
+            assert [(d.kind, d.symbol) for d in first.diffs] == [("missing_position", "BTCUSD")]
+            second = await reconcile(settings, rest=AlpacaREST(settings), db_url=url)
+            assert second.total_diffs == 0  # the snapshot equals the broker's qty to the last digit
     finally:
-        listener.stop()
-        await asyncio.wait_for(task, 10)
         await aclose_http_client()
     with psycopg.connect(url) as conn:
         fill_qty, cum, symbol = conn.execute(

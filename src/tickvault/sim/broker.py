@@ -1182,8 +1182,8 @@ class Broker:
             if new.qty * price > self.buying_power(skip=o):
                 raise BrokerError(403, 40310000, "insufficient buying power")
         if new.position_intent.endswith("_to_close") and new.qty > o.remaining:
-            held = abs(self.positions.get(new.symbol, [Decimal(0)])[0])
-            available = held - self._held_for_orders(new.symbol, new.side) + o.remaining
+            held = abs(self.positions.get(position_symbol(new.symbol), [Decimal(0)])[0])
+            available = held - self._held_for_orders(position_symbol(new.symbol), new.side) + o.remaining
             if new.qty > available:
                 raise BrokerError(403, 40310000, f"insufficient qty available for order (requested: {_s(new.qty)}, "
                                   f"available: {_s(max(available, Decimal(0)))})")
