@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from tickvault.alpaca.protocol import ns_to_rfc3339, rfc3339_to_ns
 from tickvault.sim import calendar
-from tickvault.sim.broker import BrokerError, Venue, asset_id
+from tickvault.sim.broker import BrokerError, Venue, asset_id, position_symbol
 from tickvault.sim.crypto import SIZE_SCALE
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class TradingAPI:
             Route("/v2/orders:by_client_order_id", e(self._order_by_client_id)),
             Route("/v2/orders/{order_id}", e(self._order), methods=["GET", "PATCH", "DELETE"]),
             Route("/v2/assets", e(self._assets)),
-            Route("/v2/assets/{symbol_or_asset_id}", e(self._asset)),
+            Route("/v2/assets/{symbol_or_asset_id:path}", e(self._asset)),
             Route("/v2/clock", e(self._clock)),
             Route("/v2/calendar", e(self._calendar)),
         ]
@@ -162,8 +162,10 @@ class TradingAPI:
 
     # --- assets
     def _assets(self, request: Request) -> list[dict]:
-        """``GET /v2/assets``: every simulated symbol is an active, tradable US equity (like Alpaca,
-        an unset status means every status; an unknown status or class is a 422)."""
+        """``GET /v2/assets``: every simulated stock symbol is an active, tradable US equity, every
+        simulated pair (``asset_class=crypto``) a crypto asset (like Alpaca, an unset status means
+        every status; an unknown status or class is a 422). Option contracts are not assets at Alpaca
+        (``/v2/options/contracts``, which the simulator does not serve)."""
         q = request.query_params
         status = q.get("status")
         asset_class = q.get("asset_class") or "us_equity"
@@ -172,15 +174,23 @@ class TradingAPI:
         if asset_class not in ("us_equity", "us_option", "crypto"):
             raise ValueError(f"asset_class must be us_equity, us_option or crypto, not {asset_class!r}")
         exchange = q.get("exchange")
-        if status == "inactive" or asset_class != "us_equity" or exchange not in (None, "", ASSET_EXCHANGE):
+        if status == "inactive":
+            return []
+        if asset_class == "crypto":
+            return [crypto_asset_json(p) for p in self.sim.crypto_pairs] if exchange in (None, "", "CRYPTO") else []
+        if asset_class != "us_equity" or exchange not in (None, "", ASSET_EXCHANGE):
             return []
         return [asset_json(s) for s in self.sim.symbols]
 
     def _asset(self, request: Request) -> dict:
+        """``GET /v2/assets/{symbol or id}``: a stock, or a pair as ``BTC/USD``, ``BTCUSD`` or its id."""
         key = request.path_params["symbol_or_asset_id"]
         for symbol in self.sim.symbols:
             if symbol == key.upper() or asset_id(symbol) == key:
                 return asset_json(symbol)
+        for pair in self.sim.crypto_pairs:
+            if position_symbol(pair) == position_symbol(key.upper()) or asset_id(pair) == key:
+                return crypto_asset_json(pair)
         raise BrokerError(404, 40410000, f"asset not found for {key}")
 
     # --- time
@@ -284,5 +294,28 @@ def asset_json(symbol: str) -> dict:
         "shortable": True,
         "easy_to_borrow": True,
         "fractionable": True,
+        "attributes": [],
+    }
+
+
+def crypto_asset_json(pair: str) -> dict:
+    """Alpaca's asset object for a simulated crypto pair (its id is the one its orders and position carry)."""
+    base = pair.split("/")[0]
+    return {
+        "id": asset_id(pair),
+        "class": "crypto",
+        "exchange": "CRYPTO",
+        "symbol": pair,
+        "name": f"{base} / US Dollar",
+        "status": "active",
+        "tradable": True,
+        "marginable": False,
+        "maintenance_margin_requirement": 100,
+        "shortable": False,
+        "easy_to_borrow": False,
+        "fractionable": True,
+        "min_order_size": "0.000000001",
+        "min_trade_increment": "0.000000001",
+        "price_increment": "0.01",
         "attributes": [],
     }
