@@ -16,6 +16,7 @@ import pytest
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "websockets.legacy is deprecated", DeprecationWarning)
     from alpaca.trading.enums import AssetClass, OrderSide, OrderStatus, TimeInForce
+    from alpaca.trading.models import AccountConfiguration
     from alpaca.trading.requests import ClosePositionRequest, LimitOrderRequest, MarketOrderRequest, StopOrderRequest
 
 from tests.support.alpaca_bot import WAIT, Bot, assert_events_add_up, d, ny_ns, sim
@@ -120,6 +121,14 @@ async def test_options_orders_trade_whole_contracts_for_the_day_at_100_a_point()
         ):
             refused = await bot.refused("submit_order", request)
             assert refused.status_code == status
+        account = await bot.trade("get_account")
+        assert account.options_approved_level == 3 and account.options_trading_level == 3
+        await bot.call(bot.trading.set_account_configurations, AccountConfiguration(
+            **{**(await bot.trade("get_account_configurations")).model_dump(), "max_options_trading_level": 1}))
+        assert (await bot.trade("get_account")).options_trading_level == 1
+        disabled = await bot.refused("submit_order", MarketOrderRequest(
+            symbol=contract, qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY))
+        assert disabled.status_code == 403  # buying calls and puts is level 2
         unknown = await bot.refused("submit_order", MarketOrderRequest(
             symbol="AAPL270115C00999000", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY))
         assert unknown.status_code == 422

@@ -86,6 +86,7 @@ def position_symbol(symbol: str) -> str:
 MARK_EVERY_NS = 60 * 10**9  # one equity mark per simulated minute for the portfolio history
 # The non-trade activities the simulator books (``Broker.cash_activity``) and their default description.
 CASH_ACTIVITIES = {"CSD": "cash deposit", "CSW": "cash withdrawal", "FEE": "fee", "DIV": "cash dividend"}
+OPTIONS_APPROVED_LEVEL = 3  # Alpaca's paper accounts come approved for level 3 (spreads)
 TRANSFERS = ("CSD", "CSW")  # cash moved by the owner: no part of profit and loss
 # Every activity type Alpaca documents (alpaca-py's ActivityType): filters may name any of them.
 ACTIVITY_TYPES = frozenset(
@@ -268,7 +269,7 @@ class Broker:
             "max_margin_multiplier": "1",
             "pdt_check": "entry",
             "ptp_no_exception_entry": False,
-            "max_options_trading_level": 3,  # Alpaca's paper accounts come with options enabled
+            "max_options_trading_level": OPTIONS_APPROVED_LEVEL,
         }
         self.reject_next = 0  # fault: the next N submitted orders are rejected (a ``rejected`` event)
         self.listeners: list[Callable[[dict], None]] = []
@@ -387,6 +388,9 @@ class Broker:
             "daytrading_buying_power": "0",
             "non_marginable_buying_power": _s(bp),
             "options_buying_power": _s(bp),
+            "options_approved_level": OPTIONS_APPROVED_LEVEL,
+            # Alpaca: the lower of the approved level and the account configuration's maximum.
+            "options_trading_level": min(OPTIONS_APPROVED_LEVEL, int(self.configuration["max_options_trading_level"] or 0)),
             "cash": _s(self.cash.quantize(CENT)),
             "accrued_fees": "0",
             "pending_transfer_in": "0",
@@ -652,7 +656,7 @@ class Broker:
             if otype not in ("market", "limit", "stop_limit"):
                 raise BrokerError(422, 40010001, f"invalid crypto order type: {otype} (market, limit or stop_limit)")
             return
-        if int(self.configuration["max_options_trading_level"] or 0) < 2:
+        if min(OPTIONS_APPROVED_LEVEL, int(self.configuration["max_options_trading_level"] or 0)) < 2:
             raise BrokerError(403, 40310000, "options trading is not enabled for this account (level 2 or more)")
         if tif != "day":
             raise BrokerError(422, 40010001, f"invalid options time_in_force: {tif} (day only)")
