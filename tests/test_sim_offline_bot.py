@@ -244,17 +244,18 @@ async def test_bracket_oto_and_oco_orders() -> None:
             assert bracket.status == OrderStatus.FILLED and bracket.order_class == OrderClass.BRACKET
             take, stop = bracket.legs
             assert (take.type, take.side, d(take.limit_price)) == ("limit", OrderSide.SELL, ask * 2)
-            assert stop.type == "stop" and take.status == OrderStatus.NEW and stop.status == OrderStatus.NEW
+            # As at Alpaca: the take-profit works as new, the stop stays held while it watches the market.
+            assert stop.type == "stop" and take.status == OrderStatus.NEW and stop.status == OrderStatus.HELD
             await bot.event(take.id, "new")
             wrong = await bot.refused("submit_order", MarketOrderRequest(
                 symbol="AAPL", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.GTC,
                 order_class=OrderClass.BRACKET, take_profit=TakeProfitRequest(limit_price=float(ask / 2)),
                 stop_loss=StopLossRequest(stop_price=float(ask / 3))))
             assert wrong.status_code == 422 and "take_profit.limit_price" in wrong.message
-            # Cancelling one exit of the bracket; the other stays.
+            # Canceling one exit of the bracket cancels the other (Alpaca's one-cancels-other).
             await bot.trade("cancel_order_by_id", take.id)
-            assert (await bot.trade("get_order_by_id", stop.id)).status == OrderStatus.NEW
-            await bot.trade("cancel_order_by_id", stop.id)
+            assert (await bot.trade("get_order_by_id", stop.id)).status == OrderStatus.CANCELED
+            await bot.event(stop.id, "canceled")
 
             oto = await bot.trade("submit_order", LimitOrderRequest(
                 symbol="MSFT", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY, limit_price=1.00,
@@ -271,7 +272,7 @@ async def test_bracket_oto_and_oco_orders() -> None:
                 order_class=OrderClass.OCO, take_profit=TakeProfitRequest(limit_price=float(ask * 3)),
                 stop_loss=StopLossRequest(stop_price=float((ask / 3).quantize(Decimal("0.01"))))))
             assert oco.order_class == OrderClass.OCO and oco.status == OrderStatus.NEW
-            assert [leg.status for leg in oco.legs] == [OrderStatus.NEW]
+            assert [leg.status for leg in oco.legs] == [OrderStatus.HELD]
             await bot.trade("cancel_order_by_id", oco.id)  # one cancels the other
             await bot.event(oco.legs[0].id, "canceled")
 

@@ -169,7 +169,7 @@ async def test_an_exit_that_fills_in_pieces_shrinks_its_sibling_then_cancels_it(
             assert oco.status == OrderStatus.PARTIALLY_FILLED and d(oco.filled_qty) == bid_size
             nested = await bot.trade("get_order_by_id", oco.id, GetOrderByIdRequest(nested=True))
             stop_leg = nested.legs[0]
-            assert stop_leg.status == OrderStatus.NEW and d(stop_leg.qty) == qty - bid_size  # the rest only
+            assert stop_leg.status == OrderStatus.HELD and d(stop_leg.qty) == qty - bid_size  # the rest only
             position = await bot.trade("get_open_position", "AAPL")
             assert d(position.qty) == qty - bid_size and d(position.qty_available) == 0
             async with asyncio.timeout(WAIT):
@@ -196,13 +196,39 @@ async def test_bracket_exits_go_to_work_with_the_entry_qty_and_events_carry_the_
                 stop_loss=StopLossRequest(stop_price=float(ask - 50))))
             await bot.event(entry.id, "fill")
             nested = await bot.trade("get_order_by_id", entry.id, GetOrderByIdRequest(nested=True))
-            assert [leg.status for leg in nested.legs] == [OrderStatus.NEW, OrderStatus.NEW]
+            assert [leg.status for leg in nested.legs] == [OrderStatus.NEW, OrderStatus.HELD]  # the stop watches
             assert [d(leg.qty) for leg in nested.legs] == [5, 5]
             position = await bot.trade("get_open_position", "MSFT")
             assert d(position.qty_available) == 0  # the two exits hold the 5 shares once, not twice
         assert_events_add_up(bot, entry.id)
         new = next(u for u in bot.updates if str(u.order.id) == str(entry.id) and str(getattr(u.event, "value", u.event)) == "new")
         assert d(new.order.filled_qty) == 0 and new.order.filled_avg_price is None and d(new.order.qty) == 5
+
+
+async def test_a_brackets_held_stop_can_be_moved_and_goes_to_work_when_triggered() -> None:
+    async with sim(symbols=["NVDA"]) as s:
+        bot = Bot(s)
+        await bot.move_market(3)
+        ask = d((await quote(bot, "NVDA")).ask_price)
+        async with bot.trade_updates():
+            entry = await bot.trade("submit_order", MarketOrderRequest(
+                symbol="NVDA", qty=3, side=OrderSide.BUY, time_in_force=TimeInForce.GTC,
+                order_class=OrderClass.BRACKET, take_profit=TakeProfitRequest(limit_price=float(ask + 50)),
+                stop_loss=StopLossRequest(stop_price=float(ask - 40))))
+            take, stop = entry.legs
+            assert (take.status, stop.status) == (OrderStatus.NEW, OrderStatus.HELD)
+            # Alpaca moves a bracket's stop by replacing it; the replacement stays held, in the pair.
+            near = Decimal(s.market.last_price_cents("NVDA") - 2) / 100
+            moved = await bot.trade("replace_order_by_id", stop.id, ReplaceOrderRequest(stop_price=float(near)))
+            assert moved.status == OrderStatus.HELD and d(moved.stop_price) == near and str(moved.replaces) == str(stop.id)
+            await bot.event(stop.id, "replaced")
+            async with asyncio.timeout(WAIT):
+                while "fill" not in bot.events(moved.id):
+                    await bot.move_market(10, "NVDA")
+            await bot.event(take.id, "canceled")
+        assert bot.events(moved.id)[:1] == ["new"] and bot.events(moved.id)[-1] == "fill"  # new when triggered
+        assert_events_add_up(bot, moved.id)
+        assert await bot.trade("get_all_positions") == []
 
 
 # ------------------------------------------------------------------------------- calendar changes

@@ -21,8 +21,10 @@ The fill model, which a strategy tested here can rely on:
   carries the rest.
 - **Order classes**: ``bracket`` (entry + take-profit limit + stop-loss, the exits ``held`` until the
   entry fills completely), ``oto`` (entry + one exit) and ``oco`` (take-profit limit + stop-loss, both
-  working). When an exit fills in part, the other exit's qty shrinks to what is left of the
-  position; when it fills completely, the other is canceled. The two hold the position's shares once.
+  working). As at Alpaca, a working pair's take-profit shows ``new`` and its stop stays ``held`` (it
+  watches the market; a trigger makes it ``new``); canceling either cancels the other. When an exit
+  fills in part, the other exit's qty shrinks to what is left of the position; when it fills
+  completely, the other is canceled. The two hold the position's shares once.
 - **Hours**: with ``hours="always"`` the exchange never closes; ``day`` orders do not expire. With
   ``hours="calendar"`` (see :mod:`tickvault.sim.calendar`) an order sent while the market is closed is
   ``accepted`` and goes to work (``new``) at the next open; a ``day`` order expires at its session's
@@ -816,12 +818,22 @@ class Broker:
             self.pending.append(o)
             self._emit("accepted", o)
             return
-        o.status = "new"
         o.updated_ns = now
         if o.expires_ns:
             self.pending.append(o)
+        if o.parent is not None and o.sibling is not None and o.stop_price is not None:
+            # The stop of a take-profit/stop-loss pair stays ``held`` while it watches the market, as at
+            # Alpaca; it shows ``new`` when a trade triggers it.
+            o.status = "held"
+            self.working.setdefault(o.symbol, []).append(o)
+            return
+        o.status = "new"
         self._emit("new", o)
         self._work(o, now)
+
+    def _armed(self, o: _Order) -> bool:
+        """A held stop exit at work (its entry filled), not one waiting for its entry."""
+        return o.status == "held" and o in self.working.get(o.symbol, ())
 
     def _work(self, o: _Order, now: int) -> None:
         """Fill what the current quote allows; the rest rests (or is canceled for ioc/fok)."""
@@ -896,6 +908,10 @@ class Broker:
                 if not hit:
                     continue
                 o.triggered = True
+                if o.status == "held":  # an armed stop exit goes to work
+                    o.status = "new"
+                    o.updated_ns = t_ns
+                    self._emit("new", o)
                 if o.type in ("stop", "trailing_stop"):
                     self._fill_from_quote(o, t_ns)
                     continue
@@ -1062,11 +1078,12 @@ class Broker:
         self._close_children(o, now)
 
     def _close_children(self, o: _Order, now: int) -> None:
-        """A parent that ends unfilled takes its held exits with it; an OCO leg its sibling."""
+        """A parent that ends unfilled takes its held exits with it; an exit of a take-profit/stop-loss
+        pair (bracket, OCO) its sibling, as canceling one leg cancels the other at Alpaca."""
         for leg in o.legs:
             if leg.status == "held":
                 self._cancel(leg, now, cascade=False)
-        if o.order_class == "oco" and o.sibling is not None and o.sibling.is_open:
+        if o.sibling is not None and o.sibling.is_open:
             self._cancel(o.sibling, now, cascade=False)
 
     def _emit(self, event: str, o: _Order, *, price=None, qty=None, t_ns=None, position_qty=None) -> None:
@@ -1104,7 +1121,7 @@ class Broker:
         o = self._order(order_id)
         if not o.is_open:
             raise BrokerError(422, 42210000, f"order is not cancelable (status {o.status})")
-        if o.status == "held" and o.parent is not None and o.parent.is_open:
+        if o.status == "held" and not self._armed(o):
             raise BrokerError(422, 42210000, "a held leg is canceled with its parent order")
         self._cancel(o, self.clock())
         self._prune(o.symbol)
@@ -1114,7 +1131,7 @@ class Broker:
         out = []
         for o in list(self.orders.values()):
             if o.is_open and not (o.status == "held" and o.parent is not None):
-                self.cancel(o.id)
+                self.cancel(o.id)  # an exit's held stop goes with its take-profit
                 out.append({"id": o.id, "status": 200, "body": o.to_json()})
         return out
 
@@ -1130,7 +1147,7 @@ class Broker:
         if not isinstance(body, dict) or not body:
             raise BrokerError(422, 40010001, "nothing to replace: give qty, time_in_force, limit_price, stop_price, "
                               "trail or client_order_id")
-        if not o.is_open or o.status in ("held", "accepted"):
+        if not o.is_open or o.status == "accepted" or (o.status == "held" and not self._armed(o)):
             raise BrokerError(422, 42210000, f"order is not replaceable (status {o.status})")
         if o.type == "market":
             raise BrokerError(422, 42210000, "market orders cannot be replaced")
