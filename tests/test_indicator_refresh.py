@@ -125,7 +125,7 @@ def test_refresh_equals_incremental_indicators_and_is_idempotent(url: str) -> No
         assert s.history_bars < MINUTES  # warm-up was bounded...
         assert s.history_bars >= WARMUP_BARS  # ...but long enough
     md = second.to_markdown()
-    assert md.startswith(f"# Indicators refreshed at ") and f"{second.rows_upserted} rows for 2 symbols" in md
+    assert md.startswith("# Indicators refreshed at ") and f"{second.rows_upserted} rows for 2 symbols" in md
     assert "AAA" in md
     state = {t.timeframe: t for t in second.ohlcv.timeframes}
     assert set(state) == {"1m", "5m", "1h", "1d"} and state["1m"].materialized_to is not None

@@ -156,7 +156,7 @@ async def run_side_market(sim: Simulator, market: Market, rate: float) -> None:
             await asyncio.sleep(tick)
             continue
         n = min(due, max_batch)
-        items = market.generate(n, sim.clock())
+        items = market.generate(n, sim.clock(), sim.broker.on_trade, sim.broker.on_quote)
         made += n
         stream.fan_out(items)
         await asyncio.sleep(0)

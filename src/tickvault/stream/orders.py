@@ -5,7 +5,10 @@ Gateway: strategy intents → orders at the broker, never twice. Each intent get
 ``orders`` as ``pending_submit`` *before* the request (ON CONFLICT DO NOTHING: a duplicate intent
 after a restart finds the row and is skipped), then submitted through the REST client, which
 retries an ambiguous failure and recognises Alpaca's "client_order_id must be unique" as "the
-first attempt landed". Submit→ack latency is stored on the order. Intents wait in a bounded queue
+first attempt landed". An intent the broker refuses outright (422, or a 403 trading refusal such as
+buying power or a crypto order's time in force) leaves its row ``rejected`` with Alpaca's reason in
+``raw``, and the error is raised. Quantities are Decimal end to end: a crypto intent's fractional qty
+(``BTC/USD``, ``0.012345678``, ``gtc``/``ioc``) reaches the broker and the ``numeric`` columns exactly. Submit→ack latency is stored on the order. Intents wait in a bounded queue
 (``MAX_PENDING_INTENTS``); past it an intent is dropped, counted and logged — a strategy emitting
 more than that per bar is broken, and blocking ingest for it would be worse. While the
 dashboard's kill switch holds a halt (a ``trading_halts`` row not lifted, migration 008), the
@@ -30,9 +33,11 @@ import time
 from datetime import datetime, timezone
 from decimal import Decimal
 
+from psycopg.types.json import Jsonb
 from websockets.asyncio.client import connect
 
 from tickvault.alpaca import session
+from tickvault.alpaca.errors import AlpacaError, AuthError, UnprocessableError
 from tickvault.alpaca.models import Order, OrderRequest
 from tickvault.alpaca.protocol import StreamError
 from tickvault.db.tables import INSERT_FILL, record_order
@@ -128,7 +133,12 @@ class OrderGateway:
             time_in_force=intent.time_in_force, limit_price=intent.limit_price, client_order_id=cid,
         )
         started = time.perf_counter()
-        order = await self.rest.submit_order(request)
+        try:
+            order = await self.rest.submit_order(request)
+        except AlpacaError as exc:
+            if _refused(exc):
+                await self._record_refusal(cid, exc)
+            raise
         latency_ms = (time.perf_counter() - started) * 1000
         async with self.pool.connection() as conn, conn.transaction():  # one commit, not two
             await record_order(conn, order)
@@ -136,6 +146,26 @@ class OrderGateway:
                                "WHERE client_order_id = %s", (latency_ms, strategy, cid))
         self.metrics.add("orders_submitted")
         return order
+
+
+    async def _record_refusal(self, cid: str, exc: AlpacaError) -> None:
+        """The broker refused the order outright (no order exists): the row says ``rejected`` and why,
+        so neither a restart nor reconciliation submits it again."""
+        reason = {"refused": {"status": exc.status, "code": exc.code, "message": exc.alpaca_message}}
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE orders SET status = 'rejected', updated_at = now(), raw = %s "
+                "WHERE client_order_id = %s AND status = 'pending_submit'", (Jsonb(reason), cid))
+        log.error("order %s refused by the broker (HTTP %s, code %s): %s", cid, exc.status, exc.code,
+                  exc.alpaca_message)
+
+
+def _refused(exc: AlpacaError) -> bool:
+    """A definitive refusal of the order itself: 422, or 403 with a trading code (40310000: buying
+    power, qty, a closed asset class), not a bad key (401, or a 403 without Alpaca's code)."""
+    if isinstance(exc, UnprocessableError):
+        return True
+    return isinstance(exc, AuthError) and exc.status == 403 and str(exc.code or "").startswith("403")
 
 
 class TradeUpdatesListener:
