@@ -16,6 +16,7 @@ them only to crypto connections. Memory: as :class:`Market` (the ``sides`` array
 from __future__ import annotations
 
 from array import array
+from math import floor
 from collections.abc import Iterator
 
 from msgpack import Timestamp
@@ -68,7 +69,7 @@ class CryptoMarket(Market):
         for _ in range(n):
             book = books[rng.randrange(len(books))]
             price = book.price_cents
-            price = max(1, price + int((rng.random() - 0.5) * price * 0.001 + 0.5))  # ±~5 bp a trade
+            price = max(1, price + floor((rng.random() - 0.5) * price * 0.001 + 0.5))  # ±~5 bp a trade, unbiased
             book.price_cents = price
             units = int(rng.expovariate(1 / 20_000_000)) + 1  # mean 0.2 of a coin, at least 1e-8
             buyer = rng.random() < 0.5
