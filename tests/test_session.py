@@ -69,10 +69,12 @@ def test_client_handshake_sends_auth_then_subscribe_and_reports_the_ack() -> Non
 
 @pytest.mark.parametrize("code", sorted(ERROR_CODES))
 @pytest.mark.parametrize("state", [State.CONNECTING, State.AUTHENTICATING, State.SUBSCRIBING, State.STREAMING])
-def test_every_error_code_ends_the_session_fatal_only_for_refused_keys(code: int, state: State) -> None:
+def test_every_error_code_ends_the_session_fatal_only_when_a_new_connection_fails_the_same(
+        code: int, state: State) -> None:
     client = client_at(state)
     [failure] = client.receive([error(code)])
-    fatal = state is State.AUTHENTICATING and code in (401, 402)
+    # refused keys (answering our auth), a plan without the feed, a subscription over the symbol limit
+    fatal = (state is State.AUTHENTICATING and code in (401, 402)) or code in (405, 409)
     assert failure == StreamFailure(code, ERROR_CODES[code], fatal, 5.0 if code == 406 else None)
     assert client.state is State.CLOSED
     with pytest.raises(SessionError, match="after the session failed"):
@@ -292,3 +294,14 @@ def test_trade_updates_server_unknown_action_and_refused_keys() -> None:
     assert srv.authorize(False) == [Send(authorization("unauthorized")), Close()]
     with pytest.raises(SessionError):
         srv.receive({"action": "listen"})
+
+
+@pytest.mark.parametrize(("code", "setting"), [(401, "API keys"), (402, "API keys"), (405, "TICKVAULT_SYMBOLS"),
+                                               (409, "TICKVAULT_FEEDS")])
+def test_the_reader_stops_on_a_fatal_refusal_naming_what_to_change(code: int, setting: str) -> None:
+    from tickvault.stream.reader import AuthFailed, _failure
+
+    state = State.AUTHENTICATING if code in (401, 402) else State.SUBSCRIBING
+    [failure] = client_at(state).receive([error(code)])
+    exc = _failure(failure)
+    assert isinstance(exc, AuthFailed) and setting in str(exc) and f"code {code}" in str(exc)

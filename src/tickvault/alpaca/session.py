@@ -146,18 +146,20 @@ class TradeUpdate:
 
 
 # What a market-data error code means to a client: (fatal, seconds to wait at least before reconnecting).
-# Only refused keys are fatal: every other code is about this connection, and a new one may fare
-# better (406: another connection holds the feed; give it 5 s to go before trying again).
+# Fatal: what a new connection would meet again — refused keys, a plan without this feed (409), a
+# subscription over the plan's symbol limit (405); reconnecting forever would only hide a setting to
+# fix. Every other code is about this connection, and a new one may fare better (406: another
+# connection holds the feed; give it 5 s to go before trying again).
 ERROR_POLICY: dict[int, tuple[bool, float | None]] = {
     400: (False, None),  # invalid syntax
     401: (False, None),  # not authenticated (fatal when it answers our auth: see below)
     402: (False, None),  # auth failed (fatal when it answers our auth)
     403: (False, None),  # already authenticated
     404: (False, None),  # auth timeout
-    405: (False, None),  # symbol limit exceeded
+    405: (True, None),  # symbol limit exceeded: the same subscription fails again
     406: (False, 5.0),  # connection limit exceeded
     407: (False, None),  # slow client
-    409: (False, None),  # insufficient subscription
+    409: (True, None),  # insufficient subscription: the plan does not include this feed
     500: (False, None),  # internal error
 }
 _AUTH_REFUSED = (401, 402)  # answering our auth: the keys are wrong, retrying will not help

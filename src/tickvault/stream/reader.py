@@ -107,13 +107,23 @@ class FeedSilent(ConnectionError):
 
 
 class AuthFailed(Exception):
-    """The server refused our keys; retrying will not help."""
+    """The server refused us in a way a new connection cannot fix (the keys, the plan, the symbol
+    limit); the message says which setting to change."""
+
+
+_REFUSALS = {
+    405: "Alpaca refused the subscription: {msg} (code 405): subscribe to fewer symbols (TICKVAULT_SYMBOLS) "
+         "or to all of them with '*'",
+    409: "Alpaca refused the feed: {msg} (code 409): the account's market-data plan does not include it; "
+         "choose a feed it does include in TICKVAULT_FEEDS (e.g. stocks:iex rather than stocks:sip)",
+}
 
 
 def _failure(event: session.StreamFailure) -> Exception:
     """The exception a session's failure ends the connection with: fatal ones stop the reader."""
     if event.fatal:
-        return AuthFailed(f"Alpaca refused the API keys: {event.message} (code {event.code})")
+        text = _REFUSALS.get(event.code, "Alpaca refused the API keys: {msg} (code %d)" % event.code)
+        return AuthFailed(text.format(msg=event.message))
     return StreamError(event.code, event.message)
 
 
