@@ -50,6 +50,7 @@ __all__ = [
     "TradeColumns",
     "UnstorableRow",
     "columns_of",
+    "join_columns",
     "decode_columnar",
     "encode_quote_copy",
     "encode_trade_copy",
@@ -64,7 +65,7 @@ COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00
 #: Binary COPY stream trailer: a field count of -1.
 COPY_TRAILER = b"\xff\xff"
 
-_FORMAT_VERSION = 1  # the tuple layout tickvault._columnar.decode returns; a stale build is not used
+_FORMAT_VERSION = 2  # the tuple layout tickvault._columnar.decode returns; a stale build is not used
 try:
     from tickvault import _columnar
 
@@ -72,9 +73,10 @@ try:
         raise ImportError(f"tickvault._columnar has format {getattr(_columnar, 'FORMAT_VERSION', None)}, "
                           f"this module needs {_FORMAT_VERSION}: rebuild with `pip install -e .`")
     _c_decode = _columnar.decode
+    _c_decode_crypto = _columnar.decode_crypto  # used by tickvault.alpaca.crypto
     HAVE_EXTENSION = True
 except ImportError as exc:
-    _c_decode = None
+    _c_decode = _c_decode_crypto = None
     HAVE_EXTENSION = False
     log.warning("tickvault._columnar is not available (%s); columnar decoding runs in Python (slower)", exc)
 
@@ -336,7 +338,11 @@ def _decode_python(data: bytes | str) -> ColumnarFrame:
 
 def _append(cols, rows: _StorableRows, cls):
     """Rows that come after every row of ``cols`` (a repaired message: decode_frame's second pass)."""
-    extra = _columns(cls, rows)
+    return join_columns(cols, _columns(cls, rows))
+
+
+def join_columns(cols, extra):
+    """``cols`` followed by ``extra`` (either may be None); ``cols`` is extended in place."""
     if cols is None or extra is None:
         return cols if extra is None else extra
     cols.n += extra.n

@@ -15,7 +15,8 @@ retention                              tickvault's ``drop_chunks``      the same
 ``[now - start_offset, now - end_offset]`` without tickvault's locks, so its start must stay inside
 the window of the raw table its aggregate is computed from, with room to spare: ``start_offset <=
 retention_trades_days - RAW_MARGIN`` for the stocks' ``ohlcv_*``, ``retention_crypto_trades_days -
-RAW_MARGIN`` for ``crypto_ohlcv_*`` (:func:`policy_start_offset`; both raw tables have 1-day chunks). Timescale refuses a policy window shorter than two buckets past its
+RAW_MARGIN`` for ``crypto_ohlcv_*`` (:func:`policy_start_offset`; both raw tables have 1-day chunks).
+Timescale refuses a policy window shorter than two buckets past its
 end offset; when the raw window is too short for that, the policy is removed and the
 ``refresh_indicators`` flow (clamped to the raw horizon, :mod:`tickvault.db.aggregates`) refreshes
 that timeframe. :func:`apply_policies` runs at ``tickvault db up`` and before every retention purge,
