@@ -36,13 +36,15 @@ GOAL_RATIO = 3.0  # the issue's decode goal: >= 3x alpaca-py's raw path
 BASE_NS = 1_704_205_800_123_456_789  # fixed trade times, so every run decodes the same bytes
 
 
-def _alpaca_raw_client():
-    """One frame through alpaca-py's raw consume loop (its code, minus the socket)."""
+def _alpaca_raw_client(crypto: bool = False):
+    """One frame through alpaca-py's raw consume loop (its code, minus the socket): ``StockDataStream``'s,
+    or with ``crypto`` ``CryptoDataStream``'s (the same loop in their common base class)."""
     import msgpack
+    from alpaca.data.live.crypto import CryptoDataStream
     from alpaca.data.live.stock import StockDataStream
     from alpaca.data.live.websocket import _CHANNEL_TYPES, _is_market_data
 
-    stream = StockDataStream("key", "secret", raw_data=True)
+    stream = (CryptoDataStream if crypto else StockDataStream)("key", "secret", raw_data=True)
     seen = [0]
 
     async def on_trade(trade) -> None:
