@@ -28,7 +28,7 @@ import time
 
 import msgpack
 
-from bench.bench_columnar import _alpaca_raw_client, _round
+from bench.bench_columnar import _alpaca_raw_client, best_of_rounds, each
 from bench.bench_decode import machine_info, make_crypto_frames
 from bench.bench_ingest import (
     BARE_COPY_BATCH,
@@ -58,12 +58,6 @@ def _decode() -> dict:
     consume = _alpaca_raw_client(crypto=True)
     loop = asyncio.new_event_loop()
 
-    def each(fn):
-        def run_all(frames: list[bytes]) -> None:
-            for f in frames:
-                fn(f)
-        return run_all
-
     clients = {
         "tickvault_decode_crypto": each(crypto.decode_crypto),
         "tickvault_decode_crypto_python": each(crypto._decode_python),
@@ -73,16 +67,12 @@ def _decode() -> dict:
     try:
         for size in FRAME_SIZES:
             frames = make_crypto_frames(DECODE_MSGS, PAIRS, size, base_ns=BASE_NS)
-            rounds: dict[str, list[float]] = {k: [] for k in clients}
-            for _ in range(ROUNDS):  # interleaved: a noisy moment hits every client alike
-                for name, run_all in clients.items():
-                    rounds[name].append(_round(run_all, frames, size))
-            best = {k: round(min(v), 1) for k, v in rounds.items()}
+            best, rounds = best_of_rounds(clients, frames, size, ROUNDS)
             per_size[str(size)] = {
                 "ns_per_msg": best,
                 "ratio_vs_alpaca_py_raw": round(best["alpaca_py_raw"] / best["tickvault_decode_crypto"], 2),
                 "ratio_c_vs_python": round(best["tickvault_decode_crypto_python"] / best["tickvault_decode_crypto"], 2),
-                "rounds_ns_per_msg": {k: [round(x, 1) for x in v] for k, v in rounds.items()},
+                "rounds_ns_per_msg": rounds,
             }
     finally:
         loop.close()

@@ -22,6 +22,7 @@ from tickvault.alpaca.crypto import CryptoFrame, decode_crypto
 from tickvault.alpaca.protocol import encode_frame, ns_to_rfc3339
 from tickvault.db.tables import CRYPTO_QUOTES, CRYPTO_TRADES
 from tickvault.sim.crypto import CryptoMarket
+from tests.support.columns import cols_key as _cols, frame_key as _norm
 
 pytestmark = pytest.mark.skipif(not HAVE_EXTENSION, reason="tickvault._columnar is not built")
 
@@ -45,15 +46,6 @@ def quote(**fields) -> dict:
     return {k: v for k, v in msg.items() if v is not ABSENT}
 
 
-def _cols(c) -> tuple | None:
-    if c is None:
-        return None
-    return (c.n, c.copy, c.time_min_ns, c.time_max_ns, c.time_last_ns, repr(sorted(c.latest.items())))
-
-
-def _norm(frame: CryptoFrame) -> tuple:
-    """A comparable form (repr keeps NaN equal to NaN, -0.0 apart from 0.0, an int apart from a float)."""
-    return (_cols(frame.trades), _cols(frame.quotes), repr(frame.rest))
 
 
 def assert_same(data: bytes) -> CryptoFrame:

@@ -18,7 +18,7 @@ import pytest
 from tickvault.config import load_settings
 from tickvault.db.aggregates import TIMEFRAMES, raw_horizon, refresh_ohlcv, refresh_window
 from tickvault.jobs.retention import purge_retention
-from tests.support.ohlcv import WIDTH, day as _day, dsn as _dsn, edition as _edition, view
+from tests.support.ohlcv import WIDTH, assert_same_bars, day as _day, dsn as _dsn, edition as _edition, view
 
 DIRECT = """
 SELECT time_bucket(INTERVAL '{w}', time) AS bucket, symbol, first(price, time_ns), max(price), min(price),
@@ -56,11 +56,7 @@ def _assert_views_equal_direct(conn: psycopg.Connection) -> None:
         view = conn.execute(
             f"SELECT bucket, symbol, open, high, low, close, volume, trade_count, vwap FROM ohlcv_{tf} ORDER BY 2, 1"
         ).fetchall()
-        direct = conn.execute(DIRECT.format(w=WIDTH[tf])).fetchall()
-        assert len(view) == len(direct), tf
-        for got, want in zip(view, direct):
-            assert got[:8] == want[:8], (tf, got, want)
-            assert got[8] == pytest.approx(want[8], rel=1e-12), (tf, got, want)
+        assert_same_bars(view, conn.execute(DIRECT.format(w=WIDTH[tf])).fetchall(), tf)
 
 
 @pytest.fixture
@@ -198,9 +194,7 @@ def _assert_raw_part_equals_direct(conn: psycopg.Connection, horizon: datetime) 
         direct = conn.execute(
             DIRECT.replace("WHERE NOT canceled", "WHERE NOT canceled AND time >= %s").format(w=WIDTH[tf]), (horizon,)
         ).fetchall()
-        assert len(view) == len(direct), tf
-        for got, want in zip(view, direct):
-            assert got[:8] == want[:8] and got[8] == pytest.approx(want[8], rel=1e-12), (tf, got, want)
+        assert_same_bars(view, direct, tf)
 
 
 def test_refresh_window_never_reaches_below_the_raw_horizon_or_into_the_open_bucket(ohlcv_conn):

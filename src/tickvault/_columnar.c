@@ -656,22 +656,35 @@ static inline int read_fields(Rd *r, const Val *map, Val *vals, uint32_t *seen_o
     return T->ptr[0] == 't' ? MSG_TRADE : T->ptr[0] == 'q' ? MSG_QUOTE : MSG_DEFER;
 }
 
-/* One stock message map (header already read). Fills row on MSG_TRADE/MSG_QUOTE. */
-static int read_message(Rd *r, const Val *map, Row *row) {
-    Val vals[K_COUNT];
-    uint32_t seen;
-    int kind = read_fields(r, map, vals, &seen);
+/* read_fields, then the kind of a trade or quote that has every field need[kind] names, a Timestamp
+ * t that fits int64 ns and a storable S (both into row); else MSG_DEFER or MSG_FAIL. */
+static inline int read_head(Rd *r, const Val *map, Val *vals, uint32_t *seen, Row *row, const uint32_t need[3]) {
+    int kind = read_fields(r, map, vals, seen);
     if (kind <= MSG_DEFER) return kind;
-
-    uint32_t need = kind == MSG_TRADE
-        ? (1u << K_t) | (1u << K_S) | (1u << K_i) | (1u << K_x) | (1u << K_p) | (1u << K_s)
-        : (1u << K_t) | (1u << K_S) | (1u << K_bx) | (1u << K_bp) | (1u << K_bs) | (1u << K_ax) | (1u << K_ap) | (1u << K_as);
-    if ((seen & need) != need) return MSG_DEFER;
+    if ((*seen & need[kind]) != need[kind]) return MSG_DEFER;
     const Val *t = &vals[K_t];
     if (t->kind != V_EXT || t->ext_type != -1 || timestamp_ns(t, &row->t_ns)) return MSG_DEFER;
     if (!is_text(&vals[K_S])) return MSG_DEFER;
     row->sym = vals[K_S].ptr;
     row->slen = vals[K_S].len;
+    return kind;
+}
+
+#define F(k) (1u << K_##k)
+static const uint32_t STOCK_NEED[3] = {
+    0, F(t) | F(S) | F(i) | F(x) | F(p) | F(s), F(t) | F(S) | F(bx) | F(bp) | F(bs) | F(ax) | F(ap) | F(as),
+};
+static const uint32_t CRYPTO_NEED[3] = {
+    0, F(t) | F(S) | F(i) | F(p) | F(s), F(t) | F(S) | F(bp) | F(bs) | F(ap) | F(as),
+};
+#undef F
+
+/* One stock message map (header already read). Fills row on MSG_TRADE/MSG_QUOTE. */
+static int read_message(Rd *r, const Val *map, Row *row) {
+    Val vals[K_COUNT];
+    uint32_t seen;
+    int kind = read_head(r, map, vals, &seen, row, STOCK_NEED);
+    if (kind <= MSG_DEFER) return kind;
     if (kind == MSG_TRADE) {
         if (vals[K_i].kind != V_INT || !is_text(&vals[K_x]) || as_price(&vals[K_p], &row->p1)
             || vals[K_s].kind != V_INT)
@@ -803,17 +816,8 @@ static int numeric_of_double(uint8_t *out, double f) {
 static int read_crypto_message(Rd *r, const Val *map, Row *row) {
     Val vals[K_COUNT];
     uint32_t seen;
-    int kind = read_fields(r, map, vals, &seen);
+    int kind = read_head(r, map, vals, &seen, row, CRYPTO_NEED);
     if (kind <= MSG_DEFER) return kind;
-    uint32_t need = kind == MSG_TRADE
-        ? (1u << K_t) | (1u << K_S) | (1u << K_i) | (1u << K_p) | (1u << K_s)
-        : (1u << K_t) | (1u << K_S) | (1u << K_bp) | (1u << K_bs) | (1u << K_ap) | (1u << K_as);
-    if ((seen & need) != need) return MSG_DEFER;
-    const Val *t = &vals[K_t];
-    if (t->kind != V_EXT || t->ext_type != -1 || timestamp_ns(t, &row->t_ns)) return MSG_DEFER;
-    if (!is_text(&vals[K_S])) return MSG_DEFER;
-    row->sym = vals[K_S].ptr;
-    row->slen = vals[K_S].len;
     if (kind == MSG_QUOTE) {
         if (as_float8(&vals[K_bp], &row->p1) || as_float8(&vals[K_bs], &row->f1)
             || as_float8(&vals[K_ap], &row->p2) || as_float8(&vals[K_as], &row->f2))

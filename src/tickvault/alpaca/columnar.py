@@ -50,6 +50,7 @@ __all__ = [
     "TradeColumns",
     "UnstorableRow",
     "columns_of",
+    "extension_result",
     "join_columns",
     "decode_columnar",
     "encode_quote_copy",
@@ -362,16 +363,23 @@ _unpackb = msgpack.unpackb
 _MARKET_TYPES = ("t", "q")
 
 
-def _from_extension(data: bytes, res: tuple) -> ColumnarFrame:
+def extension_result(data: bytes, res: tuple) -> tuple[TradeColumns | None, QuoteColumns | None, list | None]:
+    """What the extension's ``decode``/``decode_crypto`` returned for ``data``: its trades and quotes as
+    columns, and the messages it left to Python (None: none). The extension checked everything that
+    could make unpackb fail (UTF-8, Timestamp exts, hashable keys, bounds), so each left message's
+    byte range decodes alone as it would in the whole frame."""
     tn, tcopy, tmin, tmax, tlast, tlatest, qn, qcopy, qmin, qmax, qlast, qlatest, deferred = res
     trades = TradeColumns(tn, tcopy, tmin, tmax, tlast, tlatest) if tn else None
     quotes = QuoteColumns(qn, qcopy, qmin, qmax, qlast, qlatest) if qn else None
     if deferred is None:
+        return trades, quotes, None
+    return trades, quotes, [_unpackb(data[s:e], raw=False, timestamp=2, strict_map_key=False) for s, e in deferred]
+
+
+def _from_extension(data: bytes, res: tuple) -> ColumnarFrame:
+    trades, quotes, msgs = extension_result(data, res)
+    if msgs is None:
         return ColumnarFrame(trades, quotes, DecodedFrame())
-    # Messages C left to Python. The extension checked everything that could make unpackb fail
-    # (UTF-8, Timestamp exts, hashable keys, bounds), so each range decodes alone as it would in
-    # the whole frame.
-    msgs = [_unpackb(data[s:e], raw=False, timestamp=2, strict_map_key=False) for s, e in deferred]
     for m in msgs:
         # A trade/quote C declined but Python's fast path takes (a bool for an int, an int time,
         # a repeated key) sits among C's rows in decode_frame's order. Rare: decode it all in Python.

@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-import msgpack
 from psycopg.types.numeric import dump_decimal_to_numeric_binary
 
 from tickvault.alpaca.columnar import (
@@ -54,6 +53,7 @@ from tickvault.alpaca.columnar import (
     _float8,
     _int8,
     columns_of,
+    extension_result,
     join_columns,
     _text,
     _time,
@@ -227,7 +227,6 @@ def _reason(msg: Any) -> str:
 
 
 log = logging.getLogger("tickvault.crypto")
-_unpackb = msgpack.unpackb
 _MARKET_TYPES = ("t", "q")
 
 
@@ -251,16 +250,12 @@ def decode_crypto(data: bytes | str) -> CryptoFrame:
 
 
 def _from_extension(data: bytes, res: tuple) -> CryptoFrame:
-    tn, tcopy, tmin, tmax, tlast, tlatest, qn, qcopy, qmin, qmax, qlast, qlatest, deferred = res
-    trades = TradeColumns(tn, tcopy, tmin, tmax, tlast, tlatest) if tn else None
-    quotes = QuoteColumns(qn, qcopy, qmin, qmax, qlast, qlatest) if qn else None
+    trades, quotes, msgs = extension_result(data, res)
     rest = CryptoRest()
-    if deferred is None:
+    if msgs is None:
         return CryptoFrame(trades, quotes, rest)
-    # The messages C left here, each decoding alone as in the whole frame (C checked everything that
-    # could make unpackb fail). A trade or quote C declined without a string time (a bool, NaN, a
-    # negative size...) is judged by Python with the whole frame, so its row or reject keeps its place.
-    msgs = [_unpackb(data[s:e], raw=False, timestamp=2, strict_map_key=False) for s, e in deferred]
+    # A trade or quote C declined without a string time (a bool, NaN, a negative size...) is judged
+    # by Python with the whole frame, so its row or reject keeps its place.
     for m in msgs:
         if type(m) is dict and m.get("T") in _MARKET_TYPES and not isinstance(m.get("t"), str):
             return _decode_python(data)

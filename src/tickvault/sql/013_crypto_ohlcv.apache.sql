@@ -115,93 +115,40 @@ LANGUAGE sql STABLE AS $$
      GROUP BY 1, 2
 $$;
 
-CREATE TABLE crypto_ohlcv_1m_rollup (
-    bucket      timestamptz NOT NULL,
-    symbol      text        NOT NULL,
-    open        double precision NOT NULL,
-    high        double precision NOT NULL,
-    low         double precision NOT NULL,
-    close       double precision NOT NULL,
-    volume      numeric     NOT NULL,
-    trade_count bigint      NOT NULL,
-    vwap        double precision
-);
-SELECT create_hypertable('crypto_ohlcv_1m_rollup', by_range('bucket', INTERVAL '7 days'), create_default_indexes => false);
-CREATE UNIQUE INDEX crypto_ohlcv_1m_rollup_key ON crypto_ohlcv_1m_rollup (symbol, bucket DESC);
-
-CREATE VIEW crypto_ohlcv_1m AS
-SELECT bucket, symbol, open, high, low, close, volume, trade_count, vwap
-  FROM crypto_ohlcv_1m_rollup
- WHERE bucket < tickvault_crypto_ohlcv_watermark('1m')
-UNION ALL
-SELECT bucket, symbol, open, high, low, close, volume, trade_count, vwap
-  FROM tickvault_crypto_ohlcv_source(INTERVAL '1 minute', tickvault_crypto_ohlcv_watermark('1m'), 'infinity');
-
-CREATE TABLE crypto_ohlcv_5m_rollup (
-    bucket      timestamptz NOT NULL,
-    symbol      text        NOT NULL,
-    open        double precision NOT NULL,
-    high        double precision NOT NULL,
-    low         double precision NOT NULL,
-    close       double precision NOT NULL,
-    volume      numeric     NOT NULL,
-    trade_count bigint      NOT NULL,
-    vwap        double precision
-);
-SELECT create_hypertable('crypto_ohlcv_5m_rollup', by_range('bucket', INTERVAL '30 days'), create_default_indexes => false);
-CREATE UNIQUE INDEX crypto_ohlcv_5m_rollup_key ON crypto_ohlcv_5m_rollup (symbol, bucket DESC);
-
-CREATE VIEW crypto_ohlcv_5m AS
-SELECT bucket, symbol, open, high, low, close, volume, trade_count, vwap
-  FROM crypto_ohlcv_5m_rollup
- WHERE bucket < tickvault_crypto_ohlcv_watermark('5m')
-UNION ALL
-SELECT bucket, symbol, open, high, low, close, volume, trade_count, vwap
-  FROM tickvault_crypto_ohlcv_source(INTERVAL '5 minutes', tickvault_crypto_ohlcv_watermark('5m'), 'infinity');
-
-CREATE TABLE crypto_ohlcv_1h_rollup (
-    bucket      timestamptz NOT NULL,
-    symbol      text        NOT NULL,
-    open        double precision NOT NULL,
-    high        double precision NOT NULL,
-    low         double precision NOT NULL,
-    close       double precision NOT NULL,
-    volume      numeric     NOT NULL,
-    trade_count bigint      NOT NULL,
-    vwap        double precision
-);
-SELECT create_hypertable('crypto_ohlcv_1h_rollup', by_range('bucket', INTERVAL '180 days'), create_default_indexes => false);
-CREATE UNIQUE INDEX crypto_ohlcv_1h_rollup_key ON crypto_ohlcv_1h_rollup (symbol, bucket DESC);
-
-CREATE VIEW crypto_ohlcv_1h AS
-SELECT bucket, symbol, open, high, low, close, volume, trade_count, vwap
-  FROM crypto_ohlcv_1h_rollup
- WHERE bucket < tickvault_crypto_ohlcv_watermark('1h')
-UNION ALL
-SELECT bucket, symbol, open, high, low, close, volume, trade_count, vwap
-  FROM tickvault_crypto_ohlcv_source(INTERVAL '1 hour', tickvault_crypto_ohlcv_watermark('1h'), 'infinity');
-
-CREATE TABLE crypto_ohlcv_1d_rollup (
-    bucket      timestamptz NOT NULL,
-    symbol      text        NOT NULL,
-    open        double precision NOT NULL,
-    high        double precision NOT NULL,
-    low         double precision NOT NULL,
-    close       double precision NOT NULL,
-    volume      numeric     NOT NULL,
-    trade_count bigint      NOT NULL,
-    vwap        double precision
-);
-SELECT create_hypertable('crypto_ohlcv_1d_rollup', by_range('bucket', INTERVAL '3650 days'), create_default_indexes => false);
-CREATE UNIQUE INDEX crypto_ohlcv_1d_rollup_key ON crypto_ohlcv_1d_rollup (symbol, bucket DESC);
-
-CREATE VIEW crypto_ohlcv_1d AS
-SELECT bucket, symbol, open, high, low, close, volume, trade_count, vwap
-  FROM crypto_ohlcv_1d_rollup
- WHERE bucket < tickvault_crypto_ohlcv_watermark('1d')
-UNION ALL
-SELECT bucket, symbol, open, high, low, close, volume, trade_count, vwap
-  FROM tickvault_crypto_ohlcv_source(INTERVAL '1 day', tickvault_crypto_ohlcv_watermark('1d'), 'infinity');
+-- One rollup hypertable and one view per timeframe (chunk intervals as the stocks' rollups, 004):
+-- the view is the rollup below the watermark plus the source computed live from there on.
+DO $$
+DECLARE
+    tf record;
+BEGIN
+    FOR tf IN SELECT * FROM (VALUES ('1m', '1 minute', '7 days'), ('5m', '5 minutes', '30 days'),
+                                    ('1h', '1 hour', '180 days'), ('1d', '1 day', '3650 days'))
+                            AS v(name, width, chunk) LOOP
+        EXECUTE format($f$
+            CREATE TABLE %1$I (
+                bucket      timestamptz NOT NULL,
+                symbol      text        NOT NULL,
+                open        double precision NOT NULL,
+                high        double precision NOT NULL,
+                low         double precision NOT NULL,
+                close       double precision NOT NULL,
+                volume      numeric     NOT NULL,
+                trade_count bigint      NOT NULL,
+                vwap        double precision
+            );
+            SELECT create_hypertable(%1$L, by_range('bucket', %2$L::interval), create_default_indexes => false);
+            CREATE UNIQUE INDEX %3$I ON %1$I (symbol, bucket DESC);
+            CREATE VIEW %4$I AS
+            SELECT bucket, symbol, open, high, low, close, volume, trade_count, vwap
+              FROM %1$I
+             WHERE bucket < tickvault_crypto_ohlcv_watermark(%5$L)
+            UNION ALL
+            SELECT bucket, symbol, open, high, low, close, volume, trade_count, vwap
+              FROM tickvault_crypto_ohlcv_source(%6$L::interval, tickvault_crypto_ohlcv_watermark(%5$L), 'infinity')
+            $f$, 'crypto_ohlcv_' || tf.name || '_rollup', tf.chunk, 'crypto_ohlcv_' || tf.name || '_rollup_key',
+                 'crypto_ohlcv_' || tf.name, tf.name, tf.width);
+    END LOOP;
+END $$;
 
 -- Writers call this inside the transaction that inserts or changes raw trades in [lo, hi] (004's
 -- tickvault_ohlcv_invalidate, for any family). The shared advisory lock orders it against a running

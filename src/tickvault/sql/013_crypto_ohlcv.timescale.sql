@@ -88,6 +88,8 @@ $$;
 CREATE FUNCTION tickvault_aggregate_invalidate(p_aggregate text, p_lo timestamptz, p_hi timestamptz) RETURNS boolean
 LANGUAGE sql VOLATILE AS $$ SELECT false $$;
 
+-- One continuous aggregate per timeframe, as the stocks' (004): plain top-level statements, the form
+-- Timescale documents (a DO block would be shorter but is not a documented way to create them).
 CREATE MATERIALIZED VIEW crypto_ohlcv_1m
 WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
 SELECT time_bucket(INTERVAL '1 minute', time) AS bucket,
