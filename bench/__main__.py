@@ -21,7 +21,8 @@ from collections.abc import Callable
 
 from bench.common import write_results  # noqa: F401 - imported so a missing bench/common.py fails first
 
-BENCHES = ("decode", "columnar", "indicators", "ingest", "crypto", "memory", "orders", "reconcile", "dashboard")
+BENCHES = ("decode", "columnar", "indicators", "ingest", "crypto", "memory", "orders", "reconcile",
+           "dashboard")
 OPTIONAL = {"indicators", "reconcile"}  # written by other engineers; skipped with a note if absent
 
 

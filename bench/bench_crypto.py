@@ -41,6 +41,7 @@ from bench.bench_ingest import (
 )
 from bench.common import scratch_database, write_results
 
+TABLE = "crypto_trades"
 PAIRS = 4  # the simulator's default pairs: BTC/USD, ETH/USD, SOL/USD, LTC/USD
 FRAME_SIZES = (FRAME_SIZE, 1000)
 DECODE_MSGS = 20_000  # distinct trades per frame size, replayed in a loop
@@ -91,17 +92,17 @@ async def _ingest(url: str) -> dict:
     blocks = [decode_crypto(f).trades.copy for f in frames]
     bare_runs, raw_runs = [], []
     for _ in range(COPY_ROUNDS):
-        fresh_tables(url, "crypto_trades")
-        bare_runs.append(bare_copy(url, rows, CRYPTO_TRADES) | {"stored": count_trades(url, "crypto_trades")})
-        fresh_tables(url, "crypto_trades")
-        raw_runs.append(raw_copy(url, blocks, len(rows), CRYPTO_TRADES) | {"stored": count_trades(url, "crypto_trades")})
+        fresh_tables(url, TABLE)
+        bare_runs.append(bare_copy(url, rows, CRYPTO_TRADES) | {"stored": count_trades(url, TABLE)})
+        fresh_tables(url, TABLE)
+        raw_runs.append(raw_copy(url, blocks, len(rows), CRYPTO_TRADES) | {"stored": count_trades(url, TABLE)})
     n = len(rows)
     del rows, blocks
     worker_runs = []
     for i in range(WORKER_ROUNDS):
-        fresh_tables(url, "crypto_trades")
+        fresh_tables(url, TABLE)
         worker_runs.append(await worker_phase(url, n, base_ns, 0.0, f"bench-crypto-{i}", crypto_pairs=PAIRS))
-        worker_runs[-1]["stored"] = count_trades(url, "crypto_trades")
+        worker_runs[-1]["stored"] = count_trades(url, TABLE)
 
     def best(runs: list[dict]) -> dict:
         return max(runs, key=lambda r: r["rows_per_s"]) | {"rounds": [round(r["rows_per_s"]) for r in runs]}

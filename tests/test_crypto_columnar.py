@@ -22,7 +22,7 @@ from tickvault.alpaca.crypto import CryptoFrame, decode_crypto
 from tickvault.alpaca.protocol import encode_frame, ns_to_rfc3339
 from tickvault.db.tables import CRYPTO_QUOTES, CRYPTO_TRADES
 from tickvault.sim.crypto import CryptoMarket
-from tests.support.columns import cols_key as _cols, frame_key as _norm
+from tests.support.columns import frame_key as _norm
 
 pytestmark = pytest.mark.skipif(not HAVE_EXTENSION, reason="tickvault._columnar is not built")
 

@@ -373,7 +373,8 @@ def extension_result(data: bytes, res: tuple) -> tuple[TradeColumns | None, Quot
     quotes = QuoteColumns(qn, qcopy, qmin, qmax, qlast, qlatest) if qn else None
     if deferred is None:
         return trades, quotes, None
-    return trades, quotes, [_unpackb(data[s:e], raw=False, timestamp=2, strict_map_key=False) for s, e in deferred]
+    msgs = [_unpackb(data[s:e], raw=False, timestamp=2, strict_map_key=False) for s, e in deferred]
+    return trades, quotes, msgs
 
 
 def _from_extension(data: bytes, res: tuple) -> ColumnarFrame:
