@@ -279,7 +279,7 @@ def db_refresh_aggregates(
     start: str = typer.Option(None, help="Recompute buckets from this time (ISO 8601, UTC if no offset)."),
     end: str = typer.Option(None, help="...up to this time."),
 ) -> None:
-    """Refresh the OHLCV aggregates (continuous aggregates or tickvault's rollups, per edition)."""
+    """Refresh the OHLCV aggregates, ohlcv_* and crypto_ohlcv_* (continuous aggregates or tickvault's rollups, per edition)."""
     from datetime import datetime
 
     from tickvault.db import database_url
