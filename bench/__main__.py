@@ -21,7 +21,8 @@ from collections.abc import Callable
 
 from bench.common import write_results  # noqa: F401 - imported so a missing bench/common.py fails first
 
-BENCHES = ("decode", "columnar", "indicators", "ingest", "memory", "orders", "reconcile", "dashboard")
+BENCHES = ("decode", "columnar", "indicators", "ingest", "crypto", "memory", "orders", "reconcile",
+           "dashboard")
 OPTIONAL = {"indicators", "reconcile"}  # written by other engineers; skipped with a note if absent
 
 
@@ -64,6 +65,13 @@ def _headline(name: str, r: dict) -> tuple[str, str]:
     if name == "ingest":
         return (f"{_fmt(r['worker_rows_per_s'])} rows/s; p99 proc {_fmt(r['p99_received_to_processed_ms'], ' ms', 2)}, "
                 f"commit {_fmt(r['p99_received_to_committed_ms'], ' ms')} @ {_fmt(r['latency_rate_rows_per_s'])}/s",
+                f"bare COPY {_fmt(r['bare_copy_rows_per_s'])} rows/s ({r['worker_vs_bare_copy']:.0%})")
+    if name == "crypto":
+        ours, raw = r["decode_ns_per_msg"], r["alpaca_py_raw_ns_per_msg"]
+        return (", ".join(f"{_fmt(v)} ns/msg @{k}" for k, v in ours.items())
+                + f"; worker {_fmt(r['worker_rows_per_s'])} rows/s",
+                "alpaca-py raw " + ", ".join(f"{_fmt(v)} ns/msg @{k}" for k, v in raw.items())
+                + " (" + ", ".join(f"{v}x" for v in r["decode_ratio_vs_alpaca_py_raw"].values()) + "); "
                 f"bare COPY {_fmt(r['bare_copy_rows_per_s'])} rows/s ({r['worker_vs_bare_copy']:.0%})")
     if name == "memory":
         return (f"RSS max {r['rss_mb_max']} MB, q2 {r['rss_mb_q2_mean']} -> q4 {r['rss_mb_q4_mean']} MB",

@@ -92,6 +92,19 @@ def make_frames(
     return [encode_frame(msgs[i : i + frame_size]) for i in range(0, len(msgs), frame_size)]
 
 
+def make_crypto_frames(
+    n_msgs: int, pairs: int = 4, frame_size: int = FRAME_SIZE, seed: int = SEED, base_ns: int = 0
+) -> list[bytes]:
+    """``n_msgs`` crypto trades (fractional sizes, taker side) from the simulator's crypto market model,
+    encoded as the simulator encodes them. Deterministic like :func:`make_frames`."""
+    from tickvault.alpaca.protocol import encode_frame
+    from tickvault.sim.crypto import CRYPTO_PAIRS, CryptoMarket
+
+    market = CryptoMarket(list(CRYPTO_PAIRS)[:pairs], seed=seed, quotes_per_trade=0.0)
+    msgs = [m for ch, _, m in market.generate(n_msgs, base_ns or time.time_ns()) if ch == "crypto:trades"]
+    return [encode_frame(msgs[i : i + frame_size]) for i in range(0, len(msgs), frame_size)]
+
+
 # ------------------------------------------------------------------------- the replay server
 async def _serve(frames: list[bytes], frame_size: int, rate: float) -> None:
     """Market data on any ``/v2/...`` path, Alpaca's trade-updates handshake on ``/stream`` (the
@@ -162,9 +175,11 @@ class ReplayServer:
 
     def __init__(
         self, n_msgs: int, symbols: int = SYMBOLS, frame_size: int = FRAME_SIZE, *, rate: float = 0.0,
-        base_ns: int = 0, seed: int = SEED,
+        base_ns: int = 0, seed: int = SEED, crypto: bool = False,
     ) -> None:
-        self.args = [str(n_msgs), str(symbols), str(frame_size), repr(float(rate)), str(base_ns), str(seed)]
+        # crypto: :func:`make_crypto_frames` over ``symbols`` pairs (the path then does not matter)
+        self.args = [str(n_msgs), str(symbols), str(frame_size), repr(float(rate)), str(base_ns), str(seed),
+                     "crypto" if crypto else "stocks"]
         self.proc: subprocess.Popen | None = None
         self.port = 0
 
@@ -312,8 +327,9 @@ def run() -> dict:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--serve"]:  # the replay server's own process (see ReplayServer)
-        n_msgs, n_symbols, size, pace, base, seed = sys.argv[2:8]
-        frames = make_frames(int(n_msgs), int(n_symbols), int(size), int(seed), int(base))
+        n_msgs, n_symbols, size, pace, base, seed, kind = sys.argv[2:9]
+        make = make_crypto_frames if kind == "crypto" else make_frames
+        frames = make(int(n_msgs), int(n_symbols), int(size), int(seed), int(base))
         asyncio.run(_serve(frames, int(size), float(pace)))
         raise SystemExit(0)
     out = run()

@@ -54,16 +54,16 @@ STAGES = ("exchange_to_received", "received_to_processed", "received_to_committe
 # ------------------------------------------------------------------------- scratch database
 
 
-def fresh_tables(url: str) -> None:
+def fresh_tables(url: str, table: str = "trades") -> None:
     """Empty the tables a phase writes, then CHECKPOINT so no phase pays for another's dirty pages."""
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE trades, ingest_batches, ingest_stats")
+        conn.execute(f"TRUNCATE {table}, ingest_batches, ingest_stats")
         conn.execute("CHECKPOINT")
 
 
-def count_trades(url: str) -> int:
+def count_trades(url: str, table: str = "trades") -> int:
     with psycopg.connect(url) as conn:
-        return conn.execute("SELECT count(*) FROM trades").fetchone()[0]
+        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
 
 def worker_settings(url: str, ws_port: int, symbols: list[str], run_dir: Path, name: str, **extra):
@@ -99,11 +99,13 @@ def decoded_rows(n: int, base_ns: int) -> list[tuple]:
     return rows
 
 
-def bare_copy(url: str, rows: list[tuple]) -> dict:
+def bare_copy(url: str, rows: list[tuple], spec=None) -> dict:
+    """psycopg binary COPY of ``rows`` with ``spec``'s statement and types (default ``tables.TRADES``)."""
     from tickvault.db.tables import TRADES
     from tickvault.stream.writer import _NsTime, _NsTimestamptz
 
-    statement, types = TRADES.copy_statement(), list(TRADES.types)
+    spec = spec or TRADES
+    statement, types = spec.copy_statement(), list(spec.types)
     with psycopg.connect(url) as conn:
         started = time.perf_counter()
         for i in range(0, len(rows), BARE_COPY_BATCH):
@@ -126,12 +128,12 @@ def encoded_blocks(n: int, base_ns: int) -> list[bytes]:
     return [decode_columnar(frame).trades.copy for frame in make_frames(n, SYMBOLS, FRAME_SIZE, base_ns=base_ns)]
 
 
-def raw_copy(url: str, blocks: list[bytes], rows: int) -> dict:
+def raw_copy(url: str, blocks: list[bytes], rows: int, spec=None) -> dict:
     """The database's own ceiling: pre-encoded binary COPY data written as it is, no formatting timed."""
     from tickvault.alpaca.columnar import COPY_HEADER, COPY_TRAILER
     from tickvault.db.tables import TRADES
 
-    statement = TRADES.copy_statement()
+    statement = (spec or TRADES).copy_statement()
     per_txn = max(1, BARE_COPY_BATCH // FRAME_SIZE)
     with psycopg.connect(url) as conn:
         started = time.perf_counter()
@@ -177,14 +179,18 @@ def _lag_summary(lags: list[float]) -> dict:
             "samples": len(s)}
 
 
-async def worker_phase(url: str, n: int, base_ns: int, rate: float, name: str) -> dict:
-    """Run the worker against a replay of ``n`` trades (``rate`` msgs/s, 0 = flat out) until all are committed."""
+async def worker_phase(url: str, n: int, base_ns: int, rate: float, name: str, crypto_pairs: int = 0) -> dict:
+    """Run the worker against a replay of ``n`` trades (``rate`` msgs/s, 0 = flat out) until all are committed.
+    ``crypto_pairs``: a crypto feed (``crypto:us``, trades only) of that many of the simulator's pairs."""
+    from tickvault.sim.crypto import CRYPTO_PAIRS
     from tickvault.sim.market import symbol_names
     from tickvault.stream.worker import WorkerHandle, run_worker
 
-    server = ReplayServer(n, SYMBOLS, FRAME_SIZE, rate=rate, base_ns=base_ns)
+    server = ReplayServer(n, crypto_pairs or SYMBOLS, FRAME_SIZE, rate=rate, base_ns=base_ns, crypto=bool(crypto_pairs))
     with server, tempfile.TemporaryDirectory(prefix="tickvault-bench-") as run_dir:
-        settings = worker_settings(url, server.port, symbol_names(SYMBOLS), Path(run_dir), name)
+        crypto = {"feeds": ["crypto:us"], "crypto_symbols": list(CRYPTO_PAIRS)[:crypto_pairs],
+                  "crypto_channels": ["trades"]} if crypto_pairs else {}
+        settings = worker_settings(url, server.port, symbol_names(SYMBOLS), Path(run_dir), name, **crypto)
         handle = WorkerHandle()
         task = asyncio.create_task(run_worker(settings, handle), name=f"worker-{name}")
         ready = asyncio.create_task(handle.ready.wait())

@@ -35,6 +35,7 @@ from tickvault.alpaca.columnar import (
 from tickvault.alpaca.protocol import _reencode, decode_frame, encode_frame, ns_to_datetime, ns_to_rfc3339
 from tickvault.sim.market import MINUTE_NS, Market, symbol_names
 from tickvault.db.tables import QUOTES, TRADES
+from tests.support.columns import cols_key as _cols, frame_key as _norm
 
 T0 = 1_704_205_800_123_456_789  # 2024-01-02T14:30:00.123456789Z: an 8-byte Timestamp
 T_SECONDS = 1_704_205_800 * 10**9  # whole seconds below 2^32: the 4-byte form
@@ -117,15 +118,6 @@ def market_messages(n: int, seed: int, symbols: int = 20, quotes: float = 0.5) -
 
 
 # ------------------------------------------------------------------------------------------ checks
-def _cols(c) -> tuple | None:
-    if c is None:
-        return None
-    return (c.n, c.copy, c.time_min_ns, c.time_max_ns, c.time_last_ns, repr(sorted(c.latest.items())))
-
-
-def _norm(frame: ColumnarFrame) -> tuple:
-    """A comparable form (repr keeps NaN equal to NaN and -0.0 apart from 0.0)."""
-    return (_cols(frame.trades), _cols(frame.quotes), repr(frame.rest))
 
 
 def _storable(encode, row) -> bool:

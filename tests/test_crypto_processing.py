@@ -9,7 +9,8 @@ import time
 import psycopg
 import pytest
 
-from tickvault.alpaca.crypto import decode_crypto
+from tickvault.alpaca.columnar import decode_columnar
+from tickvault.alpaca.crypto import CRYPTO_QUOTE_FIELDS, CRYPTO_TRADE_FIELDS, decode_crypto
 from tickvault.alpaca.protocol import encode_frame
 from tickvault.stream.cache import PriceCache
 from tickvault.stream.metrics import Metrics
@@ -53,7 +54,7 @@ async def test_crypto_frames_store_bars_indicators_and_feed_the_price_cache(fres
     assert ind[0] == 30 and ind[1] == 30 - 14 and ind[2] == 30 - 19  # NULL until each window has filled
     assert bad == [("stream:crypto", "unknown message type 's' on the crypto stream")]
     assert [(str(s), side) for s, side in trades] == [("0.25", "S")]
-    assert cache.peek("BTC/USD") == (90_031.5, True) and cache.quote("BTC/USD")[6] == 90_032.0
+    assert cache.peek("BTC/USD") == (90_031.5, True) and cache.quote("BTC/USD")["ask_price"] == 90_032.0
     assert feed_metrics.totals["bars"] == 31 and feed_metrics.totals["rejects"] == 1
     assert feed_metrics.totals["rows_committed"] > 0 and metrics.totals["rows_committed"] == 0
 
@@ -90,3 +91,28 @@ async def test_crypto_vwap_restarts_at_utc_midnight_uses_vw_and_survives_a_resta
     for when, got, by_sql, _ in rows:
         assert got == pytest.approx(by_sql, rel=1e-12), when
     assert rows[20][1] == rows[20][3] and rows[19][1] != pytest.approx(rows[19][3], rel=1e-9)  # 00:00Z restarts
+
+
+def test_price_cache_takes_each_decoders_rows_by_field_name():
+    """Stock and crypto rows go into one cache as their decoders made them; prices and quotes are read
+    by field name, whatever the row's shape."""
+    metrics = Metrics()
+    cache = PriceCache(60, metrics)
+    stock = decode_columnar(encode_frame([
+        {"T": "t", "S": "AAPL", "i": 1, "x": "V", "p": 185.5, "s": 100, "c": ["@"], "z": "C", "t": T0},
+        {"T": "q", "S": "AAPL", "bx": "V", "bp": 185.4, "bs": 3, "ax": "Q", "ap": 185.6, "as": 5, "c": ["R"],
+         "z": "C", "t": T0}]))
+    crypto = decode_crypto(encode_frame([
+        {"T": "t", "S": "ETH/USD", "i": 2, "p": 3000.25, "s": 0.5, "tks": "B", "t": T0},
+        {"T": "q", "S": "ETH/USD", "bp": 3000.0, "bs": 1.25, "ap": 3000.5, "as": 2.0, "t": T0}]))
+    mono = time.monotonic_ns()
+    cache.update_latest_trades(stock.trades.latest, mono)
+    cache.update_latest_quotes(stock.quotes.latest, mono)
+    cache.update_latest_trades(crypto.trades.latest, mono, CRYPTO_TRADE_FIELDS)
+    cache.update_latest_quotes(crypto.quotes.latest, mono, CRYPTO_QUOTE_FIELDS)
+    assert cache.peek("AAPL") == (185.5, True) and cache.peek("ETH/USD") == (3000.25, True)
+    assert cache.quote("AAPL")["ask_price"] == 185.6 and cache.quote("AAPL")["ask_size"] == 5
+    assert cache.quote("ETH/USD")["ask_price"] == 3000.5 and cache.quote("ETH/USD")["bid_size"] == 1.25
+    assert cache.peek("BTC/USD") == (None, False) and cache.quote("BTC/USD") is None
+    assert cache.symbols() == ["AAPL", "ETH/USD"]
+    assert (metrics.totals["cache_hits"], metrics.totals["cache_misses"]) == (2, 1)

@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from tickvault.config import load_settings
+from tickvault.db.aggregates import AGGREGATES
 from tickvault.db.jobs import failing_jobs, job_health, jobs_markdown, warning_lines
 from tickvault.db.policies import (
     APACHE_NOTE,
@@ -44,7 +45,7 @@ def _refresh_jobs(conn: psycopg.Connection) -> dict[str, timedelta]:
         "ON j.hypertable_name = c.materialization_hypertable_name "
         "WHERE j.proc_name = 'policy_refresh_continuous_aggregate'"
     ).fetchall()
-    return {view.removeprefix("ohlcv_"): start for view, start in rows}
+    return dict(rows)  # by continuous aggregate: ohlcv_1m ... and crypto_ohlcv_1m ...
 
 
 def _compression_jobs(conn: psycopg.Connection) -> dict[str, timedelta]:
@@ -75,20 +76,25 @@ def test_apply_policies_follows_the_retention_and_compression_settings(fresh_dat
     url = fresh_database()
     with psycopg.connect(url, autocommit=True) as conn:
         jobs_before = conn.execute("SELECT count(*) FROM timescaledb_information.jobs").fetchone()[0]
-        report = apply_policies(conn, load_settings(retention_trades_days=30, compress_after_hours=24))
+        report = apply_policies(conn, load_settings(retention_trades_days=30, retention_crypto_trades_days=30,
+                                                    compress_after_hours=24))
         if _edition(conn) == "apache":  # nothing to configure there, said once and clearly
             assert report.note == APACHE_NOTE and not report.refresh and not report.changed
             assert conn.execute("SELECT count(*) FROM timescaledb_information.jobs").fetchone()[0] == jobs_before
             assert compression_stats(conn) == []
             return
-        assert _refresh_jobs(conn) == {tf: policy_start_offset(tf, 30) for tf in REFRESH_POLICIES}
-        assert _refresh_jobs(conn)["1d"] == timedelta(days=29)
+        assert _refresh_jobs(conn) == {f"{a.name}_{tf}": policy_start_offset(tf, 30)
+                                       for a in AGGREGATES for tf in REFRESH_POLICIES}
+        assert _refresh_jobs(conn)["ohlcv_1d"] == _refresh_jobs(conn)["crypto_ohlcv_1d"] == timedelta(days=29)
         assert _compression_jobs(conn) == {"trades": timedelta(hours=24), "quotes": timedelta(hours=24)}
-        again = apply_policies(conn, load_settings(retention_trades_days=30, compress_after_hours=24))
+        again = apply_policies(conn, load_settings(retention_trades_days=30, retention_crypto_trades_days=30,
+                                                   compress_after_hours=24))
         assert again.changed == []  # idempotent: no job is recreated
-        apply_policies(conn, load_settings(retention_trades_days=3, compress_after_hours=0))
+        apply_policies(conn, load_settings(retention_trades_days=3, retention_crypto_trades_days=30,
+                                           compress_after_hours=0))
         short = _refresh_jobs(conn)
-        assert "1d" not in short and short["1h"] == timedelta(days=2)  # 1d cannot fit two buckets in 2 days
+        assert "ohlcv_1d" not in short and short["ohlcv_1h"] == timedelta(days=2)  # 1d cannot fit two buckets in 2 d
+        assert short["crypto_ohlcv_1d"] == timedelta(days=29)  # each family follows its own raw table's window
         assert _compression_jobs(conn) == {}
 
 
@@ -96,7 +102,7 @@ async def test_retention_purge_brings_the_refresh_policies_inside_its_window_fir
     from tickvault.jobs.retention import purge_retention
 
     url = fresh_database()
-    report = await purge_retention(load_settings(retention_trades_days=10), db_url=url)
+    report = await purge_retention(load_settings(retention_trades_days=10, retention_crypto_trades_days=10), db_url=url)
     with psycopg.connect(url, autocommit=True) as conn:
         if _edition(conn) == "apache":
             assert report.policy_note == APACHE_NOTE

@@ -18,8 +18,8 @@ import pytest
 from tickvault.config import load_settings
 from tickvault.db.aggregates import TIMEFRAMES, raw_horizon, refresh_ohlcv, refresh_window
 from tickvault.jobs.retention import purge_retention
+from tests.support.ohlcv import WIDTH, assert_same_bars, day as _day, dsn as _dsn, edition as _edition, view
 
-WIDTH = {"1m": "1 minute", "5m": "5 minutes", "1h": "1 hour", "1d": "1 day"}
 DIRECT = """
 SELECT time_bucket(INTERVAL '{w}', time) AS bucket, symbol, first(price, time_ns), max(price), min(price),
        last(price, time_ns), sum(size)::bigint, count(*)::bigint, sum(price * size) / nullif(sum(size), 0)
@@ -56,21 +56,13 @@ def _assert_views_equal_direct(conn: psycopg.Connection) -> None:
         view = conn.execute(
             f"SELECT bucket, symbol, open, high, low, close, volume, trade_count, vwap FROM ohlcv_{tf} ORDER BY 2, 1"
         ).fetchall()
-        direct = conn.execute(DIRECT.format(w=WIDTH[tf])).fetchall()
-        assert len(view) == len(direct), tf
-        for got, want in zip(view, direct):
-            assert got[:8] == want[:8], (tf, got, want)
-            assert got[8] == pytest.approx(want[8], rel=1e-12), (tf, got, want)
+        assert_same_bars(view, conn.execute(DIRECT.format(w=WIDTH[tf])).fetchall(), tf)
 
 
 @pytest.fixture
 def ohlcv_conn(fresh_database):
     with psycopg.connect(fresh_database(), autocommit=True) as c:
         yield c
-
-
-def _edition(conn: psycopg.Connection) -> str:
-    return conn.execute("SELECT current_setting('timescaledb.license')").fetchone()[0]
 
 
 def test_rollups_equal_direct_group_by_with_late_trades(ohlcv_conn):
@@ -129,21 +121,8 @@ def test_explicit_window_recomputes_without_invalidation(ohlcv_conn):
     _assert_views_equal_direct(conn)
 
 
-def _dsn(conn: psycopg.Connection) -> str:
-    info = conn.info
-    return f"postgresql://{info.user}:{info.password}@{info.host}:{info.port}/{info.dbname}"
-
-
 def _view(conn: psycopg.Connection, tf: str, where: str = "true", params=()) -> list[tuple]:
-    return conn.execute(
-        f"SELECT bucket, symbol, open, high, low, close, volume, trade_count, vwap FROM ohlcv_{tf} "
-        f"WHERE {where} ORDER BY symbol, bucket",
-        params,
-    ).fetchall()
-
-
-def _day(when: datetime) -> datetime:
-    return when.replace(hour=0, minute=0, second=0, microsecond=0)
+    return view(conn, f"ohlcv_{tf}", where, params)
 
 
 def test_purge_then_any_refresh_keeps_every_aggregate_row_and_reflects_late_trades(fresh_database):
@@ -215,9 +194,7 @@ def _assert_raw_part_equals_direct(conn: psycopg.Connection, horizon: datetime) 
         direct = conn.execute(
             DIRECT.replace("WHERE NOT canceled", "WHERE NOT canceled AND time >= %s").format(w=WIDTH[tf]), (horizon,)
         ).fetchall()
-        assert len(view) == len(direct), tf
-        for got, want in zip(view, direct):
-            assert got[:8] == want[:8] and got[8] == pytest.approx(want[8], rel=1e-12), (tf, got, want)
+        assert_same_bars(view, direct, tf)
 
 
 def test_refresh_window_never_reaches_below_the_raw_horizon_or_into_the_open_bucket(ohlcv_conn):

@@ -67,7 +67,7 @@ def rconn(fresh_database):
 def test_every_recipe_is_tested():
     assert set(recipe_names()) == {
         "trade_history", "open_orders", "daily_realized_pnl", "position_history", "last_price", "bars_with_indicators",
-        "crypto_vwap", "news_with_bars", "option_trades_by_expiry",
+        "crypto_vwap", "crypto_vwap_1h", "crypto_candles", "news_with_bars", "option_trades_by_expiry",
     }
 
 
@@ -185,3 +185,50 @@ def test_option_trades_by_underlying_and_expiry(rconn):
         ("2026-03-20", "P", Decimal("180.000"), 2, 1, 1.5, 1.5),
         ("2026-12-18", "C", Decimal("250.000"), 1, 1, 9.0, 9.0),
     ]
+
+
+CRYPTO_UNTIL = datetime(2026, 3, 10, 15, 0, 30, tzinfo=timezone.utc)  # 30 s into the 15:00 minute
+CRYPTO_TRADES = [  # (seconds before CRYPTO_UNTIL, pair, id, price, size)
+    (40, "BTC/USD", 1, 90_000.0, "0.1"), (50, "BTC/USD", 2, 91_000.0, "0.2"),  # the 14:59 minute
+    (95, "BTC/USD", 3, 89_000.0, "0.0012"),  # 14:58
+    (3590, "BTC/USD", 4, 92_000.0, "0.5"),  # 14:00:40: the first minute of the hour
+    (3650, "BTC/USD", 5, 1.0, "100"),  # 13:59:40: before the hour, left out of the VWAP
+    (10, "BTC/USD", 6, 2.0, "7"),  # 15:00:20: the open minute, left out of the VWAP
+    (45, "ETH/USD", 1, 3_000.0, "1.5"),
+]
+
+
+def _insert_crypto_trades(conn) -> None:
+    for seconds, pair, tid, price, size in CRYPTO_TRADES:
+        t = CRYPTO_UNTIL - timedelta(seconds=seconds)
+        conn.execute("INSERT INTO crypto_trades (time, symbol, trade_id, price, size, taker_side, time_ns) "
+                     "VALUES (%s, %s, %s, %s, %s, 'S', %s)", (t, pair, tid, price, Decimal(size),
+                                                           int(t.timestamp()) * 10**9 + tid))
+
+
+def test_crypto_vwap_1h_from_the_one_minute_aggregate(rconn):
+    with rconn.transaction(force_rollback=True):
+        _insert_crypto_trades(rconn)
+        rows = run_recipe(rconn, "crypto_vwap_1h", symbols=["BTC/USD", "ETH/USD", "SOL/USD"], until=CRYPTO_UNTIL)
+    by_pair = {r[0]: r[1:] for r in rows}
+    volume = Decimal("0.8012")  # 0.1 + 0.2 + 0.0012 + 0.5: exact, no float residue
+    assert by_pair["BTC/USD"][1:] == (volume, 4)
+    expected = (Decimal(90_000) * Decimal("0.1") + Decimal(91_000) * Decimal("0.2")
+                + Decimal(89_000) * Decimal("0.0012") + Decimal(92_000) * Decimal("0.5")) / volume
+    assert abs(by_pair["BTC/USD"][0] - expected) < Decimal("1e-6")
+    assert by_pair["ETH/USD"] == (Decimal("3000"), Decimal("1.5"), 1)
+    assert by_pair["SOL/USD"] == (None, 0, 0)  # a pair without trades still has its row
+
+
+def test_crypto_candles_are_one_minute_ohlcv_with_exact_volume(rconn):
+    with rconn.transaction(force_rollback=True):
+        _insert_crypto_trades(rconn)
+        rows = run_recipe(rconn, "crypto_candles", symbol="BTC/USD", start=CRYPTO_UNTIL - timedelta(minutes=3),
+                          end=CRYPTO_UNTIL)
+    minute = CRYPTO_UNTIL.replace(second=0)
+    assert [r[:7] for r in rows] == [
+        (minute - timedelta(minutes=2), 89_000.0, 89_000.0, 89_000.0, 89_000.0, Decimal("0.0012"), 1),
+        (minute - timedelta(minutes=1), 91_000.0, 91_000.0, 90_000.0, 90_000.0, Decimal("0.3"), 2),  # 14:59:40, :50
+        (minute, 2.0, 2.0, 2.0, 2.0, Decimal("7"), 1),  # the open minute, computed live
+    ]
+    assert rows[1][7] == pytest.approx((90_000 * 0.1 + 91_000 * 0.2) / 0.3, rel=1e-12)

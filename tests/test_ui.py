@@ -101,6 +101,38 @@ async def test_bars_api_serves_candles_with_indicators_from_the_views(planted):
             assert (await client.get(path)).status_code == 200, path
 
 
+async def test_market_page_serves_a_crypto_pairs_candles_and_live_bars(fresh_database):
+    """A crypto pair (a slash in its name) is listed, charted from crypto_ohlcv_* with its exact
+    fractional volume, and pushed live like a stock."""
+    url = fresh_database()
+    start = (datetime.now(UTC) - timedelta(minutes=15)).replace(second=0, microsecond=0)
+    with psycopg.connect(url, autocommit=True) as conn:
+        for m in range(10):
+            for k in range(3):
+                when = start + timedelta(minutes=m, seconds=10 * k)
+                conn.execute("INSERT INTO crypto_trades (time, symbol, trade_id, price, size, taker_side, time_ns) "
+                             "VALUES (%s, 'BTC/USD', %s, %s, %s, 'B', %s)",
+                             (when, 3 * m + k, 90_000.0 + m + k, Decimal("0.0012") * (k + 1),
+                              int(when.timestamp()) * 10**9))
+        direct = conn.execute(
+            "SELECT extract(epoch FROM time_bucket('1 minute', time))::bigint b, first(price, time_ns), max(price), "
+            "min(price), last(price, time_ns), sum(size) FROM crypto_trades GROUP BY b ORDER BY b").fetchall()
+    settings = load_settings(database_url=url, ui_port=free_port(), ui_live_interval_s=0.2)
+    async with serve_dashboard(settings, url) as base, httpx.AsyncClient(base_url=base, timeout=30) as client:
+        assert "BTC/USD" in (await client.get("/api/config")).json()["symbols"]
+        d = (await client.get("/api/bars", params={"symbol": "btc/usd", "tf": "1m"})).json()
+        assert d["symbol"] == "BTC/USD" and d["t"] == [r[0] for r in direct] and len(d["t"]) == 10
+        assert list(zip(d["o"], d["h"], d["l"], d["c"], d["v"])) == [tuple(float(x) for x in r[1:]) for r in direct]
+        assert d["v"][0] == 0.0072  # 0.0012 + 0.0024 + 0.0036, summed exactly as numeric
+        async with client.stream("GET", "/api/live/BTC%2FUSD") as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            async for line in stream.aiter_lines():
+                if line.startswith("data: "):
+                    pushed = httpx.Response(200, content=line[6:]).json()
+                    break
+        assert pushed["symbol"] == "BTC/USD" and pushed["t"][-1] == d["t"][-1]
+
+
 async def test_health_api_lists_workers_jobs_and_what_retention_drops_next(planted):
     url, _ = planted
     settings = load_settings(database_url=url, ui_port=free_port(), retention_trades_days=30)

@@ -1,8 +1,11 @@
 /* tickvault._columnar: one msgpack market-data frame -> PostgreSQL binary COPY tuple data for its
  * trades and quotes, without a Python object per message.
  *
- * Called only through tickvault.alpaca.columnar (the contract, the fallbacks and the tests live
- * there). decode(frame) returns None when this code will not judge the frame at all, else
+ * Called only through tickvault.alpaca.columnar (stocks) and tickvault.alpaca.crypto (crypto; the
+ * contract, the fallbacks and the tests live there). decode(frame) (stocks: tables.TRADES/QUOTES
+ * rows) and decode_crypto(frame) (tables.CRYPTO_TRADES/CRYPTO_QUOTES rows: a fractional size as the
+ * numeric of its shortest repr, the taker side) return None when this code will not judge the frame
+ * at all, else
  *   (trade_n, trade_copy, trade_min_ns, trade_max_ns, trade_last_ns, trade_latest,
  *    quote_n, quote_copy, quote_min_ns, quote_max_ns, quote_last_ns, quote_latest,
  *    deferred)
@@ -32,13 +35,14 @@
 #include <stdint.h>
 #include <string.h>
 
-#define FORMAT_VERSION 1
+#define FORMAT_VERSION 2 /* 2: decode_crypto */
 /* Deeper nesting is legal msgpack (msgpack-python allows 1024 levels) but never market data; past
  * this, Python decodes the frame. Keeps the recursive skip's stack small and fixed. */
 #define MAX_DEPTH 32
 /* Every int32 length in the copy stays far below 2^31 (a field is at most 4x its input bytes). */
 #define MAX_FRAME (64u * 1024u * 1024u)
 #define PG_EPOCH_US INT64_C(946684800000000) /* 2000-01-01 in Unix microseconds */
+#define NUMERIC_MAX_BYTES 64 /* a size's numeric: 8-byte head + base-10000 digits of <= 20 decimal digits */
 #define TEXT_OID 25
 
 /* ------------------------------------------------------------------------------------------ */
@@ -334,6 +338,11 @@ typedef struct {
     int64_t i, s1, s2;                  /* trade: id, size; quote: bid, ask size */
     const uint8_t *c; uint32_t cn; uint32_t cbytes; int has_c; /* conditions: elements, count, sum of lengths */
     const uint8_t *z; uint32_t zlen; int has_z;
+    /* crypto: trade size as the wire had it (an int, or a float whose numeric is in num), taker side
+     * (0: none, else 'B' or 'S'); quote sizes */
+    double sf; int s_float; uint8_t tks;
+    uint8_t num[NUMERIC_MAX_BYTES]; uint32_t numlen;
+    double f1, f2;
     size_t idx; /* its place in the frame's Rows */
 } Row;
 
@@ -452,7 +461,7 @@ typedef struct {
 /* ------------------------------------------------------------------------------------------ */
 /* Messages */
 
-enum { K_T, K_t, K_S, K_i, K_x, K_p, K_s, K_c, K_z, K_bx, K_bp, K_bs, K_ax, K_ap, K_as, K_COUNT };
+enum { K_T, K_t, K_S, K_i, K_x, K_p, K_s, K_c, K_z, K_bx, K_bp, K_bs, K_ax, K_ap, K_as, K_tks, K_COUNT };
 
 static int key_of(const Val *k) {
     if (k->kind != V_STR) return -1;
@@ -471,6 +480,7 @@ static int key_of(const Val *k) {
         default: return -1;
         }
     }
+    if (k->len == 3 && s[0] == 't' && s[1] == 'k' && s[2] == 's') return K_tks;
     if (k->len == 2 && (s[0] == 'b' || s[0] == 'a')) {
         int bid = s[0] == 'b';
         switch (s[1]) {
@@ -618,9 +628,10 @@ static int put_quote(Columns *cols, const Row *row, const uint8_t *end) {
 
 enum { MSG_FAIL = -1, MSG_DEFER = 0, MSG_TRADE = 1, MSG_QUOTE = 2 };
 
-/* One message map (header already read). Fills row on MSG_TRADE/MSG_QUOTE. */
-static int read_message(Rd *r, const Val *map, Row *row) {
-    Val vals[K_COUNT];
+/* One message map's fields (header already read): the known keys' values in vals, which were seen
+ * in *seen. MSG_FAIL: not msgpack Python reads; MSG_DEFER: Python decides (a repeated key, no T, a T
+ * that is not 't' or 'q'); else the message's kind, its t and S not yet checked. */
+static inline int read_fields(Rd *r, const Val *map, Val *vals, uint32_t *seen_out) {
     uint32_t seen = 0;
     int dup = 0;
     for (uint32_t k = 0; k < map->len; k++) {
@@ -638,21 +649,42 @@ static int read_message(Rd *r, const Val *map, Row *row) {
         if (read_header(r, v)) return MSG_FAIL;
         if (v->kind >= V_STR && skip_rest(r, v, 1)) return MSG_FAIL; /* scalars need no more */
     }
+    *seen_out = seen;
     if (dup || !(seen & (1u << K_T))) return MSG_DEFER;
     const Val *T = &vals[K_T];
     if (T->kind != V_STR || T->len != 1) return MSG_DEFER;
-    int kind = T->ptr[0] == 't' ? MSG_TRADE : T->ptr[0] == 'q' ? MSG_QUOTE : MSG_DEFER;
-    if (kind == MSG_DEFER) return MSG_DEFER;
+    return T->ptr[0] == 't' ? MSG_TRADE : T->ptr[0] == 'q' ? MSG_QUOTE : MSG_DEFER;
+}
 
-    uint32_t need = kind == MSG_TRADE
-        ? (1u << K_t) | (1u << K_S) | (1u << K_i) | (1u << K_x) | (1u << K_p) | (1u << K_s)
-        : (1u << K_t) | (1u << K_S) | (1u << K_bx) | (1u << K_bp) | (1u << K_bs) | (1u << K_ax) | (1u << K_ap) | (1u << K_as);
-    if ((seen & need) != need) return MSG_DEFER;
+/* read_fields, then the kind of a trade or quote that has every field need[kind] names, a Timestamp
+ * t that fits int64 ns and a storable S (both into row); else MSG_DEFER or MSG_FAIL. */
+static inline int read_head(Rd *r, const Val *map, Val *vals, uint32_t *seen, Row *row, const uint32_t need[3]) {
+    int kind = read_fields(r, map, vals, seen);
+    if (kind <= MSG_DEFER) return kind;
+    if ((*seen & need[kind]) != need[kind]) return MSG_DEFER;
     const Val *t = &vals[K_t];
     if (t->kind != V_EXT || t->ext_type != -1 || timestamp_ns(t, &row->t_ns)) return MSG_DEFER;
     if (!is_text(&vals[K_S])) return MSG_DEFER;
     row->sym = vals[K_S].ptr;
     row->slen = vals[K_S].len;
+    return kind;
+}
+
+#define F(k) (1u << K_##k)
+static const uint32_t STOCK_NEED[3] = {
+    0, F(t) | F(S) | F(i) | F(x) | F(p) | F(s), F(t) | F(S) | F(bx) | F(bp) | F(bs) | F(ax) | F(ap) | F(as),
+};
+static const uint32_t CRYPTO_NEED[3] = {
+    0, F(t) | F(S) | F(i) | F(p) | F(s), F(t) | F(S) | F(bp) | F(bs) | F(ap) | F(as),
+};
+#undef F
+
+/* One stock message map (header already read). Fills row on MSG_TRADE/MSG_QUOTE. */
+static int read_message(Rd *r, const Val *map, Row *row) {
+    Val vals[K_COUNT];
+    uint32_t seen;
+    int kind = read_head(r, map, vals, &seen, row, STOCK_NEED);
+    if (kind <= MSG_DEFER) return kind;
     if (kind == MSG_TRADE) {
         if (vals[K_i].kind != V_INT || !is_text(&vals[K_x]) || as_price(&vals[K_p], &row->p1)
             || vals[K_s].kind != V_INT)
@@ -679,6 +711,178 @@ static int read_message(Rd *r, const Val *map, Row *row) {
     if (as_conditions_in(&vals[K_c], (seen >> K_c) & 1, r->p, row)) return MSG_DEFER;
     if (as_tape(&vals[K_z], (seen >> K_z) & 1, row)) return MSG_DEFER;
     return kind;
+}
+
+
+/* ------------------------------------------------------------------------------------------ */
+/* Crypto (tables.CRYPTO_TRADES / CRYPTO_QUOTES, alpaca/crypto.py): the rows crypto._trade_row and
+ * _quote_row encode, for the one well-typed shape of each message; everything else is deferred. */
+
+/* PostgreSQL binary numeric of the decimal coefficient d[0..nd) x 10^exp (non-negative), byte for
+ * byte what psycopg's dump_decimal_to_numeric_binary writes for Decimal with that as_tuple(). Returns
+ * the length, or 0 when it would not fit `out` (never for a double's or an int64's digits). */
+static uint32_t numeric_of_digits(uint8_t *out, const uint8_t *d, int nd, int exp) {
+    static const int weights[4] = {1000, 100, 10, 1};
+    int ndigits = nd, nzdigits = nd, dscale, wi = 0;
+    while (nzdigits > 0 && d[nzdigits - 1] == 0) nzdigits--;
+    if (exp <= 0) {
+        dscale = -exp;
+    } else {
+        dscale = 0;
+        ndigits += exp % 4;
+    }
+    if (dscale > 16383) return 0; /* psycopg refuses it; Python rejects the message */
+    int count = 0, weight = 0;
+    if (nzdigits) {
+        int mod = ((ndigits - dscale) % 4 + 4) % 4; /* Python's % */
+        if (mod) {
+            wi = 4 - mod;
+            ndigits += wi;
+        }
+        int q = ndigits + exp; /* Python's // */
+        weight = (q >= 0 ? q / 4 : -((-q + 3) / 4)) - 1;
+        if (weight > 32767) return 0;
+        int tmp = nzdigits + wi;
+        count = tmp / 4 + (tmp % 4 ? 1 : 0);
+    }
+    uint32_t len = 8 + 2 * (uint32_t)count;
+    if (len > NUMERIC_MAX_BYTES) return 0;
+    out[0] = (uint8_t)(count >> 8); out[1] = (uint8_t)count;
+    out[2] = (uint8_t)((uint16_t)weight >> 8); out[3] = (uint8_t)weight;
+    out[4] = 0; out[5] = 0; /* NUMERIC_POS */
+    out[6] = (uint8_t)(dscale >> 8); out[7] = (uint8_t)dscale;
+    uint8_t *o = out + 8;
+    int pg = 0;
+    for (int k = 0; k < nzdigits; k++) {
+        pg += weights[wi] * d[k];
+        if (++wi >= 4) {
+            *o++ = (uint8_t)(pg >> 8); *o++ = (uint8_t)pg;
+            pg = wi = 0;
+        }
+    }
+    if (pg) { *o++ = (uint8_t)(pg >> 8); *o++ = (uint8_t)pg; }
+    return len;
+}
+
+/* The numeric of a non-negative int: Decimal(int). */
+static uint32_t numeric_of_int(uint8_t *out, int64_t x) {
+    uint8_t d[20];
+    int nd = 0;
+    char tmp[24];
+    int n = 0;
+    do { tmp[n++] = (char)(x % 10); x /= 10; } while (x);
+    while (n) d[nd++] = (uint8_t)tmp[--n];
+    return numeric_of_digits(out, d, nd, 0);
+}
+
+/* The numeric of a finite, non-negative double as the shortest decimal that reads back as it:
+ * Decimal(repr(f)), repr being CPython's own (PyOS_double_to_string 'r' with the ".0"). Returns 0
+ * with no Python error when it cannot, -1 on MemoryError, else the length. */
+static int numeric_of_double(uint8_t *out, double f) {
+    char *text = PyOS_double_to_string(f, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    if (!text) return -1;
+    uint8_t d[32];
+    int nd = 0, frac = 0, in_frac = 0, exp = 0, ok = 1;
+    const char *c = text;
+    for (; *c && *c != 'e'; c++) {
+        if (*c == '.') { in_frac = 1; continue; }
+        if (*c < '0' || *c > '9' || nd >= (int)sizeof d) { ok = 0; break; }
+        if (nd == 0 && *c == '0') { /* a leading zero: Decimal's coefficient drops it */
+            if (in_frac) frac++;
+            continue;
+        }
+        d[nd++] = (uint8_t)(*c - '0');
+        if (in_frac) frac++;
+    }
+    if (ok && *c == 'e') {
+        int sign = 1;
+        c++;
+        if (*c == '-' || *c == '+') sign = *c++ == '-' ? -1 : 1;
+        for (; *c >= '0' && *c <= '9'; c++) exp = exp * 10 + (*c - '0');
+        exp *= sign;
+        if (*c) ok = 0;
+    }
+    PyMem_Free(text);
+    if (!ok) return 0;
+    if (nd == 0) d[nd++] = 0; /* zero: the coefficient is 0 */
+    return (int)numeric_of_digits(out, d, nd, exp - frac);
+}
+
+/* Python's `x + 0.0` for an int or float wire value that is not NaN, into *out; -1 otherwise. */
+#define as_float8 as_price
+
+/* One crypto message map (header already read). Fills row on MSG_TRADE/MSG_QUOTE; -2 on a Python
+ * error (MemoryError). */
+static int read_crypto_message(Rd *r, const Val *map, Row *row) {
+    Val vals[K_COUNT];
+    uint32_t seen;
+    int kind = read_head(r, map, vals, &seen, row, CRYPTO_NEED);
+    if (kind <= MSG_DEFER) return kind;
+    if (kind == MSG_QUOTE) {
+        if (as_float8(&vals[K_bp], &row->p1) || as_float8(&vals[K_bs], &row->f1)
+            || as_float8(&vals[K_ap], &row->p2) || as_float8(&vals[K_as], &row->f2))
+            return MSG_DEFER;
+        return kind;
+    }
+    if (vals[K_i].kind != V_INT || as_price(&vals[K_p], &row->p1)) return MSG_DEFER;
+    row->i = vals[K_i].i;
+    const Val *sz = &vals[K_s];
+    if (sz->kind == V_INT) {
+        if (sz->i < 0) return MSG_DEFER; /* Python rejects it, with its reason */
+        row->s_float = 0;
+        row->s1 = sz->i;
+        row->numlen = numeric_of_int(row->num, sz->i);
+    } else if (sz->kind == V_F64 || sz->kind == V_F32) {
+        /* NaN, infinities, negatives and -0.0 (stored as "-0.0"'s numeric by Python) are Python's */
+        if (!isfinite(sz->f) || sz->f < 0 || signbit(sz->f)) return MSG_DEFER;
+        row->s_float = 1;
+        row->sf = sz->f;
+        int n = numeric_of_double(row->num, sz->f);
+        if (n < 0) return -2;
+        row->numlen = (uint32_t)n;
+    } else {
+        return MSG_DEFER;
+    }
+    if (row->numlen == 0) return MSG_DEFER;
+    row->tks = 0;
+    if ((seen >> K_tks) & 1) {
+        const Val *k = &vals[K_tks];
+        if (k->kind == V_STR && k->len == 1 && (k->ptr[0] == 'B' || k->ptr[0] == 'S')) row->tks = k->ptr[0];
+        else if (k->kind != V_NIL) return MSG_DEFER;
+    }
+    return kind;
+}
+
+static int put_crypto_trade(Columns *cols, const Row *row) {
+    size_t need = 2 + 4 * 12 + 3 * 4 + row->slen + 1 + row->numlen;
+    Buf *b = &cols->copy;
+    if (buf_reserve(b, need)) return -1;
+    put16(b, 7);
+    put_timestamptz(b, row->t_ns);
+    put_text(b, row->sym, row->slen);
+    put_int8(b, row->i);
+    put_float8(b, row->p1);
+    put32(b, (int32_t)row->numlen);
+    memcpy(b->data + b->len, row->num, row->numlen);
+    b->len += row->numlen;
+    if (row->tks) put_text(b, &row->tks, 1);
+    else put32(b, -1);
+    put_int8(b, row->t_ns);
+    return add_row(cols, row);
+}
+
+static int put_crypto_quote(Columns *cols, const Row *row) {
+    Buf *b = &cols->copy;
+    if (buf_reserve(b, 2 + 6 * 12 + 4 + row->slen)) return -1;
+    put16(b, 7);
+    put_timestamptz(b, row->t_ns);
+    put_text(b, row->sym, row->slen);
+    put_float8(b, row->p1);
+    put_float8(b, row->f1);
+    put_float8(b, row->p2);
+    put_float8(b, row->f2);
+    put_int8(b, row->t_ns);
+    return add_row(cols, row);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -710,13 +914,27 @@ static PyObject *opt_str(int present, const uint8_t *s, uint32_t n) {
 
 /* The TRADE_FIELDS / QUOTE_FIELDS tuple of an accepted row (built directly: Py_BuildValue's
  * format parsing cost as much as the objects). */
-static PyObject *row_tuple(const Row *row, int is_trade, const uint8_t *end, PyObject *sym) {
-    PyObject *tup = PyTuple_New(is_trade ? 8 : 10);
+static PyObject *row_tuple(const Row *row, int is_trade, int crypto, const uint8_t *end, PyObject *sym) {
+    PyObject *tup = PyTuple_New(crypto ? 6 : is_trade ? 8 : 10);
     if (!tup) return NULL;
     Py_ssize_t k = 0;
 #define SET(expr) do { PyObject *o_ = (expr); if (!o_) { Py_DECREF(tup); return NULL; } PyTuple_SET_ITEM(tup, k++, o_); } while (0)
     SET(PyLong_FromLongLong(row->t_ns));
     SET(Py_NewRef(sym));
+    if (crypto) { /* CRYPTO_TRADE_FIELDS / CRYPTO_QUOTE_FIELDS */
+        if (is_trade) {
+            SET(PyLong_FromLongLong(row->i));
+            SET(PyFloat_FromDouble(row->p1));
+            SET(row->s_float ? PyFloat_FromDouble(row->sf) : PyLong_FromLongLong(row->s1));
+            SET(row->tks ? PyUnicode_FromStringAndSize((const char *)&row->tks, 1) : Py_NewRef(Py_None));
+        } else {
+            SET(PyFloat_FromDouble(row->p1));
+            SET(PyFloat_FromDouble(row->f1));
+            SET(PyFloat_FromDouble(row->p2));
+            SET(PyFloat_FromDouble(row->f2));
+        }
+        return tup;
+    }
     if (is_trade) {
         SET(PyLong_FromLongLong(row->i));
         SET(str_of(row->x1, row->x1len));
@@ -737,14 +955,14 @@ static PyObject *row_tuple(const Row *row, int is_trade, const uint8_t *end, PyO
 }
 
 /* symbol -> its newest row's tuple, in order of first appearance. */
-static PyObject *latest_dict(const Latest *t, const Rows *rows, int is_trade, const uint8_t *end) {
+static PyObject *latest_dict(const Latest *t, const Rows *rows, int is_trade, int crypto, const uint8_t *end) {
     PyObject *d = PyDict_New();
     if (!d) return NULL;
     for (size_t e = 0; e < t->n; e++) {
         const Row *row = &rows->rows[t->entries[e].idx];
         PyObject *sym = str_of(row->sym, row->slen);
         if (!sym) goto fail;
-        PyObject *tup = row_tuple(row, is_trade, end, sym);
+        PyObject *tup = row_tuple(row, is_trade, crypto, end, sym);
         int rc = tup ? PyDict_SetItem(d, sym, tup) : -1;
         Py_DECREF(sym);
         Py_XDECREF(tup);
@@ -756,11 +974,11 @@ fail:
     return NULL;
 }
 
-static PyObject *columns_result(Columns *c, const Rows *rows, int is_trade, const uint8_t *end, PyObject **copy,
-                                PyObject **latest) {
+static PyObject *columns_result(Columns *c, const Rows *rows, int is_trade, int crypto, const uint8_t *end,
+                                PyObject **copy, PyObject **latest) {
     *copy = PyBytes_FromStringAndSize((const char *)c->copy.data, (Py_ssize_t)c->copy.len);
     if (!*copy) return NULL;
-    *latest = latest_dict(&c->latest, rows, is_trade, end);
+    *latest = latest_dict(&c->latest, rows, is_trade, crypto, end);
     if (!*latest) { Py_CLEAR(*copy); return NULL; }
     return *copy;
 }
@@ -784,8 +1002,7 @@ static int ranges_add(Ranges *d, size_t start, size_t end) {
     return 0;
 }
 
-static PyObject *decode(PyObject *self, PyObject *arg) {
-    (void)self;
+static PyObject *decode_any(PyObject *arg, int crypto) {
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE)) return NULL;
     const uint8_t *base = view.buf;
@@ -811,17 +1028,18 @@ static PyObject *decode(PyObject *self, PyObject *arg) {
         if (!row) { failed = 1; goto done; }
         if (read_header(&r, &v)) { failed = 2; goto done; }
         if (v.kind == V_MAP) {
-            kind = read_message(&r, &v, row);
+            kind = crypto ? read_crypto_message(&r, &v, row) : read_message(&r, &v, row);
             row->idx = rows.n;
         } else {
             kind = skip_rest(&r, &v, 1) ? MSG_FAIL : MSG_DEFER;
         }
+        if (kind == -2) { failed = 1; goto done; }
         if (kind == MSG_FAIL) { failed = 2; goto done; }
         if (kind == MSG_TRADE) {
-            if (put_trade(&trades, row, r.p)) { failed = 1; goto done; }
+            if (crypto ? put_crypto_trade(&trades, row) : put_trade(&trades, row, r.p)) { failed = 1; goto done; }
             rows.n++;
         } else if (kind == MSG_QUOTE) {
-            if (put_quote(&quotes, row, r.p)) { failed = 1; goto done; }
+            if (crypto ? put_crypto_quote(&quotes, row) : put_quote(&quotes, row, r.p)) { failed = 1; goto done; }
             rows.n++;
         } else if (ranges_add(&deferred, (size_t)(start - base), (size_t)(r.p - base))) {
             failed = 1;
@@ -831,8 +1049,8 @@ static PyObject *decode(PyObject *self, PyObject *arg) {
     if (r.p != r.end) { failed = 2; goto done; } /* trailing bytes: unpackb raises ExtraData */
 
     PyObject *tcopy = NULL, *tlatest = NULL, *qcopy = NULL, *qlatest = NULL, *ranges = NULL;
-    if (!columns_result(&trades, &rows, 1, r.end, &tcopy, &tlatest)) { failed = 1; goto done; }
-    if (!columns_result(&quotes, &rows, 0, r.end, &qcopy, &qlatest)) {
+    if (!columns_result(&trades, &rows, 1, crypto, r.end, &tcopy, &tlatest)) { failed = 1; goto done; }
+    if (!columns_result(&quotes, &rows, 0, crypto, r.end, &qcopy, &qlatest)) {
         Py_DECREF(tcopy); Py_DECREF(tlatest);
         failed = 1;
         goto done;
@@ -871,10 +1089,23 @@ done:
     return failed ? NULL : result;
 }
 
+static PyObject *decode(PyObject *self, PyObject *arg) {
+    (void)self;
+    return decode_any(arg, 0);
+}
+
+static PyObject *decode_crypto(PyObject *self, PyObject *arg) {
+    (void)self;
+    return decode_any(arg, 1);
+}
+
 static PyMethodDef methods[] = {
     {"decode", decode, METH_O,
      "decode(frame: bytes) -> tuple | None: a msgpack frame's trades and quotes as binary COPY tuple "
      "data, the byte ranges of every other message, or None when the frame is left to Python."},
+    {"decode_crypto", decode_crypto, METH_O,
+     "decode_crypto(frame: bytes) -> tuple | None: decode() for the crypto stream (tables.CRYPTO_TRADES "
+     "and CRYPTO_QUOTES rows)."},
     {NULL, NULL, 0, NULL},
 };
 

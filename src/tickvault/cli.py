@@ -202,7 +202,7 @@ def _edition_status(url: str) -> None:
     """Aggregates, compression and background jobs: what the edition gives and whether it works."""
     import psycopg
 
-    from tickvault.db.aggregates import raw_horizon
+    from tickvault.db.aggregates import CRYPTO, raw_horizon
     from tickvault.db.jobs import job_health, warning_lines
     from tickvault.db.policies import compression_stats, current_policies
     from tickvault.jobs.markdown import human_bytes
@@ -210,6 +210,7 @@ def _edition_status(url: str) -> None:
     with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
         policies = current_policies(conn)
         horizon = raw_horizon(conn)
+        crypto_horizon = raw_horizon(conn, CRYPTO)
         compression = compression_stats(conn)
         jobs = job_health(conn)
     typer.echo(policies.note)
@@ -217,6 +218,9 @@ def _edition_status(url: str) -> None:
         typer.echo("raw horizon: none (no raw trades)")
     else:
         typer.echo(f"raw horizon: {horizon.isoformat(timespec='seconds')} (OHLCV buckets before it are kept, never refreshed)")
+    if crypto_horizon is not None:
+        typer.echo(f"crypto raw horizon: {crypto_horizon.isoformat(timespec='seconds')} "
+                   "(crypto_ohlcv buckets before it are kept, never refreshed)")
     for c in compression:
         typer.echo(
             f"compression: {c.table} {c.compressed_chunks}/{c.chunks} chunks compressed, "
@@ -275,7 +279,7 @@ def db_refresh_aggregates(
     start: str = typer.Option(None, help="Recompute buckets from this time (ISO 8601, UTC if no offset)."),
     end: str = typer.Option(None, help="...up to this time."),
 ) -> None:
-    """Refresh the OHLCV aggregates (continuous aggregates or tickvault's rollups, per edition)."""
+    """Refresh the OHLCV aggregates, ohlcv_* and crypto_ohlcv_* (continuous aggregates or tickvault's rollups, per edition)."""
     from datetime import datetime
 
     from tickvault.db import database_url
@@ -292,7 +296,7 @@ def db_refresh_aggregates(
     results = refresh_ohlcv(database_url(_settings()), parse(start), parse(end))
     for r in results:
         rows = "" if r.rows is None else f"  {r.rows} rows"
-        typer.echo(f"{r.timeframe:>3}  {r.lo} → {r.hi}{rows}")
+        typer.echo(f"{r.aggregate}_{r.timeframe}  {r.lo} → {r.hi}{rows}")
     if not results:
         typer.echo("nothing to refresh (no raw trades in the window, or all of it is below the raw horizon)")
 

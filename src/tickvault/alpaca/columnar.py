@@ -50,6 +50,8 @@ __all__ = [
     "TradeColumns",
     "UnstorableRow",
     "columns_of",
+    "extension_result",
+    "join_columns",
     "decode_columnar",
     "encode_quote_copy",
     "encode_trade_copy",
@@ -64,7 +66,7 @@ COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00
 #: Binary COPY stream trailer: a field count of -1.
 COPY_TRAILER = b"\xff\xff"
 
-_FORMAT_VERSION = 1  # the tuple layout tickvault._columnar.decode returns; a stale build is not used
+_FORMAT_VERSION = 2  # the tuple layout tickvault._columnar.decode returns; a stale build is not used
 try:
     from tickvault import _columnar
 
@@ -72,9 +74,10 @@ try:
         raise ImportError(f"tickvault._columnar has format {getattr(_columnar, 'FORMAT_VERSION', None)}, "
                           f"this module needs {_FORMAT_VERSION}: rebuild with `pip install -e .`")
     _c_decode = _columnar.decode
+    _c_decode_crypto = _columnar.decode_crypto  # used by tickvault.alpaca.crypto
     HAVE_EXTENSION = True
 except ImportError as exc:
-    _c_decode = None
+    _c_decode = _c_decode_crypto = None
     HAVE_EXTENSION = False
     log.warning("tickvault._columnar is not available (%s); columnar decoding runs in Python (slower)", exc)
 
@@ -336,7 +339,11 @@ def _decode_python(data: bytes | str) -> ColumnarFrame:
 
 def _append(cols, rows: _StorableRows, cls):
     """Rows that come after every row of ``cols`` (a repaired message: decode_frame's second pass)."""
-    extra = _columns(cls, rows)
+    return join_columns(cols, _columns(cls, rows))
+
+
+def join_columns(cols, extra):
+    """``cols`` followed by ``extra`` (either may be None); ``cols`` is extended in place."""
     if cols is None or extra is None:
         return cols if extra is None else extra
     cols.n += extra.n
@@ -356,16 +363,24 @@ _unpackb = msgpack.unpackb
 _MARKET_TYPES = ("t", "q")
 
 
-def _from_extension(data: bytes, res: tuple) -> ColumnarFrame:
+def extension_result(data: bytes, res: tuple) -> tuple[TradeColumns | None, QuoteColumns | None, list | None]:
+    """What the extension's ``decode``/``decode_crypto`` returned for ``data``: its trades and quotes as
+    columns, and the messages it left to Python (None: none). The extension checked everything that
+    could make unpackb fail (UTF-8, Timestamp exts, hashable keys, bounds), so each left message's
+    byte range decodes alone as it would in the whole frame."""
     tn, tcopy, tmin, tmax, tlast, tlatest, qn, qcopy, qmin, qmax, qlast, qlatest, deferred = res
     trades = TradeColumns(tn, tcopy, tmin, tmax, tlast, tlatest) if tn else None
     quotes = QuoteColumns(qn, qcopy, qmin, qmax, qlast, qlatest) if qn else None
     if deferred is None:
-        return ColumnarFrame(trades, quotes, DecodedFrame())
-    # Messages C left to Python. The extension checked everything that could make unpackb fail
-    # (UTF-8, Timestamp exts, hashable keys, bounds), so each range decodes alone as it would in
-    # the whole frame.
+        return trades, quotes, None
     msgs = [_unpackb(data[s:e], raw=False, timestamp=2, strict_map_key=False) for s, e in deferred]
+    return trades, quotes, msgs
+
+
+def _from_extension(data: bytes, res: tuple) -> ColumnarFrame:
+    trades, quotes, msgs = extension_result(data, res)
+    if msgs is None:
+        return ColumnarFrame(trades, quotes, DecodedFrame())
     for m in msgs:
         # A trade/quote C declined but Python's fast path takes (a bool for an int, an int time,
         # a repeated key) sits among C's rows in decode_frame's order. Rare: decode it all in Python.

@@ -19,8 +19,12 @@ What differs from stocks (Alpaca's docs; alpaca-py's ``CryptoDataStream``):
 Columnar form (what the worker queues): trades and quotes become PostgreSQL binary COPY tuple data
 for :data:`tickvault.db.tables.CRYPTO_TRADES` / :data:`~tickvault.db.tables.CRYPTO_QUOTES` in the
 same :class:`~tickvault.alpaca.columnar.TradeColumns` / ``QuoteColumns`` containers the stock path
-uses; bars and orderbooks stay tuples (a few per second). The encoder is Python (a few µs per trade,
-fine for crypto's rates); the compiled fast path in ``tickvault._columnar`` is stocks-only.
+uses; bars and orderbooks stay tuples (a few per second). A msgpack frame's trades and quotes are
+encoded by the compiled ``tickvault._columnar.decode_crypto`` when it is built (the stocks' fast
+path, the same rules: it takes only the one well-typed shape of a trade or quote and leaves every
+other message to this module's loop as a byte range; a trade or quote it declines sends the whole
+frame through Python); without it, or for JSON, the Python encoder here (a few µs per trade) does it.
+Both give the same COPY bytes, rows and rejects for every frame (``tests/test_crypto_protocol.py``).
 
 Sizes are stored as ``numeric``: a float size such as 0.0012 is written as the shortest decimal that
 reads back as the same float (``repr``), which is the decimal the exchange printed whenever it has at
@@ -32,6 +36,7 @@ Bounds: memory O(frame size), freed with the returned :class:`CryptoFrame`; noth
 
 from __future__ import annotations
 
+import logging
 import math
 import struct
 from dataclasses import dataclass, field
@@ -44,9 +49,12 @@ from tickvault.alpaca.columnar import (
     QuoteColumns,
     TradeColumns,
     UnstorableRow,
+    _c_decode_crypto,
     _float8,
     _int8,
     columns_of,
+    extension_result,
+    join_columns,
     _text,
     _time,
 )
@@ -218,22 +226,59 @@ def _reason(msg: Any) -> str:
                           wrong_type="has a field of the wrong type or a value the table cannot store")
 
 
+log = logging.getLogger("tickvault.crypto")
+_MARKET_TYPES = ("t", "q")
+
+
 def decode_crypto(data: bytes | str) -> CryptoFrame:
     """Decode one crypto server frame (msgpack ``bytes`` or JSON ``str``). Never raises.
 
     Trades and quotes are encoded for COPY as they are read, so a value PostgreSQL could not store
     (a negative or NaN size, a taker side other than B/S, text with a NUL) rejects that message
     alone. A string time is repaired (RFC 3339) and the message decoded after the others, as in
-    ``decode_frame``.
+    ``decode_frame``. With the compiled extension a msgpack frame's trades and quotes are encoded in
+    C (see the module docstring); the result is the same.
     """
+    if _c_decode_crypto is not None and not isinstance(data, str):
+        try:
+            res = _c_decode_crypto(data)
+            if res is not None:
+                return _from_extension(data, res)
+        except Exception:  # MemoryError, or a bug: the Python path still answers
+            log.debug("crypto fast path failed; decoding the frame in Python", exc_info=True)
+    return _decode_python(data)
+
+
+def _from_extension(data: bytes, res: tuple) -> CryptoFrame:
+    trades, quotes, msgs = extension_result(data, res)
+    rest = CryptoRest()
+    if msgs is None:
+        return CryptoFrame(trades, quotes, rest)
+    # A trade or quote C declined without a string time (a bool, NaN, a negative size...) is judged
+    # by Python with the whole frame, so its row or reject keeps its place.
+    for m in msgs:
+        if type(m) is dict and m.get("T") in _MARKET_TYPES and not isinstance(m.get("t"), str):
+            return _decode_python(data)
+    more_trades, more_quotes = _decode_messages(msgs, rest, True)
+    # Rows left here were repaired (a string time): the Python path puts them after all others too.
+    return CryptoFrame(join_columns(trades, more_trades), join_columns(quotes, more_quotes), rest)
+
+
+def _decode_python(data: bytes | str) -> CryptoFrame:
     rest = CryptoRest()
     msgs = _load_frame(data, rest)  # type: ignore[arg-type]  # needs only .rejects
+    trades, quotes = _decode_messages(msgs or [], rest, not isinstance(data, str))
+    return CryptoFrame(trades, quotes, rest)
+
+
+def _decode_messages(msgs: list, rest: CryptoRest, use_msgpack: bool) -> tuple[TradeColumns | None,
+                                                                              QuoteColumns | None]:
+    """The crypto decoding loop: trades and quotes as columns, the rest into ``rest``."""
     trades: list[tuple] = []
     trade_copy: list[bytes] = []
     quotes: list[tuple] = []
     quote_copy: list[bytes] = []
-    use_msgpack = not isinstance(data, str)
-    pending = msgs or []
+    pending = msgs
     while pending:
         retry: list = []
         for m in pending:
@@ -274,8 +319,8 @@ def decode_crypto(data: bytes | str) -> CryptoFrame:
                 else:
                     rest.rejects.append(Reject(_reason(m), _reencode(m, use_msgpack)))
         pending = retry
-    return CryptoFrame(columns_of(TradeColumns, trades, b"".join(trade_copy)),
-                       columns_of(QuoteColumns, quotes, b"".join(quote_copy)), rest)
+    return (columns_of(TradeColumns, trades, b"".join(trade_copy)),
+            columns_of(QuoteColumns, quotes, b"".join(quote_copy)))
 
 
 # --------------------------------------------------------------------------------------------

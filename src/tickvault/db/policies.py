@@ -5,7 +5,7 @@ Which edition gives what (``timescaledb.license``):
 =====================================  ===============================  ==============================
                                        ``timescale`` (official images)  ``apache`` (Debian's package)
 =====================================  ===============================  ==============================
-OHLCV ``ohlcv_1m/5m/1h/1d``            continuous aggregates            tickvault's rollup tables
+OHLCV ``ohlcv_*``, ``crypto_ohlcv_*``  continuous aggregates            tickvault's rollup tables
 background refresh                     refresh policies (below)         the ``refresh_indicators`` flow
 compression of trades and quotes       compression policies (below)     none
 retention                              tickvault's ``drop_chunks``      the same
@@ -13,8 +13,10 @@ retention                              tickvault's ``drop_chunks``      the same
 
 **Refresh policies agree with retention by construction.** A policy refreshes
 ``[now - start_offset, now - end_offset]`` without tickvault's locks, so its start must stay inside
-the raw trades window with room to spare: ``start_offset <= retention_trades_days - RAW_MARGIN``
-(:func:`policy_start_offset`). Timescale refuses a policy window shorter than two buckets past its
+the window of the raw table its aggregate is computed from, with room to spare: ``start_offset <=
+retention_trades_days - RAW_MARGIN`` for the stocks' ``ohlcv_*``, ``retention_crypto_trades_days -
+RAW_MARGIN`` for ``crypto_ohlcv_*`` (:func:`policy_start_offset`; both raw tables have 1-day chunks).
+Timescale refuses a policy window shorter than two buckets past its
 end offset; when the raw window is too short for that, the policy is removed and the
 ``refresh_indicators`` flow (clamped to the raw horizon, :mod:`tickvault.db.aggregates`) refreshes
 that timeframe. :func:`apply_policies` runs at ``tickvault db up`` and before every retention purge,
@@ -39,6 +41,7 @@ from datetime import timedelta
 import psycopg
 
 from tickvault.config import Settings
+from tickvault.db.aggregates import AGGREGATES
 from tickvault.db.migrate import server_edition
 
 __all__ = [
@@ -89,12 +92,12 @@ REFRESH_POLICIES: dict[str, RefreshPolicy] = {
 }
 
 
-def policy_start_offset(timeframe: str, retention_trades_days: int) -> timedelta | None:
+def policy_start_offset(timeframe: str, raw_retention_days: int) -> timedelta | None:
     """The start offset a refresh policy may have under this raw retention (None: no policy fits)."""
     policy = REFRESH_POLICIES[timeframe]
-    if retention_trades_days == 0:  # raw trades kept forever: nothing can fall out of the window
+    if raw_retention_days == 0:  # raw trades kept forever: nothing can fall out of the window
         return policy.start_offset
-    start = min(policy.start_offset, timedelta(days=retention_trades_days) - RAW_MARGIN)
+    start = min(policy.start_offset, timedelta(days=raw_retention_days) - RAW_MARGIN)
     if start < policy.end_offset + 2 * policy.width:
         return None
     return start
@@ -116,7 +119,8 @@ class CompressionStats:
 @dataclass(slots=True)
 class PolicyReport:
     edition: str
-    # timeframe -> start offset now in force (None: no policy); only on timescale
+    # continuous aggregate (ohlcv_1m, crypto_ohlcv_1m...) -> start offset now in force (None: no policy);
+    # only on timescale
     refresh: dict[str, timedelta | None] = field(default_factory=dict)
     # table -> compress_after now in force (None: no policy); only on timescale
     compression: dict[str, timedelta | None] = field(default_factory=dict)
@@ -126,7 +130,7 @@ class PolicyReport:
     def note(self) -> str:
         if self.edition != "timescale":
             return APACHE_NOTE
-        refresh = ", ".join(f"{tf} {_interval(v)}" for tf, v in self.refresh.items())
+        refresh = ", ".join(f"{view} {_interval(v)}" for view, v in self.refresh.items())
         compress = ", ".join(f"{t} after {_interval(v)}" for t, v in self.compression.items())
         return f"timescale edition: refresh policies look back {refresh}; compression: {compress}"
 
@@ -171,11 +175,11 @@ def apply_policies(conn: psycopg.Connection, settings: Settings) -> PolicyReport
     report = PolicyReport(edition=server_edition(conn))
     if report.edition != "timescale":
         return report
-    for tf, policy in REFRESH_POLICIES.items():
-        view = f"ohlcv_{tf}"
-        want = policy_start_offset(tf, settings.retention_trades_days)
+    for aggregate, (tf, policy) in ((a, p) for a in AGGREGATES for p in REFRESH_POLICIES.items()):
+        view = aggregate.relation(tf)
+        want = policy_start_offset(tf, getattr(settings, aggregate.retention))
         have = _refresh_job(conn, view)
-        report.refresh[tf] = want
+        report.refresh[view] = want
         if (want is None and have is None) or (want is not None and have == (want, policy.end_offset)):
             continue
         with conn.transaction():
@@ -211,9 +215,9 @@ def current_policies(conn: psycopg.Connection) -> PolicyReport:
     """The refresh and compression policies in force on the server (changes nothing)."""
     report = PolicyReport(edition=server_edition(conn))
     if report.edition == "timescale":
-        for tf in REFRESH_POLICIES:
-            job = _refresh_job(conn, f"ohlcv_{tf}")
-            report.refresh[tf] = job[0] if job else None
+        for view in (a.relation(tf) for a in AGGREGATES for tf in REFRESH_POLICIES):
+            job = _refresh_job(conn, view)
+            report.refresh[view] = job[0] if job else None
         report.compression = {t: _compression_job(conn, t) for t in COMPRESSED_TABLES}
     return report
 

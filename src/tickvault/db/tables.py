@@ -44,6 +44,7 @@ __all__ = [
     "TRADING_STATUSES",
     "UPSERT_BARS_FROM_STAGE",
     "UPSERT_ORDER",
+    "bars_upsert",
     "indicators_upsert",
     "order_params",
     "record_order",
@@ -153,21 +154,30 @@ BAD_MESSAGES = CopySpec(
     ("text", "text", "bytea", "text"),
 )
 
-_BAR_COLUMNS = ", ".join(BARS_STAGE.columns)
-# An updated bar replaces its bar's values and marks it; a backfilled bar never hides that mark.
-UPSERT_BARS_FROM_STAGE = (
-    f"INSERT INTO bars ({_BAR_COLUMNS}) "
-    f"SELECT DISTINCT ON (symbol, time, timeframe) {_BAR_COLUMNS} FROM bars_stage "
-    "ORDER BY symbol, time, timeframe, updated DESC "
-    "ON CONFLICT (symbol, time, timeframe) DO UPDATE SET open = excluded.open, high = excluded.high, "
-    "low = excluded.low, close = excluded.close, volume = excluded.volume, trade_count = excluded.trade_count, "
-    "vwap = excluded.vwap, updated = bars.updated OR excluded.updated, "
-    "source = CASE WHEN excluded.updated THEN bars.source ELSE excluded.source END"
-)
+_BAR_KEY = ("symbol", "time", "timeframe")
 
-UPSERT_CRYPTO_BARS_FROM_STAGE = UPSERT_BARS_FROM_STAGE.replace("INTO bars ", "INTO crypto_bars ").replace(
-    "FROM bars_stage", "FROM crypto_bars_stage").replace("bars.updated", "crypto_bars.updated").replace(
-    "bars.source", "crypto_bars.source")
+
+def bars_upsert(table: str, stage: CopySpec) -> str:
+    """Upsert ``table`` from its staging twin ``stage`` (one row per key: an updated bar over the bar it
+    replaces). An updated bar replaces its bar's values and marks it; a backfilled bar never hides that
+    mark. Every column of ``stage`` is written; the values (all but the key, ``updated``, ``source``) are
+    replaced on a conflict."""
+    columns = ", ".join(stage.columns)
+    key = ", ".join(_BAR_KEY)
+    values = [c for c in stage.columns if c not in (*_BAR_KEY, "updated", "source")]
+    return (
+        f"INSERT INTO {table} ({columns}) "
+        f"SELECT DISTINCT ON ({key}) {columns} FROM {stage.table} "
+        f"ORDER BY {key}, updated DESC "
+        f"ON CONFLICT ({key}) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in values) + ", "
+        f"updated = {table}.updated OR excluded.updated, "
+        f"source = CASE WHEN excluded.updated THEN {table}.source ELSE excluded.source END"
+    )
+
+
+UPSERT_BARS_FROM_STAGE = bars_upsert("bars", BARS_STAGE)
+UPSERT_CRYPTO_BARS_FROM_STAGE = bars_upsert("crypto_bars", CRYPTO_BARS_STAGE)
+
 # News (migration 010): a newer version of an article replaces the stored one, never the reverse.
 UPSERT_NEWS = (
     "INSERT INTO news (id, headline, summary, author, source, url, content, symbols, created_at, updated_at) "

@@ -42,7 +42,7 @@ import numpy as np
 import psycopg
 
 from tickvault.alpaca.protocol import datetime_to_ns
-from tickvault.db.aggregates import AggregateStatus, RefreshResult, aggregate_status, refresh_ohlcv
+from tickvault.db.aggregates import STOCKS, AggregateStatus, RefreshResult, aggregate_status, refresh_ohlcv
 from tickvault.db.migrate import server_edition
 from tickvault.db.tables import indicators_upsert
 from tickvault.db.jobs import JobHealth, job_health, jobs_markdown, warning_lines
@@ -221,7 +221,7 @@ class IndicatorRefreshSummary:
             "time falling behind makes reads slower, not wrong.",
             "",
         ]
-        done = {r.timeframe: r for r in self.aggregates}
+        done = {r.timeframe: r for r in self.aggregates if r.aggregate == STOCKS.name}
         if state is None:
             lines.append("Materialization state was not read in this run.")
             return lines
@@ -238,6 +238,10 @@ class IndicatorRefreshSummary:
                 f"| {t.timeframe} | {clock.stamp(t.materialized_to, seconds=False) if t.materialized_to else 'nothing yet'} "
                 f"| {clock.time(t.refreshed_at) if t.refreshed_at else 'never'} | {this_run} |"
             )
+        crypto = [r for r in self.aggregates if r.aggregate != STOCKS.name]
+        lines += ["", "`crypto_ohlcv_1m` … `crypto_ohlcv_1d` (crypto pairs, from `crypto_trades`): "
+                  + (", ".join(f"{r.timeframe} {clock.short(r.lo)} – {clock.short(r.hi)}" for r in crypto)
+                     if crypto else "nothing pending") + "."]
         return lines
 
 
@@ -261,7 +265,7 @@ def refresh_aggregates(url: str) -> list[RefreshResult]:
     results = refresh_ohlcv(url)
     for r in results:
         log.info(
-            "ohlcv %s: refreshed %s to %s UTC%s", r.timeframe, _utc(r.lo), _utc(r.hi),
+            "%s_%s: refreshed %s to %s UTC%s", r.aggregate, r.timeframe, _utc(r.lo), _utc(r.hi),
             "" if r.rows is None else f", {r.rows} buckets written",
         )
     return results

@@ -5,7 +5,8 @@ Windows come from :class:`~tickvault.config.Settings` (days; 0 keeps a table for
 ======================================  ===========================================================
 ``retention_trades_days``               trades, trade_corrections, trading_statuses, lulds
 ``retention_quotes_days``               quotes
-``retention_bars_days``                 bars, crypto_bars and the OHLCV rollups (ohlcv_1m/5m/1h/1d)
+``retention_bars_days``                 bars, crypto_bars and the OHLCV aggregates (ohlcv_1m/5m/1h/1d,
+                                        crypto_ohlcv_1m/5m/1h/1d)
 ``retention_crypto_trades_days``        crypto_trades
 ``retention_crypto_quotes_days``        crypto_quotes
 ``retention_crypto_orderbooks_days``    crypto_orderbooks
@@ -29,14 +30,16 @@ the window survive in that straddling chunk until the whole chunk ages out (at m
 interval later: 1 day for trades, 6 hours for quotes, 7 days for bars). The report counts them
 (``rows_older_remaining``). Deleting them row by row would cost a scan and bloat for no gain.
 
-The OHLCV relations are rollup hypertables (``ohlcv_1m_rollup``...) on the Apache edition and
-continuous aggregates (``ohlcv_1m``...) on the Timescale edition; :func:`purge_retention` finds
-whichever exists, so the flow never needs to know the edition. Aggregates keep their own window
-(``retention_bars_days``), dropped on the aggregate itself.
+The OHLCV relations (stocks' ``ohlcv_*`` and crypto's ``crypto_ohlcv_*``) are rollup hypertables
+(``ohlcv_1m_rollup``...) on the Apache edition and continuous aggregates (``ohlcv_1m``...) on the
+Timescale edition; :func:`purge_retention` finds whichever exists, so the flow never needs to know
+the edition. Aggregates keep their own window (``retention_bars_days``), dropped on the aggregate
+itself.
 
-Retention and refresh agree by construction (:mod:`tickvault.db.aggregates`): dropping trades chunks
-records the newest dropped chunk end as the raw horizon in the same transaction, below which no
-refresh ever runs, so the aggregates kept for 730 days survive the raw trades' 30; the purge holds
+Retention and refresh agree by construction (:mod:`tickvault.db.aggregates`): dropping chunks of a
+raw table the aggregates are computed from (``trades``, ``crypto_trades``) records the newest dropped
+chunk end as that table's raw horizon in the same transaction, below which no refresh of its
+aggregates ever runs, so the aggregates kept for 730 days survive the raw trades' 30; the purge holds
 the retention lock exclusively (a refresh holds it shared); and it first brings the ``timescale``
 edition's refresh policies inside the raw window (:func:`tickvault.db.policies.apply_policies`).
 
@@ -56,7 +59,7 @@ import psycopg
 from psycopg import sql
 
 from tickvault.config import Settings
-from tickvault.db.aggregates import RAW_HORIZON_SQL, RETENTION_LOCK_KEY
+from tickvault.db.aggregates import AGGREGATES, RAW_HORIZON_SQL, RETENTION_LOCK_KEY
 from tickvault.jobs.markdown import human_bytes
 from tickvault.db.jobs import JobHealth, job_health, jobs_markdown, warning_lines
 from tickvault.db.policies import CompressionStats, apply_policies, compression_stats
@@ -83,14 +86,17 @@ LOCK_TIMEOUT = "10s"
 # once would only contend on the same chunk locks, and a refresh must not read a raw horizon that a
 # purge is about to move.
 PURGE_LOCK_KEY = RETENTION_LOCK_KEY
-# The raw table the OHLCV aggregates are computed from: its drops move the raw horizon.
-RAW_TABLE = "trades"
+# The raw tables the OHLCV aggregates are computed from: their drops move their raw horizons.
+RAW_TABLES = tuple(a.raw_table for a in AGGREGATES)
+# The relations (and name prefixes) of the OHLCV aggregates, whatever the edition made of them.
+_AGGREGATE_PREFIXES = tuple(f"{a.name}_" for a in AGGREGATES)
 
 # (setting, tables) in the order they are purged.
 _RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("retention_trades_days", ("trades", "trade_corrections", "trading_statuses", "lulds")),
     ("retention_quotes_days", ("quotes",)),
-    ("retention_bars_days", ("bars", "crypto_bars", "ohlcv_1m", "ohlcv_5m", "ohlcv_1h", "ohlcv_1d")),
+    ("retention_bars_days", ("bars", "crypto_bars", "ohlcv_1m", "ohlcv_5m", "ohlcv_1h", "ohlcv_1d",
+                             "crypto_ohlcv_1m", "crypto_ohlcv_5m", "crypto_ohlcv_1h", "crypto_ohlcv_1d")),
     ("retention_crypto_trades_days", ("crypto_trades",)),
     ("retention_crypto_quotes_days", ("crypto_quotes",)),
     ("retention_crypto_orderbooks_days", ("crypto_orderbooks",)),
@@ -152,7 +158,8 @@ class PurgeReport:
     tables: list[TablePurge]
     ingest_batches_deleted: int = 0
     duration_s: float = 0.0
-    raw_horizon: datetime | None = None  # no aggregate refresh covers time before it (None: no trades)
+    # raw table -> the time no refresh of its aggregates covers before (None: no raw rows)
+    raw_horizons: dict[str, datetime | None] = field(default_factory=dict)
     policy_note: str = ""  # the edition's refresh/compression policies now in force
     compression: list[CompressionStats] = field(default_factory=list)  # empty on apache
     jobs: list[JobHealth] = field(default_factory=list)
@@ -160,6 +167,11 @@ class PurgeReport:
     @property
     def chunks_dropped(self) -> int:
         return sum(t.chunks_dropped for t in self.tables)
+
+    @property
+    def raw_horizon(self) -> datetime | None:
+        """The stock trades' raw horizon (see :attr:`raw_horizons`)."""
+        return self.raw_horizons.get("trades")
 
     @property
     def bytes_freed(self) -> int:
@@ -240,11 +252,12 @@ class PurgeReport:
             "",
         ]
         if not self.dry_run:
-            horizon = "none (no raw trades)" if self.raw_horizon is None else clock.stamp(self.raw_horizon)
-            lines.append(
-                f"- raw horizon: {horizon} — OHLCV aggregates before it are kept as they are and never "
-                "refreshed (their raw trades are gone)"
-            )
+            for raw, when in self.raw_horizons.items():
+                horizon = f"none (no raw {raw})" if when is None else clock.stamp(when)
+                lines.append(
+                    f"- raw horizon of {raw}: {horizon} — OHLCV aggregates before it are kept as they are "
+                    f"and never refreshed (their raw {raw} are gone)"
+                )
         if self.policy_note:
             lines.append(f"- {self.policy_note}")
         if self.compression:
@@ -281,7 +294,8 @@ async def _resolve(conn: psycopg.AsyncConnection, name: str) -> tuple[str, str, 
     ``ohlcv_*``: the Apache edition's ``<name>_rollup`` hypertable, else the Timescale edition's
     continuous aggregate (dropped by its own name; chunks live in its materialization hypertable).
     """
-    candidates = [f"{name}_rollup", name] if name.startswith("ohlcv_") else [name]
+    aggregate = name.startswith(_AGGREGATE_PREFIXES)
+    candidates = [f"{name}_rollup", name] if aggregate else [name]
     for rel in candidates:
         row = await (await conn.execute(
             "SELECT format('%%I.%%I', h.hypertable_schema, h.hypertable_name), d.column_name "
@@ -293,7 +307,7 @@ async def _resolve(conn: psycopg.AsyncConnection, name: str) -> tuple[str, str, 
         )).fetchone()  # fmt: skip
         if row:
             return row[0], row[0], row[1]
-    if name.startswith("ohlcv_"):
+    if aggregate:
         row = await (await conn.execute(
             "SELECT format('%%I.%%I', c.view_schema, c.view_name), "
             "format('%%I.%%I', c.materialization_hypertable_schema, c.materialization_hypertable_name), "
@@ -340,13 +354,13 @@ async def _purge_table(conn: psycopg.AsyncConnection, t: TablePurge, cutoff: dat
                 (target, cutoff),
             )).fetchall()  # fmt: skip
             t.chunks = [r[0] for r in dropped]
-            if t.table == RAW_TABLE and t.chunks:
+            if t.table in RAW_TABLES and t.chunks:
                 # The raw horizon moves with the drop, atomically: no refresh may cover what went.
                 await conn.execute(
                     "INSERT INTO raw_horizons (relation, dropped_before) VALUES (%s, %s) "
                     "ON CONFLICT (relation) DO UPDATE SET "
                     "dropped_before = greatest(raw_horizons.dropped_before, excluded.dropped_before), updated_at = now()",
-                    (RAW_TABLE, boundary),
+                    (t.table, boundary),
                 )
     t.bytes_after = (
         t.bytes_before if dry_run
@@ -422,8 +436,9 @@ async def purge_retention(
                     "DELETE FROM ingest_batches WHERE committed_at < %s", (batches_cutoff,)
                 )
                 report.ingest_batches_deleted = cur.rowcount
-            cur = await conn.execute(RAW_HORIZON_SQL)
-            report.raw_horizon = row[0] if (row := await cur.fetchone()) else None
+            for raw in RAW_TABLES:
+                cur = await conn.execute(RAW_HORIZON_SQL, (raw,))
+                report.raw_horizons[raw] = row[0] if (row := await cur.fetchone()) else None
         finally:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (PURGE_LOCK_KEY,))
     report.compression, report.jobs = await asyncio.to_thread(_server_health, db_url)

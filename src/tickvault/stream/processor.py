@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from tickvault.alpaca.crypto import CryptoFrame
+from tickvault.alpaca.crypto import CRYPTO_QUOTE_FIELDS, CRYPTO_TRADE_FIELDS, CryptoFrame
 from tickvault.alpaca.protocol import datetime_to_ns
 from tickvault.alpaca.news import NewsFrame
 from tickvault.alpaca.options import OptionsFrame
@@ -235,15 +235,11 @@ class Processor:
             metrics.add("trades", trades.n)
             lag = item.received_wall_ns - trades.time_last_ns
             metrics.observe("exchange_to_received", lag if lag > 0 else 0, trades.n)
-            # The cache keeps the stock tuple shape (price at index 4): one tuple per pair per frame.
-            self.cache.update_latest_trades(
-                {s: (t[0], s, t[2], None, t[3], t[4], None, None) for s, t in trades.latest.items()}, mono)
+            self.cache.update_latest_trades(trades.latest, mono, CRYPTO_TRADE_FIELDS)
         if quotes is not None:
             n += quotes.n
             metrics.add("quotes", quotes.n)
-            self.cache.update_latest_quotes(
-                {s: (q[0], s, None, q[2], q[3], None, q[4], q[5], None, None) for s, q in quotes.latest.items()},
-                mono)
+            self.cache.update_latest_quotes(quotes.latest, mono, CRYPTO_QUOTE_FIELDS)
         indicator_rows = [self._on_bar(b, strategy=False) for b in f.bars]
         bars = [b[:2] + ("1Min",) + b[2:] + (False, "stream") for b in f.bars]
         bars += [b[:2] + ("1Min",) + b[2:] + (True, "stream") for b in f.updated_bars]

@@ -22,8 +22,8 @@ Durability and duplicates:
 * A database that goes away makes the commit retry (:data:`tickvault.retry.COMMIT`: 0.1 s doubling
   to 5 s, full jitter), forever, holding the batch; after a failure where the COMMIT's outcome is
   unknown, the ledger says whether the batch landed.
-* Late trades below the OHLCV watermark are noted (tickvault_ohlcv_invalidate) in the same
-  transaction, so the rollups recompute those buckets.
+* Late trades (stocks and crypto) below the OHLCV watermark are noted (tickvault_aggregate_invalidate)
+  in the same transaction, so the rollups recompute those buckets.
 This module must never drop a row silently or open a connection per row.
 """
 
@@ -58,6 +58,7 @@ from tickvault.alpaca.columnar import (
 from tickvault.alpaca.crypto import crypto_quote_columns, crypto_trade_columns, size_decimal
 from tickvault.alpaca.options import option_quote_columns, option_trade_columns
 from tickvault.alpaca.protocol import ns_to_datetime
+from tickvault.db.aggregates import CRYPTO, STOCKS, Aggregate
 from tickvault.db.tables import (
     BAD_MESSAGES,
     BARS_STAGE,
@@ -466,11 +467,7 @@ class BatchWriter:
             cur.adapters.register_dumper(_NsTime, _NsTimestamptz)  # this cursor only
             cur.adapters.register_dumper(_Conditions, _CachedTextArray)
             if batch.trades or batch.backfill_trades:
-                # Real feeds are not time-ordered (late prints carry earlier stamps): true min/max,
-                # one cheap call per batch, and the OHLCV rollups learn about any late trade.
-                blocks = batch.trades + batch.backfill_trades
-                lo, hi = min(b.time_min_ns for b in blocks), max(b.time_max_ns for b in blocks)
-                await cur.execute("SELECT tickvault_ohlcv_invalidate(%s, %s)", (ns_to_datetime(lo), ns_to_datetime(hi)))
+                await self._note_trades(cur, STOCKS, batch.trades + batch.backfill_trades)
                 if batch.trades:
                     if batch.dedupe:
                         await self._staged(cur, TRADES, batch.trades)
@@ -506,6 +503,8 @@ class BatchWriter:
     async def _write_crypto(self, cur: psycopg.AsyncCursor, batch: Batch) -> None:
         """Crypto rows, in the batch's transaction: trades by COPY (through the de-duplicating staging
         table after a key violation, and always for backfills), quotes and orderbooks by COPY, bars upserted."""
+        if batch.crypto_trades or batch.backfill_crypto_trades:
+            await self._note_trades(cur, CRYPTO, batch.crypto_trades + batch.backfill_crypto_trades)
         if batch.crypto_trades:
             if batch.dedupe:
                 await self._staged(cur, CRYPTO_TRADES, batch.crypto_trades)
@@ -537,6 +536,16 @@ class BatchWriter:
             batch.backfilled_options = await self._staged(cur, OPTION_TRADES, batch.backfill_option_trades)
         if batch.option_quotes:
             await self._copy_columns(cur, OPTION_QUOTES.copy_statement(), batch.option_quotes)
+
+    @staticmethod
+    async def _note_trades(cur: psycopg.AsyncCursor, aggregate: Aggregate, blocks: list[TradeColumns]) -> None:
+        """Tell ``aggregate``'s OHLCV rollups the time range these trades fall in (late ones get recomputed).
+
+        Real feeds are not time-ordered (late prints carry earlier stamps): true min/max, one cheap call
+        per batch."""
+        lo, hi = min(b.time_min_ns for b in blocks), max(b.time_max_ns for b in blocks)
+        await cur.execute("SELECT tickvault_aggregate_invalidate(%s, %s, %s)",
+                          (aggregate.name, ns_to_datetime(lo), ns_to_datetime(hi)))
 
     @staticmethod
     async def _copy(cur: psycopg.AsyncCursor, spec: CopySpec, rows) -> None:

@@ -216,7 +216,7 @@ def create_app(settings: Settings, *, db_url: str | None = None) -> Starlette:
         Route("/", lambda r: RedirectResponse("/market")),
         Route("/api/config", config),
         Route("/api/bars", bars),
-        Route("/api/live/{topic}", live),
+        Route("/api/live/{topic:path}", live),  # a crypto pair's topic has a slash: BTC/USD
         Route("/api/health", health),
         Route("/api/health/history", health_history),
         Route("/api/trading", trading),

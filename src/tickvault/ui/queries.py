@@ -52,11 +52,17 @@ def _json_arrays(names) -> str:
     return ", ".join(f"'{n}', coalesce(json_agg({n} ORDER BY t), '[]')" for n in names)
 
 
+def is_crypto(symbol: str) -> bool:
+    """A crypto pair ('BTC/USD'): Alpaca's pairs have a slash, its stock symbols never do ('BRK.B')."""
+    return "/" in symbol
+
+
+# (timeframe, crypto?) → the statement: a crypto pair's candles come from crypto_ohlcv_* (migration 013).
 _BARS_SQL = {
-    tf: f"""
+    (tf, crypto): f"""
 WITH b AS (
     SELECT {", ".join(f"{expr} AS {name}" for name, expr in _COLUMNS.items())}
-      FROM {rel} b
+      FROM {"crypto_" + rel if crypto else rel} b
       LEFT JOIN indicators i ON i.symbol = %(symbol)s AND i.timeframe = %(tf)s AND i.time = b.bucket
                             AND i.time >= %(start)s AND i.time < %(end)s
      WHERE b.symbol = %(symbol)s AND b.bucket >= %(start)s AND b.bucket < %(end)s
@@ -65,7 +71,7 @@ WITH b AS (
 SELECT count(*), json_build_object('symbol', %(symbol)s::text, 'timeframe', %(tf)s::text, {_json_arrays(_BAR_FIELDS_T)},
                                    'ind', json_build_object({_json_arrays(OVERLAYS + PANES)}))::text
   FROM b"""
-    for tf, (rel, _w, _d) in TIMEFRAMES.items()
+    for tf, (rel, _w, _d) in TIMEFRAMES.items() for crypto in (False, True)
 }
 
 
@@ -108,7 +114,7 @@ def _num(value: Any) -> float | None:
 async def bars(conn: psycopg.AsyncConnection, w: BarWindow, limit: int = MAX_BARS) -> Bars:
     """Candles, volume and indicator columns of one symbol and timeframe, oldest first (JSON text)."""
     cur = await conn.execute(
-        _BARS_SQL[w.timeframe],
+        _BARS_SQL[w.timeframe, is_crypto(w.symbol)],
         {"symbol": w.symbol, "tf": w.timeframe, "start": w.start, "end": w.end, "limit": min(limit, MAX_BARS)},
     )
     count, text = await cur.fetchone()  # type: ignore[misc]
@@ -132,7 +138,8 @@ async def latest_bars(conn: psycopg.AsyncConnection, symbol: str) -> Bars:
         # Nothing in this minute by our clock (a quiet feed, or a clock ahead of ours such as the
         # simulator's fast one in tests): start from the newest trade, one index probe.
         cur = await conn.execute(
-            "SELECT time FROM trades WHERE symbol = %s AND time > %s ORDER BY time DESC LIMIT 1",
+            f"SELECT time FROM {'crypto_trades' if is_crypto(symbol) else 'trades'} "
+            "WHERE symbol = %s AND time > %s ORDER BY time DESC LIMIT 1",
             (symbol, now - timedelta(days=2)))
         row = await cur.fetchone()
         if row is not None:
@@ -167,22 +174,31 @@ def _qty(q: Decimal | None) -> str:
 
 
 async def symbols(conn: psycopg.AsyncConnection, settings: Settings) -> list[str]:
-    """Symbols with bars: the configured ones first, then what the last day of bars holds."""
+    """Symbols with bars: the configured ones first, then what the last day of bars holds; then the
+    crypto pairs alike (configured first)."""
+    stocks = await _recent_symbols(conn, "bars", "trades")
+    pairs = await _recent_symbols(conn, "crypto_bars", "crypto_trades")
+    first = [s for s in [*settings.symbols, *settings.crypto_symbols] if s in stocks or s in pairs]
+    return first + [s for s in stocks + pairs if s not in first]
+
+
+async def _recent_symbols(conn: psycopg.AsyncConnection, bars_table: str, trades_table: str) -> list[str]:
+    """The symbols of the last day of a feed's bars; without bars (a trades-only feed), of its trades, one
+    index probe per symbol. The last day only: each probe reads the recent chunks, never all history."""
     cur = await conn.execute(
-        "SELECT DISTINCT symbol FROM bars WHERE time > now() - interval '1 day' ORDER BY symbol LIMIT 1000"
+        f"SELECT DISTINCT symbol FROM {bars_table} WHERE time > now() - interval '1 day' ORDER BY symbol LIMIT 1000"
     )
     seen = [r[0] for r in await cur.fetchall()]
-    if not seen:  # no feed bars (a trades-only feed): the symbols in trades, one index probe per symbol
+    if not seen:
         cur = await conn.execute(
-            # the last day only, like the bars above: each probe then reads the recent chunks, never all history
-            "WITH RECURSIVE s AS (SELECT min(symbol) AS symbol FROM trades WHERE time > now() - interval '1 day' "
-            "UNION ALL SELECT (SELECT min(symbol) FROM trades WHERE symbol > s.symbol "
+            f"WITH RECURSIVE s AS (SELECT min(symbol) AS symbol FROM {trades_table} "
+            "WHERE time > now() - interval '1 day' "
+            f"UNION ALL SELECT (SELECT min(symbol) FROM {trades_table} WHERE symbol > s.symbol "
             "AND time > now() - interval '1 day') FROM s WHERE s.symbol IS NOT NULL) "
             "SELECT symbol FROM s WHERE symbol IS NOT NULL LIMIT 1000"
         )
         seen = [r[0] for r in await cur.fetchall()]
-    first = [s for s in settings.symbols if s in seen] or []
-    return first + [s for s in seen if s not in first]
+    return seen
 
 
 # --- ingest health -----------------------------------------------------------------------------
