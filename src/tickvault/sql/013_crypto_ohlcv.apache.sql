@@ -208,6 +208,7 @@ DECLARE
     v_ids     bigint[];
     v_now     timestamptz := now();
     v_first   timestamptz;
+    v_oldest_end timestamptz;
     v_floor   timestamptz;
     v_lo      timestamptz;
     v_hi      timestamptz;
@@ -220,7 +221,18 @@ BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('tickvault_' || p_aggregate || '_refresh'));
     EXECUTE format('SELECT array_agg(id) FROM %I', v_invals) INTO v_ids;
     v_ids := coalesce(v_ids, '{}');
-    EXECUTE format('SELECT min(time) FROM %I', v_raw) INTO v_first;
+    -- The oldest stored trade. No index leads with time, so min(time) over the hypertable would read
+    -- every chunk on every refresh: the oldest chunk's end comes from the catalog first and bounds the
+    -- scan to that chunk (a constant, so chunks are excluded at plan time); all of it only if that
+    -- chunk holds no row.
+    SELECT min(range_end) INTO v_oldest_end FROM timescaledb_information.chunks
+     WHERE hypertable_schema = current_schema() AND hypertable_name = v_raw;
+    IF v_oldest_end IS NOT NULL THEN
+        EXECUTE format('SELECT min(time) FROM %I WHERE time < $1', v_raw) INTO v_first USING v_oldest_end;
+        IF v_first IS NULL THEN
+            EXECUTE format('SELECT min(time) FROM %I', v_raw) INTO v_first;
+        END IF;
+    END IF;
     FOR st IN EXECUTE format('SELECT * FROM %I ORDER BY bucket_width FOR UPDATE', v_state) LOOP
         SELECT w.lo, w.hi INTO v_floor, v_cap FROM tickvault_aggregate_window(p_aggregate, st.timeframe) w;
         -- 1. late data below the watermark (never below the horizon: a late trade there is kept
