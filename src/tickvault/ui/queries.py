@@ -52,8 +52,22 @@ def _json_arrays(names) -> str:
     return ", ".join(f"'{n}', coalesce(json_agg({n} ORDER BY t), '[]')" for n in names)
 
 
-_BARS_SQL = {
-    tf: f"""
+# Binary columns: each column one bytea of float8send values (8 bytes, big-endian, the exact double
+# PostgreSQL holds), ordered by time, built by PostgreSQL; NaN where an indicator has no value.
+# The response is those bytes as they come (no Python float per value); the browser reads them
+# with a DataView. Half the JSON's size, and no JSON.parse of 10 MB on the page.
+BAR_COLUMNS = ("t", "o", "h", "l", "c", "v", *OVERLAYS, *PANES)
+
+
+def _f64_columns(names) -> str:
+    return " || ".join(
+        f"coalesce(string_agg(float8send(coalesce({n}::float8, 'NaN')), ''::bytea ORDER BY t), ''::bytea)"
+        for n in names
+    )
+
+
+def _bars_statement(rel: str, result: str) -> str:
+    return f"""
 WITH b AS (
     SELECT {", ".join(f"{expr} AS {name}" for name, expr in _COLUMNS.items())}
       FROM {rel} b
@@ -62,11 +76,16 @@ WITH b AS (
      WHERE b.symbol = %(symbol)s AND b.bucket >= %(start)s AND b.bucket < %(end)s
      ORDER BY b.bucket DESC
      LIMIT %(limit)s)
-SELECT count(*), json_build_object('symbol', %(symbol)s::text, 'timeframe', %(tf)s::text, {_json_arrays(_BAR_FIELDS_T)},
-                                   'ind', json_build_object({_json_arrays(OVERLAYS + PANES)}))::text
+SELECT count(*), {result}
   FROM b"""
+
+
+_BARS_SQL = {
+    tf: _bars_statement(rel, f"""json_build_object('symbol', %(symbol)s::text, 'timeframe', %(tf)s::text, {_json_arrays(_BAR_FIELDS_T)},
+                                   'ind', json_build_object({_json_arrays(OVERLAYS + PANES)}))::text""")
     for tf, (rel, _w, _d) in TIMEFRAMES.items()
 }
+_BARS_F64_SQL = {tf: _bars_statement(rel, _f64_columns(BAR_COLUMNS)) for tf, (rel, _w, _d) in TIMEFRAMES.items()}
 
 
 class Bars(NamedTuple):
@@ -88,12 +107,17 @@ class BarWindow:
     end: datetime
 
 
-def bar_window(symbol: str, timeframe: str, days: float | None = None, now: datetime | None = None) -> BarWindow:
+def bar_window(symbol: str, timeframe: str, days: float | None = None, now: datetime | None = None,
+               before: datetime | None = None) -> BarWindow:
+    """``days`` (default: the timeframe's window) back from now, or, with ``before``, the older bars
+    ``[before - days, before)`` the Market page loads as the user scrolls back."""
     if timeframe not in TIMEFRAMES:
         raise UnknownTimeframe(f"timeframe must be one of {', '.join(TIMEFRAMES)}, not {timeframe!r}")
     _rel, width, default = TIMEFRAMES[timeframe]
     now = now or datetime.now(UTC)
     span = timedelta(days=days) if days else default
+    if before is not None:
+        return BarWindow(symbol.upper(), timeframe, before - span, before)
     # The end is open: the simulator (or a clock ahead of ours) may stamp trades a little ahead.
     return BarWindow(symbol.upper(), timeframe, now - span, now + timedelta(days=1))
 
@@ -113,6 +137,24 @@ async def bars(conn: psycopg.AsyncConnection, w: BarWindow, limit: int = MAX_BAR
     )
     count, text = await cur.fetchone()  # type: ignore[misc]
     return Bars(count, text)
+
+
+class BarColumns(NamedTuple):
+    """Bars as :data:`BAR_COLUMNS` columns of ``count`` big-endian float64 each, one after another."""
+
+    count: int
+    data: bytes
+
+
+async def bar_columns(conn: psycopg.AsyncConnection, w: BarWindow, limit: int = MAX_BARS) -> BarColumns:
+    """The same bars as :func:`bars`, as binary columns (see :data:`BAR_COLUMNS`)."""
+    cur = await conn.execute(
+        _BARS_F64_SQL[w.timeframe],
+        {"symbol": w.symbol, "tf": w.timeframe, "start": w.start, "end": w.end, "limit": min(limit, MAX_BARS)},
+        binary=True,  # the bytea as bytes, not 12 MB of hex text to decode
+    )
+    count, data = await cur.fetchone()  # type: ignore[misc]
+    return BarColumns(count, bytes(data))
 
 
 # The open minute, plus the one before it during the first seconds of a minute: its last trades
