@@ -18,8 +18,8 @@ import asyncio
 import logging
 import struct
 import time
-from datetime import UTC, datetime
 from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -122,7 +122,7 @@ def create_app(settings: Settings, *, db_url: str | None = None) -> Starlette:
 
     async def bar_columns(w: queries.BarWindow, started: float) -> Response:
         """``format=f64``: a little-endian uint32 ``n``, ``n`` bytes of JSON (symbol, timeframe, count,
-        columns, markers), spaces to a multiple of 8, then the columns as PostgreSQL sent them
+        the row limit, the window's start and end in epoch seconds, columns, markers), spaces to a multiple of 8, then the columns as PostgreSQL sent them
         (:data:`queries.BAR_COLUMNS`, ``count`` big-endian float64 each; NaN: no value)."""
         async with state["pool"].connection() as conn:
             found = await queries.bar_columns(conn, w)

@@ -129,12 +129,13 @@ def _num(value: Any) -> float | None:
     return None if value != value else value  # NaN → null (JSON has no NaN)
 
 
+def _bars_params(w: BarWindow, limit: int) -> dict[str, Any]:
+    return {"symbol": w.symbol, "tf": w.timeframe, "start": w.start, "end": w.end, "limit": min(limit, MAX_BARS)}
+
+
 async def bars(conn: psycopg.AsyncConnection, w: BarWindow, limit: int = MAX_BARS) -> Bars:
     """Candles, volume and indicator columns of one symbol and timeframe, oldest first (JSON text)."""
-    cur = await conn.execute(
-        _BARS_SQL[w.timeframe],
-        {"symbol": w.symbol, "tf": w.timeframe, "start": w.start, "end": w.end, "limit": min(limit, MAX_BARS)},
-    )
+    cur = await conn.execute(_BARS_SQL[w.timeframe], _bars_params(w, limit))
     count, text = await cur.fetchone()  # type: ignore[misc]
     return Bars(count, text)
 
@@ -148,11 +149,8 @@ class BarColumns(NamedTuple):
 
 async def bar_columns(conn: psycopg.AsyncConnection, w: BarWindow, limit: int = MAX_BARS) -> BarColumns:
     """The same bars as :func:`bars`, as binary columns (see :data:`BAR_COLUMNS`)."""
-    cur = await conn.execute(
-        _BARS_F64_SQL[w.timeframe],
-        {"symbol": w.symbol, "tf": w.timeframe, "start": w.start, "end": w.end, "limit": min(limit, MAX_BARS)},
-        binary=True,  # the bytea as bytes, not 12 MB of hex text to decode
-    )
+    # binary: the bytea as bytes, not 12 MB of hex text to decode
+    cur = await conn.execute(_BARS_F64_SQL[w.timeframe], _bars_params(w, limit), binary=True)
     count, data = await cur.fetchone()  # type: ignore[misc]
     return BarColumns(count, bytes(data))
 
