@@ -11,6 +11,7 @@ from prefect import flow
 from tasks.indicators import (
     check_timescaledb_jobs,
     compute_indicators,
+    fetch_calendar,
     find_new_bars,
     read_ohlcv_state,
     refresh_ohlcv_aggregates,
@@ -41,7 +42,9 @@ async def refresh_indicators_flow(
         summary.aggregates = await refresh_ohlcv_aggregates(url)
         t1 = time.perf_counter()
         new_bars = await find_new_bars(url, since=since, symbols=symbols)
-        summary.symbols = await compute_indicators(url, new_bars, warmup_bars=warmup_bars)
+        # VWAP's sessions: the exchange's calendar, as the worker uses (tickvault.indicators.sessions).
+        calendar = await fetch_calendar(settings, since=since) if new_bars else None
+        summary.symbols = await compute_indicators(url, new_bars, warmup_bars=warmup_bars, calendar=calendar)
         summary.aggregates_s, summary.compute_s = t1 - t0, time.perf_counter() - t1
         summary.ohlcv = await read_ohlcv_state(url)
         summary.jobs = await check_timescaledb_jobs(url)

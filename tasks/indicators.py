@@ -13,6 +13,8 @@ from datetime import datetime
 from prefect import task
 
 from tasks import JITTER, NO_CACHE, READ_RETRIES, WRITE_RETRIES, backoff
+from tickvault.config import Settings
+from tickvault.indicators.sessions import NEW_YORK, SessionCalendar, calendar_range, fetch_session_calendar
 from tickvault.jobs import indicators as logic
 from tickvault.db.aggregates import RefreshResult
 from tickvault.db.jobs import JobHealth
@@ -61,6 +63,22 @@ async def check_timescaledb_jobs(url: str) -> list[JobHealth]:
 
 
 @task(
+    name="Fetch the exchange calendar",
+    timeout_seconds=60,  # no task retries: the REST client retries, and a failure falls back (logged)
+    cache_policy=NO_CACHE,
+)
+async def fetch_calendar(settings: Settings, since: datetime | None = None) -> SessionCalendar:
+    """The US equity sessions (``GET /v2/calendar``) over the warm-up of every bar the run may
+    compute; the default rule, with a warning, when Alpaca cannot be reached."""
+    from tickvault.alpaca.rest import AlpacaREST
+
+    start, end = calendar_range()
+    if since is not None:
+        start = min(start, since.astimezone(NEW_YORK).date() - logic.MAX_HISTORY)
+    return await fetch_session_calendar(AlpacaREST(settings), start, end)
+
+
+@task(
     name="Find symbols with new bars",
     retries=READ_RETRIES,
     retry_delay_seconds=backoff(READ_RETRIES),
@@ -83,12 +101,16 @@ async def find_new_bars(
     cache_policy=NO_CACHE,
 )
 async def compute_indicators(
-    url: str, new_bars: Sequence[logic.NewBars], warmup_bars: int = logic.WARMUP_BARS
+    url: str,
+    new_bars: Sequence[logic.NewBars],
+    warmup_bars: int = logic.WARMUP_BARS,
+    calendar: SessionCalendar | None = None,
 ) -> list[logic.SymbolRefresh]:
     gate = asyncio.Semaphore(SYMBOL_CONCURRENCY)
 
     async def one(new: logic.NewBars) -> logic.SymbolRefresh:
         async with gate:
-            return await asyncio.to_thread(logic.compute_symbol, url, new, warmup_bars=warmup_bars)
+            return await asyncio.to_thread(logic.compute_symbol, url, new, warmup_bars=warmup_bars,
+                                           calendar=calendar)
 
     return list(await asyncio.gather(*(one(n) for n in new_bars)))

@@ -7,16 +7,15 @@ import asyncio
 import time
 
 import psycopg
+import pytest
 
 from tickvault.alpaca.crypto import decode_crypto
 from tickvault.alpaca.protocol import encode_frame
-from tickvault.config import load_settings
-from tickvault.db.pool import open_pool
 from tickvault.stream.cache import PriceCache
 from tickvault.stream.metrics import Metrics
 from tickvault.stream.processor import Processor
 from tickvault.stream.reader import QueuedFrame
-from tickvault.stream.writer import BatchWriter
+from tests.support.pipeline import writer_pipeline
 
 MINUTE = 60 * 10**9
 T0 = 1_767_225_600 * 10**9  # 2026-01-01T00:00Z
@@ -29,14 +28,10 @@ def _bar(i: int, close: float, kind: str = "b") -> dict:
 
 async def test_crypto_frames_store_bars_indicators_and_feed_the_price_cache(fresh_database):
     url = fresh_database()
-    settings = load_settings(database_url=url)
-    pool = await open_pool(settings, min_size=1, name="crypto-processing-test")
-    metrics, feed_metrics = Metrics(), Metrics()
-    writer = BatchWriter(pool, metrics, worker="t", batch_rows=1000, flush_ms=10)
-    cache = PriceCache(60, metrics)
-    processor = Processor(asyncio.Queue(), writer, cache, metrics)
-    writer_task = asyncio.create_task(writer.run())
-    try:
+    feed_metrics = Metrics()
+    async with writer_pipeline(url, "crypto-processing-test") as (_, writer, metrics):
+        cache = PriceCache(60, metrics)
+        processor = Processor(asyncio.Queue(), writer, cache, metrics)
         messages = [_bar(i, 90_000.0 + i) for i in range(30)]
         messages += [{"T": "t", "S": "BTC/USD", "i": 1, "p": 90_031.5, "s": 0.25, "tks": "S", "t": T0 + 31 * MINUTE},
                      {"T": "q", "S": "BTC/USD", "bp": 90_031.0, "bs": 1.0, "ap": 90_032.0, "as": 2.0,
@@ -46,10 +41,6 @@ async def test_crypto_frames_store_bars_indicators_and_feed_the_price_cache(fres
         frame = decode_crypto(encode_frame(messages))
         await processor.handle(QueuedFrame(frame, time.time_ns(), time.monotonic_ns(), False, feed_metrics))
         await writer.drain()
-    finally:
-        writer.close()
-        await writer_task
-        await pool.close()
     with psycopg.connect(url) as conn:
         bars = conn.execute("SELECT count(*), max(close), bool_or(updated) FROM crypto_bars").fetchone()
         volume = conn.execute("SELECT volume FROM crypto_bars ORDER BY time LIMIT 1").fetchone()[0]
@@ -65,3 +56,37 @@ async def test_crypto_frames_store_bars_indicators_and_feed_the_price_cache(fres
     assert cache.peek("BTC/USD") == (90_031.5, True) and cache.quote("BTC/USD")[6] == 90_032.0
     assert feed_metrics.totals["bars"] == 31 and feed_metrics.totals["rejects"] == 1
     assert feed_metrics.totals["rows_committed"] > 0 and metrics.totals["rows_committed"] == 0
+
+
+def _queued(messages: list[dict]) -> QueuedFrame:
+    return QueuedFrame(decode_crypto(encode_frame(messages)), time.time_ns(), time.monotonic_ns())
+
+
+async def test_crypto_vwap_restarts_at_utc_midnight_uses_vw_and_survives_a_restart(fresh_database):
+    """A pair's session is the UTC day: bars from 23:40Z to 00:20Z, the processor restarted at
+    23:55Z (it restores from crypto_bars, the whole session even past its warm-up); VWAP equals
+    SQL's sum(vwap * volume) / sum(volume) per UTC date, and the first bar after midnight is its own vw."""
+    url = fresh_database()
+    midnight = T0 + 86_400 * 10**9
+    bars = [{**_bar(i, 90_000.0 + 7 * (i % 5)), "t": midnight + (i - 20) * MINUTE, "vw": 90_001.0 + 3 * (i % 7)}
+            for i in range(40)]
+    async with writer_pipeline(url, "crypto-sessions-test") as (pool, writer, metrics):
+        first = Processor(asyncio.Queue(), writer, PriceCache(60, metrics), metrics)
+        await first.handle(_queued(bars[:15]))
+        await writer.drain()
+        restarted = Processor(asyncio.Queue(), writer, PriceCache(60, metrics), metrics)
+        # A warm-up of 5 bars, but the session (the UTC day) goes further back: all 15 are replayed.
+        assert await restarted.restore(pool, crypto=["BTC/USD"], warmup_bars=5) == 15
+        await restarted.handle(_queued(bars[15:]))
+        await writer.drain()
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT i.time, i.vwap, sum(b.vwap * b.volume::float8) OVER w / sum(b.volume::float8) OVER w, b.vwap "
+            "FROM indicators i JOIN crypto_bars b ON b.symbol = i.symbol AND b.time = i.time "
+            "WHERE i.symbol = 'BTC/USD' "
+            "WINDOW w AS (PARTITION BY (b.time AT TIME ZONE 'UTC')::date ORDER BY b.time) "
+            "ORDER BY i.time").fetchall()
+    assert len(rows) == 40
+    for when, got, by_sql, _ in rows:
+        assert got == pytest.approx(by_sql, rel=1e-12), when
+    assert rows[20][1] == rows[20][3] and rows[19][1] != pytest.approx(rows[19][3], rel=1e-9)  # 00:00Z restarts

@@ -266,9 +266,12 @@ async def test_refresh_indicators_run_upserts_indicator_rows(stack: Stack) -> No
             for m in range(60):
                 t = base + timedelta(minutes=m, seconds=1)
                 cp.write_row((t, "ZZFLOW", 10_000_000 + m, "V", 50.0 + (m % 7) * 0.1, 10 + m, int(t.timestamp() * 1e9)))
-    _, markdown, _ = await _run(stack, "refresh-indicators/indicators-market-hours",
-                                {"since": base.isoformat(), "symbols": ["ZZFLOW"]})
+    _, markdown, logs = await _run(stack, "refresh-indicators/indicators-market-hours",
+                                   {"since": base.isoformat(), "symbols": ["ZZFLOW"]})
     assert markdown.startswith("# Indicators refreshed at ") and "ZZFLOW" in markdown
+    # VWAP's sessions came from the simulator's /v2/calendar, not the fallback rule.
+    assert re.search(r"INFO session calendar: \d+ trading days from /v2/calendar", logs), logs
+    assert "default rule" not in logs, logs
     with psycopg.connect(stack.db_url) as conn:
         rows, with_macd = conn.execute(
             "SELECT count(*), count(macd) FROM indicators WHERE symbol = 'ZZFLOW' AND source = 'flow'"

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -18,6 +19,7 @@ pytestmark = pytest.mark.db
 SYMBOLS = ("AAA", "BBB")
 MINUTES = 1300  # more than WARMUP_BARS, so the second refresh really starts mid-history
 SPLIT = 1200  # minutes in the first batch of trades
+NEW_YORK = ZoneInfo("America/New_York")
 
 
 @pytest.fixture(scope="module")
@@ -53,20 +55,29 @@ def _insert(url: str, rows: list[tuple]) -> None:
         conn.commit()
 
 
+def _session(bucket: datetime) -> date | None:
+    """The default session rule written out (no calendar is given to these refreshes): weekdays
+    04:00-20:00 New York time, one session per New York date; None outside."""
+    local = bucket.astimezone(NEW_YORK)
+    return local.date() if local.weekday() < 5 and time(4) <= local.time() < time(20) else None
+
+
 def _expected(url: str, symbol: str) -> dict[datetime, dict[str, float]]:
-    """IndicatorSet fed every bar of ohlcv_1m one by one, VWAP reset each UTC day (as the worker does)."""
+    """IndicatorSet fed every bar of ohlcv_1m one by one with its own vwap, VWAP reset at each
+    session start and NaN outside sessions (as the worker does)."""
     with psycopg.connect(url) as conn:
         bars = conn.execute(
-            "SELECT bucket, high, low, close, volume FROM ohlcv_1m WHERE symbol = %s ORDER BY bucket", (symbol,)
+            "SELECT bucket, high, low, close, volume, vwap FROM ohlcv_1m WHERE symbol = %s ORDER BY bucket",
+            (symbol,),
         ).fetchall()
     ind = IndicatorSet()
-    day = None
+    session = None
     out = {}
-    for bucket, high, low, close, volume in bars:
-        if bucket.date() != day:
-            day = bucket.date()
+    for bucket, high, low, close, volume, vwap in bars:
+        if _session(bucket) != session:
+            session = _session(bucket)
             ind.reset_session()
-        ind.update(high, low, close, volume)
+        ind.update(high, low, close, volume, vwap, in_session=session is not None)
         out[bucket] = {"close": close, **ind.values()}
     return out
 
@@ -94,7 +105,8 @@ def _assert_equal(stored: dict, expected: dict) -> None:
 
 
 def test_refresh_equals_incremental_indicators_and_is_idempotent(url: str) -> None:
-    # Start 600 minutes before a UTC midnight, so VWAP's daily restart falls inside the data.
+    # Start 600 minutes before a UTC midnight: ~22 hours of bars, so a session start or end
+    # (04:00 or 20:00 New York time) falls inside the data unless it is all weekend.
     midnight = (datetime.now(UTC) - timedelta(days=2)).replace(hour=0, minute=0, second=0, microsecond=0)
     base = midnight - timedelta(minutes=600)
     now = base + timedelta(minutes=MINUTES + 5)
@@ -113,7 +125,7 @@ def test_refresh_equals_incremental_indicators_and_is_idempotent(url: str) -> No
         assert s.history_bars < MINUTES  # warm-up was bounded...
         assert s.history_bars >= WARMUP_BARS  # ...but long enough
     md = second.to_markdown()
-    assert md.startswith(f"# Indicators refreshed at ") and f"{second.rows_upserted} rows for 2 symbols" in md
+    assert md.startswith("# Indicators refreshed at ") and f"{second.rows_upserted} rows for 2 symbols" in md
     assert "AAA" in md
     state = {t.timeframe: t for t in second.ohlcv.timeframes}
     assert set(state) == {"1m", "5m", "1h", "1d"} and state["1m"].materialized_to is not None

@@ -137,6 +137,39 @@ def test_vwap_restarts_at_each_session_and_prefers_bar_vwap():
             assert abs(incremental.value - got[i]) <= 1e-12 * got[i]
 
 
+def test_vwap_takes_the_typical_price_only_for_bars_without_their_own_and_nothing_outside_sessions():
+    """A bar without ``vw`` (NaN in the array, None to the incremental form) is priced at its typical
+    price; bars of no session are NaN and add nothing; the bundle and its vectorized twin agree."""
+    high, low, close, volume = market(400, seed=8)
+    bar_vwap = (high + low) / 2.0
+    bar_vwap[[5, 17, 230]] = np.nan
+    starts = np.zeros(400, dtype=bool)
+    starts[[0, 150]] = True
+    inside = np.ones(400, dtype=bool)
+    inside[120:150] = False  # e.g. 20:00-04:00 New York time between two sessions
+    starts[120] = False
+    got = ind.vwap(high, low, close, volume, bar_vwap=bar_vwap, session_start=starts, in_session=inside)
+    price = np.where(np.isnan(bar_vwap), (high + low + close) / 3.0, bar_vwap)
+    for lo, hi in ((0, 120), (150, 400)):
+        with np.errstate(invalid="ignore"):
+            expected = np.cumsum(price[lo:hi] * volume[lo:hi]) / np.cumsum(volume[lo:hi])
+        assert_matches(got[lo:hi], expected, rtol=1e-12)
+    assert np.isnan(got[120:150]).all()
+    vectorized = ind.compute_all(high, low, close, volume, bar_vwap=bar_vwap, session_start=starts,
+                                 in_session=inside)["vwap"]
+    assert_matches(vectorized, got, rtol=0, atol=0)
+    bundle = ind.IndicatorSet()
+    for i in range(400):
+        if starts[i]:
+            bundle.reset_session()
+        own = None if math.isnan(bar_vwap[i]) else bar_vwap[i]
+        bundle.update(high[i], low[i], close[i], volume[i], own, in_session=bool(inside[i]))
+        value = bundle.values()["vwap"]
+        assert math.isnan(value) == math.isnan(got[i]), i
+        if not math.isnan(value):
+            assert abs(value - got[i]) <= 1e-12 * got[i], i
+
+
 def test_short_inputs_are_all_warm_up():
     close = np.linspace(1.0, 2.0, 10)
     for values in (ind.rsi(close), ind.ema(close, 26), ind.sma(close, 20), *ind.macd(close),

@@ -18,6 +18,7 @@ from tickvault.alpaca.models import FillActivity, Order, Position
 from tickvault.config import Settings
 from tickvault.db.jobs import JobHealth
 from tickvault.indicators import COLUMNS, IndicatorSet
+from tickvault.indicators.sessions import SessionCalendar
 from tickvault.jobs import alerts, indicators, reconcile, retention
 from tickvault.jobs.markdown import cell, human_bytes, table
 from tickvault.jobs.reconcile import Diff
@@ -117,27 +118,29 @@ def test_counts_and_repaired_marks():
 def _bars(n: int, start: datetime) -> list[tuple]:
     rng = np.random.default_rng(7)
     close = 100 + np.cumsum(rng.normal(0, 0.2, n))
-    return [(start + timedelta(minutes=i), float(c + 0.3), float(c - 0.3), float(c), float(100 + i % 7))
-            for i, c in enumerate(close)]
+    # Every third bar without its own vwap: the typical price stands in, as in the worker.
+    return [(start + timedelta(minutes=i), float(c + 0.3), float(c - 0.3), float(c), float(100 + i % 7),
+             None if i % 3 == 0 else float(c + 0.01)) for i, c in enumerate(close)]
 
 
 def test_indicator_rows_equal_the_incremental_indicators_for_the_new_bars_only():
-    # 300 bars across a UTC midnight: VWAP restarts there, as in the worker.
+    # A crypto pair: its sessions are UTC days, and 300 bars cross a UTC midnight, where VWAP restarts.
+    symbol, calendar = "BTC/USD", SessionCalendar(warned=True)
     bars = _bars(300, T0.replace(hour=22))
     start = bars[200][0]
-    rows, refreshed = indicators.indicator_rows("AAPL", bars, start)
+    rows, refreshed = indicators.indicator_rows(symbol, bars, start, calendar)
     assert len(rows) == 100 and rows[0][0] == start and rows[-1][0] == bars[-1][0]
     assert (refreshed.history_bars, refreshed.rows_upserted, refreshed.first, refreshed.last) == (
         300, 100, start, bars[-1][0])
     incremental, day, expected = IndicatorSet(), None, []
-    for bucket, high, low, close, volume in bars:
+    for bucket, high, low, close, volume, vwap in bars:
         if bucket.date() != day:
             day = bucket.date()
             incremental.reset_session()
-        incremental.update(high, low, close, volume)
+        incremental.update(high, low, close, volume, vwap, in_session=True)
         expected.append(incremental.values())
-    for row, (_t, _h, _l, close, _v), values in zip(rows, bars[200:], expected[200:], strict=True):
-        assert row[1:4] == ("AAPL", "1m", close) and row[-1] == "flow"
+    for row, bar, values in zip(rows, bars[200:], expected[200:], strict=True):
+        assert row[1:4] == (symbol, "1m", bar[3]) and row[-1] == "flow"
         for name, got in zip(COLUMNS, row[4:-1], strict=True):
             want = values[name]
             if math.isnan(want):
@@ -149,15 +152,17 @@ def test_indicator_rows_equal_the_incremental_indicators_for_the_new_bars_only()
 
 
 def test_indicator_rows_of_no_bars_is_an_empty_refresh():
-    assert indicators.indicator_rows("AAPL", [], T0) == ([], indicators.SymbolRefresh("AAPL", 0, 0, None, None, None, None))
+    assert indicators.indicator_rows("AAPL", [], T0, SessionCalendar(warned=True)) == (
+        [], indicators.SymbolRefresh("AAPL", 0, 0, None, None, None, None))
 
 
-def test_history_starts_at_the_warmup_or_the_utc_day_whichever_is_earlier():
-    new = indicators.NewBars("AAPL", T0, T0 + timedelta(minutes=5), 6)
-    day = T0.replace(hour=0)
-    assert indicators.history_start(new, T0 - timedelta(hours=2)) == day
-    assert indicators.history_start(new, day - timedelta(days=2)) == day - timedelta(days=2)
-    assert indicators.history_start(new, None) == T0 - indicators.MAX_HISTORY
+def test_history_starts_at_the_warmup_or_the_session_whichever_is_earlier():
+    new = indicators.NewBars("BTC/USD", T0, T0 + timedelta(minutes=5), 6)
+    session = indicators.session_start_of(new, SessionCalendar(warned=True))
+    assert session == T0.replace(hour=0)  # a crypto session: the UTC day
+    assert indicators.history_start(new, T0 - timedelta(hours=2), session) == session
+    assert indicators.history_start(new, session - timedelta(days=2), session) == session - timedelta(days=2)
+    assert indicators.history_start(new, None, session) == T0 - indicators.MAX_HISTORY
 
 
 # --- retention ----------------------------------------------------------------------------------

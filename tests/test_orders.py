@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import asynccontextmanager
 from decimal import Decimal
 
 import psycopg
@@ -11,9 +12,12 @@ import pytest
 import pytest_asyncio
 from psycopg_pool import AsyncConnectionPool
 
+from tickvault.alpaca.errors import UnprocessableError
 from tickvault.alpaca.models import OrderRequest
 from tickvault.alpaca.rest import AlpacaREST
 from tickvault.config import load_settings
+from tickvault.http import aclose_http_client
+from tickvault.jobs.reconcile import reconcile
 from tickvault.sim.server import Simulator
 from tickvault.stream.metrics import Metrics
 from tickvault.stream.orders import OrderGateway, TradeUpdatesListener, client_order_id
@@ -81,13 +85,23 @@ async def test_restart_mid_submit_finds_the_order_instead_of_resubmitting(env):
         assert conn.execute("SELECT status FROM orders WHERE client_order_id = %s", (cid,)).fetchone()[0] != "pending_submit"
 
 
-async def test_trade_updates_stream_records_fills(env):
-    sim, settings, pool, url = env
-    metrics = Metrics()
+@asynccontextmanager
+async def listening(sim, pool, metrics: Metrics):
+    """A TradeUpdatesListener on the simulator's trade-updates stream, listening; stopped after."""
     listener = TradeUpdatesListener(sim.trade_updates_url, sim.key, sim.secret, pool, metrics)
     task = asyncio.create_task(listener.run())
     try:
         await asyncio.wait_for(listener.listening.wait(), 10)
+        yield listener
+    finally:
+        listener.stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_trade_updates_stream_records_fills(env):
+    sim, settings, pool, url = env
+    metrics = Metrics()
+    async with listening(sim, pool, metrics):
         rest = AlpacaREST(settings)
         order = await rest.submit_order(OrderRequest(symbol="AAPL", side="buy", qty=Decimal("5"), client_order_id="tu-1"))
 
@@ -104,9 +118,6 @@ async def test_trade_updates_stream_records_fills(env):
             status = conn.execute("SELECT status FROM orders WHERE id = %s", (order.id,)).fetchone()[0]
         assert (qty, cum, source, status) == (Decimal("5"), Decimal("5"), "stream", "filled") and price > 0
         assert metrics.totals["fills_recorded"] == 1
-    finally:
-        listener.stop()
-        await asyncio.wait_for(task, 10)
 
 
 def test_strategy_loading_errors_are_clear():
@@ -163,3 +174,47 @@ async def test_worker_strategy_turns_bars_into_orders_and_fills(fresh_database, 
 def _pending(url: str) -> set[str]:
     with psycopg.connect(url) as conn:
         return {r[0] for r in conn.execute("SELECT client_order_id FROM orders WHERE status = 'pending_submit'")}
+
+
+async def test_crypto_intent_reaches_fills_positions_and_reconcile_exactly(env):
+    """A fractional BTC/USD intent: the gateway submits it (gtc), the trade-updates stream records its
+    fill, reconciliation snapshots the BTCUSD position, all in numeric with every digit; an intent
+    the broker refuses (a crypto day order) is left ``rejected`` with Alpaca's reason."""
+    sim, settings, pool, url = env
+    metrics = Metrics()
+    try:
+        async with listening(sim, pool, metrics):
+            await wait_until(lambda: sim.crypto_market.last_quote("BTC/USD") is not None, 10, "a BTC/USD quote")
+            gateway = OrderGateway(AlpacaREST(settings), pool, metrics)
+            bar = Bar("BTC/USD", 1_767_000_000_000_000_000, 94_000.0, 94_100.0, 93_900.0, 94_050.0, 3, 10, 94_010.0)
+            qty = Decimal("0.012345678")
+            order = await gateway.submit("btc", bar, OrderIntent("BTC/USD", "buy", qty, time_in_force="gtc"))
+            assert order is not None and order.status == "filled" and order.filled_qty == qty
+
+            async def fill_recorded() -> bool:
+                async with await psycopg.AsyncConnection.connect(url) as conn:
+                    cur = await conn.execute("SELECT 1 FROM fills WHERE order_id = %s", (order.id,))
+                    return await cur.fetchone() is not None
+
+            await wait_until(fill_recorded, 10, "the crypto fill from the trade-updates stream")
+            with pytest.raises(UnprocessableError, match="time_in_force"):
+                await gateway.submit("btc", bar, OrderIntent("BTC/USD", "buy", qty, time_in_force="day", tag="day"))
+            first = await reconcile(settings, rest=AlpacaREST(settings), db_url=url)
+            assert [(d.kind, d.symbol) for d in first.diffs] == [("missing_position", "BTCUSD")]
+            second = await reconcile(settings, rest=AlpacaREST(settings), db_url=url)
+            assert second.total_diffs == 0  # the snapshot equals the broker's qty to the last digit
+    finally:
+        await aclose_http_client()
+    with psycopg.connect(url) as conn:
+        fill_qty, cum, symbol = conn.execute(
+            "SELECT qty, cum_qty, symbol FROM fills WHERE order_id = %s", (order.id,)).fetchone()
+        row_qty, row_filled, tif = conn.execute(
+            "SELECT qty, filled_qty, time_in_force FROM orders WHERE id = %s", (order.id,)).fetchone()
+        snapshot = conn.execute(
+            "SELECT qty FROM position_snapshots WHERE symbol = 'BTCUSD' ORDER BY time DESC LIMIT 1").fetchone()[0]
+        refused = conn.execute(
+            "SELECT status, raw->'refused'->>'message' FROM orders WHERE time_in_force = 'day' AND symbol = 'BTC/USD'"
+        ).fetchone()
+    assert (fill_qty, cum, symbol) == (qty, qty, "BTC/USD")
+    assert (row_qty, row_filled, tif) == (qty, qty, "gtc") and snapshot == qty
+    assert refused[0] == "rejected" and "time_in_force" in refused[1]

@@ -127,9 +127,9 @@ async def test_wrong_key_is_refused_with_402_and_closed() -> None:
 
 async def test_a_subscription_past_the_symbol_limit_gets_405_and_keeps_the_old_one(monkeypatch) -> None:
     """Any symbol string is accepted, so one connection's subscription is capped (error 405 past it)."""
-    import tickvault.sim.server as server
+    import tickvault.sim.market_stream as market_stream
 
-    monkeypatch.setattr(server, "MAX_SUBSCRIBED_SYMBOLS", 3)
+    monkeypatch.setattr(market_stream, "MAX_SUBSCRIBED_SYMBOLS", 3)
     async with Simulator(symbols=2, rate=100) as sim:
         async with await open_stream(sim, subscribe={"trades": ["AAA", "BBB"]}) as ws:
             await ws.send(encode_client_message(subscribe_message(trades=["CCC", "DDD"])))
@@ -706,3 +706,20 @@ async def test_cancel_open_order_and_activities_paging() -> None:
         sim.broker.set_position("AAA", "-10", "12.5")
         pos = (await http.get("/v2/positions")).json()
         assert (pos[0]["side"], pos[0]["qty"], pos[0]["avg_entry_price"]) == ("short", "-10", "12.5")
+
+
+def test_the_random_walk_has_no_drift():
+    """Steps round to the nearest cent both ways: int() truncated the down steps toward zero, and a $108
+    stock ended near $545 after 100k trades. Deterministic (seeded); the bound is far from either case."""
+    import math
+
+    from tickvault.sim.crypto import CryptoMarket
+    from tickvault.sim.market import Market, symbol_names
+
+    stocks = Market(symbol_names(20), seed=11)
+    crypto = CryptoMarket(["BTC/USD", "ETH/USD", "SOL/USD"], seed=11)
+    for market, n in ((stocks, 400_000), (crypto, 60_000)):
+        start = {s: b.price_cents for s, b in market.books.items()}
+        market.generate(n, time.time_ns())
+        logs = [math.log(b.price_cents / start[s]) for s, b in market.books.items()]
+        assert abs(sum(logs) / len(logs)) < 0.25, (type(market).__name__, logs)

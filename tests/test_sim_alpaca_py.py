@@ -163,7 +163,12 @@ async def test_trading_client_lists_the_simulated_symbols_as_tradable_assets() -
                    for a in assets)
         assert len({a.id for a in assets}) == 3
         crypto = GetAssetsRequest(asset_class=AssetClass.CRYPTO)
-        assert await asyncio.to_thread(client.get_all_assets, crypto) == []
+        pairs = await asyncio.to_thread(client.get_all_assets, crypto)
+        assert [a.symbol for a in pairs] == sim.crypto_pairs and all(
+            a.asset_class == AssetClass.CRYPTO and a.fractionable and not a.shortable for a in pairs)
+        btc = await asyncio.to_thread(client.get_asset, "BTCUSD")
+        assert btc.symbol == "BTC/USD" and btc.id == pairs[0].id
+        assert (await asyncio.to_thread(client.get_asset, "BTC/USD")).id == btc.id
 
 
 async def test_historical_client_gets_exactly_the_ground_truth() -> None:

@@ -37,6 +37,17 @@ async def _banner(proc: asyncio.subprocess.Process) -> list[str]:
     raise AssertionError(f"no banner: {lines} {(await proc.stderr.read()).decode()[-2000:]}")
 
 
+async def _record(live: Simulator, *args: str) -> bytes:
+    """Run a `tickvault sim` recording command against ``live`` with its keys; its stdout once it succeeded."""
+    env = {**os.environ, "TICKVAULT_ALPACA_KEY_ID": KEY, "TICKVAULT_ALPACA_SECRET_KEY": SECRET}
+    proc = await asyncio.create_subprocess_exec(
+        *TICKVAULT, "sim", *args, "--url", live.stream_url("iex"), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    return out
+
+
 async def _stop(proc: asyncio.subprocess.Process) -> int:
     if proc.returncode is None:
         proc.terminate()
@@ -79,13 +90,8 @@ async def test_record_a_live_stream_then_replay_it_to_a_bot(tmp_path) -> None:
     recording = tmp_path / "day.tvrec"
     # The "live" Alpaca here is another simulator; `tickvault sim record` connects to it as a client.
     async with Simulator(symbols=["AAPL", "MSFT"], rate=3_000, frame_size=50, key=KEY, secret=SECRET) as live:
-        env = {**os.environ, "TICKVAULT_ALPACA_KEY_ID": KEY, "TICKVAULT_ALPACA_SECRET_KEY": SECRET}
-        proc = await asyncio.create_subprocess_exec(
-            *TICKVAULT, "sim", "record", str(recording), "--url", live.stream_url("iex"), "--symbols", "*",
-            "--channels", "trades,quotes", "--frames", "40", env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-        assert proc.returncode == 0, err.decode()[-2000:]
+        out = await _record(live, "record", str(recording), "--symbols", "*", "--channels", "trades,quotes",
+                            "--frames", "40")
         assert b"recorded 40 frames" in out
     assert KEY.encode() not in recording.read_bytes() and SECRET.encode() not in recording.read_bytes()
     meta, frames = read_recording(recording)
@@ -153,3 +159,26 @@ async def test_paced_replay_follows_the_recorded_times(tmp_path) -> None:
         took = loop.time() - started
         assert took >= span_s / 4 * 0.9  # never faster than asked (a slow machine may take longer)
         assert replay.clock() >= times[-1]
+
+
+async def test_record_flag_records_like_the_record_command_and_wrong_mixes_are_refused(tmp_path) -> None:
+    recording = tmp_path / "flag.tvrec"
+    async with Simulator(symbols=["AAPL"], rate=2_000, frame_size=20, key=KEY, secret=SECRET) as live:
+        out = await _record(live, "--record", str(recording), "--symbols", "AAPL", "--channels", "trades",
+                            "--frames", "5")
+        assert b"recorded 5 frames" in out
+    meta, frames = read_recording(recording)
+    assert meta["subscription"] == {"trades": ["AAPL"]} and len(list(frames)) == 5
+    for args, why in ((["--record", str(tmp_path / "x"), "--symbols", "AAPL", "--port", "0"], b"--port"),
+                      (["--record", str(tmp_path / "x")], b"--symbols"),
+                      (["--frames", "3"], b"--record only")):
+        proc = await asyncio.create_subprocess_exec(
+            *TICKVAULT, "sim", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 2 and why in err, err
+    assert not (tmp_path / "x").exists()
+    proc = await asyncio.create_subprocess_exec(  # a calendar file that is not there is said, not ignored
+        *TICKVAULT, "sim", "--port", "0", "--rest-port", "0", "--hours", "calendar", "--calendar-file",
+        str(tmp_path / "holidays.txt"), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode != 0 and b"cannot read the calendar file" in err, err

@@ -14,19 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import warnings
-from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
 
-import httpx
 import pytest
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "websockets.legacy is deprecated", DeprecationWarning)
-    from alpaca.common.exceptions import APIError
-    from alpaca.data.historical import StockHistoricalDataClient
-    from alpaca.data.live import StockDataStream
     from alpaca.data.requests import (
         StockBarsRequest,
         StockLatestBarRequest,
@@ -35,7 +29,6 @@ with warnings.catch_warnings():
         StockSnapshotRequest,
     )
     from alpaca.data.timeframe import TimeFrame
-    from alpaca.trading.client import TradingClient
     from alpaca.trading.enums import OrderClass, OrderSide, OrderStatus, QueryOrderStatus, TimeInForce
     from alpaca.trading.requests import (
         ClosePositionRequest,
@@ -49,119 +42,13 @@ with warnings.catch_warnings():
         StopOrderRequest,
         TakeProfitRequest,
     )
-    from alpaca.trading.stream import TradingStream
 
-from tickvault.sim import Simulator
-from tickvault.sim.calendar import NEW_YORK, SimClock
+from tests.support.alpaca_bot import WAIT, Bot, d, ny_ns, sim
+from tickvault.sim.calendar import SimClock
 
 pytestmark = pytest.mark.filterwarnings("ignore:websockets.legacy is deprecated:DeprecationWarning")
 
-KEY, SECRET = "bot-key", "bot-secret"
 EPOCH_2000 = datetime(2000, 1, 1, tzinfo=UTC)
-WAIT = 30  # seconds any one condition may take before the test fails (a failure detector, not a pace)
-
-
-def ny_ns(*args: int) -> int:
-    return int(datetime(*args, tzinfo=NEW_YORK).timestamp()) * 10**9
-
-
-class Bot:
-    """A trading bot's clients, pointed at the simulator; blocking calls run in threads."""
-
-    def __init__(self, sim: Simulator) -> None:
-        self.sim = sim
-        self.trading = TradingClient(KEY, SECRET, paper=True, url_override=sim.rest_url)
-        self.data = StockHistoricalDataClient(KEY, SECRET, url_override=sim.rest_url)
-        self.updates: list[Any] = []  # TradeUpdate models, in arrival order
-        self._changed = asyncio.Event()
-
-    async def call(self, fn, *args, **kwargs):
-        return await asyncio.to_thread(fn, *args, **kwargs)
-
-    async def trade(self, method: str, *args, **kwargs):
-        return await self.call(getattr(self.trading, method), *args, **kwargs)
-
-    async def refused(self, method: str, *args) -> APIError:
-        with pytest.raises(APIError) as caught:
-            await self.trade(method, *args)
-        return caught.value
-
-    @asynccontextmanager
-    async def trade_updates(self):
-        """TradingStream listening; ``self.updates`` collects every event."""
-        stream = TradingStream(KEY, SECRET, paper=True, url_override=self.sim.trade_updates_url)
-
-        async def on_update(update) -> None:
-            self.updates.append(update)
-            self._changed.set()
-
-        stream.subscribe_trade_updates(on_update)
-        task = asyncio.create_task(stream._run_forever())
-        try:
-            await self.until(lambda: self.sim.trade_update_listeners() == 1, "TradingStream listening")
-            yield
-        finally:
-            await stream.stop_ws()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
-    async def until(self, condition, what: str, timeout: float = WAIT) -> None:
-        async with asyncio.timeout(timeout):
-            while not condition():
-                self._changed.clear()
-                with_poll = asyncio.ensure_future(self._changed.wait())
-                await asyncio.wait([with_poll], timeout=0.02)  # woken by an event, or re-check the condition
-                with_poll.cancel()
-        assert condition(), what
-
-    def events(self, order_id) -> list[str]:
-        return [str(u.event.value if hasattr(u.event, "value") else u.event) for u in self.updates
-                if str(u.order.id) == str(order_id)]
-
-    async def event(self, order_id, event: str):
-        await self.until(lambda: event in self.events(order_id), f"{event} of {order_id}")
-        return next(u for u in self.updates if str(u.order.id) == str(order_id)
-                    and str(getattr(u.event, "value", u.event)) == event)
-
-    async def move_market(self, quotes: int, *symbols: str) -> None:
-        """Let a rate=None market run until ``quotes`` quotes reached a StockDataStream, then stop it."""
-        stream = StockDataStream(KEY, SECRET, raw_data=True, url_override=self.sim.stream_url("iex"))
-        seen = 0
-        enough = asyncio.Event()
-
-        async def on_quote(q) -> None:
-            nonlocal seen
-            seen += 1
-            if seen >= quotes:
-                enough.set()
-
-        stream.subscribe_quotes(on_quote, *(symbols or self.sim.symbols))
-        task = asyncio.create_task(stream._run_forever())
-        try:
-            await asyncio.wait_for(enough.wait(), WAIT)
-        finally:
-            await stream.stop_ws()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        await self.until(lambda: self.sim.subscribed_clients() == 0, "the market stands still again")
-
-    async def sim_control(self, path: str, body: dict) -> dict:
-        async with httpx.AsyncClient(base_url=self.sim.rest_url) as http:
-            r = await http.post(path, json=body)
-            assert r.status_code == 200, r.text
-            return r.json()
-
-
-def sim(**kwargs) -> Simulator:
-    kwargs.setdefault("symbols", ["AAPL", "MSFT", "NVDA"])
-    kwargs.setdefault("rate", None)
-    kwargs.setdefault("seed", 4)
-    kwargs.setdefault("cash", "1000000")  # room for orders larger than a quote's size (≤ 1,900 shares)
-    return Simulator(key=KEY, secret=SECRET, **kwargs)
-
-
-def d(value) -> Decimal:
-    return Decimal(str(value))
 
 
 # ------------------------------------------------------------------------------- the fill model
@@ -357,17 +244,18 @@ async def test_bracket_oto_and_oco_orders() -> None:
             assert bracket.status == OrderStatus.FILLED and bracket.order_class == OrderClass.BRACKET
             take, stop = bracket.legs
             assert (take.type, take.side, d(take.limit_price)) == ("limit", OrderSide.SELL, ask * 2)
-            assert stop.type == "stop" and take.status == OrderStatus.NEW and stop.status == OrderStatus.NEW
+            # As at Alpaca: the take-profit works as new, the stop stays held while it watches the market.
+            assert stop.type == "stop" and take.status == OrderStatus.NEW and stop.status == OrderStatus.HELD
             await bot.event(take.id, "new")
             wrong = await bot.refused("submit_order", MarketOrderRequest(
                 symbol="AAPL", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.GTC,
                 order_class=OrderClass.BRACKET, take_profit=TakeProfitRequest(limit_price=float(ask / 2)),
                 stop_loss=StopLossRequest(stop_price=float(ask / 3))))
             assert wrong.status_code == 422 and "take_profit.limit_price" in wrong.message
-            # Cancelling one exit of the bracket; the other stays.
+            # Canceling one exit of the bracket cancels the other (Alpaca's one-cancels-other).
             await bot.trade("cancel_order_by_id", take.id)
-            assert (await bot.trade("get_order_by_id", stop.id)).status == OrderStatus.NEW
-            await bot.trade("cancel_order_by_id", stop.id)
+            assert (await bot.trade("get_order_by_id", stop.id)).status == OrderStatus.CANCELED
+            await bot.event(stop.id, "canceled")
 
             oto = await bot.trade("submit_order", LimitOrderRequest(
                 symbol="MSFT", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY, limit_price=1.00,
@@ -384,7 +272,7 @@ async def test_bracket_oto_and_oco_orders() -> None:
                 order_class=OrderClass.OCO, take_profit=TakeProfitRequest(limit_price=float(ask * 3)),
                 stop_loss=StopLossRequest(stop_price=float((ask / 3).quantize(Decimal("0.01"))))))
             assert oco.order_class == OrderClass.OCO and oco.status == OrderStatus.NEW
-            assert [leg.status for leg in oco.legs] == [OrderStatus.NEW]
+            assert [leg.status for leg in oco.legs] == [OrderStatus.HELD]
             await bot.trade("cancel_order_by_id", oco.id)  # one cancels the other
             await bot.event(oco.legs[0].id, "canceled")
 

@@ -477,6 +477,8 @@ def sim_command(
     seed: int = typer.Option(None, help="Seed of the random walk (and of rate-based faults)."),
     frame_size: int = typer.Option(None, "--frame-size", help="Messages per frame."),
     hours: str = typer.Option(None, help="always (never closes) or calendar (NYSE's sessions)."),
+    calendar_file: str = typer.Option(None, "--calendar-file", help="Extra closures and early closes for --hours calendar: "
+                                      "a file of YYYY-MM-DD or YYYY-MM-DD HH:MM lines."),
     clock_start: str = typer.Option(None, "--clock-start", help="Simulated start time, ISO 8601 with offset."),
     clock_scale: float = typer.Option(None, "--clock-scale", help="Simulated seconds per wall second."),
     replay: str = typer.Option(None, help="Serve this recording (tickvault sim record) instead of the random walk."),
@@ -488,10 +490,35 @@ def sim_command(
     rate_429: float = typer.Option(0, "--rate-429", help="Fault: answer this share (0..1) of REST requests with 429."),
     rate_500: float = typer.Option(0, "--rate-500", help="Fault: answer this share (0..1) of REST requests with 500."),
     latency_ms: float = typer.Option(0, "--latency-ms", help="Fault: add this latency to every REST answer."),
+    record: str = typer.Option(None, "--record", help="Record a live stream into this file instead of simulating "
+                               "(as `tickvault sim record FILE`; needs --symbols, takes --channels, --url, "
+                               "--seconds, --frames)."),
+    channels: str = typer.Option(None, help="With --record: channels to record (default trades,quotes,bars)."),
+    url: str = typer.Option(None, help="With --record: the stream URL (default: Alpaca's, from the settings)."),
+    seconds: float = typer.Option(None, help="With --record: stop after this long."),
+    frames: int = typer.Option(None, help="With --record: stop after this many frames."),
 ) -> None:
-    """Run the simulator until Ctrl-C / SIGTERM; prints its URLs and the keys it accepts."""
+    """Run the simulator until Ctrl-C / SIGTERM; prints its URLs and the keys it accepts. With --record,
+    record a live stream instead."""
     if ctx.invoked_subcommand is not None:
         return
+    simulator_only = {"--port": port, "--rest-port": rest_port, "--rate": rate, "--seed": seed,
+                      "--frame-size": frame_size, "--hours": hours, "--calendar-file": calendar_file,
+                      "--clock-start": clock_start, "--clock-scale": clock_scale, "--replay": replay,
+                      "--replay-speed": replay_speed, "--drop-every": drop_every or None,
+                      "--stall-every": stall_every or None, "--malformed-every": malformed_every or None,
+                      "--rate-429": rate_429 or None, "--rate-500": rate_500 or None, "--latency-ms": latency_ms or None}
+    if record is not None:
+        given = [flag for flag, value in simulator_only.items() if value is not None]
+        if given:
+            raise _fail(f"--record records a live stream; {', '.join(given)} configure the simulator", code=2)
+        if not symbols:
+            raise _fail("--record needs --symbols (comma-separated, * for all)", code=2)
+        _record(record, symbols, channels or "trades,quotes,bars", url, seconds, frames)
+        return
+    for flag, value in (("--channels", channels), ("--url", url), ("--seconds", seconds), ("--frames", frames)):
+        if value is not None:
+            raise _fail(f"{flag} applies to --record only", code=2)
     import asyncio
 
     from tickvault.config import load_settings
@@ -502,7 +529,8 @@ def sim_command(
         name: value
         for name, value in (
             ("sim_port", port), ("sim_rest_port", rest_port), ("sim_rate", rate), ("sim_seed", seed),
-            ("sim_frame_size", frame_size), ("sim_hours", hours), ("sim_clock_start", clock_start),
+            ("sim_frame_size", frame_size), ("sim_hours", hours), ("sim_calendar_file", calendar_file),
+            ("sim_clock_start", clock_start),
             ("sim_clock_scale", clock_scale), ("sim_replay", replay), ("sim_replay_speed", replay_speed),
         )
         if value is not None
@@ -555,7 +583,14 @@ def sim_record(
 ) -> None:
     """Record a live market-data stream's frames (as they arrive, with arrival times) for --replay.
 
-    The keys are TICKVAULT_ALPACA_KEY_ID / TICKVAULT_ALPACA_SECRET_KEY; they are never written to the file."""
+    The keys are TICKVAULT_ALPACA_KEY_ID / TICKVAULT_ALPACA_SECRET_KEY; they are never written to the file.
+    `tickvault sim --record FILE` does the same."""
+    _record(out, symbols, channels, url, seconds, frames)
+
+
+def _record(out: str, symbols: str, channels: str, url: str | None, seconds: float | None,
+            frames: int | None) -> None:
+    """`tickvault sim record` and `tickvault sim --record`: one way to record a stream."""
     import asyncio
     import signal
 

@@ -143,6 +143,11 @@ class Settings(BaseSettings):
         description="Simulated exchange hours: always open, or NYSE's calendar (no trades while closed, orders wait "
         "for the open, `day` orders expire at the close).",
     )
+    sim_calendar_file: Path | None = Field(
+        None,
+        description="One-off changes to NYSE's calendar for `sim_hours=calendar`, one a line: `YYYY-MM-DD` (closed) "
+        "or `YYYY-MM-DD HH:MM` (closes early, New York time); `#` comments.",
+    )
     sim_clock_start: datetime | None = Field(
         None, description="Simulated time to start at (ISO 8601 with offset). Unset: now (a replay: its first frame)."
     )

@@ -5,7 +5,9 @@ so this module speaks the same REST paths (see ``/work/shared/alpaca-protocol.md
 ``httpx.AsyncClient`` of :mod:`tickvault.http`. Calls that do not depend on each other can go out
 together with ``asyncio.gather``; the pool bounds the connections they open.
 
-Retry policy (all of it is here, in :class:`RetryPolicy` and :meth:`AlpacaREST._request`):
+Retry policy (all of it is here, in :meth:`AlpacaREST._request`, over :class:`tickvault.retry.RetryPolicy`,
+the one policy of every retry loop; Alpaca's free plan allows 200 requests/min, so a burst that hits
+429 backs off from 0.25 s doubling to at most 8 s; four retries span ~15 s):
 
 * Retried: HTTP 429, 500, 502, 503, 504 and transport failures (connect errors and timeouts, read
   timeouts, dropped connections), at most ``http_max_retries`` times, with exponential backoff and
@@ -35,8 +37,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal, TypeVar
@@ -59,6 +60,7 @@ from tickvault.alpaca.models import (
 )
 from tickvault.config import Settings
 from tickvault.http import get_http_client
+from tickvault.retry import RetryPolicy
 
 __all__ = ["RETRY_STATUSES", "AlpacaREST", "RetryPolicy", "collect"]
 
@@ -73,27 +75,6 @@ _NOT_TRANSIENT = (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.Pro
 
 T = TypeVar("T")
 TimeArg = datetime | str | int  # aware datetime (naive = UTC), RFC 3339 text, or epoch nanoseconds
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How failed calls are retried. Defaults: Alpaca's free plan allows 200 requests/min, so a
-    burst that hits 429 backs off from 0.25 s doubling to at most 8 s; four retries span ~15 s."""
-
-    max_retries: int = 4
-    backoff_base_s: float = 0.25
-    backoff_cap_s: float = 8.0
-    # A server asking for a longer pause than this is not waited for inside a call: a flow task
-    # fails fast (RateLimitError.retry_after says when to come back) instead of hanging.
-    max_retry_after_s: float = 60.0
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **overrides: float) -> RetryPolicy:
-        return cls(max_retries=settings.http_max_retries, **overrides)  # type: ignore[arg-type]
-
-    def backoff(self, retry_number: int) -> float:
-        """Full-jitter exponential backoff before retry ``retry_number`` (0-based)."""
-        return random.uniform(0.0, min(self.backoff_cap_s, self.backoff_base_s * (2.0**retry_number)))
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -201,6 +182,17 @@ class AlpacaREST:
             params["status"] = status
         rows = await self._request("GET", self.trading_url, "/v2/assets", params=params)
         return [Asset.model_validate(row) for row in rows or ()]
+
+    # ----------------------------------------------------------------------------- calendar
+
+    async def calendar(self, start: date, end: date) -> list[dict[str, Any]]:
+        """``GET /v2/calendar``: the exchange's trading days in ``[start, end]`` (New York dates),
+        each ``{date, open, close, session_open, session_close, settlement_date}`` with New York
+        wall-clock times as Alpaca writes them (``"09:30"``, ``"0400"``); holidays have no item.
+        Read by :mod:`tickvault.indicators.sessions`."""
+        params = {"start": start.isoformat(), "end": end.isoformat()}
+        rows = await self._request("GET", self.trading_url, "/v2/calendar", params=params)
+        return rows  # checked item by item by the reader (sessions.SessionCalendar.from_alpaca)
 
     # ----------------------------------------------------------------------------- orders
 
@@ -487,7 +479,7 @@ class AlpacaREST:
             except httpx.TransportError as exc:
                 never_sent = isinstance(exc, _NEVER_SENT)
                 transient = not isinstance(exc, _NOT_TRANSIENT)
-                if transient and (idempotent or never_sent) and attempts <= policy.max_retries:
+                if transient and (idempotent or never_sent) and not policy.gives_up(attempts - 1):
                     ambiguous = ambiguous or not never_sent
                     delay = policy.backoff(attempts - 1)
                     log.warning(
@@ -507,9 +499,9 @@ class AlpacaREST:
             if status < 400:
                 return _parse_json(response.content)
 
-            if status in RETRY_STATUSES and (idempotent or status == 429) and attempts <= policy.max_retries:
+            if status in RETRY_STATUSES and (idempotent or status == 429) and not policy.gives_up(attempts - 1):
                 delay, asked = self._retry_delay(response, attempts)
-                if asked is None or asked <= policy.max_retry_after_s:
+                if asked is None or policy.honours(asked):
                     ambiguous = ambiguous or status != 429
                     log.warning(
                         "%s %s: HTTP %d, retry %d/%d in %.3fs%s",

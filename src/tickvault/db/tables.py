@@ -46,7 +46,6 @@ __all__ = [
     "CRYPTO_ORDERBOOKS",
     "CRYPTO_QUOTES",
     "CRYPTO_TRADES",
-    "CRYPTO_TRADES_DEDUPE",
     "UPSERT_CRYPTO_BARS_FROM_STAGE",
     "UPSERT_NEWS",
     "BARS_STAGE",
@@ -83,6 +82,22 @@ class CopySpec:
     def copy_statement(self, table: str | None = None) -> str:
         """``COPY <table> (<columns>) FROM STDIN (FORMAT BINARY)``; ``table`` names a staging twin."""
         return f"COPY {table or self.table} ({', '.join(self.columns)}) FROM STDIN (FORMAT BINARY)"
+
+    @property
+    def stage(self) -> str:
+        """The name of this table's staging twin (a temp table, rows deleted at commit)."""
+        return f"{self.table}_stage"
+
+    def create_stage(self) -> str:
+        """Creates the staging twin for this session if it does not exist yet."""
+        return (f"CREATE TEMP TABLE IF NOT EXISTS {self.stage} (LIKE {self.table} INCLUDING DEFAULTS) "
+                "ON COMMIT DELETE ROWS")
+
+    def dedupe_insert(self) -> str:
+        """Staged rows into the table, skipping any whose unique key is already stored (a re-delivery,
+        a backfill overlapping the stream); duplicates within the stage are skipped the same way."""
+        cols = ", ".join(self.columns)
+        return f"INSERT INTO {self.table} ({cols}) SELECT {cols} FROM {self.stage} ON CONFLICT DO NOTHING"
 
 
 TRADES = CopySpec(
@@ -170,12 +185,6 @@ UPSERT_BARS_FROM_STAGE = (
 UPSERT_CRYPTO_BARS_FROM_STAGE = UPSERT_BARS_FROM_STAGE.replace("INTO bars ", "INTO crypto_bars ").replace(
     "FROM bars_stage", "FROM crypto_bars_stage").replace("bars.updated", "crypto_bars.updated").replace(
     "bars.source", "crypto_bars.source")
-CRYPTO_TRADES_DEDUPE = (
-    "INSERT INTO crypto_trades (time, symbol, trade_id, price, size, taker_side, time_ns) "
-    "SELECT DISTINCT ON (symbol, time, trade_id) time, symbol, trade_id, price, size, taker_side, time_ns "
-    "FROM crypto_trades_stage ON CONFLICT DO NOTHING"
-)
-
 # News (migration 010): a newer version of an article replaces the stored one, never the reverse.
 UPSERT_NEWS = (
     "INSERT INTO news (id, headline, summary, author, source, url, content, symbols, created_at, updated_at) "
@@ -184,11 +193,6 @@ UPSERT_NEWS = (
     "author = excluded.author, source = excluded.source, url = excluded.url, content = excluded.content, "
     "symbols = excluded.symbols, updated_at = excluded.updated_at, received_at = now() "
     "WHERE excluded.updated_at >= news.updated_at"
-)
-
-OPTION_TRADES_DEDUPE = (
-    f"INSERT INTO option_trades ({', '.join(OPTION_TRADES.columns)}) "
-    f"SELECT {', '.join(OPTION_TRADES.columns)} FROM option_trades_stage ON CONFLICT DO NOTHING"
 )
 
 #: indicators rows as both writers build them: (time, symbol, timeframe, close, *INDICATOR_VALUES).

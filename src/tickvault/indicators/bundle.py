@@ -17,7 +17,8 @@ from .incremental import ATR, EMA, MACD, RSI, SMA, VWAP, BollingerBands
 class IndicatorSet:
     """RSI(14), EMA(12), EMA(26), SMA(20), MACD(12, 26, 9), BBANDS(20, 2, 2), ATR(14) and VWAP
     for one symbol. Call :meth:`reset_session` at each session start (VWAP restarts; the rest
-    carry over, as they do in TA-Lib over a continuous series)."""
+    carry over, as they do in TA-Lib over a continuous series) and pass ``in_session=False`` for a
+    bar outside every session (VWAP NaN for it); :mod:`.sessions` decides both."""
 
     __slots__ = ("rsi", "ema_fast", "ema_slow", "sma", "macd", "bands", "atr", "vwap")
 
@@ -32,7 +33,13 @@ class IndicatorSet:
         self.vwap = VWAP()
 
     def update(
-        self, high: float, low: float, close: float, volume: float, bar_vwap: float | None = None
+        self,
+        high: float,
+        low: float,
+        close: float,
+        volume: float,
+        bar_vwap: float | None = None,
+        in_session: bool = True,
     ) -> None:
         self.rsi.update(close)
         self.ema_fast.update(close)
@@ -41,7 +48,10 @@ class IndicatorSet:
         self.macd.update(close)
         self.bands.update(close)
         self.atr.update(high, low, close)
-        self.vwap.update(high, low, close, volume, bar_vwap)
+        if in_session:
+            self.vwap.update(high, low, close, volume, bar_vwap)
+        else:  # a bar of no session: no VWAP, and nothing carried into the next session
+            self.vwap.reset()
 
     def values(self) -> dict[str, float]:
         """The current row, keyed by :data:`definitions.COLUMNS` (NaN where not ready)."""
@@ -80,9 +90,11 @@ def compute_all(
     *,
     bar_vwap: np.ndarray | None = None,
     session_start: np.ndarray | None = None,
+    in_session: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """The :class:`IndicatorSet` columns for whole arrays of bars (one array per column, NaN
-    during warm-up). ``session_start`` (booleans) restarts VWAP, like ``reset_session``."""
+    during warm-up). ``session_start`` (booleans) restarts VWAP, like ``reset_session``;
+    ``in_session`` False marks a bar of no session (VWAP NaN), like ``update(in_session=False)``."""
     macd, signal, hist = v.macd(close, d.MACD_FAST, d.MACD_SLOW, d.MACD_SIGNAL)
     upper, middle, lower = v.bbands(close, d.BB_PERIOD, d.BB_DEV_UP, d.BB_DEV_DN)
     return {
@@ -97,5 +109,6 @@ def compute_all(
         "bb_middle": middle,
         "bb_lower": lower,
         "atr_14": v.atr(high, low, close, d.ATR_PERIOD),
-        "vwap": v.vwap(high, low, close, volume, bar_vwap=bar_vwap, session_start=session_start),
+        "vwap": v.vwap(high, low, close, volume, bar_vwap=bar_vwap, session_start=session_start,
+                       in_session=in_session),
     }

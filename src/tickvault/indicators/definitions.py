@@ -22,8 +22,11 @@ drift apart. The definitions are TA-Lib's (C library 0.6+, default settings, uns
 * **Bollinger Bands(p, up, dn)**: middle = SMA(p), ``upper/lower = middle +/- dev * sigma`` with
   the *population* standard deviation of the same ``p`` closes (TA-Lib ``matype=0``).
 * **VWAP** (no TA-Lib equivalent): session-cumulative ``sum(price * volume) / sum(volume)`` since
-  the last reset, where price is the bar's own VWAP when the feed gives one (Alpaca's ``vw``) and
-  the typical price ``(high + low + close) / 3`` otherwise. NaN until some volume has traded.
+  the last reset, where price is the bar's own VWAP when the feed gives one (Alpaca's ``vw``; the
+  ``vwap`` of ``ohlcv_1m``) and the typical price ``(high + low + close) / 3`` for a bar without one.
+  NaN until some volume has traded, and for a bar outside every session. Sessions (where the reset
+  falls: the US equity session open from ``/v2/calendar``, the UTC day for crypto) are
+  :mod:`.sessions`'s.
 
 Every output is NaN before its first valid index ("warm-up"); ``*_first_index`` below is that
 index, and an incremental indicator's ``ready`` flips on exactly the update with that index.
@@ -62,6 +65,13 @@ COLUMNS: tuple[str, ...] = (
     "atr_14",
     "vwap",
 )
+
+# Bars of history replayed before the first bar whose indicators are wanted (the refresh flow's
+# warm-up, the worker's restore after a restart). The slowest-decaying state is Wilder's (weight
+# 13/14 per bar for RSI/ATR 14): after 1000 bars a difference in the seed has shrunk by
+# (13/14)**1000 ≈ 1e-32, far below float64 resolution, so the result equals a replay from the
+# first bar. VWAP needs its whole session instead, which both replays also load.
+WARMUP_BARS = 1000
 
 # Running sums (SMA, Bollinger) are recomputed exactly from their ring buffer every this many
 # updates: the drift of a running sum grows like sqrt(updates) * eps * |price|, so 1000 keeps it

@@ -376,9 +376,9 @@ class BollingerBands:
 
 class VWAP:
     """Session VWAP: ``sum(price * volume) / sum(volume)`` since the last :meth:`reset` (call it
-    at each session start). Price is the bar's own VWAP when given (Alpaca's ``vw``), else the
-    typical price ``(high + low + close) / 3``. NaN until some volume has traded; ``ready`` is
-    derived from the traded volume."""
+    at each session start; :mod:`.sessions` says when). Price is the bar's own VWAP when given
+    (Alpaca's ``vw``; None or NaN when absent), else the typical price ``(high + low + close) / 3``.
+    NaN until some volume has traded; ``ready`` is derived from the traded volume."""
 
     __slots__ = ("value", "_pv", "_volume")
 
@@ -397,7 +397,8 @@ class VWAP:
     def update(
         self, high: float, low: float, close: float, volume: float, bar_vwap: float | None = None
     ) -> None:
-        pv = self._pv + ((high + low + close) / 3.0 if bar_vwap is None else bar_vwap) * volume
+        price = (high + low + close) / 3.0 if bar_vwap is None or bar_vwap != bar_vwap else bar_vwap
+        pv = self._pv + price * volume
         cumulative = self._volume + volume
         self._pv = pv
         self._volume = cumulative

@@ -204,22 +204,30 @@ def vwap(
     *,
     bar_vwap: np.ndarray | None = None,
     session_start: np.ndarray | None = None,
+    in_session: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Session-cumulative VWAP (see :mod:`.definitions`).
+    """Session-cumulative VWAP (see :mod:`.definitions`; sessions from :mod:`.sessions`).
 
-    ``bar_vwap``: each bar's own VWAP (Alpaca's ``vw``), used instead of the typical price.
+    ``bar_vwap``: each bar's own VWAP (Alpaca's ``vw``), used instead of the typical price; NaN
+    where a bar has none (the typical price stands in for that bar).
     ``session_start``: booleans, True on the first bar of each session (sums restart there);
-    without it the whole array is one session. NaN while the session's volume is still 0.
+    without it the whole array is one session. ``in_session``: booleans, False on a bar of no
+    session (NaN, and it adds nothing to any sums). NaN while the session's volume is still 0.
     """
     v = _prices(volume)
+    price = _prices(high) + _prices(low)
+    price += _prices(close)
+    price /= 3.0
     if bar_vwap is not None:
-        price = _prices(bar_vwap)
-    else:
-        price = _prices(high) + _prices(low)
-        price += _prices(close)
-        price /= 3.0
+        own = _prices(bar_vwap)
+        price = np.where(np.isnan(own), price, own)
     pv = price * v
     vol = v.copy()
+    outside = None
+    if in_session is not None:
+        outside = ~np.asarray(in_session, dtype=bool)
+        pv[outside] = 0.0
+        vol[outside] = 0.0
     # Sums restart at each session start; each session is summed on its own (subtracting a
     # running total would cost digits when a short session follows a long history).
     bounds = [0, v.shape[0]]
@@ -232,4 +240,6 @@ def vwap(
     with np.errstate(invalid="ignore", divide="ignore"):
         out = pv / vol
     out[vol == 0.0] = np.nan
+    if outside is not None:
+        out[outside] = np.nan
     return out

@@ -2,13 +2,17 @@
 bars, vectorized, and upsert them into ``indicators`` (``source = 'flow'``).
 
 The values equal what the streaming worker's incremental :class:`~tickvault.indicators.IndicatorSet`
-produces for the same bars (same definitions, VWAP restarted at each UTC day as the worker does).
+produces for the same bars: same definitions, VWAP from each bar's own ``vwap`` (the typical price
+where a bar has none) restarted at each session start by the same
+:class:`~tickvault.indicators.sessions.SessionTracker` the worker steps (US equities: the exchange's
+extended session in New York time from ``/v2/calendar``, which the flow fetches and hands in as a
+:class:`~tickvault.indicators.sessions.SessionCalendar`; crypto: the UTC day).
 EMA, RSI, ATR and MACD are recursive: a value depends on every bar since the series began. Rather
 than replaying a symbol's whole history every minute, each symbol loads a warm-up of
-:data:`WARMUP_BARS` bars before its first new bar (and at least back to the start of that UTC day,
-for VWAP). The slowest-decaying state is Wilder's (weight 13/14 per bar for RSI/ATR 14): after 1000
-bars a difference in the seed has shrunk by (13/14)**1000 ≈ 1e-32, far below float64 resolution,
-so the result equals a replay from the first bar. A symbol with fewer bars than that is replayed
+:data:`WARMUP_BARS` bars before its first new bar (and at least back to the start of that bar's
+session, for VWAP). The slowest-decaying state is Wilder's (weight 13/14 per bar for RSI/ATR 14):
+after 1000 bars a difference in the seed has shrunk by (13/14)**1000 ≈ 1e-32, far below float64
+resolution, so the result equals a replay from the first bar. A symbol with fewer bars than that is replayed
 from its first bar, exactly as the worker saw it.
 
 "New bars" of a symbol are those at or after the newest bar the flow already computed (that bar
@@ -37,12 +41,14 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import psycopg
 
+from tickvault.alpaca.protocol import datetime_to_ns
 from tickvault.db.aggregates import AggregateStatus, RefreshResult, aggregate_status, refresh_ohlcv
 from tickvault.db.migrate import server_edition
 from tickvault.db.tables import indicators_upsert
 from tickvault.db.jobs import JobHealth, job_health, jobs_markdown, warning_lines
 from tickvault.indicators import COLUMNS, compute_all
 from tickvault.indicators import definitions as d
+from tickvault.indicators.sessions import SessionCalendar, default_calendar, session_marks
 from tickvault.jobs.markdown import table
 from tickvault.market_time import MarketClock
 
@@ -58,6 +64,7 @@ __all__ = [
     "SymbolRefresh",
     "compute_symbol",
     "history_start",
+    "session_start_of",
     "indicator_rows",
     "load_bars",
     "upsert_indicator_rows",
@@ -70,8 +77,7 @@ __all__ = [
 
 TIMEFRAME = "1m"  # the worker computes indicators on 1-minute bars; so does the flow
 SOURCE = "flow"
-# See the module docstring: (13/14)**1000 ≈ 1e-32, so 1000 bars of warm-up equal a full replay.
-WARMUP_BARS = 1000
+WARMUP_BARS = d.WARMUP_BARS  # (13/14)**1000 ≈ 1e-32: 1000 bars of warm-up equal a full replay
 # The warm-up search looks back at most this far (1000 market-hours bars are ~2.6 sessions; 30
 # days covers weekends and holidays with room to spare while bounding the scan).
 MAX_HISTORY = timedelta(days=30)
@@ -331,20 +337,29 @@ def find_new_bars(
         return found
 
 
-#: one 1-minute bar as the indicators need it: (bucket, high, low, close, volume).
-Bar = tuple[datetime, float, float, float, float]
+#: one 1-minute bar as the indicators need it: (bucket, high, low, close, volume, vwap or None).
+Bar = tuple[datetime, float, float, float, float, float | None]
 
 
-def history_start(new: NewBars, warmup_start: datetime | None) -> datetime:
-    """Where a symbol's loaded history begins: the warm-up's first bar (``None``: fewer than the
-    warm-up before the start, so replay from :data:`MAX_HISTORY` back), never after the start of
-    the first new bar's UTC day (VWAP restarts there)."""
-    day_start = new.start.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return min(warmup_start, day_start) if warmup_start else min(new.start - MAX_HISTORY, day_start)
+def session_start_of(new: NewBars, calendar: SessionCalendar) -> datetime:
+    """Pure: the start of the session holding the first new bar (VWAP restarts there); the bar's own
+    time when it falls outside every session."""
+    window = calendar.window(new.symbol, datetime_to_ns(new.start))
+    return datetime.fromtimestamp(window[0] // 10**9, UTC) if window else new.start
 
 
-def indicator_rows(symbol: str, bars: Sequence[Bar], start: datetime) -> tuple[list[tuple], SymbolRefresh]:
-    """Pure: every indicator over ``bars`` (oldest first, warm-up included), vectorized; the
+def history_start(new: NewBars, warmup_start: datetime | None, session_start: datetime) -> datetime:
+    """Pure: where a symbol's loaded history begins: the warm-up's first bar (``None``: fewer than
+    the warm-up before the start, so replay from :data:`MAX_HISTORY` back), never after the start of
+    the first new bar's session."""
+    return min(warmup_start, session_start) if warmup_start else min(new.start - MAX_HISTORY, session_start)
+
+
+def indicator_rows(
+    symbol: str, bars: Sequence[Bar], start: datetime, calendar: SessionCalendar
+) -> tuple[list[tuple], SymbolRefresh]:
+    """Pure: every indicator over ``bars`` (oldest first, warm-up included), vectorized, sessions
+    stepped as the worker steps them (:func:`~tickvault.indicators.sessions.session_marks`); the
     :data:`~tickvault.db.tables.INDICATORS` rows (plus ``source``) of the bars at or after ``start``,
     NaN as None, and what they were."""
     if not bars:
@@ -355,12 +370,13 @@ def indicator_rows(symbol: str, bars: Sequence[Bar], start: datetime) -> tuple[l
     low = np.fromiter((b[2] for b in bars), dtype=np.float64, count=n)
     close = np.fromiter((b[3] for b in bars), dtype=np.float64, count=n)
     volume = np.fromiter((b[4] for b in bars), dtype=np.float64, count=n)
-    # VWAP restarts each UTC day, as in the worker (tickvault.stream.processor).
-    days = np.fromiter((int(b.timestamp()) // 86_400 for b in buckets), dtype=np.int64, count=n)
-    session_start = np.empty(n, dtype=bool)
-    session_start[0] = True
-    session_start[1:] = days[1:] != days[:-1]
-    values = compute_all(high, low, close, volume, session_start=session_start)
+    bar_vwap = np.fromiter((np.nan if b[5] is None else b[5] for b in bars), dtype=np.float64,
+                           count=n)  # NaN: no vwap, the typical price stands in
+    starts, inside = session_marks(symbol, (datetime_to_ns(b) for b in buckets), calendar)
+    values = compute_all(
+        high, low, close, volume, bar_vwap=bar_vwap,
+        session_start=np.array(starts, dtype=bool), in_session=np.array(inside, dtype=bool),
+    )
     first_new = next(i for i, b in enumerate(buckets) if b >= start)
     columns = [values[c] for c in COLUMNS]
     rows = [
@@ -378,7 +394,7 @@ def indicator_rows(symbol: str, bars: Sequence[Bar], start: datetime) -> tuple[l
     )
 
 
-def load_bars(conn: psycopg.Connection, new: NewBars, *, warmup_bars: int = WARMUP_BARS) -> list[Bar]:
+def load_bars(conn: psycopg.Connection, new: NewBars, *, warmup_bars: int, session_start: datetime) -> list[Bar]:
     """The warm-up and the new bars of one symbol from ``ohlcv_1m``, oldest first."""
     row = conn.execute(
         "SELECT bucket FROM ohlcv_1m WHERE symbol = %s AND bucket < %s AND bucket >= %s "
@@ -386,9 +402,9 @@ def load_bars(conn: psycopg.Connection, new: NewBars, *, warmup_bars: int = WARM
         (new.symbol, new.start, new.start - MAX_HISTORY, max(warmup_bars - 1, 0)),
     ).fetchone()
     return conn.execute(
-        "SELECT bucket, high, low, close, volume FROM ohlcv_1m "
+        "SELECT bucket, high, low, close, volume, vwap FROM ohlcv_1m "
         "WHERE symbol = %s AND bucket >= %s AND bucket <= %s ORDER BY bucket",
-        (new.symbol, history_start(new, row[0] if row else None), new.last),
+        (new.symbol, history_start(new, row[0] if row else None, session_start), new.last),
     ).fetchall()
 
 
@@ -399,10 +415,15 @@ def upsert_indicator_rows(conn: psycopg.Connection, rows: Sequence[tuple]) -> No
     conn.commit()
 
 
-def compute_symbol(url: str, new: NewBars, *, warmup_bars: int = WARMUP_BARS) -> SymbolRefresh:
-    """One symbol: load its bars, compute its indicators, upsert the new rows."""
+def compute_symbol(
+    url: str, new: NewBars, *, warmup_bars: int = WARMUP_BARS, calendar: SessionCalendar | None = None
+) -> SymbolRefresh:
+    """One symbol: load its bars, compute its indicators, upsert the new rows.
+    ``calendar``: the US equity sessions (default: the default rule, logged once)."""
+    calendar = calendar if calendar is not None else default_calendar()
     with psycopg.connect(url) as conn:
-        rows, refreshed = indicator_rows(new.symbol, load_bars(conn, new, warmup_bars=warmup_bars), new.start)
+        bars = load_bars(conn, new, warmup_bars=warmup_bars, session_start=session_start_of(new, calendar))
+        rows, refreshed = indicator_rows(new.symbol, bars, new.start, calendar)
         if rows:
             upsert_indicator_rows(conn, rows)
     return refreshed
@@ -417,8 +438,12 @@ def refresh_indicators(
     refresh: bool = True,
     now: datetime | None = None,
     initial_lookback: timedelta = DEFAULT_INITIAL_LOOKBACK,
+    calendar: SessionCalendar | None = None,
 ) -> IndicatorRefreshSummary:
-    """The whole job in one call (what tests and scripts use; the flow runs the same steps as tasks)."""
+    """The whole job in one call (what tests and scripts use; the flow runs the same steps as tasks).
+    ``calendar``: the US equity sessions, e.g. from
+    :func:`~tickvault.indicators.sessions.fetch_session_calendar` (default: the default rule)."""
+    calendar = calendar if calendar is not None else default_calendar()
     t0 = time.perf_counter()
     summary = IndicatorRefreshSummary(started_at=datetime.now(UTC))
     if refresh:
@@ -426,7 +451,7 @@ def refresh_indicators(
     t1 = time.perf_counter()
     summary.aggregates_s = t1 - t0
     for new in find_new_bars(url, since=since, symbols=symbols, now=now, initial_lookback=initial_lookback):
-        summary.symbols.append(compute_symbol(url, new, warmup_bars=warmup_bars))
+        summary.symbols.append(compute_symbol(url, new, warmup_bars=warmup_bars, calendar=calendar))
     summary.compute_s = time.perf_counter() - t1
     summary.ohlcv = read_ohlcv_state(url)
     summary.jobs = check_jobs(url)

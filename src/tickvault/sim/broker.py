@@ -12,13 +12,24 @@ The fill model, which a strategy tested here can rely on:
 - **Stop orders** trigger on a trade at or through the stop and become market orders (stop-limit:
   limit orders). ``ioc`` fills what it can at once and cancels the rest; ``fok`` fills all at once or
   is canceled.
+- **Trailing stops** (``trail_price`` or ``trail_percent``, ``day``/``gtc``): the high-water mark
+  ``hwm`` starts at the last trade and follows every trade in the order's favour (up for a sell,
+  down for a buy); the stop price keeps its trail from it (cents, half up) and a trade at or through
+  it triggers a market order.
+- **Replacing** (``PATCH``): the new order takes every field not given from the old one; ``qty`` is
+  the order's total, so a partly filled order stays ``replaced`` with what it filled and the new one
+  carries the rest.
 - **Order classes**: ``bracket`` (entry + take-profit limit + stop-loss, the exits ``held`` until the
   entry fills completely), ``oto`` (entry + one exit) and ``oco`` (take-profit limit + stop-loss, both
-  working). When an exit leg fills (even partly) its sibling is canceled.
+  working). As at Alpaca, a working pair's take-profit shows ``new`` and its stop stays ``held`` (it
+  watches the market; a trigger makes it ``new``); canceling either cancels the other. When an exit
+  fills in part, the other exit's qty shrinks to what is left of the position; when it fills
+  completely, the other is canceled. The two hold the position's shares once.
 - **Hours**: with ``hours="always"`` the exchange never closes; ``day`` orders do not expire. With
   ``hours="calendar"`` (see :mod:`tickvault.sim.calendar`) an order sent while the market is closed is
   ``accepted`` and goes to work (``new``) at the next open; a ``day`` order expires at its session's
-  close (``expires_at``).
+  close (``expires_at``), an early one on a half day. ``calendar`` adds one-off closures and early
+  closes to NYSE's.
 - **Account rules** (Alpaca's answers): a buy that opens or adds costs ``qty × (limit or ask)`` of
   buying power (403 ``insufficient buying power``); a sell beyond the long position's available qty,
   or a buy beyond the short's, is refused (403 ``insufficient qty available for order``; a position
@@ -27,7 +38,7 @@ The fill model, which a strategy tested here can rely on:
   value| − open orders' reservations``, multiplier 1).
 
 What this module must never do: grow without bound in a long run (orders up to ``max_orders``, the
-oldest closed ones forgotten first with their client_order_id; fills up to ``max_fills``; working
+oldest closed ones forgotten first with their client_order_id; activities up to ``max_activities``; working
 orders up to ``max_open_orders``, more → 403 as Alpaca limits them; equity marks up to
 ``max_marks``), or hold money in floats: Decimal throughout, decimal strings on the wire.
 """
@@ -38,23 +49,52 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Any
+from datetime import date as datetime_date
+from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any, NamedTuple
 
 from tickvault.alpaca.protocol import ns_to_rfc3339, rfc3339_to_ns
-from tickvault.sim import calendar
+from tickvault.sim.calendar import NYSE, Calendar, new_york_date
 
 CENT = Decimal("0.01")
 QTY_STEP = Decimal("0.000000001")  # Alpaca's fractional qty precision (9 decimals)
-_ORDER_TYPES = ("market", "limit", "stop", "stop_limit")
+_ORDER_TYPES = ("market", "limit", "stop", "stop_limit", "trailing_stop")
 _TIFS = ("day", "gtc", "ioc", "fok", "opg", "cls")
 _CLASSES = ("simple", "bracket", "oco", "oto")
 OPEN_STATUSES = ("new", "accepted", "partially_filled", "pending_new", "held")
 HOURS = ("always", "calendar")
 # (bid_cents, bid_size, ask_cents, ask_size, quote time ns): what the market quotes for a symbol.
 Quote = tuple[int, int, int, int, int]
-_FALLBACK_SIZE = 100  # shares on each side of the quote made up before a symbol has a real quote
+_FALLBACK_SIZE = 100  # shares (contracts, coins) each side of the quote made up before a real quote
+
+
+class Venue(NamedTuple):
+    """A market the broker trades in and what its numbers mean: ``price_cents(symbol)`` (None: not
+    listed here) and ``quote(symbol)`` read it; its trade and quote sizes are ``size_scale`` per unit
+    of qty (crypto: 10⁸, sizes in satoshis); a price moves ``multiplier`` × price in cash per unit
+    (an option contract: 100 shares)."""
+
+    asset_class: str  # us_equity | crypto | us_option: Alpaca's asset class
+    exchange: str  # what positions report as their exchange
+    price_cents: Callable[[str], int | None]
+    quote: Callable[[str], Quote | None]
+    size_scale: int = 1
+    multiplier: int = 1
+
+
+def position_symbol(symbol: str) -> str:
+    """Alpaca names a crypto position without the slash of its pair: ``BTC/USD`` → ``BTCUSD``."""
+    return symbol.replace("/", "")
 MARK_EVERY_NS = 60 * 10**9  # one equity mark per simulated minute for the portfolio history
+# The non-trade activities the simulator books (``Broker.cash_activity``) and their default description.
+CASH_ACTIVITIES = {"CSD": "cash deposit", "CSW": "cash withdrawal", "FEE": "fee", "DIV": "cash dividend"}
+OPTIONS_APPROVED_LEVEL = 3  # Alpaca's paper accounts come approved for level 3 (spreads)
+TRANSFERS = ("CSD", "CSW")  # cash moved by the owner: no part of profit and loss
+# Every activity type Alpaca documents (alpaca-py's ActivityType): filters may name any of them.
+ACTIVITY_TYPES = frozenset(
+    "FILL ACATC ACATS CFEE CIL CSD CSW DIV DIVCGL DIVCGS DIVNRA DIVROC DIVTXEX DIVWH EXTRD FEE FXTRD INT INTPNL "
+    "JNLC JNLS MA MEM NC OCT OPASN OPCSH OPEXC OPEXP OPTRD PTC REORG SPIN SPLIT SWP VOF WH".split()
+)
 
 
 class BrokerError(Exception):
@@ -102,7 +142,7 @@ class _Order:
         "expired_ns", "failed_ns", "replaced_ns", "expires_ns", "activate_ns", "symbol", "qty", "notional",
         "filled_qty", "filled_value", "type", "side", "time_in_force", "limit_price", "stop_price", "status",
         "extended_hours", "triggered", "order_class", "legs", "parent", "sibling", "replaced_by", "replaces",
-        "position_intent",
+        "position_intent", "trail_price", "trail_percent", "hwm", "asset_class",
     )
 
     @property
@@ -136,7 +176,7 @@ class _Order:
             "replaces": self.replaces,
             "asset_id": asset_id(self.symbol),
             "symbol": self.symbol,
-            "asset_class": "us_equity",
+            "asset_class": self.asset_class,
             "notional": _s(self.notional),
             "qty": _s(self.qty) if self.notional is None or self.filled_qty else None,
             "filled_qty": _s(self.filled_qty),
@@ -152,10 +192,23 @@ class _Order:
             "status": self.status,
             "extended_hours": self.extended_hours,
             "legs": [leg.to_json(legs=False) for leg in self.legs] if legs and self.legs else None,
-            "trail_percent": None,
-            "trail_price": None,
-            "hwm": None,
+            "trail_percent": _s(self.trail_percent),
+            "trail_price": _s(self.trail_price),
+            "hwm": _s(self.hwm),
         }
+
+    def trail_to(self, price: Decimal) -> None:
+        """A trailing stop follows the market: the high-water mark (sell; the low-water mark for a buy)
+        moves only in the order's favour, and the stop price keeps its trail from it."""
+        if self.hwm is not None and (price <= self.hwm if self.side == "sell" else price >= self.hwm):
+            return
+        self.hwm = price
+        up = -1 if self.side == "sell" else 1
+        if self.trail_price is not None:
+            stop = price + up * self.trail_price
+        else:
+            stop = price * (1 + up * self.trail_percent / 100)
+        self.stop_price = stop.quantize(CENT, ROUND_HALF_UP)
 
 
 class Broker:
@@ -175,32 +228,37 @@ class Broker:
         quote: Callable[[str], Quote | None] | None = None,
         clock: Callable[[], int] = time.time_ns,
         hours: str = "always",
+        calendar: Calendar | None = None,
         cash: Decimal | str = "100000",
         max_orders: int = 10_000,
-        max_fills: int = 100_000,
+        max_activities: int = 100_000,
         max_open_orders: int = 1_000,
         max_marks: int = 100_000,
     ) -> None:
         if hours not in HOURS:
             raise ValueError(f"hours must be one of {HOURS}")
-        self._price_cents = price_cents
-        self._quote = quote or (lambda symbol: None)
+        # Stocks by default; add_venue() lists crypto pairs and option contracts with their own markets.
+        self.stocks = Venue("us_equity", "NASDAQ", price_cents, quote or (lambda symbol: None))
+        self._venues: dict[str, Venue] = {}  # symbol (a pair, an OCC contract) → its venue; ≤ listed symbols
+        self._pairs: dict[str, str] = {}  # crypto position symbol (BTCUSD) → pair (BTC/USD)
         self.clock = clock
         self.hours = hours
+        self.calendar = calendar or NYSE  # sessions with hours="calendar"; its one-off changes included
         self.account_id = str(uuid.uuid4())
         self.account_number = "PA" + self.account_id.replace("-", "")[:10].upper()
         self.cash = Decimal(cash)
         self.max_orders = max_orders
-        self.max_fills = max_fills
+        self.max_activities = max_activities
         self.max_open_orders = max_open_orders
         self.orders: OrderedDict[str, _Order] = OrderedDict()  # ≤ max_orders, oldest first
         self.by_client_id: dict[str, str] = {}  # client_order_id → id, same entries as orders
         self.working: dict[str, list[_Order]] = {}  # symbol → orders the market can fill; ≤ max_open_orders
         self.pending: list[_Order] = []  # accepted while closed, or day orders: waiting on the clock
         self.positions: dict[str, list[Decimal]] = {}  # symbol → [qty (signed), cost basis]; ≤ symbols
-        self.fills: deque[dict] = deque(maxlen=max_fills)  # activities, oldest first
-        self._fill_seq = 0  # sequence of the newest fill; fills[i] has seq first_seq + i
-        self._fill_index: dict[str, int] = {}  # activity id → seq, same entries as fills
+        # Account activities (fills and cash movements), oldest first: (seq, time ns, activity JSON).
+        self.activity_log: deque[tuple[int, int, dict]] = deque(maxlen=max_activities)
+        self._activity_seq = 0  # sequence of the newest activity
+        self._activity_index: dict[str, int] = {}  # activity id → seq, same entries as activity_log
         self._liquidity: dict[str, list[int]] = {}  # symbol → [quote time, bid left, ask left]: ≤ symbols
         self.marks: deque[tuple[int, Decimal]] = deque(maxlen=max_marks)  # (ns, equity), oldest first
         self._next_mark = 0
@@ -213,7 +271,7 @@ class Broker:
             "max_margin_multiplier": "1",
             "pdt_check": "entry",
             "ptp_no_exception_entry": False,
-            "max_options_trading_level": 0,
+            "max_options_trading_level": OPTIONS_APPROVED_LEVEL,
         }
         self.reject_next = 0  # fault: the next N submitted orders are rejected (a ``rejected`` event)
         self.listeners: list[Callable[[dict], None]] = []
@@ -226,10 +284,26 @@ class Broker:
     ) -> None:
         """Plant a position (qty signed: negative is short); qty 0 removes it. Cash is not touched."""
         q = Decimal(str(qty))
+        key = position_symbol(symbol)
         if q == 0:
-            self.positions.pop(symbol, None)
+            self.positions.pop(key, None)
         else:
-            self.positions[symbol] = [q, q * Decimal(str(avg_entry_price))]
+            multiplier = self.venue(self._market_symbol(key)).multiplier
+            self.positions[key] = [q, q * Decimal(str(avg_entry_price)) * multiplier]
+
+    def add_venue(self, venue: Venue, symbols: list[str]) -> None:
+        """Trade ``symbols`` (crypto pairs such as ``BTC/USD``, OCC option contracts) on ``venue``."""
+        for symbol in symbols:
+            self._venues[symbol] = venue
+            if venue.asset_class == "crypto":
+                self._pairs[position_symbol(symbol)] = symbol
+
+    def venue(self, symbol: str) -> Venue:
+        return self._venues.get(symbol, self.stocks)
+
+    def _market_symbol(self, symbol: str) -> str:
+        """The symbol a market quotes: a crypto pair may be named without its slash (BTCUSD)."""
+        return self._pairs.get(symbol, symbol)
 
     def set_cash(self, cash: Decimal | str | int) -> None:
         self.cash = Decimal(str(cash))
@@ -241,17 +315,21 @@ class Broker:
 
     # ------------------------------------------------------------------ prices
     def _price(self, symbol: str) -> Decimal:
-        cents = self._price_cents(symbol)
+        symbol = self._market_symbol(symbol)
+        cents = self.venue(symbol).price_cents(symbol)
         if cents is None:
             raise BrokerError(422, 40010001, f'asset "{symbol}" not found')
         return Decimal(cents) / 100
 
     def _book(self, symbol: str) -> tuple[Decimal, Decimal, list[int]]:
-        """(bid, ask, liquidity [quote time, bid left, ask left]) of the symbol's current quote."""
-        q = self._quote(symbol)
+        """(bid, ask, liquidity [quote time, bid left, ask left]) of the symbol's current quote; the
+        liquidity in the venue's size units."""
+        venue = self.venue(symbol)
+        q = venue.quote(symbol)
         if q is None:
-            cents = self._price_cents(symbol) or 1
-            q = (max(1, cents - 1), _FALLBACK_SIZE, cents + 1, _FALLBACK_SIZE, 0)
+            cents = venue.price_cents(symbol) or 1
+            size = _FALLBACK_SIZE * venue.size_scale
+            q = (max(1, cents - 1), size, cents + 1, size, 0)
         bid, bid_size, ask, ask_size, t = q
         liq = self._liquidity.get(symbol)
         if liq is None or liq[0] != t:
@@ -259,13 +337,17 @@ class Broker:
         return Decimal(bid) / 100, Decimal(ask) / 100, liq
 
     def is_open(self, now: int | None = None) -> bool:
-        return self.hours == "always" or calendar.is_open(self.clock() if now is None else now)
+        return self.hours == "always" or self.calendar.is_open(self.clock() if now is None else now)
+
+    def _trading(self, o: _Order, now: int) -> bool:
+        """Whether ``o``'s market trades now: crypto around the clock, the rest by the hours."""
+        return o.asset_class == "crypto" or o.extended_hours or self.is_open(now)
 
     # ------------------------------------------------------------------ account
     def _market_values(self) -> tuple[Decimal, Decimal]:
         long_mv = short_mv = Decimal(0)
         for symbol, (qty, _) in self.positions.items():
-            mv = qty * self._price(symbol)
+            mv = qty * self._price(symbol) * self.venue(self._market_symbol(symbol)).multiplier
             if qty > 0:
                 long_mv += mv
             else:
@@ -286,7 +368,7 @@ class Broker:
                 price = o.limit_price if o.limit_price is not None else self._book(o.symbol)[1]
             else:
                 price = o.limit_price if o.limit_price is not None else self._price(o.symbol)
-            total += o.remaining * price
+            total += o.remaining * price * self.venue(o.symbol).multiplier
         return total
 
     def buying_power(self, skip: _Order | None = None) -> Decimal:
@@ -308,6 +390,9 @@ class Broker:
             "daytrading_buying_power": "0",
             "non_marginable_buying_power": _s(bp),
             "options_buying_power": _s(bp),
+            "options_approved_level": OPTIONS_APPROVED_LEVEL,
+            # Alpaca: the lower of the approved level and the account configuration's maximum.
+            "options_trading_level": min(OPTIONS_APPROVED_LEVEL, int(self.configuration["max_options_trading_level"] or 0)),
             "cash": _s(self.cash.quantize(CENT)),
             "accrued_fees": "0",
             "pending_transfer_in": "0",
@@ -343,29 +428,33 @@ class Broker:
 
     # ------------------------------------------------------------------ positions
     def _held_for_orders(self, symbol: str, side: str) -> Decimal:
-        # An OCO's two exits hold the same shares once: its stop leg is not counted again.
+        # Two exits that cancel each other (OCO, bracket) hold the same shares once: the stop of the
+        # pair is not counted again.
         return sum(
             (o.remaining for o in self.orders.values()
-             if o.is_open and o.symbol == symbol and o.side == side and o.status != "held"
-             and not (o.order_class == "oco" and o.parent is not None)),
+             if o.is_open and position_symbol(o.symbol) == symbol and o.side == side and o.status != "held"
+             and not (o.sibling is not None and o.sibling.is_open and o.sibling.status != "held"
+                      and o.stop_price is not None)),
             Decimal(0),
         )
 
     def _position_json(self, symbol: str) -> dict:
         qty, cost = self.positions[symbol]
-        price = self._price(symbol)
-        mv = qty * price
+        market = self._market_symbol(symbol)
+        venue = self.venue(market)
+        price = self._price(market)
+        mv = qty * price * venue.multiplier
         upl = mv - cost
         plpc = _s((upl / abs(cost)).quantize(Decimal("0.0001"))) if cost else "0"
         closing_side = "sell" if qty > 0 else "buy"
         available = abs(qty) - self._held_for_orders(symbol, closing_side)
         return {
-            "asset_id": asset_id(symbol),
+            "asset_id": asset_id(market),
             "symbol": symbol,
-            "exchange": "NASDAQ",
-            "asset_class": "us_equity",
-            "asset_marginable": True,
-            "avg_entry_price": _s((cost / qty).quantize(Decimal("0.0001"), ROUND_HALF_UP)),
+            "exchange": venue.exchange,
+            "asset_class": venue.asset_class,
+            "asset_marginable": venue.asset_class == "us_equity",
+            "avg_entry_price": _s((cost / qty / venue.multiplier).quantize(Decimal("0.0001"), ROUND_HALF_UP)),
             "qty": _s(qty),
             "qty_available": _s(available if qty > 0 else -available),
             "side": "long" if qty > 0 else "short",
@@ -384,11 +473,11 @@ class Broker:
         return [self._position_json(s) for s in sorted(self.positions)]
 
     def _position_symbol(self, symbol_or_asset_id: str) -> str:
-        key = symbol_or_asset_id.upper()
+        key = position_symbol(symbol_or_asset_id.upper())
         if key in self.positions:
             return key
         for symbol in self.positions:
-            if asset_id(symbol) == symbol_or_asset_id:
+            if asset_id(self._market_symbol(symbol)) == symbol_or_asset_id:
                 return symbol
         raise BrokerError(404, 40410000, "position does not exist")
 
@@ -409,8 +498,9 @@ class Broker:
             if not 0 < pct <= 100:
                 raise BrokerError(422, 40010001, "percentage must be in (0, 100]")
             amount = (abs(held) * pct / 100).quantize(QTY_STEP)
-        body = {"symbol": symbol, "qty": str(amount), "side": "sell" if held > 0 else "buy",
-                "type": "market", "time_in_force": "day"}
+        tif = "gtc" if self.venue(self._market_symbol(symbol)).asset_class == "crypto" else "day"
+        body = {"symbol": self._market_symbol(symbol), "qty": str(amount), "side": "sell" if held > 0 else "buy",
+                "type": "market", "time_in_force": tif}
         return self.submit(body)
 
     def close_all_positions(self, cancel_orders: bool = False) -> list[dict]:
@@ -479,14 +569,17 @@ class Broker:
         o.parent = o.sibling = None
         o.replaced_by = o.replaces = None
         o.position_intent = ""
+        o.trail_price = o.trail_percent = o.hwm = None
+        o.asset_class = "us_equity"
         return o
 
     def _validated(self, body: dict, order_class: str) -> _Order:
         symbol = body.get("symbol")
         if not isinstance(symbol, str) or not symbol:
             raise BrokerError(422, 40010001, "symbol is required")
-        symbol = symbol.upper()
+        symbol = self._market_symbol(symbol.upper())
         price = self._price(symbol)
+        venue = self.venue(symbol)
         side = body.get("side")
         if side not in ("buy", "sell"):
             raise BrokerError(422, 40010001, f"invalid side: {side!r}")
@@ -498,6 +591,8 @@ class Broker:
             raise BrokerError(422, 40010001, f"invalid time_in_force: {tif!r}")
         if order_class != "simple" and tif not in ("day", "gtc"):
             raise BrokerError(422, 40010001, "time_in_force must be day or gtc for advanced orders")
+        if venue.asset_class != "us_equity":
+            self._validate_class(venue, body, otype, tif, order_class)
         qty, notional = body.get("qty"), body.get("notional")
         if (qty is None) == (notional is None):
             raise BrokerError(422, 40010001, "qty or notional is required (exactly one)")
@@ -508,12 +603,14 @@ class Broker:
                 raise BrokerError(422, 40010001, "notional must be > 0")
             if otype != "market" or order_class != "simple":
                 raise BrokerError(422, 40010001, "notional orders must be simple market orders")
-            o.qty = (o.notional / price).quantize(QTY_STEP)
+            bid, ask, _ = self._book(symbol)
+            # The qty the notional buys (sells) at the quote it will take: filled at once, it costs the notional.
+            o.qty = (o.notional / (ask if side == "buy" else bid)).quantize(QTY_STEP, ROUND_DOWN)
         else:
             o.qty = _dec(qty, "qty")
             if o.qty <= 0:
                 raise BrokerError(422, 40010001, "qty must be > 0")
-        if o.qty != o.qty.to_integral_value():
+        if o.qty != o.qty.to_integral_value() and venue.asset_class == "us_equity":
             if not self.configuration["fractional_trading"]:
                 raise BrokerError(422, 40010001, "fractional trading is disabled for this account")
             if tif != "day" or order_class != "simple":
@@ -522,6 +619,10 @@ class Broker:
             o.limit_price = _dec(body["limit_price"], "limit_price")
         if body.get("stop_price") is not None:
             o.stop_price = _dec(body["stop_price"], "stop_price")
+        if otype == "trailing_stop":
+            self._validate_trail(o, body, tif, order_class)
+        elif body.get("trail_price") is not None or body.get("trail_percent") is not None:
+            raise BrokerError(422, 40010001, "trail_price and trail_percent apply to trailing_stop orders only")
         if otype in ("limit", "stop_limit") and o.limit_price is None:
             raise BrokerError(422, 40010001, "limit_price is required for limit orders")
         if otype in ("stop", "stop_limit") and o.stop_price is None:
@@ -539,9 +640,59 @@ class Broker:
             raise BrokerError(422, 40010001, "client_order_id must be unique")
         o.client_order_id = cid
         o.symbol, o.side, o.type, o.time_in_force = symbol, side, otype, tif
+        o.asset_class = venue.asset_class
         o.extended_hours = extended
         o.order_class = order_class
+        if otype == "trailing_stop":
+            o.trail_to(price)  # the high-water mark starts at the last trade
         return o
+
+    def _validate_class(self, venue: Venue, body: dict, otype: str, tif: str, order_class: str) -> None:
+        """Alpaca's rules for crypto (gtc/ioc; market, limit, stop_limit; simple orders) and options
+        (day; market or limit; whole contracts, no notional; simple orders; an options level ≥ 2)."""
+        if order_class != "simple":
+            raise BrokerError(422, 40010001, f"{venue.asset_class} orders must be simple orders")
+        if venue.asset_class == "crypto":
+            if tif not in ("gtc", "ioc"):
+                raise BrokerError(422, 40010001, f"invalid crypto time_in_force: {tif} (gtc or ioc)")
+            if otype not in ("market", "limit", "stop_limit"):
+                raise BrokerError(422, 40010001, f"invalid crypto order type: {otype} (market, limit or stop_limit)")
+            return
+        if min(OPTIONS_APPROVED_LEVEL, int(self.configuration["max_options_trading_level"] or 0)) < 2:
+            raise BrokerError(403, 40310000, "options trading is not enabled for this account (level 2 or more)")
+        if tif != "day":
+            raise BrokerError(422, 40010001, f"invalid options time_in_force: {tif} (day only)")
+        if otype not in ("market", "limit"):
+            raise BrokerError(422, 40010001, f"invalid options order type: {otype} (market or limit)")
+        if body.get("notional") is not None:
+            raise BrokerError(422, 40010001, "options orders take a qty of contracts, not a notional")
+        qty = _dec(body.get("qty"), "qty")
+        if qty != qty.to_integral_value():
+            raise BrokerError(422, 40010001, "qty must be a whole number of contracts for options")
+        if body.get("extended_hours"):
+            raise BrokerError(422, 40010001, "options orders cannot trade in extended hours")
+
+    @staticmethod
+    def _validate_trail(o: _Order, body: dict, tif: str, order_class: str) -> None:
+        """Alpaca's rules for a trailing stop: exactly one of trail_price/trail_percent, no limit or stop
+        price of its own (the stop follows the high-water mark), day or gtc, a simple order."""
+        trail_price, trail_percent = body.get("trail_price"), body.get("trail_percent")
+        if (trail_price is None) == (trail_percent is None):
+            raise BrokerError(422, 40010001, "trailing_stop orders need exactly one of trail_price or trail_percent")
+        if o.limit_price is not None or o.stop_price is not None:
+            raise BrokerError(422, 40010001, "trailing_stop orders take no limit_price or stop_price")
+        if tif not in ("day", "gtc"):
+            raise BrokerError(422, 40010001, "trailing_stop orders must be day or gtc")
+        if order_class != "simple" or o.notional is not None:
+            raise BrokerError(422, 40010001, "trailing_stop orders must be simple orders with a qty")
+        if trail_price is not None:
+            o.trail_price = _dec(trail_price, "trail_price")
+            if o.trail_price <= 0:
+                raise BrokerError(422, 40010001, "trail_price must be > 0")
+        else:
+            o.trail_percent = _dec(trail_percent, "trail_percent")
+            if not 0 < o.trail_percent < 100:
+                raise BrokerError(422, 40010001, "trail_percent must be in (0, 100)")
 
     def _legs(self, parent: _Order, body: dict, order_class: str) -> list[_Order]:
         take, stop = body.get("take_profit"), body.get("stop_loss")
@@ -552,7 +703,8 @@ class Broker:
                 raise BrokerError(422, 40010001, "oco orders are a limit order with take_profit and stop_loss")
         if order_class == "oto" and bool(take) == bool(stop):
             raise BrokerError(422, 40010001, "oto orders need exactly one of take_profit or stop_loss")
-        exit_side = "sell" if parent.side == "buy" else "buy"
+        # A bracket's or OTO's exits close what the entry opens; an OCO's stop leg exits with its parent.
+        exit_side = parent.side if order_class == "oco" else "sell" if parent.side == "buy" else "buy"
         base = parent.limit_price if parent.limit_price is not None else self._price(parent.symbol)
         legs = []
         tp_price = sl_price = None
@@ -604,7 +756,8 @@ class Broker:
 
     def _check_account(self, o: _Order) -> None:
         """Alpaca's refusals for qty and buying power (403), and the order's position intent."""
-        held = self.positions.get(o.symbol, [Decimal(0)])[0]
+        held = self.positions.get(position_symbol(o.symbol), [Decimal(0)])[0]
+        venue = self.venue(o.symbol)
         if o.order_class == "oco":
             # An OCO exits an existing position: its qty must be available on the closing side.
             if (held > 0) != (o.side == "sell") or held == 0:
@@ -614,7 +767,10 @@ class Broker:
         closing = held != 0 and (held > 0) != (signed > 0)
         if closing:
             closing_side = o.side
-            available = abs(held) - self._held_for_orders(o.symbol, closing_side)
+            available = abs(held) - self._held_for_orders(position_symbol(o.symbol), closing_side)
+            if o.qty > available and venue.asset_class == "crypto":
+                raise BrokerError(403, 40310000, f"insufficient balance for {o.symbol.split('/')[0]} (requested: "
+                                  f"{_s(o.qty)}, available: {_s(max(available, Decimal(0)))})")
             if o.qty > available:
                 raise BrokerError(403, 40310000, f"insufficient qty available for order (requested: {_s(o.qty)}, "
                                   f"available: {_s(max(available, Decimal(0)))})",
@@ -622,9 +778,15 @@ class Broker:
                                   existing_qty=_s(abs(held)), held_for_orders=_s(abs(held) - available))
             o.position_intent = f"{o.side}_to_close"
             for leg in o.legs:
-                leg.position_intent = f"{leg.side}_to_open"
+                leg.position_intent = f"{leg.side}_to_close" if o.order_class == "oco" else f"{leg.side}_to_open"
             return
         o.position_intent = f"{o.side}_to_open"
+        if o.side == "sell" and venue.asset_class == "crypto":
+            raise BrokerError(403, 40310000, f"insufficient balance for {o.symbol.split('/')[0]} (requested: "
+                              f"{_s(o.qty)}, available: 0)")
+        if o.side == "sell" and venue.asset_class == "us_option":
+            raise BrokerError(403, 40310000, "options cannot be sold to open in the simulator: uncovered "
+                              "contracts are not allowed")
         if o.side == "sell":
             if self.configuration["no_shorting"]:
                 raise BrokerError(403, 40310000, "account is not allowed to short")
@@ -633,7 +795,7 @@ class Broker:
             cost = o.qty * (o.limit_price if o.limit_price is not None else self._price(o.symbol))
         else:
             cost = o.qty * (o.limit_price if o.limit_price is not None else self._book(o.symbol)[1])
-        if cost > self.buying_power():
+        if cost * venue.multiplier > self.buying_power():
             raise BrokerError(403, 40310000, "insufficient buying power")
 
     def _remember(self, o: _Order) -> None:
@@ -649,19 +811,29 @@ class Broker:
     def _start(self, o: _Order, now: int) -> None:
         """A new (or activated) order: expiry, then to work now or at the next open."""
         if o.time_in_force == "day" and self.hours == "calendar" and not o.expires_ns:
-            o.expires_ns = calendar.next_close(now) or 0
-        if not self.is_open(now) and not o.extended_hours:
+            o.expires_ns = self.calendar.next_close(now) or 0
+        if not self._trading(o, now):
             o.status = "accepted"
-            o.activate_ns = calendar.next_open(now) or 0
+            o.activate_ns = self.calendar.next_open(now) or 0
             self.pending.append(o)
             self._emit("accepted", o)
             return
-        o.status = "new"
         o.updated_ns = now
         if o.expires_ns:
             self.pending.append(o)
+        if o.parent is not None and o.sibling is not None and o.stop_price is not None:
+            # The stop of a take-profit/stop-loss pair stays ``held`` while it watches the market, as at
+            # Alpaca; it shows ``new`` when a trade triggers it.
+            o.status = "held"
+            self.working.setdefault(o.symbol, []).append(o)
+            return
+        o.status = "new"
         self._emit("new", o)
         self._work(o, now)
+
+    def _armed(self, o: _Order) -> bool:
+        """A held stop exit at work (its entry filled), not one waiting for its entry."""
+        return o.status == "held" and o in self.working.get(o.symbol, ())
 
     def _work(self, o: _Order, now: int) -> None:
         """Fill what the current quote allows; the rest rests (or is canceled for ioc/fok)."""
@@ -691,19 +863,20 @@ class Broker:
         if self._marketable_price(o) is None:
             return Decimal(0)
         liq = self._book(o.symbol)[2]
-        return min(o.remaining, Decimal(liq[2] if o.side == "buy" else liq[1]))
+        return min(o.remaining, Decimal(liq[2] if o.side == "buy" else liq[1]) / self.venue(o.symbol).size_scale)
 
     def _fill_from_quote(self, o: _Order, now: int) -> None:
         price = self._marketable_price(o)
         if price is None:
             return
         liq = self._book(o.symbol)[2]
+        scale = self.venue(o.symbol).size_scale
         side_index = 2 if o.side == "buy" else 1
-        size = min(o.remaining, Decimal(liq[side_index]))
+        size = min(o.remaining, Decimal(liq[side_index]) / scale)
         if size <= 0:
             return
-        liq[side_index] -= int(size) if size == size.to_integral_value() else int(size) + 1
-        liq[side_index] = max(0, liq[side_index])
+        taken = (size * scale).to_integral_value(ROUND_CEILING)  # a fractional share takes a whole one
+        liq[side_index] = max(0, liq[side_index] - int(taken))
         self._fill(o, price, now, size)
 
     # ------------------------------------------------------------------ the market drives these
@@ -718,21 +891,28 @@ class Broker:
         self._prune(symbol)
 
     def on_trade(self, symbol: str, cents: int, t_ns: int, size: int = 10**9) -> None:
-        """A generated trade: stops trigger; resting limits it reaches fill at their limit (up to its size)."""
+        """A generated trade: stops trigger; resting limits it reaches fill at their limit (up to its
+        size, in the venue's units)."""
         orders = self.working.get(symbol)
         if not orders:
             return
         price = Decimal(cents) / 100
-        left = Decimal(size)
+        left = Decimal(size) / self.venue(symbol).size_scale
         for o in list(orders):
             if not o.is_open:
                 continue
             if o.stop_price is not None and not o.triggered:
+                if o.type == "trailing_stop":
+                    o.trail_to(price)
                 hit = price >= o.stop_price if o.side == "buy" else price <= o.stop_price
                 if not hit:
                     continue
                 o.triggered = True
-                if o.type == "stop":
+                if o.status == "held":  # an armed stop exit goes to work
+                    o.status = "new"
+                    o.updated_ns = t_ns
+                    self._emit("new", o)
+                if o.type in ("stop", "trailing_stop"):
                     self._fill_from_quote(o, t_ns)
                     continue
             if o.limit_price is not None and left > 0:
@@ -777,21 +957,23 @@ class Broker:
     # ------------------------------------------------------------------ fills and state changes
     def _fill(self, o: _Order, price: Decimal, t_ns: int, qty: Decimal) -> None:
         signed = qty if o.side == "buy" else -qty
-        self.cash -= signed * price
-        pos = self.positions.get(o.symbol)
+        value = price * self.venue(o.symbol).multiplier  # cash per unit of qty
+        self.cash -= signed * value
+        key = position_symbol(o.symbol)
+        pos = self.positions.get(key)
         if pos is None:
-            self.positions[o.symbol] = [signed, signed * price]
+            self.positions[key] = [signed, signed * value]
         else:
             old_qty, cost = pos
             new_qty = old_qty + signed
             if new_qty == 0:
-                del self.positions[o.symbol]
+                del self.positions[key]
             elif (old_qty > 0) == (signed > 0):
-                pos[0], pos[1] = new_qty, cost + signed * price  # adding to the position
+                pos[0], pos[1] = new_qty, cost + signed * value  # adding to the position
             elif (old_qty > 0) == (new_qty > 0):
                 pos[0], pos[1] = new_qty, cost * new_qty / old_qty  # reducing: avg entry unchanged
             else:
-                pos[0], pos[1] = new_qty, new_qty * price  # flipped through zero (planted positions only)
+                pos[0], pos[1] = new_qty, new_qty * value  # flipped through zero (planted positions only)
         o.filled_qty += qty
         o.filled_value += qty * price
         done = o.filled_qty >= o.qty
@@ -800,12 +982,18 @@ class Broker:
         if done:
             o.filled_ns = t_ns
         self._record_fill(o, price, qty, t_ns)
-        pos = self.positions.get(o.symbol)
+        pos = self.positions.get(key)
         self._emit("fill" if done else "partial_fill", o, price=price, qty=qty, t_ns=t_ns,
                    position_qty=pos[0] if pos else Decimal(0))
         self.marks.append((t_ns, self.equity()))
-        if o.sibling is not None and o.sibling.is_open:
-            self._cancel(o.sibling, t_ns, cascade=False)  # one-cancels-other: the sibling goes at the first fill
+        sibling = o.sibling
+        if sibling is not None and sibling.is_open:
+            if done:
+                self._cancel(sibling, t_ns, cascade=False)  # one-cancels-other: the sibling goes with the last fill
+            elif sibling.remaining > o.remaining:
+                # A partly filled exit: the other exit now covers only what is left of the position.
+                sibling.qty = sibling.filled_qty + o.remaining
+                sibling.updated_ns = t_ns
         if done and o.parent is None and o.order_class in ("bracket", "oto"):
             for leg in o.legs:  # the exits go to work once the entry is completely filled
                 if leg.status == "held":
@@ -813,14 +1001,21 @@ class Broker:
                         leg.expires_ns = o.expires_ns
                     self._start(leg, t_ns)
 
-    def _record_fill(self, o: _Order, price: Decimal, qty: Decimal, t_ns: int) -> None:
-        self._fill_seq += 1
+    def _record_activity(self, t_ns: int, activity: dict) -> dict:
+        """Give the activity Alpaca's id (``YYYYMMDDhhmmssmmm::uuid``) and keep it (the oldest go first)."""
+        self._activity_seq += 1
         stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(t_ns // 10**9))
-        activity_id = f"{stamp}{(t_ns // 10**6) % 1000:03d}::{uuid.uuid4()}"  # Alpaca's id shape
+        activity = {"id": f"{stamp}{(t_ns // 10**6) % 1000:03d}::{uuid.uuid4()}", "account_id": self.account_id,
+                    **activity}
+        if len(self.activity_log) == self.activity_log.maxlen:
+            self._activity_index.pop(self.activity_log[0][2]["id"], None)
+        self.activity_log.append((self._activity_seq, t_ns, activity))
+        self._activity_index[activity["id"]] = self._activity_seq
+        return activity
+
+    def _record_fill(self, o: _Order, price: Decimal, qty: Decimal, t_ns: int) -> None:
         done = o.filled_qty >= o.qty
-        activity = {
-            "id": activity_id,
-            "account_id": self.account_id,
+        self._record_activity(t_ns, {
             "activity_type": "FILL",
             "transaction_time": ns_to_rfc3339(t_ns),
             "type": "fill" if done else "partial_fill",
@@ -832,11 +1027,42 @@ class Broker:
             "order_id": o.id,
             "cum_qty": _s(o.filled_qty),
             "order_status": o.status,
-        }
-        if len(self.fills) == self.fills.maxlen:
-            self._fill_index.pop(self.fills[0]["id"], None)
-        self.fills.append(activity)
-        self._fill_index[activity_id] = self._fill_seq
+        })
+
+    def cash_activity(self, activity_type: str, amount: Decimal | str | int, *, symbol: str | None = None,
+                      description: str | None = None) -> dict:
+        """A non-trade activity that moves cash, as Alpaca books it: ``CSD`` (deposit) and ``CSW``
+        (withdrawal) of ``amount``, ``FEE`` (``amount`` charged), ``DIV`` (``amount`` a share, paid on
+        the long position in ``symbol``). ``net_amount`` carries the sign; the equity marks and the
+        portfolio history's ``cashflow`` follow."""
+        if activity_type not in CASH_ACTIVITIES:
+            raise BrokerError(422, 40010001, f"activity_type must be one of {', '.join(CASH_ACTIVITIES)}")
+        value = _dec(amount, "amount")
+        if value <= 0:
+            raise BrokerError(422, 40010001, "amount must be > 0")
+        now = self.clock()
+        extra: dict[str, Any] = {}
+        if activity_type == "DIV":
+            held = self.positions.get((symbol or "").upper(), [Decimal(0)])[0]
+            if held <= 0:
+                raise BrokerError(422, 40010001, f"no long position in {symbol!r} to pay a dividend on")
+            extra = {"symbol": symbol.upper(), "qty": _s(held), "per_share_amount": _s(value)}  # type: ignore[union-attr]
+            net = (held * value).quantize(CENT, ROUND_HALF_UP)
+        else:
+            net = value.quantize(CENT, ROUND_HALF_UP) * (1 if activity_type == "CSD" else -1)
+        if activity_type == "CSW" and -net > self.cash:
+            raise BrokerError(403, 40310000, "insufficient cash for the withdrawal")
+        self.cash += net
+        activity = self._record_activity(now, {
+            "activity_type": activity_type,
+            "date": new_york_date(now).isoformat(),
+            "net_amount": _s(net),
+            "description": description if description is not None else CASH_ACTIVITIES[activity_type],
+            "status": "executed",
+            **extra,
+        })
+        self.marks.append((now, self.equity()))
+        return activity
 
     def _cancel(self, o: _Order, now: int, *, cascade: bool = True) -> None:
         o.status = "canceled"
@@ -852,11 +1078,12 @@ class Broker:
         self._close_children(o, now)
 
     def _close_children(self, o: _Order, now: int) -> None:
-        """A parent that ends unfilled takes its held exits with it; an OCO leg its sibling."""
+        """A parent that ends unfilled takes its held exits with it; an exit of a take-profit/stop-loss
+        pair (bracket, OCO) its sibling, as canceling one leg cancels the other at Alpaca."""
         for leg in o.legs:
             if leg.status == "held":
                 self._cancel(leg, now, cascade=False)
-        if o.order_class == "oco" and o.sibling is not None and o.sibling.is_open:
+        if o.sibling is not None and o.sibling.is_open:
             self._cancel(o.sibling, now, cascade=False)
 
     def _emit(self, event: str, o: _Order, *, price=None, qty=None, t_ns=None, position_qty=None) -> None:
@@ -894,7 +1121,7 @@ class Broker:
         o = self._order(order_id)
         if not o.is_open:
             raise BrokerError(422, 42210000, f"order is not cancelable (status {o.status})")
-        if o.status == "held" and o.parent is not None and o.parent.is_open:
+        if o.status == "held" and not self._armed(o):
             raise BrokerError(422, 42210000, "a held leg is canceled with its parent order")
         self._cancel(o, self.clock())
         self._prune(o.symbol)
@@ -904,31 +1131,55 @@ class Broker:
         out = []
         for o in list(self.orders.values()):
             if o.is_open and not (o.status == "held" and o.parent is not None):
-                self.cancel(o.id)
+                self.cancel(o.id)  # an exit's held stop goes with its take-profit
                 out.append({"id": o.id, "status": 200, "body": o.to_json()})
         return out
 
     def replace(self, order_id: str, body: dict) -> dict:
         """``PATCH /v2/orders/{id}``: a new order takes the old one's place (``replaces``/``replaced_by``);
-        events ``replaced`` (the old order) and ``new`` (the new one). Orders without fills only."""
+        events ``replaced`` (the old order) and ``new`` (the new one).
+
+        Each given field overrides the old order's; ``qty`` is the order's total, as on the old order. A
+        partially filled order keeps what it filled (status ``replaced``, its ``filled_qty``) and the new
+        order carries the rest: ``qty − filled_qty`` of the old one (a ``qty`` not above what already
+        filled is refused). ``trail`` sets a trailing stop's trail_price or trail_percent, whichever it has."""
         o = self._order(order_id)
         if not isinstance(body, dict) or not body:
-            raise BrokerError(422, 40010001, "nothing to replace: give qty, time_in_force, limit_price, stop_price "
-                              "or client_order_id")
-        if not o.is_open or o.status == "held":
+            raise BrokerError(422, 40010001, "nothing to replace: give qty, time_in_force, limit_price, stop_price, "
+                              "trail or client_order_id")
+        if not o.is_open or o.status == "accepted" or (o.status == "held" and not self._armed(o)):
             raise BrokerError(422, 42210000, f"order is not replaceable (status {o.status})")
-        if o.filled_qty:
-            raise BrokerError(422, 42210000, "a partially filled order cannot be replaced in the simulator")
         if o.type == "market":
             raise BrokerError(422, 42210000, "market orders cannot be replaced")
+        if o.notional is not None:
+            raise BrokerError(422, 42210000, "notional orders cannot be replaced")
         new = self._new_order()
         for name in ("symbol", "side", "type", "time_in_force", "limit_price", "stop_price", "qty",
-                     "extended_hours", "order_class", "parent", "sibling", "legs", "position_intent", "expires_ns"):
+                     "extended_hours", "order_class", "parent", "sibling", "legs", "position_intent", "expires_ns",
+                     "trail_price", "trail_percent", "hwm", "triggered"):
             setattr(new, name, getattr(o, name))
+        total = o.qty
         if body.get("qty") is not None:
-            new.qty = _dec(body["qty"], "qty")
-            if new.qty <= 0:
+            total = _dec(body["qty"], "qty")
+            if total <= 0:
                 raise BrokerError(422, 40010001, "qty must be > 0")
+            if total != total.to_integral_value() or o.qty != o.qty.to_integral_value():
+                raise BrokerError(422, 40010001, "qty of fractional orders cannot be changed")
+        if total <= o.filled_qty:
+            raise BrokerError(422, 40010001, f"qty must be greater than the filled qty ({_s(o.filled_qty)})")
+        new.qty = total - o.filled_qty
+        if body.get("trail") is not None:
+            if new.type != "trailing_stop":
+                raise BrokerError(422, 40010001, "trail applies to trailing_stop orders only")
+            trail = _dec(body["trail"], "trail")
+            if trail <= 0 or (new.trail_percent is not None and trail >= 100):
+                raise BrokerError(422, 40010001, "trail must be > 0 (and a trail_percent < 100)")
+            if new.trail_price is not None:
+                new.trail_price = trail
+            else:
+                new.trail_percent = trail
+            hwm, new.hwm = new.hwm, None
+            new.trail_to(hwm)
         if body.get("time_in_force") is not None:
             if body["time_in_force"] not in _TIFS:
                 raise BrokerError(422, 40010001, f"invalid time_in_force: {body['time_in_force']!r}")
@@ -940,7 +1191,7 @@ class Broker:
                 raise BrokerError(422, 40010001, "limit_price applies to limit and stop_limit orders only")
             new.limit_price = _dec(body["limit_price"], "limit_price")
         if body.get("stop_price") is not None:
-            if new.stop_price is None:
+            if new.stop_price is None or new.type == "trailing_stop":
                 raise BrokerError(422, 40010001, "stop_price applies to stop and stop_limit orders only")
             new.stop_price = _dec(body["stop_price"], "stop_price")
         cid = body.get("client_order_id") or new.client_order_id
@@ -951,6 +1202,12 @@ class Broker:
             price = new.limit_price if new.limit_price is not None else self._book(new.symbol)[1]
             if new.qty * price > self.buying_power(skip=o):
                 raise BrokerError(403, 40310000, "insufficient buying power")
+        if new.position_intent.endswith("_to_close") and new.qty > o.remaining:
+            held = abs(self.positions.get(position_symbol(new.symbol), [Decimal(0)])[0])
+            available = held - self._held_for_orders(position_symbol(new.symbol), new.side) + o.remaining
+            if new.qty > available:
+                raise BrokerError(403, 40310000, f"insufficient qty available for order (requested: {_s(new.qty)}, "
+                                  f"available: {_s(max(available, Decimal(0)))})")
         now = self.clock()
         new.created_ns = new.updated_ns = new.submitted_ns = now
         new.replaces = o.id
@@ -963,6 +1220,8 @@ class Broker:
             o.parent.legs = [new if leg is o else leg for leg in o.parent.legs]
         for leg in o.legs:
             leg.parent = new
+            if leg.status == "held":
+                leg.qty = total  # the exits close what the whole entry (old fills and new) opens
         if o.sibling is not None:
             o.sibling.sibling = new
         self._prune(o.symbol)
@@ -1019,45 +1278,67 @@ class Broker:
     def activities(
         self,
         *,
+        activity_types: list[str] | None = None,
+        category: str | None = None,
+        date: str | None = None,
         after: str | None = None,
         until: str | None = None,
         direction: str = "desc",
         page_size: int = 100,
         page_token: str | None = None,
     ) -> list[dict]:
-        """Fill activities, paged: ``page_token`` is the id of the last item of the previous page."""
+        """``GET /v2/account/activities[/{type}]``: activities of the given types (all when None) or
+        ``category`` (``trade_activity``: fills; ``non_trade_activity``: the rest), on New York ``date``
+        or strictly between ``after`` and ``until``, paged: ``page_token`` is the id of the last item
+        of the previous page. Unknown types, categories or tokens are refused (422)."""
         if direction not in ("asc", "desc"):
             raise BrokerError(422, 40010001, f"invalid direction: {direction!r}")
+        wanted = {t.strip().upper() for t in activity_types or () if t.strip()} or None
+        if wanted is not None and not wanted <= ACTIVITY_TYPES:
+            raise BrokerError(422, 40010001, f"invalid activity type: {', '.join(sorted(wanted - ACTIVITY_TYPES))}")
+        if category not in (None, "trade_activity", "non_trade_activity"):
+            raise BrokerError(422, 40010001, "category must be trade_activity or non_trade_activity")
+        if category is not None and wanted is not None:
+            raise BrokerError(422, 40010001, "give activity_types or category, not both")
+        try:
+            day = datetime_date.fromisoformat(date) if date else None
+        except ValueError:
+            raise BrokerError(422, 40010001, f"invalid date: {date!r}") from None
         page_size = max(1, min(int(page_size), 100))
-        items = list(self.fills)
-        if direction == "desc":
-            items.reverse()
-        start = 0
-        if page_token:
-            seq = self._fill_index.get(page_token)
-            if seq is None:
-                raise BrokerError(422, 40010001, "invalid page_token")
-            first_seq = self._fill_seq - len(self.fills) + 1
-            pos = seq - first_seq
-            start = pos + 1 if direction == "asc" else len(items) - pos
         after_ns = rfc3339_to_ns(after) if after else None
         until_ns = rfc3339_to_ns(until) if until else None
+        token_seq = None
+        if page_token:
+            token_seq = self._activity_index.get(page_token)
+            if token_seq is None:
+                raise BrokerError(422, 40010001, "invalid page_token")
+        items = reversed(self.activity_log) if direction == "desc" else iter(self.activity_log)
         out = []
-        for a in items[start:]:
-            if after_ns is not None or until_ns is not None:
-                t = rfc3339_to_ns(a["transaction_time"])
-                if (after_ns is not None and t <= after_ns) or (until_ns is not None and t >= until_ns):
-                    continue
+        for seq, t, a in items:
+            if token_seq is not None and (seq <= token_seq if direction == "asc" else seq >= token_seq):
+                continue
+            kind = a["activity_type"]
+            if wanted is not None and kind not in wanted:
+                continue
+            if category is not None and (kind == "FILL") != (category == "trade_activity"):
+                continue
+            if (after_ns is not None and t <= after_ns) or (until_ns is not None and t >= until_ns):
+                continue
+            if day is not None and new_york_date(t) != day:
+                continue
             out.append(a)
             if len(out) >= page_size:
                 break
         return out
 
     def portfolio_history(self, *, period: str | None = None, timeframe: str | None = None,
-                          start: str | None = None, end: str | None = None) -> dict:
+                          start: str | None = None, end: str | None = None,
+                          cashflow_types: str | None = None) -> dict:
         """``GET /v2/account/portfolio/history`` from the equity marks (one a simulated minute, one a
-        fill): the last equity in each ``timeframe`` bucket of the window, profit/loss against the
-        window's first value."""
+        fill or cash activity): the last equity in each ``timeframe`` bucket of the window; ``cashflow``:
+        per non-trade activity type (``cashflow_types``: ``ALL``, the default, ``NONE`` or a comma list),
+        the net amount booked in each bucket. Profit/loss is against the window's first value and leaves
+        out the cash transferred in or out after it: a deposit is no gain (a fee is a loss, a dividend a gain)."""
         units = {"D": 86_400, "W": 7 * 86_400, "M": 30 * 86_400, "A": 365 * 86_400}
         frames = {"1Min": 60, "5Min": 300, "15Min": 900, "1H": 3600, "1D": 86_400}
         now = self.clock()
@@ -1074,22 +1355,46 @@ class Broker:
         step = frames[timeframe] * 10**9
         end_ns = rfc3339_to_ns(end) if end else now
         start_ns = rfc3339_to_ns(start) if start else max(end_ns - span, self.created_ns - self.created_ns % step)
+        kinds = (cashflow_types or "ALL").upper()
+        flow_types: set[str] | None = None if kinds == "ALL" else set() if kinds == "NONE" else {
+            k.strip() for k in kinds.split(",") if k.strip()}
+        if flow_types is not None and not flow_types <= ACTIVITY_TYPES:
+            raise BrokerError(422, 40010001, f"invalid cashflow_types: {cashflow_types!r}")
         marks = [(t, e) for t, e in self.marks if t <= end_ns]
+        flows = [(t, a["activity_type"], Decimal(a["net_amount"])) for _, t, a in self.activity_log
+                 if "net_amount" in a and t <= end_ns]
         timestamps: list[int] = []
-        equity: list[float] = []
+        equity: list[Decimal] = []
+        bucket_flows: list[dict[str, Decimal]] = []
         value = self.base_equity
-        i = 0
+        i = j = 0
         for bucket in range(start_ns - start_ns % step, end_ns + 1, step):
+            booked: dict[str, Decimal] = {}
             while i < len(marks) and marks[i][0] < bucket + step:
                 value = marks[i][1]
                 i += 1
+            while j < len(flows) and flows[j][0] < bucket + step:
+                t, kind, net = flows[j]
+                if t >= bucket:
+                    booked[kind] = booked.get(kind, Decimal(0)) + net
+                j += 1
             if bucket + step <= self.created_ns:
                 continue
             timestamps.append(bucket // 10**9)
-            equity.append(float(value.quantize(CENT)))
-        base = Decimal(str(equity[0])) if equity else self.base_equity
-        pl = [float((Decimal(str(e)) - base).quantize(CENT)) for e in equity]
-        pct = [float(((Decimal(str(e)) - base) / base).quantize(Decimal("0.000001"))) if base else 0.0
-               for e in equity]
-        return {"timestamp": timestamps, "equity": equity, "profit_loss": pl, "profit_loss_pct": pct,
-                "base_value": float(base), "timeframe": timeframe}
+            equity.append(value.quantize(CENT))
+            bucket_flows.append(booked)
+        base = equity[0] if equity else self.base_equity
+        pl: list[float] = []
+        pct: list[float] = []
+        flowed = Decimal(0)  # transfers in (+) or out (−) after the first bucket, which the base already holds
+        for n, (e, booked) in enumerate(zip(equity, bucket_flows, strict=True)):
+            if n:
+                flowed += sum((v for k, v in booked.items() if k in TRANSFERS), Decimal(0))
+            gain = e - base - flowed
+            pl.append(float(gain.quantize(CENT)))
+            capital = base + flowed
+            pct.append(float((gain / capital).quantize(Decimal("0.000001"))) if capital else 0.0)
+        shown = {k for booked in bucket_flows for k in booked} if flow_types is None else flow_types
+        cashflow = {k: [float(booked.get(k, 0)) for booked in bucket_flows] for k in sorted(shown)}
+        return {"timestamp": timestamps, "equity": [float(e) for e in equity], "profit_loss": pl,
+                "profit_loss_pct": pct, "base_value": float(base), "timeframe": timeframe, "cashflow": cashflow}

@@ -9,25 +9,48 @@ The calendar is NYSE's regular sessions by rule: weekdays 09:30–16:00 America/
 New Year's Day, Martin Luther King Jr. Day, Washington's Birthday, Good Friday, Memorial Day,
 Juneteenth (from 2022), Independence Day, Labor Day, Thanksgiving and Christmas (observed on the
 Friday before or the Monday after a weekend, except that a Saturday New Year's Day is not observed),
-closing at 13:00 on July 3, the day after Thanksgiving and December 24 when those are trading days.
-One-off closures (national days of mourning, storms) are not in it. Dates run from 1970 to 2029, as
-Alpaca's ``/v2/calendar`` does.
+closing at 13:00 on July 3, the day after Thanksgiving and December 24 when those are trading days,
+and closed on the one-off days of this century (:data:`ONE_OFF_CLOSURES`: September 11–14 2001,
+national days of mourning, hurricane Sandy). Dates run from 1970 to 2029, as Alpaca's
+``/v2/calendar`` does.
 
-What this module must never do: read the environment, or allocate per call beyond a session or two
-(sessions are computed per date, cached per year: at most 60 years × ~252 sessions).
+A :class:`Calendar` adds its own one-off closures and early closes to those (a storm, a day of
+mourning announced after this was written, a test's own half day): ``/v2/calendar``, ``/v2/clock``,
+the expiry of ``day`` orders and the simulated market's hours all follow it. The module functions
+answer for NYSE's calendar as it stands (:data:`NYSE`).
+
+What this module must never do: read the environment (a calendar file is read when asked, once), or
+allocate per call beyond a session or two (sessions are computed per date, cached per year: at most
+60 years × ~252 sessions).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
+from datetime import time as clock_time
 from functools import lru_cache
+from pathlib import Path
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 NEW_YORK = ZoneInfo("America/New_York")
 FIRST_YEAR, LAST_YEAR = 1970, 2029  # Alpaca's calendar covers these years
 _DAY = timedelta(days=1)
+# Closures NYSE announced for one day (not by rule) in this century, as Alpaca's calendar has them.
+ONE_OFF_CLOSURES = frozenset({
+    date(2001, 9, 11), date(2001, 9, 12), date(2001, 9, 13), date(2001, 9, 14),  # September 11
+    date(2004, 6, 11),  # President Reagan's national day of mourning
+    date(2007, 1, 2),  # President Ford
+    date(2012, 10, 29), date(2012, 10, 30),  # hurricane Sandy
+    date(2018, 12, 5),  # President George H. W. Bush
+    date(2025, 1, 9),  # President Carter
+})
+
+
+class CalendarError(ValueError):
+    """A calendar change that cannot be: a malformed line, a date outside the calendar's years."""
 
 
 class Session(NamedTuple):
@@ -38,16 +61,18 @@ class Session(NamedTuple):
     close_ns: int
 
     def to_json(self) -> dict:
-        """Alpaca's ``/v2/calendar`` item (times in New York local time, as Alpaca writes them)."""
+        """Alpaca's ``/v2/calendar`` item but its settlement date, which depends on the calendar
+        (:meth:`Calendar.day_json`); times in New York local time, as Alpaca writes them."""
         opens = datetime.fromtimestamp(self.open_ns / 1e9, NEW_YORK)
         closes = datetime.fromtimestamp(self.close_ns / 1e9, NEW_YORK)
         return {
             "date": self.day.isoformat(),
             "open": opens.strftime("%H:%M"),
             "close": closes.strftime("%H:%M"),
+            # Extended hours: pre-market from 04:00, after-hours for four hours after the close
+            # (20:00; 17:00 on an early-close day), written HHMM as Alpaca writes them.
             "session_open": "0400",
-            "session_close": "2000",
-            "settlement_date": _settlement(self.day).isoformat(),
+            "session_close": f"{closes.hour + 4:02d}{closes.minute:02d}",
         }
 
 
@@ -111,73 +136,143 @@ def _ns(d: date, hour: int, minute: int) -> int:
     return int(datetime(d.year, d.month, d.day, hour, minute, tzinfo=NEW_YORK).timestamp()) * 10**9
 
 
-def session_on(d: date) -> Session | None:
-    """The session of date ``d`` (New York), or None when the exchange is closed that day."""
+def _rule_session(d: date) -> Session | None:
+    """The session NYSE's rules give date ``d``, or None when closed by rule."""
     if d.weekday() >= 5 or not FIRST_YEAR <= d.year <= LAST_YEAR:
         return None
     holidays, early = _year(d.year)
-    if d in holidays:
+    if d in holidays or d in ONE_OFF_CLOSURES:
         return None
     return Session(d, _ns(d, 9, 30), _ns(d, 13, 0) if d in early else _ns(d, 16, 0))
 
 
-def _settlement(d: date) -> date:
-    """T+1 (T+2 before 2024-05-28): the next trading day(s) after ``d``."""
-    steps = 1 if d >= date(2024, 5, 28) else 2
-    out = d
-    while steps:
-        out += _DAY
-        if out.year > LAST_YEAR or session_on(out) is not None:
-            steps -= 1
-    return out
+class Calendar:
+    """NYSE's sessions with this calendar's own changes: ``closures`` (dates the exchange does not
+    open) and ``early_closes`` (date → New York close time, e.g. 13:00). A change on a day the rules
+    already close is refused, as is one outside the calendar's years (:class:`CalendarError`)."""
 
+    __slots__ = ("closures", "early_closes")
 
-def sessions(start: date, end: date) -> list[Session]:
-    """Sessions with ``start <= day <= end`` (both clipped to the calendar's years)."""
-    start = max(start, date(FIRST_YEAR, 1, 1))
-    end = min(end, date(LAST_YEAR, 12, 31))
-    out = []
-    d = start
-    while d <= end:
-        s = session_on(d)
-        if s is not None:
-            out.append(s)
-        d += _DAY
-    return out
+    def __init__(self, closures: Iterable[date] = (), early_closes: Mapping[date, clock_time] | None = None) -> None:
+        self.closures = frozenset(closures)
+        self.early_closes = dict(early_closes or {})
+        for d in sorted(self.closures | set(self.early_closes)):
+            if _rule_session(d) is None:
+                raise CalendarError(f"{d} is not a trading day already (a weekend, holiday or outside "
+                                    f"{FIRST_YEAR}–{LAST_YEAR})")
+        for d, t in self.early_closes.items():
+            if d in self.closures:
+                raise CalendarError(f"{d} is both closed and closing early")
+            if not clock_time(9, 30) < t < clock_time(16, 0):
+                raise CalendarError(f"the early close of {d} must be between 09:30 and 16:00, not {t:%H:%M}")
+
+    @classmethod
+    def from_lines(cls, lines: Iterable[str], source: str = "calendar changes") -> Calendar:
+        """One change a line: ``YYYY-MM-DD`` (closed) or ``YYYY-MM-DD HH:MM`` (closes early, New York
+        time); ``#`` starts a comment, blank lines are skipped."""
+        closures: set[date] = set()
+        early: dict[date, clock_time] = {}
+        for n, raw in enumerate(lines, 1):
+            line = raw.split("#", 1)[0].strip()
+            if not line:
+                continue
+            parts = line.split()
+            try:
+                d = date.fromisoformat(parts[0])
+                if len(parts) == 1:
+                    closures.add(d)
+                elif len(parts) == 2:
+                    early[d] = clock_time.fromisoformat(parts[1])
+                else:
+                    raise ValueError("more than a date and a time")
+            except ValueError as exc:
+                raise CalendarError(f"{source} line {n}: {raw.strip()!r} is not YYYY-MM-DD [HH:MM] ({exc})") from None
+        return cls(closures, early)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Calendar:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise CalendarError(f"cannot read the calendar file {path}: {exc.strerror}") from None
+        return cls.from_lines(text.splitlines(), str(path))
+
+    def session_on(self, d: date) -> Session | None:
+        """The session of date ``d`` (New York), or None when the exchange is closed that day."""
+        if d in self.closures:
+            return None
+        s = _rule_session(d)
+        close = self.early_closes.get(d)
+        if s is not None and close is not None:
+            s = s._replace(close_ns=_ns(d, close.hour, close.minute))
+        return s
+
+    def settlement(self, d: date) -> date:
+        """T+1 (T+2 before 2024-05-28): the next trading day(s) after ``d``."""
+        steps = 1 if d >= date(2024, 5, 28) else 2
+        out = d
+        while steps:
+            out += _DAY
+            if out.year > LAST_YEAR or self.session_on(out) is not None:
+                steps -= 1
+        return out
+
+    def sessions(self, start: date, end: date) -> list[Session]:
+        """Sessions with ``start <= day <= end`` (both clipped to the calendar's years)."""
+        start = max(start, date(FIRST_YEAR, 1, 1))
+        end = min(end, date(LAST_YEAR, 12, 31))
+        out = []
+        d = start
+        while d <= end:
+            s = self.session_on(d)
+            if s is not None:
+                out.append(s)
+            d += _DAY
+        return out
+
+    def session_from(self, ns: int) -> Session | None:
+        """The session open at ``ns``, else the next one to open; None past the calendar's end."""
+        d = new_york_date(ns)
+        while d.year <= LAST_YEAR:
+            s = self.session_on(d)
+            if s is not None and ns < s.close_ns:
+                return s
+            d += _DAY
+        return None
+
+    def is_open(self, ns: int) -> bool:
+        s = self.session_from(ns)
+        return s is not None and s.open_ns <= ns < s.close_ns
+
+    def next_open(self, ns: int) -> int | None:
+        """The first open strictly after ``ns``."""
+        s = self.session_from(ns)
+        if s is not None and s.open_ns <= ns:
+            s = self.session_from(s.close_ns)
+        return None if s is None else s.open_ns
+
+    def next_close(self, ns: int) -> int | None:
+        """The close of the session open at ``ns``, or of the next one."""
+        s = self.session_from(ns)
+        return None if s is None else s.close_ns
+
+    def day_json(self, s: Session) -> dict:
+        """Alpaca's ``/v2/calendar`` item of a session."""
+        return {**s.to_json(), "settlement_date": self.settlement(s.day).isoformat()}
 
 
 def new_york_date(ns: int) -> date:
     return datetime.fromtimestamp(ns / 1e9, NEW_YORK).date()
 
 
-def session_from(ns: int) -> Session | None:
-    """The session open at ``ns``, else the next one to open; None past the calendar's end."""
-    d = new_york_date(ns)
-    while d.year <= LAST_YEAR:
-        s = session_on(d)
-        if s is not None and ns < s.close_ns:
-            return s
-        d += _DAY
-    return None
-
-
-def is_open(ns: int) -> bool:
-    s = session_from(ns)
-    return s is not None and s.open_ns <= ns < s.close_ns
-
-
-def next_open(ns: int) -> int | None:
-    """The first open strictly after ``ns``."""
-    s = session_from(ns)
-    if s is not None and s.open_ns <= ns:
-        s = session_from(s.close_ns)
-    return None if s is None else s.open_ns
-
-
-def next_close(ns: int) -> int | None:
-    """The close of the session open at ``ns``, or of the next one."""
-    s = session_from(ns)
-    return None if s is None else s.close_ns
+NYSE = Calendar()  # the rules and this century's one-off closures, nothing added
+session_on = NYSE.session_on
+sessions = NYSE.sessions
+session_from = NYSE.session_from
+is_open = NYSE.is_open
+next_open = NYSE.next_open
+next_close = NYSE.next_close
 
 
 class SimClock:

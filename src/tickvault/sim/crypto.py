@@ -16,6 +16,7 @@ them only to crypto connections. Memory: as :class:`Market` (the ``sides`` array
 from __future__ import annotations
 
 from array import array
+from math import floor
 from collections.abc import Iterator
 
 from msgpack import Timestamp
@@ -46,7 +47,9 @@ class CryptoBook(SymbolBook):
 
 class CryptoMarket(Market):
     """Seeded random walk over crypto pairs. ``generate(n, now_ns)`` returns ``(channel, symbol, msg)``
-    with channels ``crypto:trades``, ``crypto:quotes``, ``crypto:orderbooks``, ``crypto:bars``."""
+    with channels ``crypto:trades``, ``crypto:quotes``, ``crypto:orderbooks``, ``crypto:bars``;
+    ``on_trade(pair, cents, time_ns, size in 10⁻⁸ units)`` and ``on_quote(pair, time_ns)`` (the
+    broker's fills) are called per trade and quote, as the stock market calls them."""
 
     def __init__(self, pairs: list[str], *, seed: int = 7, quotes_per_trade: float = 0.25,
                  truth_limit: int = 1_000_000) -> None:
@@ -66,7 +69,7 @@ class CryptoMarket(Market):
         for _ in range(n):
             book = books[rng.randrange(len(books))]
             price = book.price_cents
-            price = max(1, price + int((rng.random() - 0.5) * price * 0.001 + 0.5))  # ±~5 bp a trade
+            price = max(1, price + floor((rng.random() - 0.5) * price * 0.001 + 0.5))  # ±~5 bp a trade, unbiased
             book.price_cents = price
             units = int(rng.expovariate(1 / 20_000_000)) + 1  # mean 0.2 of a coin, at least 1e-8
             buyer = rng.random() < 0.5
@@ -96,12 +99,16 @@ class CryptoMarket(Market):
                 "T": "t", "S": book.symbol, "i": tid, "p": price / 100, "s": units / SIZE_SCALE,
                 "tks": "B" if buyer else "S", "t": Timestamp.from_unix_nano(t),
             }))
+            if on_trade is not None:
+                on_trade(book.symbol, price, t, units)
             if self.quotes_per_trade:
                 book.quote_credit += self.quotes_per_trade
                 while book.quote_credit >= 1.0:
                     book.quote_credit -= 1.0
                     quote = self._quote(book, rng.randrange)
                     append(("crypto:quotes", book.symbol, quote))
+                    if on_quote is not None:
+                        on_quote(book.symbol, book.last_ns)
                     append(("crypto:orderbooks", book.symbol, {
                         "T": "o", "S": book.symbol, "t": quote["t"], "b": [{"p": quote["bp"], "s": quote["bs"]}],
                         "a": [{"p": quote["ap"], "s": quote["as"]}],

@@ -22,6 +22,7 @@ In PostgreSQL over a table with ``time_ns bigint`` (or ``time timestamptz``)::
 from __future__ import annotations
 
 import random
+from math import floor
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
@@ -246,9 +247,10 @@ class Market:
         for _ in range(n):
             book = books[randrange(nbooks)] if nbooks > 1 else books[0]
             price = book.price_cents
-            # Random walk: ±~5 bp per trade, at least one cent.
+            # Random walk: ±~5 bp per trade, at least one cent; rounded to the nearest cent (floor, not
+            # int(): int() truncates toward zero, which lifted every down step and drifted prices up).
             step = (
-                int((rng_random() - 0.5) * price * 0.001 + 0.5)
+                floor((rng_random() - 0.5) * price * 0.001 + 0.5)
                 if price > 200
                 else (1 if rng_random() < 0.5 else -1)
             )

@@ -42,7 +42,9 @@ class _OptionBook(SymbolBook):
 
 
 class OptionsMarket(Market):
-    """Contracts on ``underlyings`` (stock symbols); ``generate(n, now_ns)`` makes ``n`` option trades."""
+    """Contracts on ``underlyings`` (stock symbols); ``generate(n, now_ns)`` makes ``n`` option trades,
+    calling ``on_trade(contract, cents, time_ns, contracts)`` and ``on_quote(contract, time_ns)`` (the
+    broker's fills) per trade and quote."""
 
     def __init__(self, underlyings: list[str], *, seed: int = 9, truth_limit: int = 1_000_000) -> None:
         contracts = []
@@ -74,6 +76,8 @@ class OptionsMarket(Market):
             out.append(("options:trades", book.symbol, {
                 "T": "t", "S": book.symbol, "t": Timestamp.from_unix_nano(t), "p": book.price_cents / 100,
                 "s": size, "x": OPTION_EXCHANGES[venue], "c": "I"}))
+            if on_trade is not None:
+                on_trade(book.symbol, book.price_cents, t, size)
             book.quote_credit += self.quotes_per_trade
             if book.quote_credit >= 1.0:
                 book.quote_credit -= 1.0
@@ -90,6 +94,8 @@ class OptionsMarket(Market):
                 out.append(("options:quotes", book.symbol, {
                     "T": "q", "S": book.symbol, "t": Timestamp.from_unix_nano(qt), "bx": "C", "bp": bid / 100,
                     "bs": bsz, "ax": "X", "ap": ask / 100, "as": asz, "c": "A"}))
+                if on_quote is not None:
+                    on_quote(book.symbol, qt)
         self.total += n
         self.retained += n
         if self.retained > self.truth_limit:

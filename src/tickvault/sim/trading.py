@@ -22,7 +22,8 @@ from starlette.routing import Route
 
 from tickvault.alpaca.protocol import ns_to_rfc3339, rfc3339_to_ns
 from tickvault.sim import calendar
-from tickvault.sim.broker import BrokerError, asset_id
+from tickvault.sim.broker import BrokerError, Venue, asset_id, position_symbol
+from tickvault.sim.crypto import SIZE_SCALE
 
 if TYPE_CHECKING:
     from tickvault.sim.server import Simulator
@@ -49,6 +50,14 @@ class TradingAPI:
     def __init__(self, sim: Simulator) -> None:
         self.sim = sim
         self.broker = sim.broker
+        # The crypto pairs and option contracts the simulator quotes are tradable too, each on its market.
+        crypto = sim.crypto_market
+        self.broker.add_venue(Venue("crypto", "CRYPTO", _price_of(crypto), crypto.last_quote, SIZE_SCALE),
+                              list(sim.crypto_pairs))
+        if sim.options_market is not None:
+            options = sim.options_market
+            self.broker.add_venue(Venue("us_option", "", _price_of(options), options.last_quote, multiplier=100),
+                                  list(sim.option_symbols))
 
     def routes(self, endpoint: Callable[[Callable[[Request], Any]], Any]) -> list[Route]:
         e = endpoint
@@ -59,19 +68,20 @@ class TradingAPI:
             Route("/v2/account/activities/{activity_type}", e(self._activities)),
             Route("/v2/account/activities", e(self._activities)),
             Route("/v2/positions", e(self._positions), methods=["GET", "DELETE"]),
-            Route("/v2/positions/{symbol_or_asset_id}", e(self._position), methods=["GET", "DELETE"]),
+            Route("/v2/positions/{symbol_or_asset_id:path}", e(self._position), methods=["GET", "DELETE"]),
             Route("/v2/orders", e(self._orders), methods=["GET", "POST", "DELETE"]),
             Route("/v2/orders:by_client_order_id", e(self._order_by_client_id)),
             Route("/v2/orders/{order_id}", e(self._order), methods=["GET", "PATCH", "DELETE"]),
             Route("/v2/assets", e(self._assets)),
-            Route("/v2/assets/{symbol_or_asset_id}", e(self._asset)),
+            Route("/v2/assets/{symbol_or_asset_id:path}", e(self._asset)),
             Route("/v2/clock", e(self._clock)),
             Route("/v2/calendar", e(self._calendar)),
         ]
 
     def control_routes(self) -> list[Route]:
         """The simulator's own controls (no auth, no faults: loopback only)."""
-        return [Route("/_sim/clock", self._sim_clock, methods=["GET", "POST"])]
+        return [Route("/_sim/clock", self._sim_clock, methods=["GET", "POST"]),
+                Route("/_sim/activities", self._sim_activity, methods=["POST"])]
 
     # --- account
     async def _configurations(self, request: Request) -> dict:
@@ -82,14 +92,18 @@ class TradingAPI:
     def _portfolio_history(self, request: Request) -> dict:
         q = request.query_params
         return self.broker.portfolio_history(period=q.get("period"), timeframe=q.get("timeframe"),
-                                             start=q.get("start"), end=q.get("end"))
+                                             start=q.get("start"), end=q.get("end"),
+                                             cashflow_types=q.get("cashflow_types"))
 
     def _activities(self, request: Request) -> list[dict]:
+        """``/v2/account/activities/{activity_type}`` or ``/v2/account/activities?activity_types=A,B``
+        (every type when neither is given, as Alpaca answers)."""
         q = request.query_params
-        kind = request.path_params.get("activity_type") or q.get("activity_types") or "FILL"
-        if "FILL" not in {k.strip().upper() for k in kind.split(",")}:
-            return []  # the simulator's only activities are fills
+        kinds = request.path_params.get("activity_type") or q.get("activity_types")
         return self.broker.activities(
+            activity_types=kinds.split(",") if kinds else None,
+            category=q.get("category"),
+            date=q.get("date"),
             after=q.get("after"),
             until=q.get("until"),
             direction=q.get("direction") or "desc",
@@ -148,8 +162,10 @@ class TradingAPI:
 
     # --- assets
     def _assets(self, request: Request) -> list[dict]:
-        """``GET /v2/assets``: every simulated symbol is an active, tradable US equity (like Alpaca,
-        an unset status means every status; an unknown status or class is a 422)."""
+        """``GET /v2/assets``: every simulated stock symbol is an active, tradable US equity, every
+        simulated pair (``asset_class=crypto``) a crypto asset (like Alpaca, an unset status means
+        every status; an unknown status or class is a 422). Option contracts are not assets at Alpaca
+        (``/v2/options/contracts``, which the simulator does not serve)."""
         q = request.query_params
         status = q.get("status")
         asset_class = q.get("asset_class") or "us_equity"
@@ -158,15 +174,23 @@ class TradingAPI:
         if asset_class not in ("us_equity", "us_option", "crypto"):
             raise ValueError(f"asset_class must be us_equity, us_option or crypto, not {asset_class!r}")
         exchange = q.get("exchange")
-        if status == "inactive" or asset_class != "us_equity" or exchange not in (None, "", ASSET_EXCHANGE):
+        if status == "inactive":
+            return []
+        if asset_class == "crypto":
+            return [crypto_asset_json(p) for p in self.sim.crypto_pairs] if exchange in (None, "", "CRYPTO") else []
+        if asset_class != "us_equity" or exchange not in (None, "", ASSET_EXCHANGE):
             return []
         return [asset_json(s) for s in self.sim.symbols]
 
     def _asset(self, request: Request) -> dict:
+        """``GET /v2/assets/{symbol or id}``: a stock, or a pair as ``BTC/USD``, ``BTCUSD`` or its id."""
         key = request.path_params["symbol_or_asset_id"]
         for symbol in self.sim.symbols:
             if symbol == key.upper() or asset_id(symbol) == key:
                 return asset_json(symbol)
+        for pair in self.sim.crypto_pairs:
+            if position_symbol(pair) == position_symbol(key.upper()) or asset_id(pair) == key:
+                return crypto_asset_json(pair)
         raise BrokerError(404, 40410000, f"asset not found for {key}")
 
     # --- time
@@ -175,8 +199,8 @@ class TradingAPI:
         return {
             "timestamp": ns_to_rfc3339(now),
             "is_open": self.broker.is_open(now),
-            "next_open": ns_to_rfc3339(calendar.next_open(now) or 0),
-            "next_close": ns_to_rfc3339(calendar.next_close(now) or 0),
+            "next_open": ns_to_rfc3339(self.broker.calendar.next_open(now) or 0),
+            "next_close": ns_to_rfc3339(self.broker.calendar.next_close(now) or 0),
         }
 
     def _calendar(self, request: Request) -> list[dict]:
@@ -186,7 +210,24 @@ class TradingAPI:
             end = date.fromisoformat(q["end"][:10]) if q.get("end") else date(calendar.LAST_YEAR, 12, 31)
         except ValueError:
             raise ValueError("start and end are dates (YYYY-MM-DD)") from None
-        return [s.to_json() for s in calendar.sessions(start, end)]
+        cal = self.broker.calendar
+        return [cal.day_json(s) for s in cal.sessions(start, end)]
+
+    # --- the simulator's account control
+    async def _sim_activity(self, request: Request) -> Response:
+        """``POST /_sim/activities`` ``{"activity_type": "CSD"|"CSW"|"FEE"|"DIV", "amount": "…",
+        "symbol": (DIV), "description": …}``: book a cash movement now; answers the activity as
+        ``/v2/account/activities`` will list it (422/403 with Alpaca's error body when refused)."""
+        try:
+            body = await _json_body(request)
+            if not isinstance(body, dict):
+                raise BrokerError(422, 40010001, "the body is a JSON object")
+            self.broker.advance()
+            activity = self.broker.cash_activity(body.get("activity_type") or "", body.get("amount", ""),
+                                                 symbol=body.get("symbol"), description=body.get("description"))
+        except BrokerError as exc:
+            return JSONResponse(exc.body(), exc.status)
+        return JSONResponse(activity)
 
     # --- the simulator's clock control
     async def _sim_clock(self, request: Request) -> Response:
@@ -207,7 +248,8 @@ class TradingAPI:
                 if body.get("advance") is not None:
                     clock.advance(float(body["advance"]))
                 if body.get("to") is not None:
-                    target = {"next_open": calendar.next_open, "next_close": calendar.next_close}.get(body["to"])
+                    cal = self.broker.calendar
+                    target = {"next_open": cal.next_open, "next_close": cal.next_close}.get(body["to"])
                     if target is None:
                         raise ValueError("to is next_open or next_close")
                     clock.set(target(clock()) or clock())
@@ -220,9 +262,19 @@ class TradingAPI:
             "scale": getattr(clock, "scale", 1.0),
             "hours": self.broker.hours,
             "is_open": self.broker.is_open(now),
-            "next_open": ns_to_rfc3339(calendar.next_open(now) or 0),
-            "next_close": ns_to_rfc3339(calendar.next_close(now) or 0),
+            "next_open": ns_to_rfc3339(self.broker.calendar.next_open(now) or 0),
+            "next_close": ns_to_rfc3339(self.broker.calendar.next_close(now) or 0),
         })
+
+
+def _price_of(market) -> Callable[[str], int | None]:
+    """A market's last trade price in cents (None: a symbol it does not list)."""
+
+    def price_cents(symbol: str) -> int | None:
+        book = market.books.get(symbol)
+        return None if book is None else book.price_cents
+
+    return price_cents
 
 
 def asset_json(symbol: str) -> dict:
@@ -242,5 +294,28 @@ def asset_json(symbol: str) -> dict:
         "shortable": True,
         "easy_to_borrow": True,
         "fractionable": True,
+        "attributes": [],
+    }
+
+
+def crypto_asset_json(pair: str) -> dict:
+    """Alpaca's asset object for a simulated crypto pair (its id is the one its orders and position carry)."""
+    base = pair.split("/")[0]
+    return {
+        "id": asset_id(pair),
+        "class": "crypto",
+        "exchange": "CRYPTO",
+        "symbol": pair,
+        "name": f"{base} / US Dollar",
+        "status": "active",
+        "tradable": True,
+        "marginable": False,
+        "maintenance_margin_requirement": 100,
+        "shortable": False,
+        "easy_to_borrow": False,
+        "fractionable": True,
+        "min_order_size": "0.000000001",
+        "min_trade_increment": "0.000000001",
+        "price_increment": "0.01",
         "attributes": [],
     }

@@ -22,8 +22,11 @@ class PriceCache:
         self.ttl_ns = int(ttl_s * 1e9)
         self.metrics = metrics
         self.fetch_latest = fetch_latest
-        self._trades: dict[str, tuple[tuple, int]] = {}  # symbol → (trade row, stored monotonic ns)
-        self._quotes: dict[str, tuple[tuple, int]] = {}
+        # symbol → newest row, and symbol → monotonic ns it was stored: two dicts so a frame's update
+        # is two C-level dict operations, no Python loop per symbol (~4 % of the worker's CPU before).
+        self._trades: dict[str, tuple] = {}
+        self._trade_mono: dict[str, int] = {}
+        self._quotes: dict[str, tuple] = {}
 
     def __len__(self) -> int:
         return len(self._trades)
@@ -34,30 +37,26 @@ class PriceCache:
 
     def update_latest_trades(self, latest: dict[str, tuple], mono_ns: int) -> None:
         """Take a frame's newest trade per symbol (``TradeColumns.latest``): one entry per symbol."""
-        store = self._trades
-        for sym, t in latest.items():
-            store[sym] = (t, mono_ns)
+        self._trades.update(latest)
+        self._trade_mono.update(dict.fromkeys(latest, mono_ns))
 
     def update_latest_quotes(self, latest: dict[str, tuple], mono_ns: int) -> None:
-        store = self._quotes
-        for sym, q in latest.items():
-            store[sym] = (q, mono_ns)
+        self._quotes.update(latest)
 
     def peek(self, symbol: str) -> tuple[float | None, bool]:
         """(price, fresh) without any I/O; counts the read."""
-        entry = self._trades.get(symbol)
-        if entry is None:
+        row = self._trades.get(symbol)
+        if row is None:
             self.metrics.add("cache_misses")
             return None, False
-        if time.monotonic_ns() - entry[1] > self.ttl_ns:
+        if time.monotonic_ns() - self._trade_mono[symbol] > self.ttl_ns:
             self.metrics.add("cache_stale")
-            return entry[0][4], False
+            return row[4], False
         self.metrics.add("cache_hits")
-        return entry[0][4], True
+        return row[4], True
 
     def quote(self, symbol: str) -> tuple | None:
-        entry = self._quotes.get(symbol)
-        return entry[0] if entry else None
+        return self._quotes.get(symbol)
 
     async def latest_price(self, symbol: str) -> float | None:
         """The freshest price: the cache when fresh, else the REST latest trade (then cached)."""
@@ -67,6 +66,7 @@ class PriceCache:
         fetched = await self.fetch_latest([symbol])
         if symbol in fetched:
             t_ns, p = fetched[symbol]
-            self._trades[symbol] = ((t_ns, symbol, None, None, p, None, None, None), time.monotonic_ns())
+            self._trades[symbol] = (t_ns, symbol, None, None, p, None, None, None)
+            self._trade_mono[symbol] = time.monotonic_ns()
             return p
         return price

@@ -5,7 +5,10 @@ Gateway: strategy intents → orders at the broker, never twice. Each intent get
 ``orders`` as ``pending_submit`` *before* the request (ON CONFLICT DO NOTHING: a duplicate intent
 after a restart finds the row and is skipped), then submitted through the REST client, which
 retries an ambiguous failure and recognises Alpaca's "client_order_id must be unique" as "the
-first attempt landed". Submit→ack latency is stored on the order. Intents wait in a bounded queue
+first attempt landed". An intent the broker refuses outright (422, or a 403 trading refusal such as
+buying power or a crypto order's time in force) leaves its row ``rejected`` with Alpaca's reason in
+``raw``, and the error is raised. Quantities are Decimal end to end: a crypto intent's fractional qty
+(``BTC/USD``, ``0.012345678``, ``gtc``/``ioc``) reaches the broker and the ``numeric`` columns exactly. Submit→ack latency is stored on the order. Intents wait in a bounded queue
 (``MAX_PENDING_INTENTS``); past it an intent is dropped, counted and logged — a strategy emitting
 more than that per bar is broken, and blocking ingest for it would be worse. While the
 dashboard's kill switch holds a halt (a ``trading_halts`` row not lifted, migration 008), the
@@ -13,7 +16,11 @@ gateway submits nothing: each intent is dropped before it is recorded, counted i
 logged.
 
 Listener: Alpaca's trade-updates stream (JSON) → order status updates and ``fills`` rows keyed by
-(order_id, cum_qty), so a fill seen here and again by reconciliation lands once.
+(order_id, cum_qty), so a fill seen here and again by reconciliation lands once. The protocol
+(authenticate → authorized → listen → listening → events) is
+:class:`tickvault.alpaca.session.TradeUpdatesClientSession`; refused keys stop the listener
+(``PermissionError``), anything else reconnects with :data:`tickvault.retry.RECONNECT` (as the
+reader: 0.25 s doubling to 30 s, full jitter, reset once authorized).
 """
 
 from __future__ import annotations
@@ -22,15 +29,19 @@ import asyncio
 import hashlib
 import json
 import logging
-import random
 import time
 from datetime import datetime, timezone
 from decimal import Decimal
 
+from psycopg.types.json import Jsonb
 from websockets.asyncio.client import connect
 
+from tickvault.alpaca import session
+from tickvault.alpaca.errors import AlpacaError, AuthError, UnprocessableError
 from tickvault.alpaca.models import Order, OrderRequest
+from tickvault.alpaca.protocol import StreamError
 from tickvault.db.tables import INSERT_FILL, record_order
+from tickvault.retry import RECONNECT
 from tickvault.stream.metrics import Metrics
 from tickvault.stream.strategy import Bar, OrderIntent
 
@@ -122,7 +133,12 @@ class OrderGateway:
             time_in_force=intent.time_in_force, limit_price=intent.limit_price, client_order_id=cid,
         )
         started = time.perf_counter()
-        order = await self.rest.submit_order(request)
+        try:
+            order = await self.rest.submit_order(request)
+        except AlpacaError as exc:
+            if _refused(exc):
+                await self._record_refusal(cid, exc)
+            raise
         latency_ms = (time.perf_counter() - started) * 1000
         async with self.pool.connection() as conn, conn.transaction():  # one commit, not two
             await record_order(conn, order)
@@ -130,6 +146,26 @@ class OrderGateway:
                                "WHERE client_order_id = %s", (latency_ms, strategy, cid))
         self.metrics.add("orders_submitted")
         return order
+
+
+    async def _record_refusal(self, cid: str, exc: AlpacaError) -> None:
+        """The broker refused the order outright (no order exists): the row says ``rejected`` and why,
+        so neither a restart nor reconciliation submits it again."""
+        reason = {"refused": {"status": exc.status, "code": exc.code, "message": exc.alpaca_message}}
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE orders SET status = 'rejected', updated_at = now(), raw = %s "
+                "WHERE client_order_id = %s AND status = 'pending_submit'", (Jsonb(reason), cid))
+        log.error("order %s refused by the broker (HTTP %s, code %s): %s", cid, exc.status, exc.code,
+                  exc.alpaca_message)
+
+
+def _refused(exc: AlpacaError) -> bool:
+    """A definitive refusal of the order itself: 422, or 403 with a trading code (40310000: buying
+    power, qty, a closed asset class), not a bad key (401, or a 403 without Alpaca's code)."""
+    if isinstance(exc, UnprocessableError):
+        return True
+    return isinstance(exc, AuthError) and exc.status == 403 and str(exc.code or "").startswith("403")
 
 
 class TradeUpdatesListener:
@@ -149,17 +185,15 @@ class TradeUpdatesListener:
         self._stop.set()
 
     async def run(self) -> None:
-        delay = 0.25
+        backoff = RECONNECT.start()
         while not self._stop.is_set():
             try:
                 async with connect(self.url, open_timeout=10, max_size=2**22) as ws:
-                    await ws.send(json.dumps({"action": "authenticate",
-                                              "data": {"key_id": self._key, "secret_key": self._secret}}))
-                    auth = json.loads(await asyncio.wait_for(ws.recv(), 10))
-                    if (auth.get("data") or {}).get("status") != "authorized":
-                        raise PermissionError(f"trade updates stream refused the keys: {auth.get('data')}")
-                    await ws.send(json.dumps({"action": "listen", "data": {"streams": ["trade_updates"]}}))
-                    delay = 0.25
+                    protocol = session.TradeUpdatesClientSession(self._key, self._secret)
+                    await self._perform(ws, protocol.start())
+                    # The authorization answer, within 10 s; the session then asks to listen.
+                    await self._perform(ws, protocol.receive(json.loads(await asyncio.wait_for(ws.recv(), 10))))
+                    backoff.reset()
                     stop_wait = asyncio.create_task(self._stop.wait())
                     try:
                         while True:
@@ -168,7 +202,7 @@ class TradeUpdatesListener:
                             if stop_wait in done:
                                 recv.cancel()
                                 return
-                            await self.handle(recv.result())
+                            await self._perform(ws, protocol.receive(json.loads(recv.result())))
                     finally:
                         stop_wait.cancel()
             except PermissionError:
@@ -178,20 +212,25 @@ class TradeUpdatesListener:
                     return
                 log.warning("trade updates stream lost (%s); reconnecting", exc)
                 try:
-                    await asyncio.wait_for(self._stop.wait(), random.uniform(0, delay))
+                    await asyncio.wait_for(self._stop.wait(), backoff.next_delay())
                 except asyncio.TimeoutError:
                     pass
-                delay = min(delay * 2, 30.0)
 
-    async def handle(self, raw: str | bytes) -> None:
-        msg = json.loads(raw)
-        stream = msg.get("stream")
-        data = msg.get("data") or {}
-        if stream == "listening":
-            self.listening.set()
-            return
-        if stream != "trade_updates":
-            return
+    async def _perform(self, ws, events: list) -> None:
+        for event in events:
+            if isinstance(event, session.Send):
+                await ws.send(json.dumps(event.message))
+            elif isinstance(event, session.StreamFailure):
+                if event.fatal:
+                    raise PermissionError(event.message)
+                raise StreamError(event.code, event.message)
+            elif isinstance(event, session.Listening):
+                self.listening.set()
+            elif isinstance(event, session.TradeUpdate):
+                await self.record(event.data)
+
+    async def record(self, data: dict) -> None:
+        """One ``trade_updates`` event → its order row and (fills) a ``fills`` row, in one transaction."""
         order = Order.model_validate(data["order"])
         event = data.get("event")
         async with self.pool.connection() as conn:

@@ -8,8 +8,12 @@ symbol's newest trade and quote of the frame, latency is recorded once per frame
 message count as weight, and the columns travel to the writer as they are: no Python object per
 trade or quote between the socket and PostgreSQL. Bars, corrections and the other rare messages
 stay the protocol's tuples. Indicators update once per closed minute bar
-(O(1) each, bounded state per symbol). It must never block the loop: the strategy is called
-inline and must be fast; orders go out through the gateway's own bounded queue.
+(O(1) each, bounded state per symbol), VWAP restarting at each session start by the rules of
+:mod:`tickvault.indicators.sessions` (US equities: the exchange's extended session in New York
+time, from ``/v2/calendar``; crypto: the UTC day), exactly as the ``refresh_indicators`` flow does.
+After a restart :meth:`Processor.restore` rebuilds each symbol's state from its stored bars (the
+warm-up and the whole current session) before the feed opens. It must never block the loop: the
+strategy is called inline and must be fast; orders go out through the gateway's own bounded queue.
 """
 
 from __future__ import annotations
@@ -17,13 +21,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from tickvault.alpaca.crypto import CryptoFrame
+from tickvault.alpaca.protocol import datetime_to_ns
 from tickvault.alpaca.news import NewsFrame
 from tickvault.alpaca.options import OptionsFrame
 from tickvault.db.tables import INDICATOR_VALUES
 from tickvault.indicators import IndicatorSet
+from tickvault.indicators.definitions import WARMUP_BARS
+from tickvault.indicators.sessions import (
+    NEW_SESSION,
+    NO_SESSION,
+    SessionCalendar,
+    SessionTracker,
+    default_calendar,
+)
 from tickvault.stream.cache import PriceCache
 from tickvault.stream.metrics import Metrics
 from tickvault.stream.reader import QueuedFrame
@@ -32,6 +45,11 @@ from tickvault.stream.writer import BatchWriter
 
 log = logging.getLogger("tickvault.processor")
 
+# The restore reads a symbol's stored bars back at most this far (as the refresh flow's warm-up).
+RESTORE_HORIZON_S = 30 * 86_400
+# With a "*" subscription, the symbols restored are those with a stored bar this recent.
+RESTORE_RECENT_S = 4 * 86_400
+_BARS_TABLE = {False: "bars", True: "crypto_bars"}  # by is-crypto
 
 
 def _nan_to_none(v: float) -> float | None:
@@ -48,6 +66,7 @@ class Processor:
         *,
         strategy: Strategy | None = None,
         on_intent: Callable[[str, Bar, OrderIntent], None] | None = None,
+        calendar: SessionCalendar | None = None,
     ) -> None:
         self.queue = queue
         self.writer = writer
@@ -58,7 +77,70 @@ class Processor:
         # One IndicatorSet per symbol with bars: bounded by the subscribed universe; each set's
         # state is bounded by its longest window (26 + 9 bars for MACD, 20 for Bollinger).
         self.indicators: dict[str, IndicatorSet] = {}
-        self._vwap_day: dict[str, int] = {}
+        # The US equity sessions (fetched once by the worker); crypto needs none (the UTC day).
+        self.calendar = calendar if calendar is not None else default_calendar()
+        self._sessions: dict[str, SessionTracker] = {}  # one per symbol with bars, like indicators
+
+    def _indicators_after(self, symbol: str, time_ns: int, high: float, low: float, close: float,
+                          volume: float, bar_vwap: float | None) -> IndicatorSet:
+        """Step ``symbol``'s session and indicators over one closed bar (the live path and the
+        restore share this, so a restored state is the state the live path would have)."""
+        ind = self.indicators.get(symbol)
+        if ind is None:
+            ind = self.indicators[symbol] = IndicatorSet()
+            self._sessions[symbol] = SessionTracker(symbol, self.calendar)
+        mark = self._sessions[symbol].step(time_ns)
+        if mark == NEW_SESSION:
+            ind.reset_session()
+        ind.update(high, low, close, volume, bar_vwap, mark != NO_SESSION)
+        return ind
+
+    async def restore(self, pool, stocks: Sequence[str] = (), crypto: Sequence[str] = (),
+                      *, warmup_bars: int = WARMUP_BARS) -> int:
+        """Rebuild the indicators of ``stocks`` and ``crypto`` symbols from their stored 1-minute
+        bars (``bars`` / ``crypto_bars``; ``"*"`` means every symbol with a bar in the last
+        :data:`RESTORE_RECENT_S`): the last ``warmup_bars`` bars and, further back when needed, the
+        whole session of the newest one, so VWAP goes on from the session's stored bars and the
+        others from the same warm-up as the refresh flow. Rows are not written again; the strategy
+        does not see these bars. Returns the bars replayed. Call before the feed opens (it reads
+        the database: ~1000 bars per symbol)."""
+        replayed = 0
+        async with pool.connection() as conn:
+            for is_crypto_table, wanted in ((False, list(stocks)), (True, list(crypto))):
+                table = _BARS_TABLE[is_crypto_table]
+                if "*" in wanted:
+                    cur = await conn.execute(
+                        f"SELECT DISTINCT symbol FROM {table} WHERE timeframe = '1Min' "
+                        "AND time > now() - make_interval(secs => %s)", (RESTORE_RECENT_S,))
+                    wanted = sorted(r[0] for r in await cur.fetchall())
+                for symbol in wanted:
+                    replayed += await self._restore_symbol(conn, table, symbol, warmup_bars)
+        if replayed:
+            log.info("indicators restored from %d stored bars of %d symbols", replayed, len(self.indicators))
+        return replayed
+
+    async def _restore_symbol(self, conn, table: str, symbol: str, warmup_bars: int) -> int:
+        cur = await conn.execute(
+            f"SELECT min(time), max(time) FROM (SELECT time FROM {table} "
+            "WHERE symbol = %s AND timeframe = '1Min' ORDER BY time DESC LIMIT %s) AS recent",
+            (symbol, max(warmup_bars, 1)))
+        oldest, newest = await cur.fetchone()
+        if newest is None:
+            return 0
+        newest_ns = datetime_to_ns(newest)
+        window = self.calendar.window(symbol, newest_ns)
+        start_ns = min(datetime_to_ns(oldest), window[0] if window else newest_ns)
+        start_ns = max(start_ns, newest_ns - RESTORE_HORIZON_S * 10**9)
+        cur = await conn.execute(
+            f"SELECT time, high, low, close, volume::float8, vwap FROM {table} "
+            "WHERE symbol = %s AND timeframe = '1Min' AND time >= to_timestamp(%s::float8 / 1e9) "
+            "ORDER BY time",
+            (symbol, start_ns))
+        rows = await cur.fetchall()
+        self.indicators.pop(symbol, None)  # a restore starts the symbol afresh
+        for t, high, low, close, volume, vwap in rows:
+            self._indicators_after(symbol, datetime_to_ns(t), high, low, close, volume, vwap)
+        return len(rows)
 
     async def run(self) -> None:
         """Process until a ``None`` sentinel arrives (after the reader stopped): drains the queue."""
@@ -229,15 +311,7 @@ class Processor:
 
     def _on_bar(self, b: tuple, strategy: bool = True) -> tuple | None:
         time_ns, symbol, o, h, low, c, v, count, vw = b
-        ind = self.indicators.get(symbol)
-        if ind is None:
-            ind = self.indicators[symbol] = IndicatorSet()
-        day = time_ns // 86_400_000_000_000
-        if self._vwap_day.get(symbol) != day:  # VWAP is a session figure: restart it each UTC day
-            self._vwap_day[symbol] = day
-            ind.reset_session()
-        ind.update(h, low, c, v)
-        values = ind.values()
+        values = self._indicators_after(symbol, time_ns, h, low, c, v, vw).values()
         if strategy and self.strategy is not None:
             bar = Bar(symbol, time_ns, o, h, low, c, int(v), count, vw)
             try:

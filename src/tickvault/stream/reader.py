@@ -9,8 +9,11 @@ the stream position the gap logic below reads. The reader never does more per fr
 stops reading the socket, and TCP pushes back on the server. websockets' own receive buffer is
 bounded too (``max_queue`` frames of at most ``max_size`` bytes).
 
-On any disconnect it reconnects with exponential backoff and full jitter (0.25 s doubling to
-30 s, reset after a successful subscription), re-authenticates, re-subscribes, then backfills the
+The session (handshake, subscribe/ack, error codes) is
+:class:`tickvault.alpaca.session.MarketDataClientSession`; this module does its I/O. On any disconnect it reconnects with :data:`tickvault.retry.RECONNECT` (the
+one retry policy) at 0.25 s doubling to 30 s with full jitter, reset after a successful
+subscription and at least 5 s after error 406; refused keys (401/402 answering the auth) stop it
+(:class:`AuthFailed`). It re-authenticates, re-subscribes, then backfills the
 gap from the REST history — trades and minute bars from the last exchange time it received up to
 the exchange time of the first trade the new connection delivers (where the stream really resumes:
 a server may stay silent or drop data for a while after the ack) — and merges it through the
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -35,15 +37,16 @@ from websockets.asyncio.client import connect
 
 from tickvault.alpaca.columnar import ColumnarFrame, decode_columnar
 from tickvault.alpaca.crypto import CryptoFrame
+from tickvault.alpaca import session
 from tickvault.alpaca.protocol import (
-    DecodedFrame,
+    ProtocolError,
     StreamError,
-    auth_message,
     decode_frame,
     encode_client_message,
     ns_to_rfc3339,
     subscribe_message,
 )
+from tickvault.retry import BACKFILL, RECONNECT
 from tickvault.stream.gaps import GapLedger
 from tickvault.stream.metrics import Metrics
 from tickvault.stream.universe import BackfillUniverse
@@ -54,10 +57,7 @@ log = logging.getLogger("tickvault.reader")
 # the socket: 16 × 16 MiB worst case, in practice 16 × ~100 kB (1000 messages per frame).
 MAX_SIZE = 16 * 2**20
 MAX_QUEUE = 16
-BACKOFF_START_S = 0.25
-BACKOFF_MAX_S = 30.0
 SILENCE_MAX_S = 1800.0
-BACKFILL_ATTEMPTS = 6  # 1+2+4+8+16 s between them: rides out a REST or database outage of ~30 s
 
 
 @dataclass(slots=True)
@@ -69,12 +69,62 @@ class QueuedFrame:
     metrics: Metrics | None = None  # the feed's figures (None: the worker's)
 
 
+class _SilenceWatch:
+    """One connection's silence watchdog: a single timer, re-armed lazily.
+
+    The reader stamps ``last`` (the loop's clock) on every frame; the timer, when it fires, re-arms
+    itself at ``last + limit`` if data came meanwhile, and otherwise cancels the reading task — the
+    mechanism of ``asyncio.timeout``, with one timer per silence period instead of one per frame.
+    ``paused`` while the reader waits on its own full queue: that is backpressure, not silence.
+    """
+
+    __slots__ = ("fired", "handle", "last", "limit", "loop", "paused", "task")
+
+    def __init__(self, limit: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        self.limit = limit
+        self.last = self.loop.time()
+        self.paused = False
+        self.fired = False
+        self.handle = self.loop.call_at(self.last + limit, self._check)
+
+    def _check(self) -> None:
+        now = self.loop.time()
+        due = (now if self.paused else self.last) + self.limit
+        if now < due:
+            self.handle = self.loop.call_at(due, self._check)
+            return
+        self.fired = True
+        self.task.cancel()
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+
 class FeedSilent(ConnectionError):
     """The server kept the socket open but sent nothing for too long: reconnect and backfill."""
 
 
 class AuthFailed(Exception):
-    """The server refused our keys; retrying will not help."""
+    """The server refused us in a way a new connection cannot fix (the keys, the plan, the symbol
+    limit); the message says which setting to change."""
+
+
+_REFUSALS = {
+    405: "Alpaca refused the subscription: {msg} (code 405): subscribe to fewer symbols (TICKVAULT_SYMBOLS) "
+         "or to all of them with '*'",
+    409: "Alpaca refused the feed: {msg} (code 409): the account's market-data plan does not include it; "
+         "choose a feed it does include in TICKVAULT_FEEDS (e.g. stocks:iex rather than stocks:sip)",
+}
+
+
+def _failure(event: session.StreamFailure) -> Exception:
+    """The exception a session's failure ends the connection with: fatal ones stop the reader."""
+    if event.fatal:
+        text = _REFUSALS.get(event.code, "Alpaca refused the API keys: {msg} (code %d)" % event.code)
+        return AuthFailed(text.format(msg=event.message))
+    return StreamError(event.code, event.message)
 
 
 BackfillFn = Callable[[int, int], Awaitable[int]]
@@ -140,9 +190,11 @@ class MarketDataReader:
         # A quiet feed (overnight, weekends) is not a fault: each silent reconnect that brings no data
         # doubles the limit, up to 30 min; data resets it.
         self._silence_now = self.silence_s
+        self._watch: _SilenceWatch | None = None
         self.connected = asyncio.Event()
         self._stopping = asyncio.Event()
         self._ws = None
+        self._session: session.MarketDataClientSession | None = None  # this connection's protocol state
         self._backfills: set[asyncio.Task] = set()
         self._gap_from: int | None = None  # start of a gap waiting for the stream to resume
 
@@ -156,7 +208,7 @@ class MarketDataReader:
             await asyncio.gather(*self._backfills, return_exceptions=True)
 
     async def run(self) -> None:
-        delay = BACKOFF_START_S
+        backoff = RECONNECT.start()
         first = True
         while not self._stopping.is_set():
             try:
@@ -179,7 +231,7 @@ class MarketDataReader:
                     if not first:
                         self.metrics.add("reconnects")
                     first = False
-                    delay = BACKOFF_START_S
+                    backoff.reset()
                     if self.backfill is not None:
                         start = gap_start
                         if start is not None:
@@ -192,71 +244,79 @@ class MarketDataReader:
                     await self._read(ws)
             except AuthFailed:
                 raise
-            except (websockets.ConnectionClosed, OSError, asyncio.TimeoutError, StreamError,
+            except (websockets.ConnectionClosed, OSError, asyncio.TimeoutError, StreamError, ProtocolError,
                     websockets.InvalidHandshake) as exc:
                 if self._stopping.is_set():
                     break
                 self.connected.clear()
-                if isinstance(exc, StreamError) and exc.code == 406:
-                    delay = max(delay, 5.0)  # another connection holds the feed: give it time to go
+                if isinstance(exc, StreamError):
+                    _, stay_away = session.ERROR_POLICY.get(exc.code, (False, None))
+                    if stay_away:  # 406: another connection holds the feed; give it time to go
+                        backoff.at_least(stay_away)
                 log.warning("%s market-data stream lost (%s: %s); reconnecting in ≤ %.2f s", self.name,
-                            type(exc).__name__, exc, delay)
+                            type(exc).__name__, exc, backoff.bound)
                 try:
-                    await asyncio.wait_for(self._stopping.wait(), random.uniform(0, delay))
+                    await asyncio.wait_for(self._stopping.wait(), backoff.next_delay())
                 except asyncio.TimeoutError:
                     pass
-                delay = min(delay * 2, BACKOFF_MAX_S)
             finally:
                 self._ws = None
 
     async def _handshake(self, ws) -> None:
-        welcome = decode_frame(await asyncio.wait_for(ws.recv(), 10))
-        self._check_control(welcome, "connected")
-        await ws.send(encode_client_message(auth_message(self._key, self._secret)))
-        reply = decode_frame(await asyncio.wait_for(ws.recv(), 10))
-        for msg in reply.control:
-            if msg.get("T") == "error" and msg.get("code") in (401, 402):
-                raise AuthFailed(f"Alpaca refused the API keys: {msg.get('msg')} (code {msg.get('code')})")
-        self._check_control(reply, "authenticated")
-        await ws.send(encode_client_message(self._subscription(self.channels, self.symbols)))
-        while True:  # market data may already be flowing before the ack; keep it
-            frame = self._decode(await asyncio.wait_for(ws.recv(), 10))
-            for msg in frame.rest.control:
-                if msg.get("T") == "error":
-                    raise StreamError.from_control(msg)
-            if frame.market_count() or frame.rest.rejects:
+        """Drive a :class:`~tickvault.alpaca.session.MarketDataClientSession` to STREAMING: connected → auth →
+        authenticated → subscribe → ack, each reply within 10 s."""
+        protocol = self._session = session.MarketDataClientSession(
+            self._key, self._secret, self._subscription(self.channels, self.symbols))
+        while protocol.state is not session.State.STREAMING:
+            data = await asyncio.wait_for(ws.recv(), 10)
+            frame = self._decode(data) if protocol.accepts_data else None
+            control = frame.rest.control if frame is not None else decode_frame(data).control
+            for event in protocol.receive(control):
+                if isinstance(event, session.Send):
+                    await ws.send(encode_client_message(event.message))
+                elif isinstance(event, session.StreamFailure):
+                    raise _failure(event)
+            # Market data may already be flowing before the ack; keep it.
+            if frame is not None and (frame.market_count() or frame.rest.rejects):
                 await self._enqueue(frame, time.time_ns(), time.monotonic_ns())
-            if any(m.get("T") == "subscription" for m in frame.rest.control):
-                return
-
-    @staticmethod
-    def _check_control(frame: DecodedFrame, expected: str) -> None:
-        for msg in frame.control:
-            if msg.get("T") == "error":
-                raise StreamError.from_control(msg)
-            if msg.get("T") == "success" and msg.get("msg") == expected:
-                return
-        raise StreamError(400, f"expected '{expected}', got {frame.control!r}")
 
     async def _read(self, ws) -> None:
         recv = ws.recv
-        while True:
-            silence = self._silence_now
-            try:
-                data = await asyncio.wait_for(recv(), silence) if silence else await recv()
-            except asyncio.TimeoutError:
+        silence = self._silence_now
+        if not silence:
+            while True:
+                await self._on_data(await recv())
+        # The silence watchdog is one timer per silence period, not one per frame (a wait_for per
+        # frame cost a task and a timer each: ~10 % of the worker's CPU at full rate).
+        watch = self._watch = _SilenceWatch(silence)
+        stamp = watch.loop.time
+        try:
+            while True:
+                data = await recv()
+                watch.last = stamp()
+                if self._silence_now != self.silence_s:  # data resets a doubled limit
+                    self._silence_now = watch.limit = self.silence_s
+                await self._on_data(data)
+        except asyncio.CancelledError:
+            if watch.fired and watch.task.uncancel() == 0:  # our watchdog's cancel, not a shutdown
                 self.metrics.add("stalls")
                 if self._silence_backoff:
-                    self._silence_now = min(silence * 2, SILENCE_MAX_S)
-                raise FeedSilent(f"no market data for {silence:.1f} s on an open connection") from None
-            self._silence_now = self.silence_s
-            wall = time.time_ns()
-            mono = time.monotonic_ns()
-            frame = self._decode(data)
-            for msg in frame.rest.control:
-                if msg.get("T") == "error":
-                    raise StreamError.from_control(msg)
-            await self._enqueue(frame, wall, mono)
+                    self._silence_now = min(watch.limit * 2, SILENCE_MAX_S)
+                raise FeedSilent(f"no market data for {watch.limit:.1f} s on an open connection") from None
+            raise
+        finally:
+            watch.cancel()
+            self._watch = None
+
+    async def _on_data(self, data: bytes | str) -> None:
+        wall = time.time_ns()
+        mono = time.monotonic_ns()
+        frame = self._decode(data)
+        if frame.rest.control:  # errors, (re)subscription acks: the session says what they mean
+            for event in self._session.receive(frame.rest.control):
+                if isinstance(event, session.StreamFailure):
+                    raise _failure(event)
+        await self._enqueue(frame, wall, mono)
 
     async def _enqueue(self, frame: ColumnarFrame | CryptoFrame, wall: int, mono: int) -> None:
         trades = frame.trades
@@ -275,7 +335,15 @@ class MarketDataReader:
         if queue.full():
             started = time.monotonic()
             self.metrics.add("stalls")
-            await queue.put(item)
+            watch = self._watch
+            if watch is not None:  # waiting on our own queue is not the feed going quiet
+                watch.paused = True
+            try:
+                await queue.put(item)
+            finally:
+                if watch is not None:
+                    watch.paused = False
+                    watch.last = watch.loop.time()
             self.metrics.add("stall_seconds", time.monotonic() - started)
         else:
             queue.put_nowait(item)
@@ -291,8 +359,10 @@ class MarketDataReader:
         task.add_done_callback(self._backfills.discard)
 
     async def _run_backfill(self, start_ns: int, end_ns: int, token: int | None = None) -> None:
-        delay = 1.0
-        for attempt in range(1, BACKFILL_ATTEMPTS + 1):
+        backoff = BACKFILL.start()
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 rows = await self.backfill(start_ns, end_ns)
                 log.info("%s: backfilled %d rows for the gap %d → %d", self.name, rows, start_ns, end_ns)
@@ -301,11 +371,11 @@ class MarketDataReader:
                 return
             except Exception as exc:  # noqa: BLE001 - retried, then logged with the exact window
                 self.metrics.add("db_errors")
-                if attempt == BACKFILL_ATTEMPTS:
+                if backoff.exhausted:
                     log.error("backfill of the gap %s → %s failed %d times (%s): the trades of that window are "
                               "NOT stored%s", ns_to_rfc3339(start_ns), ns_to_rfc3339(end_ns), attempt, exc,
                               f" (kept in {self.gaps.path}: the next start backfills it)" if self.gaps else "")
                     return
+                delay = backoff.next_delay()
                 log.warning("backfill attempt %d failed (%s); retrying in %.0f s", attempt, exc, delay)
                 await asyncio.sleep(delay)
-                delay *= 2

@@ -229,6 +229,7 @@ class Worker:
     async def start(self) -> None:
         from tickvault.alpaca.rest import AlpacaREST
         from tickvault.db.pool import open_pool
+        from tickvault.indicators.sessions import SessionCalendar, calendar_range, fetch_session_calendar
         from tickvault.registration import register_worker, unregister_worker
 
         settings, metrics, stack = self.settings, self.metrics, self._stack
@@ -262,12 +263,22 @@ class Worker:
 
             self.gateway = OrderGateway(rest, pool, metrics)
         self.queue = asyncio.Queue(maxsize=settings.queue_max_frames)  # the bound between socket and writer
+        kinds = {label.partition(":")[0] for label in settings.feeds}
+        # VWAP's US equity sessions: the exchange calendar, fetched once (one request; the default
+        # rule, logged, when it fails). Crypto needs none: its session is the UTC day.
+        calendar = (await fetch_session_calendar(rest, *calendar_range()) if "stocks" in kinds
+                    else SessionCalendar(reason="no stocks feed"))
         self.processor = Processor(self.queue, writer, self.cache, metrics, strategy=self.strategy,
-                                   on_intent=self.gateway.enqueue if self.gateway else None)
+                                   on_intent=self.gateway.enqueue if self.gateway else None,
+                                   calendar=calendar)
         self._tasks["writer"] = asyncio.create_task(writer.run(), name="writer")
         recovered = await writer.recover(self.spill_dir)  # what a previous run could not commit, first
         if recovered:
             log.warning("committed %d rows spilled by the previous run", recovered)
+        # After a restart the indicators go on from the stored bars (warm-up + the current session),
+        # not from nothing: what the refresh flow computes for the same bars.
+        await self.processor.restore(pool, stocks=settings.symbols if "stocks" in kinds else (),
+                                     crypto=settings.crypto_symbols if "crypto" in kinds else ())
         # One reader per feed (TICKVAULT_FEEDS), each on its own connection with its own reconnect,
         # watchdog, gap ledger and backfill, all into the one bounded queue. The first feed's figures
         # are the worker's Metrics (Prometheus, `worker status`); every other feed counts in its own.

@@ -19,8 +19,9 @@ Durability and duplicates:
 * Live trades go straight into ``trades`` by COPY (fast path). If the unique key rejects a row (a
   re-delivery), the batch is retried through a staging table with ``ON CONFLICT DO NOTHING``.
   Backfilled trades always take that path. Bars upsert (an ``u`` updated bar replaces its bar).
-* A database that goes away makes the commit retry with backoff, forever, holding the batch; after
-  a failure where the COMMIT's outcome is unknown, the ledger says whether the batch landed.
+* A database that goes away makes the commit retry (:data:`tickvault.retry.COMMIT`: 0.1 s doubling
+  to 5 s, full jitter), forever, holding the batch; after a failure where the COMMIT's outcome is
+  unknown, the ledger says whether the batch landed.
 * Late trades below the OHLCV watermark are noted (tickvault_ohlcv_invalidate) in the same
   transaction, so the rollups recompute those buckets.
 This module must never drop a row silently or open a connection per row.
@@ -33,7 +34,6 @@ import base64
 import json
 import logging
 import os
-import random
 import struct
 import time
 import uuid
@@ -65,11 +65,9 @@ from tickvault.db.tables import (
     CRYPTO_ORDERBOOKS,
     CRYPTO_QUOTES,
     CRYPTO_TRADES,
-    CRYPTO_TRADES_DEDUPE,
     LULDS,
     OPTION_QUOTES,
     OPTION_TRADES,
-    OPTION_TRADES_DEDUPE,
     QUOTES,
     TRADES,
     TRADING_STATUSES,
@@ -79,10 +77,12 @@ from tickvault.db.tables import (
     CopySpec,
     indicators_upsert,
 )
+from tickvault import retry
 from tickvault.stream.metrics import Metrics
 
 log = logging.getLogger("tickvault.writer")
 
+PENDING_BATCHES = 5  # rows buffered plus in flight, in batches: see BatchWriter.__init__
 _PG_EPOCH_US = 946_684_800 * 1_000_000  # 2000-01-01 in Unix µs
 _pack_q = struct.Struct("!q").pack
 
@@ -246,9 +246,12 @@ class BatchWriter:
         self.worker = worker
         self.batch_rows = batch_rows
         self.flush_ns = flush_ms * 1_000_000
-        # Twice a batch may wait while one commits: enough to keep COPY busy, small enough that
-        # memory is bounded (≈ 2 × batch_rows × ~200 B per row).
-        self.max_pending_rows = max_pending_rows or 2 * batch_rows
+        # Group commit: while one batch commits, up to PENDING_BATCHES - 1 more batches' rows may
+        # gather, and the next commit takes them all. A database that keeps up sees batch_rows-sized
+        # commits; one that falls behind gets fewer, larger transactions (what makes bare COPY with
+        # big batches fast) before backpressure starts. Memory stays bounded: ≈ PENDING_BATCHES ×
+        # batch_rows × ~70 B per trade (binary COPY data) — 7 MB at the defaults.
+        self.max_pending_rows = max_pending_rows or PENDING_BATCHES * batch_rows
         self._batch = Batch()
         self._pending_rows = 0  # buffered + in flight
         self._wake = asyncio.Event()
@@ -411,7 +414,7 @@ class BatchWriter:
                 self._idle.set()
 
     async def _commit(self, batch: Batch) -> None:
-        delay = 0.1
+        backoff = retry.COMMIT.start()
         while True:
             try:
                 async with self.pool.connection(timeout=10) as conn:
@@ -428,10 +431,10 @@ class BatchWriter:
             except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, OSError) as exc:
                 batch.maybe_committed = True
                 self.metrics.add("db_errors")
+                delay = backoff.next_delay()
                 log.warning("database unavailable (%s); retrying batch of %d rows in %.1f s",
                             type(exc).__name__, batch.rows, delay)
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(delay)
         now = time.monotonic_ns()
         counted = 0
         for recv, n, metrics in batch.frames:
@@ -470,11 +473,11 @@ class BatchWriter:
                 await cur.execute("SELECT tickvault_ohlcv_invalidate(%s, %s)", (ns_to_datetime(lo), ns_to_datetime(hi)))
                 if batch.trades:
                     if batch.dedupe:
-                        await self._staged_trades(cur, batch.trades)
+                        await self._staged(cur, TRADES, batch.trades)
                     else:
                         await self._copy_columns(cur, TRADES.copy_statement(), batch.trades)
                 if batch.backfill_trades:
-                    inserted = await self._staged_trades(cur, batch.backfill_trades)
+                    inserted = await self._staged(cur, TRADES, batch.backfill_trades)
                     batch.backfilled = inserted
             if batch.quotes:
                 await self._copy_columns(cur, QUOTES.copy_statement(), batch.quotes)
@@ -505,11 +508,11 @@ class BatchWriter:
         table after a key violation, and always for backfills), quotes and orderbooks by COPY, bars upserted."""
         if batch.crypto_trades:
             if batch.dedupe:
-                await self._staged_crypto_trades(cur, batch.crypto_trades)
+                await self._staged(cur, CRYPTO_TRADES, batch.crypto_trades)
             else:
                 await self._copy_columns(cur, CRYPTO_TRADES.copy_statement(), batch.crypto_trades)
         if batch.backfill_crypto_trades:
-            batch.backfilled_crypto = await self._staged_crypto_trades(cur, batch.backfill_crypto_trades)
+            batch.backfilled_crypto = await self._staged(cur, CRYPTO_TRADES, batch.backfill_crypto_trades)
         if batch.crypto_quotes:
             await self._copy_columns(cur, CRYPTO_QUOTES.copy_statement(), batch.crypto_quotes)
         if batch.crypto_orderbooks:
@@ -527,31 +530,13 @@ class BatchWriter:
         backfill), quotes by COPY."""
         if batch.option_trades:
             if batch.dedupe:
-                await self._staged_option_trades(cur, batch.option_trades)
+                await self._staged(cur, OPTION_TRADES, batch.option_trades)
             else:
                 await self._copy_columns(cur, OPTION_TRADES.copy_statement(), batch.option_trades)
         if batch.backfill_option_trades:
-            batch.backfilled_options = await self._staged_option_trades(cur, batch.backfill_option_trades)
+            batch.backfilled_options = await self._staged(cur, OPTION_TRADES, batch.backfill_option_trades)
         if batch.option_quotes:
             await self._copy_columns(cur, OPTION_QUOTES.copy_statement(), batch.option_quotes)
-
-    async def _staged_option_trades(self, cur: psycopg.AsyncCursor, trades: list[TradeColumns]) -> int:
-        await cur.execute("CREATE TEMP TABLE IF NOT EXISTS option_trades_stage (LIKE option_trades INCLUDING DEFAULTS) "
-                          "ON COMMIT DELETE ROWS")
-        await self._copy_columns(cur, OPTION_TRADES.copy_statement("option_trades_stage"), trades)
-        await cur.execute(OPTION_TRADES_DEDUPE)
-        inserted = max(cur.rowcount, 0)
-        await cur.execute("TRUNCATE option_trades_stage")
-        return inserted
-
-    async def _staged_crypto_trades(self, cur: psycopg.AsyncCursor, trades: list[TradeColumns]) -> int:
-        await cur.execute("CREATE TEMP TABLE IF NOT EXISTS crypto_trades_stage (LIKE crypto_trades INCLUDING DEFAULTS) "
-                          "ON COMMIT DELETE ROWS")
-        await self._copy_columns(cur, CRYPTO_TRADES.copy_statement("crypto_trades_stage"), trades)
-        await cur.execute(CRYPTO_TRADES_DEDUPE)
-        inserted = max(cur.rowcount, 0)
-        await cur.execute("TRUNCATE crypto_trades_stage")
-        return inserted
 
     @staticmethod
     async def _copy(cur: psycopg.AsyncCursor, spec: CopySpec, rows) -> None:
@@ -588,22 +573,16 @@ class BatchWriter:
             piece.append(COPY_TRAILER)
             await copy.write(b"".join(piece))
 
-    async def _staged_trades(self, cur: psycopg.AsyncCursor, trades: list[TradeColumns]) -> int:
-        """Insert through a staging table, skipping rows whose key is already stored; returns rows inserted."""
-        await cur.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS trades_stage (LIKE trades INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-        )
-        await self._copy_columns(cur, TRADES.copy_statement("trades_stage"), trades)
-        await cur.execute(
-            "INSERT INTO trades (time, symbol, trade_id, exchange, price, size, conditions, tape, time_ns) "
-            "SELECT DISTINCT ON (symbol, time, trade_id, exchange) time, symbol, trade_id, exchange, price, size, "
-            "conditions, tape, time_ns FROM trades_stage ON CONFLICT DO NOTHING"
-        )
+    async def _staged(self, cur: psycopg.AsyncCursor, spec: CopySpec, blocks: list[TradeColumns]) -> int:
+        """COPY into ``spec``'s staging twin, then insert what is not stored yet; returns rows inserted."""
+        await cur.execute(spec.create_stage())
+        await self._copy_columns(cur, spec.copy_statement(spec.stage), blocks)
+        await cur.execute(spec.dedupe_insert())
         inserted = max(cur.rowcount, 0)
-        offered = sum(b.n for b in trades)
+        offered = sum(b.n for b in blocks)
         if offered - inserted:
-            log.debug("%d re-delivered trades were already stored", offered - inserted)
-        await cur.execute("TRUNCATE trades_stage")  # a dedupe retry and a backfill may share one transaction
+            log.debug("%d re-delivered %s rows were already stored", offered - inserted, spec.table)
+        await cur.execute(f"TRUNCATE {spec.stage}")  # a dedupe retry and a backfill may share one transaction
         return inserted
 
     async def _upsert_bars(self, cur: psycopg.AsyncCursor, bars: list[tuple]) -> None:
