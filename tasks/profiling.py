@@ -14,23 +14,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from prefect import task
-from psycopg.types.json import Jsonb
 
 from tasks import JITTER, NO_CACHE, READ_RETRIES, WRITE_RETRIES, backoff
 from tickvault.config import Settings
 from tickvault.jobs.profiling import (
-    DUMP_TEXT_FILE,
-    FLAMEGRAPH_FILE,
-    SPEEDSCOPE_FILE,
     ProfileReport,
     ProfilerError,
     Regression,
     profile_process_async,
 )
 from tickvault.registration import AmbiguousWorker, WorkerInfo, WorkerNotRunning, find_worker
-from tickvault.jobs.reports import ReportStore, StoredReport
+from tickvault.jobs.reports import ReportStore, StoredReport, profile_row, record_profile_row
 
 # py-spy needs a moment to attach and to write its files after the window (profiling.py allows
 # 30 s of grace per recorder); on top of that, a margin before the task is declared hung.
@@ -87,38 +82,4 @@ async def upload_report(
 async def insert_profile_row(
     url: str, report: ProfileReport, stored: StoredReport, regressions: Sequence[Regression]
 ) -> int:
-    summary = report.summary
-    rss = (summary.get("rss") or {}).get("mean_bytes")
-
-    def key(name: str) -> str | None:
-        artifact = stored.artifacts.get(name)
-        return artifact.key if artifact else None
-
-    async with await psycopg.AsyncConnection.connect(url, connect_timeout=10) as conn:
-        cur = await conn.execute(
-            "INSERT INTO profiles (time, worker, pid, duration_s, location, speedscope_key, flamegraph_key, "
-            "dump_key, summary_key, cpu_percent, rss_mb, summary, regressions) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-            (
-                stored.when,
-                stored.worker,
-                report.pid,
-                report.seconds,
-                stored.location,
-                key(SPEEDSCOPE_FILE),
-                key(FLAMEGRAPH_FILE),
-                key(DUMP_TEXT_FILE),
-                stored.summary.key,
-                (summary.get("cpu") or {}).get("mean_percent"),
-                rss / 2**20 if rss is not None else None,
-                Jsonb(summary),
-                Jsonb([
-                    {"function": r.function, "previous_share": r.previous_share,
-                     "current_share": r.current_share, "kind": r.kind}
-                    for r in regressions
-                ]),
-            ),
-        )
-        row = await cur.fetchone()
-        await conn.commit()
-    return int(row[0])
+    return await record_profile_row(url, profile_row(report, stored, regressions))

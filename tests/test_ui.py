@@ -4,6 +4,8 @@ real database, the simulator and the app served by uvicorn (no browser: see test
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
 import re
 import signal
@@ -131,6 +133,46 @@ async def test_market_page_serves_a_crypto_pairs_candles_and_live_bars(fresh_dat
                     pushed = httpx.Response(200, content=line[6:]).json()
                     break
         assert pushed["symbol"] == "BTC/USD" and pushed["t"][-1] == d["t"][-1]
+
+
+def _f64_bars(body: bytes) -> tuple[dict, dict[str, list[float]]]:
+    """Decode ``/api/bars?format=f64`` as the page does (app.py's layout)."""
+    import struct
+
+    (n,) = struct.unpack_from("<I", body)
+    meta = json.loads(body[4:4 + n])
+    offset, count = -(-(4 + n) // 8) * 8, meta["count"]
+    columns = {}
+    for name in meta["columns"]:
+        columns[name] = list(struct.unpack_from(f">{count}d", body, offset))
+        offset += 8 * count
+    assert offset == len(body)
+    return meta, columns
+
+
+async def test_binary_bars_are_the_json_bars_exactly_and_before_splits_the_window_without_loss(planted):
+    url, start = planted
+    settings = load_settings(database_url=url, ui_port=free_port())
+    async with serve_dashboard(settings, url) as base, httpx.AsyncClient(base_url=base) as client:
+        d = (await client.get("/api/bars", params={"symbol": "AAPL", "tf": "1m"})).json()
+        r = await client.get("/api/bars", params={"symbol": "AAPL", "tf": "1m", "format": "f64"})
+        assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
+        meta, cols = _f64_bars(r.content)
+        assert meta["count"] == len(d["t"]) == 30 and meta["symbol"] == "AAPL" and meta["markers"] == []
+        for name in ("t", "o", "h", "l", "c", "v"):
+            assert cols[name] == d[name], name  # the same doubles, bit for bit
+        for name, values in d["ind"].items():
+            assert [None if math.isnan(x) else x for x in cols[name]] == values, name  # NaN: no value (null)
+
+        # Older bars by `before`: two halves of the window hold every bar once.
+        middle = int(d["t"][15])
+        newer = _f64_bars((await client.get("/api/bars", params={
+            "symbol": "AAPL", "tf": "1m", "format": "f64", "before": str(middle + 3600), "days": str(1 / 24)})).content)[1]
+        older = _f64_bars((await client.get("/api/bars", params={
+            "symbol": "AAPL", "tf": "1m", "format": "f64", "before": str(middle), "days": "1"})).content)[1]
+        assert older["t"] + newer["t"] == d["t"] and older["c"] + newer["c"] == d["c"]
+        bad = await client.get("/api/bars", params={"symbol": "AAPL", "format": "f64", "before": "1e300"})
+        assert bad.status_code == 400 and "error" in bad.json()
 
 
 async def test_health_api_lists_workers_jobs_and_what_retention_drops_next(planted):

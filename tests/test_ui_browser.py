@@ -142,6 +142,42 @@ async def test_market_chart_draws_candles_and_a_new_bar_arrives_live(stack, page
     await page.screenshot(path=str(stack.shots / "dashboard-market.png"))
 
 
+async def test_a_month_window_opens_with_its_newest_day_and_scrolling_back_draws_exactly_the_stored_bars(stack, page):
+    # Three days of one trade every 20 s at arbitrary doubles (random prices), and an indicator
+    # that is an exact function of the close: what the chart holds must be these numbers, bit for bit.
+    async with await psycopg.AsyncConnection.connect(stack.db_url, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO trades (time, symbol, trade_id, exchange, price, size, time_ns) "
+            "SELECT t, 'HIST', 50000000 + row_number() OVER (), 'V', 100 + 10 * random(), 1 + (random() * 300)::int, "
+            "(extract(epoch FROM t) * 1e9)::bigint FROM generate_series(date_trunc('minute', now()) - interval '3 days' "
+            "+ interval '1 minute', now() - interval '2 minutes', interval '20 seconds') t")
+        await conn.execute(
+            "INSERT INTO indicators (time, symbol, timeframe, close, ema_12) "
+            "SELECT bucket, symbol, '1m', close, close / 3 FROM ohlcv_1m WHERE symbol = 'HIST'")
+        stored = await (await conn.execute(
+            "SELECT extract(epoch FROM bucket)::bigint, open, high, low, close, volume, close / 3 FROM ohlcv_1m "
+            "WHERE symbol = 'HIST' ORDER BY bucket")).fetchall()
+
+    await page.goto(f"{stack.base}/market?symbol=HIST&tf=1m&days=3")
+    await page.wait_for_function("() => window.tv && tv.history && tv.loaded.symbol === 'HIST'", timeout=30_000)
+    first = await page.evaluate("() => tv.candles.data().length")
+    assert 0 < first <= 1441 < len(stored) and not await page.evaluate("() => tv.history.complete")
+
+    # Scrolling to the left edge loads the older bars by itself.
+    await page.evaluate("() => tv.chart.timeScale().setVisibleLogicalRange({ from: 0, to: 200 })")
+    await page.wait_for_function("n => tv.candles.data().length > n", arg=first, timeout=30_000)
+    await page.evaluate("async () => { while (!tv.history.complete) await tv.loadOlder(); }")
+
+    drawn = await page.evaluate(
+        "() => ({ candles: tv.candles.data().map(b => [b.time, b.open, b.high, b.low, b.close]),"
+        " volume: tv.volume.data().map(p => p.value), ema: tv.overlays.ema_12.data().map(p => p.value),"
+        " bars: tv.loaded.bars })")
+    assert drawn["candles"] == [[t, o, h, lo, c] for t, o, h, lo, c, _v, _e in stored]
+    assert drawn["volume"] == [float(v) for *_x, v, _e in stored]
+    assert drawn["ema"] == [e for *_x, e in stored]
+    assert drawn["bars"] == len(stored)
+
+
 async def test_health_page_shows_the_workers_figures(stack, page):
     await page.goto(f"{stack.base}/health")
     row = page.locator('#workers tr[data-worker="browser"]')

@@ -98,11 +98,11 @@ def config_show() -> None:
 def config_doc() -> None:
     """Print the settings as a Markdown table (docs/configuration.md's table comes from here)."""
     from tickvault.config import documented_settings
+    from tickvault.jobs.markdown import table
 
-    typer.echo("| variable | default | meaning |")
-    typer.echo("| --- | --- | --- |")
-    for variable, default, meaning in documented_settings():
-        typer.echo(f"| `{variable}` | `{default}` | {meaning} |")
+    rows = ((f"`{variable}`", f"`{default}`", meaning) for variable, default, meaning in documented_settings())
+    for line in table(("variable", "default", "meaning"), rows):
+        typer.echo(line)
 
 
 # --- db -----------------------------------------------------------------------------------

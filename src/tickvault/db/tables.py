@@ -24,6 +24,23 @@ if TYPE_CHECKING:
     from tickvault.alpaca.models import Order
 
 __all__ = [
+    "ACCOUNT_SNAPSHOTS",
+    "ALERT_INCIDENTS",
+    "COMPLETE_RECONCILIATION_RUN",
+    "FAIL_RECONCILIATION_RUN",
+    "INSERT_ACCOUNT_SNAPSHOT",
+    "INSERT_POSITION_SNAPSHOT",
+    "INSERT_PROFILE",
+    "INSERT_RECONCILIATION_DIFF",
+    "LAST_COMPLETED_RECONCILIATION",
+    "OPEN_ALERT_INCIDENT",
+    "OPEN_ALERT_INCIDENTS",
+    "OPEN_RECONCILIATION_RUN",
+    "POSITION_SNAPSHOTS",
+    "PROFILES",
+    "RECONCILIATION_DIFFS",
+    "RESOLVE_ALERT_INCIDENT",
+    "insert_statement",
     "BAD_MESSAGES",
     "CRYPTO_BARS_STAGE",
     "CRYPTO_ORDERBOOKS",
@@ -251,3 +268,55 @@ def order_params(order: Order, source: str = "worker") -> dict:
 async def record_order(conn: psycopg.AsyncConnection, order: Order, source: str = "worker") -> None:
     """Upsert the broker's view of an order (a newer update never loses to an older one)."""
     await conn.execute(UPSERT_ORDER, order_params(order, source))
+
+
+# --- the jobs' own records: reconciliation, profiles, alert incidents ------------------------------
+
+
+def insert_statement(table: str, columns: tuple[str, ...], *, casts: dict[str, str] | None = None,
+                     constants: dict[str, str] | None = None, tail: str = "") -> str:
+    """``INSERT INTO table (columns…) VALUES (%s…)`` with ``::type`` casts on the named columns,
+    SQL ``constants`` after them (literals, never request data) and ``tail`` (``ON CONFLICT``, ``RETURNING``)."""
+    casts, constants = casts or {}, constants or {}
+    values = [f"%s::{casts[c]}" if c in casts else "%s" for c in columns] + list(constants.values())
+    sql = f"INSERT INTO {table} ({', '.join((*columns, *constants))}) VALUES ({', '.join(values)})"
+    return f"{sql} {tail}".rstrip()
+
+
+#: position_snapshots rows as reconciliation writes them (source 'broker'); a row returned was written.
+POSITION_SNAPSHOTS = ("time", "symbol", "qty", "side", "avg_entry_price", "cost_basis", "market_value",
+                      "unrealized_pl")
+INSERT_POSITION_SNAPSHOT = insert_statement(
+    "position_snapshots", POSITION_SNAPSHOTS, constants={"source": "'broker'"},
+    tail="ON CONFLICT DO NOTHING RETURNING symbol",
+)
+ACCOUNT_SNAPSHOTS = ("time", "account_id", "status", "currency", "cash", "equity", "buying_power", "raw")
+INSERT_ACCOUNT_SNAPSHOT = insert_statement("account_snapshots", ACCOUNT_SNAPSHOTS)
+RECONCILIATION_DIFFS = ("run_id", "kind", "symbol", "order_id", "client_order_id", "db_value", "broker_value",
+                        "repaired")
+INSERT_RECONCILIATION_DIFF = insert_statement("reconciliation_diffs", RECONCILIATION_DIFFS,
+                                              casts={"order_id": "uuid"})
+OPEN_RECONCILIATION_RUN = "INSERT INTO reconciliation_runs (status) VALUES ('running') RETURNING id"
+LAST_COMPLETED_RECONCILIATION = (
+    "SELECT started_at FROM reconciliation_runs WHERE status = 'completed' ORDER BY started_at DESC LIMIT 1"
+)
+COMPLETE_RECONCILIATION_RUN = (
+    "UPDATE reconciliation_runs SET status = 'completed', finished_at = now(), orders_checked = %s, "
+    "fills_checked = %s, positions_checked = %s, diffs = %s, repaired = %s, fetch_ms = %s, duration_ms = %s "
+    "WHERE id = %s"
+)
+FAIL_RECONCILIATION_RUN = (
+    "UPDATE reconciliation_runs SET status = 'failed', finished_at = now(), error = %s, duration_ms = %s "
+    "WHERE id = %s"
+)
+
+#: profiles rows (one per profile-worker run).
+PROFILES = ("time", "worker", "pid", "duration_s", "location", "speedscope_key", "flamegraph_key", "dump_key",
+            "summary_key", "cpu_percent", "rss_mb", "summary", "regressions")
+INSERT_PROFILE = insert_statement("profiles", PROFILES, tail="RETURNING id")
+
+#: alert_incidents: opened once per condition, resolved once when it ends.
+ALERT_INCIDENTS = ("key", "kind", "title", "detail")
+OPEN_ALERT_INCIDENT = insert_statement("alert_incidents", ALERT_INCIDENTS)
+OPEN_ALERT_INCIDENTS = "SELECT key, kind, title, detail FROM alert_incidents WHERE resolved_at IS NULL"
+RESOLVE_ALERT_INCIDENT = "UPDATE alert_incidents SET resolved_at = now() WHERE key = %s AND resolved_at IS NULL"

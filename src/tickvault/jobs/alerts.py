@@ -33,11 +33,16 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import psycopg
 
 from tickvault.config import Settings
+from tickvault.db.tables import OPEN_ALERT_INCIDENT, OPEN_ALERT_INCIDENTS, RESOLVE_ALERT_INCIDENT
 from tickvault.market_time import MarketClock
+
+if TYPE_CHECKING:
+    from tickvault.db.jobs import JobHealth
 
 log = logging.getLogger("tickvault.jobs.alerts")
 
@@ -101,41 +106,68 @@ class AlertReport:
         return "\n".join(lines)
 
 
+# --- compute (pure): what is wrong, and what changed since the last check ----------------------
+
+
+def silent_workers(rows: list[tuple[str, datetime, float]], silence_min: float) -> list[Condition]:
+    """``(worker, last ingest_stats time, its age in seconds)`` → a condition per worker silent too long."""
+    return [
+        Condition(
+            f"ingest_silent:{worker}", "ingest_silent", f"tickvault worker {worker} is silent",
+            f"no ingest_stats row from worker {worker} for {age / 60:.0f} min (last at "
+            f"{last.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC; the alert threshold is {silence_min:g} min).")
+        for worker, last, age in rows
+        if age > silence_min * 60
+    ]
+
+
+def unrepaired_drift(run: tuple[int, datetime, int, str | None] | None) -> list[Condition]:
+    """The latest completed reconciliation run ``(id, started_at, unrepaired, kinds)``, if it left drift."""
+    if run is None or run[2] <= 0:
+        return []
+    return [Condition(
+        "reconcile_drift", "reconcile_drift", "reconciliation found drift it did not repair",
+        f"reconciliation run {run[0]} ({run[1].astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC) left {run[2]} "
+        f"difference(s) unrepaired: {run[3]}. See reconciliation_diffs and the dashboard's Trading page.")]
+
+
+def failing_job_conditions(jobs: list[JobHealth]) -> list[Condition]:
+    return [
+        Condition(
+            f"timescaledb_job:{job.job_id}", "timescaledb_job", f"TimescaleDB job {job.job_id} is failing",
+            f"{job.what}: {job.consecutive_failures} failure(s) in a row; last error: "
+            f"{job.last_error or 'see the server log'}")
+        for job in jobs
+        if job.failing
+    ]
+
+
+def incident_changes(current: list[Condition], open_now: list[Condition]) -> tuple[list[Condition], list[Condition]]:
+    """``(to open, to resolve)``: conditions with no open incident, open incidents whose condition is gone."""
+    current_keys = {c.key for c in current}
+    open_keys = {c.key for c in open_now}
+    return [c for c in current if c.key not in open_keys], [c for c in open_now if c.key not in current_keys]
+
+
+# --- store (SQL) ----------------------------------------------------------------------------------
+
+
 def current_conditions(conn: psycopg.Connection, settings: Settings) -> list[Condition]:
     """Everything wrong right now (see the module docstring)."""
     from tickvault.db.jobs import job_health
 
-    found: list[Condition] = []
-    silence_s = settings.alert_ingest_silence_min * 60
-    rows = conn.execute(
+    workers = conn.execute(
         "SELECT worker, max(time), extract(epoch FROM now() - max(time)) FROM ingest_stats "
         "WHERE time > now() - interval '1 day' GROUP BY worker"
     ).fetchall()
-    for worker, last, age in rows:
-        if age > silence_s:
-            found.append(Condition(
-                f"ingest_silent:{worker}", "ingest_silent", f"tickvault worker {worker} is silent",
-                f"no ingest_stats row from worker {worker} for {age / 60:.0f} min (last at "
-                f"{last.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC; the alert threshold is "
-                f"{settings.alert_ingest_silence_min:g} min)."))
     run = conn.execute(
         "SELECT r.id, r.started_at, count(d.id) FILTER (WHERE NOT d.repaired), "
         "string_agg(DISTINCT d.kind, ', ') FILTER (WHERE NOT d.repaired) "
         "FROM reconciliation_runs r LEFT JOIN reconciliation_diffs d ON d.run_id = r.id "
         "WHERE r.id = (SELECT max(id) FROM reconciliation_runs WHERE status = 'completed') GROUP BY r.id"
     ).fetchone()
-    if run is not None and run[2] > 0:
-        found.append(Condition(
-            "reconcile_drift", "reconcile_drift", "reconciliation found drift it did not repair",
-            f"reconciliation run {run[0]} ({run[1].astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC) left {run[2]} "
-            f"difference(s) unrepaired: {run[3]}. See reconciliation_diffs and the dashboard's Trading page."))
-    for job in job_health(conn):
-        if job.failing:
-            found.append(Condition(
-                f"timescaledb_job:{job.job_id}", "timescaledb_job", f"TimescaleDB job {job.job_id} is failing",
-                f"{job.what}: {job.consecutive_failures} failure(s) in a row; last error: "
-                f"{job.last_error or 'see the server log'}"))
-    return found
+    return (silent_workers(workers, settings.alert_ingest_silence_min) + unrepaired_drift(run)
+            + failing_job_conditions(job_health(conn)))
 
 
 Emit = Callable[[str, Condition], None]
@@ -148,21 +180,14 @@ def check_alerts(url: str, settings: Settings, emit: Emit) -> AlertReport:
         conditions = {c.key: c for c in current_conditions(conn, settings)}
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-            open_rows = conn.execute(
-                "SELECT key, kind, title, detail FROM alert_incidents WHERE resolved_at IS NULL").fetchall()
-            open_keys = {r[0]: Condition(*r) for r in open_rows}
-            for key, cond in conditions.items():
-                if key not in open_keys:
-                    emit(OPENED, cond)
-                    conn.execute("INSERT INTO alert_incidents (key, kind, title, detail) VALUES (%s, %s, %s, %s)",
-                                 (cond.key, cond.kind, cond.title, cond.detail))
-                    report.opened.append(cond)
-            for key, cond in open_keys.items():
-                if key not in conditions:
-                    emit(RESOLVED, cond)
-                    conn.execute("UPDATE alert_incidents SET resolved_at = now() WHERE key = %s AND resolved_at IS NULL",
-                                 (key,))
-                    report.resolved.append(cond)
+            open_now = [Condition(*r) for r in conn.execute(OPEN_ALERT_INCIDENTS).fetchall()]
+            report.opened, report.resolved = incident_changes(list(conditions.values()), open_now)
+            for cond in report.opened:
+                emit(OPENED, cond)
+                conn.execute(OPEN_ALERT_INCIDENT, (cond.key, cond.kind, cond.title, cond.detail))
+            for cond in report.resolved:
+                emit(RESOLVED, cond)
+                conn.execute(RESOLVE_ALERT_INCIDENT, (cond.key,))
         report.open_now = len(conditions)
         report.current = list(conditions.values())
     log.info("%s", report.log_line())

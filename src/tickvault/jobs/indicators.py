@@ -49,6 +49,7 @@ from tickvault.db.jobs import JobHealth, job_health, jobs_markdown, warning_line
 from tickvault.indicators import COLUMNS, compute_all
 from tickvault.indicators import definitions as d
 from tickvault.indicators.sessions import SessionCalendar, default_calendar, session_marks
+from tickvault.jobs.markdown import table
 from tickvault.market_time import MarketClock
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,11 @@ __all__ = [
     "OhlcvState",
     "SymbolRefresh",
     "compute_symbol",
+    "history_start",
+    "session_start_of",
+    "indicator_rows",
+    "load_bars",
+    "upsert_indicator_rows",
     "find_new_bars",
     "refresh_aggregates",
     "refresh_indicators",
@@ -186,16 +192,12 @@ class IndicatorRefreshSummary:
         lines += self._aggregates_markdown(clock)
         lines += ["", "## Symbols", ""]
         if self.symbols:
-            lines += [f"| symbol | new bars | history | first new | last | close | RSI {d.RSI_PERIOD} |",
-                      "|---|---:|---:|---|---|---:|---:|"]
-            for s in self.symbols:
-                rsi = _num(s.last_rsi)
-                if s.last_rsi is None and s.history_bars < RSI_BARS_NEEDED:
-                    rsi = f"- (needs {RSI_BARS_NEEDED} bars)"
-                lines.append(
-                    f"| {s.symbol} | {s.rows_upserted} | {s.history_bars} | {clock.short(s.first)} "
-                    f"| {clock.short(s.last)} | {_num(s.last_close)} | {rsi} |"
-                )
+            lines += table(
+                ("symbol", "new bars", "history", "first new", "last", "close", f"RSI {d.RSI_PERIOD}"),
+                [(s.symbol, s.rows_upserted, s.history_bars, clock.short(s.first), clock.short(s.last),
+                  _num(s.last_close), _rsi_cell(s)) for s in self.symbols],
+                right=(1, 2, 5, 6),
+            )
             short = self.short_of_history()
             if short:
                 lines += ["", "**Why some indicators are empty:** too little history. An indicator has no value "
@@ -225,7 +227,7 @@ class IndicatorRefreshSummary:
         if state is None:
             lines.append("Materialization state was not read in this run.")
             return lines
-        lines += ["| timeframe | materialized up to | last refresh | this run |", "|---|---|---|---|"]
+        rows = []
         for t in state.timeframes:
             r = done.get(t.timeframe)
             if r is None:
@@ -234,10 +236,10 @@ class IndicatorRefreshSummary:
                 this_run = f"refreshed {clock.short(r.lo)} – {clock.short(r.hi)} (Timescale reports no row count)"
             else:
                 this_run = f"{r.rows} buckets rewritten, {clock.short(r.lo)} – {clock.short(r.hi)}"
-            lines.append(
-                f"| {t.timeframe} | {clock.stamp(t.materialized_to, seconds=False) if t.materialized_to else 'nothing yet'} "
-                f"| {clock.time(t.refreshed_at) if t.refreshed_at else 'never'} | {this_run} |"
-            )
+            rows.append((t.timeframe,
+                         clock.stamp(t.materialized_to, seconds=False) if t.materialized_to else "nothing yet",
+                         clock.time(t.refreshed_at) if t.refreshed_at else "never", this_run))
+        lines += table(("timeframe", "materialized up to", "last refresh", "this run"), rows)
         crypto = [r for r in self.aggregates if r.aggregate != STOCKS.name]
         lines += ["", "`crypto_ohlcv_1m` … `crypto_ohlcv_1d` (crypto pairs, from `crypto_trades`): "
                   + (", ".join(f"{r.timeframe} {clock.short(r.lo)} – {clock.short(r.hi)}" for r in crypto)
@@ -247,6 +249,12 @@ class IndicatorRefreshSummary:
 
 def _utc(when: datetime | None) -> str:
     return "-" if when is None else when.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _rsi_cell(s: SymbolRefresh) -> str:
+    if s.last_rsi is None and s.history_bars < RSI_BARS_NEEDED:
+        return f"- (needs {RSI_BARS_NEEDED} bars)"
+    return _num(s.last_rsi)
 
 
 def _num(value: float | None) -> str:
@@ -333,63 +341,96 @@ def find_new_bars(
         return found
 
 
+#: one 1-minute bar as the indicators need it: (bucket, high, low, close, volume, vwap or None).
+Bar = tuple[datetime, float, float, float, float, float | None]
+
+
+def session_start_of(new: NewBars, calendar: SessionCalendar) -> datetime:
+    """Pure: the start of the session holding the first new bar (VWAP restarts there); the bar's own
+    time when it falls outside every session."""
+    window = calendar.window(new.symbol, datetime_to_ns(new.start))
+    return datetime.fromtimestamp(window[0] // 10**9, UTC) if window else new.start
+
+
+def history_start(new: NewBars, warmup_start: datetime | None, session_start: datetime) -> datetime:
+    """Pure: where a symbol's loaded history begins: the warm-up's first bar (``None``: fewer than
+    the warm-up before the start, so replay from :data:`MAX_HISTORY` back), never after the start of
+    the first new bar's session."""
+    return min(warmup_start, session_start) if warmup_start else min(new.start - MAX_HISTORY, session_start)
+
+
+def indicator_rows(
+    symbol: str, bars: Sequence[Bar], start: datetime, calendar: SessionCalendar
+) -> tuple[list[tuple], SymbolRefresh]:
+    """Pure: every indicator over ``bars`` (oldest first, warm-up included), vectorized, sessions
+    stepped as the worker steps them (:func:`~tickvault.indicators.sessions.session_marks`); the
+    :data:`~tickvault.db.tables.INDICATORS` rows (plus ``source``) of the bars at or after ``start``,
+    NaN as None, and what they were."""
+    if not bars:
+        return [], SymbolRefresh(symbol, 0, 0, None, None, None, None)
+    n = len(bars)
+    buckets = [b[0] for b in bars]
+    high = np.fromiter((b[1] for b in bars), dtype=np.float64, count=n)
+    low = np.fromiter((b[2] for b in bars), dtype=np.float64, count=n)
+    close = np.fromiter((b[3] for b in bars), dtype=np.float64, count=n)
+    volume = np.fromiter((b[4] for b in bars), dtype=np.float64, count=n)
+    bar_vwap = np.fromiter((np.nan if b[5] is None else b[5] for b in bars), dtype=np.float64,
+                           count=n)  # NaN: no vwap, the typical price stands in
+    starts, inside = session_marks(symbol, (datetime_to_ns(b) for b in buckets), calendar)
+    values = compute_all(
+        high, low, close, volume, bar_vwap=bar_vwap,
+        session_start=np.array(starts, dtype=bool), in_session=np.array(inside, dtype=bool),
+    )
+    first_new = next(i for i, b in enumerate(buckets) if b >= start)
+    columns = [values[c] for c in COLUMNS]
+    rows = [
+        (buckets[i], symbol, TIMEFRAME, float(close[i]), *(_none_if_nan(col[i]) for col in columns), SOURCE)
+        for i in range(first_new, n)
+    ]
+    return rows, SymbolRefresh(
+        symbol=symbol,
+        history_bars=n,
+        rows_upserted=len(rows),
+        first=buckets[first_new],
+        last=buckets[-1],
+        last_close=float(close[-1]),
+        last_rsi=_none_if_nan(values["rsi_14"][-1]),
+    )
+
+
+def load_bars(conn: psycopg.Connection, new: NewBars, *, warmup_bars: int, session_start: datetime) -> list[Bar]:
+    """The warm-up and the new bars of one symbol from ``ohlcv_1m``, oldest first."""
+    row = conn.execute(
+        "SELECT bucket FROM ohlcv_1m WHERE symbol = %s AND bucket < %s AND bucket >= %s "
+        "ORDER BY bucket DESC OFFSET %s LIMIT 1",
+        (new.symbol, new.start, new.start - MAX_HISTORY, max(warmup_bars - 1, 0)),
+    ).fetchone()
+    return conn.execute(
+        "SELECT bucket, high, low, close, volume, vwap FROM ohlcv_1m "
+        "WHERE symbol = %s AND bucket >= %s AND bucket <= %s ORDER BY bucket",
+        (new.symbol, history_start(new, row[0] if row else None, session_start), new.last),
+    ).fetchall()
+
+
+def upsert_indicator_rows(conn: psycopg.Connection, rows: Sequence[tuple]) -> None:
+    """Upsert (keyed by symbol, timeframe, time: idempotent) and commit."""
+    with conn.cursor() as cur:
+        cur.executemany(_UPSERT, rows)
+    conn.commit()
+
+
 def compute_symbol(
     url: str, new: NewBars, *, warmup_bars: int = WARMUP_BARS, calendar: SessionCalendar | None = None
 ) -> SymbolRefresh:
-    """Load the warm-up and the new bars of one symbol, compute all indicators, upsert the new rows.
+    """One symbol: load its bars, compute its indicators, upsert the new rows.
     ``calendar``: the US equity sessions (default: the default rule, logged once)."""
     calendar = calendar if calendar is not None else default_calendar()
-    window = calendar.window(new.symbol, datetime_to_ns(new.start))
-    session_start = datetime.fromtimestamp(window[0] // 10**9, UTC) if window else new.start
     with psycopg.connect(url) as conn:
-        row = conn.execute(
-            "SELECT bucket FROM ohlcv_1m WHERE symbol = %s AND bucket < %s AND bucket >= %s "
-            "ORDER BY bucket DESC OFFSET %s LIMIT 1",
-            (new.symbol, new.start, new.start - MAX_HISTORY, max(warmup_bars - 1, 0)),
-        ).fetchone()
-        # None: fewer than warmup_bars bars before the start, so replay from the symbol's first bar
-        # (within MAX_HISTORY).
-        history_start = min(row[0], session_start) if row else min(new.start - MAX_HISTORY, session_start)
-        bars = conn.execute(
-            "SELECT bucket, high, low, close, volume, vwap FROM ohlcv_1m "
-            "WHERE symbol = %s AND bucket >= %s AND bucket <= %s ORDER BY bucket",
-            (new.symbol, history_start, new.last),
-        ).fetchall()
-        if not bars:
-            return SymbolRefresh(new.symbol, 0, 0, None, None, None, None)
-        buckets = [b[0] for b in bars]
-        high = np.fromiter((b[1] for b in bars), dtype=np.float64, count=len(bars))
-        low = np.fromiter((b[2] for b in bars), dtype=np.float64, count=len(bars))
-        close = np.fromiter((b[3] for b in bars), dtype=np.float64, count=len(bars))
-        volume = np.fromiter((b[4] for b in bars), dtype=np.float64, count=len(bars))
-        bar_vwap = np.fromiter((np.nan if b[5] is None else b[5] for b in bars), dtype=np.float64,
-                               count=len(bars))  # NaN: no vwap, the typical price stands in
-        # Sessions as the worker steps them (tickvault.stream.processor): the same tracker, bar by bar.
-        starts, inside = session_marks(new.symbol, (datetime_to_ns(b) for b in buckets), calendar)
-        values = compute_all(
-            high, low, close, volume, bar_vwap=bar_vwap,
-            session_start=np.array(starts, dtype=bool), in_session=np.array(inside, dtype=bool),
-        )
-        first_new = next(i for i, b in enumerate(buckets) if b >= new.start)
-        columns = [values[c] for c in COLUMNS]
-        rows = [
-            (buckets[i], new.symbol, TIMEFRAME, float(close[i]),
-             *(_none_if_nan(col[i]) for col in columns), SOURCE)
-            for i in range(first_new, len(bars))
-        ]
-        with conn.cursor() as cur:
-            cur.executemany(_UPSERT, rows)
-        conn.commit()
-    last = len(bars) - 1
-    return SymbolRefresh(
-        symbol=new.symbol,
-        history_bars=len(bars),
-        rows_upserted=len(rows),
-        first=buckets[first_new],
-        last=buckets[last],
-        last_close=float(close[last]),
-        last_rsi=_none_if_nan(values["rsi_14"][last]),
-    )
+        bars = load_bars(conn, new, warmup_bars=warmup_bars, session_start=session_start_of(new, calendar))
+        rows, refreshed = indicator_rows(new.symbol, bars, new.start, calendar)
+        if rows:
+            upsert_indicator_rows(conn, rows)
+    return refreshed
 
 
 def refresh_indicators(

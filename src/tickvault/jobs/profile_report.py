@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from tickvault.market_time import MarketClock
+from tickvault.jobs.markdown import table
 from tickvault.jobs.profiling import FLAMEGRAPH_FILE, SPEEDSCOPE_FILE, Regression
 from tickvault.registration import AmbiguousWorker, WorkerNotRunning
 
@@ -82,14 +83,17 @@ class ProfileRunSummary:
             lines += [f"- **{r}**" for r in self.regressions]
         else:
             lines.append("None: no function's own share grew past the threshold.")
-        lines += ["", "## Files", "", "| file | link |", "|---|---|"]
-        for name, link in self.links.items():
-            lines.append(f"| {name} | [{link.split('?')[0].rsplit('/', 1)[-1]}]({link}) |")
+        lines += ["", "## Files", ""] + table(
+            ("file", "link"),
+            [(name, f"[{link.split('?')[0].rsplit('/', 1)[-1]}]({link})") for name, link in self.links.items()],
+        )
         for title, rows in (("Top functions by own time", s.get("top_self")),
                             ("Top functions by total time", s.get("top_total"))):
-            lines += ["", f"## {title}", "", "| share | function |", "|---:|---|"]
-            for row in (rows or [])[:TOP_ROWS]:
-                lines.append(f"| {row['share']:.1%} | `{row['function']}` |")
+            lines += ["", f"## {title}", ""] + table(
+                ("share", "function"),
+                [(f"{row['share']:.1%}", f"`{row['function']}`") for row in (rows or [])[:TOP_ROWS]],
+                right=(0,),
+            )
         return "\n".join(lines) + "\n"
 
 
@@ -115,10 +119,8 @@ def failure_markdown(exc: Exception, clock: MarketClock | None = None, *, now: d
             "",
         ]
         if exc.looked_at:
-            lines += ["| registration | why it was not used |", "|---|---|"]
-            for entry in exc.looked_at:
-                path, _, why = entry.partition(": ")
-                lines.append(f"| `{path}` | {why} |")
+            lines += table(("registration", "why it was not used"),
+                           [(f"`{path}`", why) for path, _, why in (e.partition(": ") for e in exc.looked_at)])
             lines.append("")
         lines += [
             "## What to do",

@@ -47,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -61,7 +61,19 @@ from tickvault.alpaca.models import Account, FillActivity, Order, Position
 from tickvault.alpaca.rest import AlpacaREST, collect
 from tickvault.config import Settings, redact, secret_values
 from tickvault.market_time import MarketClock
-from tickvault.db.tables import INSERT_FILL, UPSERT_ORDER, order_params
+from tickvault.db.tables import (
+    COMPLETE_RECONCILIATION_RUN,
+    FAIL_RECONCILIATION_RUN,
+    INSERT_ACCOUNT_SNAPSHOT,
+    INSERT_FILL,
+    INSERT_POSITION_SNAPSHOT,
+    INSERT_RECONCILIATION_DIFF,
+    LAST_COMPLETED_RECONCILIATION,
+    OPEN_RECONCILIATION_RUN,
+    UPSERT_ORDER,
+    order_params,
+)
+from tickvault.jobs.markdown import cell, table
 
 __all__ = [
     "DIFF_KINDS",
@@ -69,7 +81,14 @@ __all__ = [
     "Diff",
     "ReconcileError",
     "ReconcileSummary",
+    "compare_and_repair",
+    "count_diffs",
+    "diff_orders",
+    "diff_positions",
     "fetch_broker_state",
+    "fill_rows",
+    "missing_fill_diffs",
+    "not_found_diffs",
     "reconcile",
 ]
 
@@ -240,33 +259,23 @@ class ReconcileSummary:
         a = self.account
         if a is not None:
             pl = self.unrealized_pl
-            lines += [
-                "| equity | cash | buying power | positions | unrealized P&L |",
-                "|---:|---:|---:|---:|---:|",
-                f"| {_money(a.equity)} | {_money(a.cash)} | {_money(a.buying_power)} | {len(self.positions)} "
-                f"| {_money(pl, signed=True) if pl is not None else '-'} |",
-                "",
-            ]
+            lines += table(
+                ("equity", "cash", "buying power", "positions", "unrealized P&L"),
+                [(_money(a.equity), _money(a.cash), _money(a.buying_power), len(self.positions),
+                  _money(pl, signed=True) if pl is not None else "-")],
+                right=range(5),
+            ) + [""]
             if a.status != "ACTIVE" or a.trading_blocked or a.account_blocked:
                 lines += [f"**Account status {a.status}**"
                           + (", trading blocked" if a.trading_blocked else "")
                           + (", account blocked" if a.account_blocked else ""), ""]
         if self.positions:
-            lines += [
-                "## Positions",
-                "",
-                "| symbol | qty | avg entry | price | market value | unrealized P&L |",
-                "|---|---:|---:|---:|---:|---:|",
-            ]
             ordered = sorted(self.positions, key=lambda p: abs(p.market_value or p.cost_basis), reverse=True)
-            for p in ordered[:MARKDOWN_MAX_POSITIONS]:
-                pct = f" ({p.unrealized_plpc * 100:+.2f} %)" if p.unrealized_plpc is not None else ""
-                lines.append(
-                    f"| {p.symbol} | {_qty(p.qty)} | {_money(p.avg_entry_price)} | "
-                    f"{_money(p.current_price) if p.current_price is not None else '-'} | "
-                    f"{_money(p.market_value) if p.market_value is not None else '-'} | "
-                    f"{_money(p.unrealized_pl, signed=True) if p.unrealized_pl is not None else '-'}{pct} |"
-                )
+            lines += ["## Positions", ""] + table(
+                ("symbol", "qty", "avg entry", "price", "market value", "unrealized P&L"),
+                [_position_cells(p) for p in ordered[:MARKDOWN_MAX_POSITIONS]],
+                right=range(1, 6),
+            )
             if len(ordered) > MARKDOWN_MAX_POSITIONS:
                 lines.append(f"\n… and {len(ordered) - MARKDOWN_MAX_POSITIONS} smaller positions.")
             lines.append("")
@@ -290,27 +299,22 @@ class ReconcileSummary:
                 f"{clock.stamp(self.fills_after)}."
             ),
             "",
-            "| step | ms |",
-            "|---|---:|",
         ]
         calls = {k: v for k, v in self.timings.items() if not k.startswith("phase:")}
         phases = {k.removeprefix("phase:"): v for k, v in self.timings.items() if k.startswith("phase:")}
+        steps: list[tuple[str, float]] = []
         if calls:
             slowest = max(calls, key=calls.__getitem__)
-            lines.append(
-                f"| broker fetch, {len(calls)} calls at once (slowest: {slowest.replace('_', ' ')}) "
-                f"| {self.fetch_s * 1000:.0f} |"
-            )
+            steps.append((f"broker fetch, {len(calls)} calls at once (slowest: {slowest.replace('_', ' ')})", self.fetch_s))
         else:
-            lines.append(f"| broker fetch | {self.fetch_s * 1000:.0f} |")
+            steps.append(("broker fetch", self.fetch_s))
         if "order_lookups" in phases:
-            lines.append(f"| {_count(self.lookups, 'order')} looked up one by one | {phases['order_lookups'] * 1000:.0f} |")
+            steps.append((f"{_count(self.lookups, 'order')} looked up one by one", phases["order_lookups"]))
         if "compare_repair" in phases:
             wait = phases.get("lock_wait", 0.0) * 1000
-            lines.append(
-                f"| compare and repair (waited {wait:.0f} ms for the lock) | {phases['compare_repair'] * 1000:.0f} |"
-            )
-        lines.append(f"| whole run | {self.duration_s * 1000:.0f} |")
+            steps.append((f"compare and repair (waited {wait:.0f} ms for the lock)", phases["compare_repair"]))
+        steps.append(("whole run", self.duration_s))
+        lines += table(("step", "ms"), [(name, f"{secs * 1000:.0f}") for name, secs in steps], right=(1,))
         if calls:
             lines += ["", "Per broker call: " + ", ".join(
                 f"{name.replace('_', ' ')} {secs * 1000:.0f} ms" for name, secs in calls.items()) + "."]
@@ -320,7 +324,7 @@ class ReconcileSummary:
 def describe_diff(d: Diff) -> str:
     """One difference in words, as a trader reads it: what the broker says, what the database
     said, and what this run did about it."""
-    order = f"order `{_md(d.client_order_id or d.order_id or '?')}`" + (f" ({d.symbol})" if d.symbol else "")
+    order = f"order `{cell(d.client_order_id or d.order_id or '?')}`" + (f" ({d.symbol})" if d.symbol else "")
     db, broker = d.db_value or {}, d.broker_value or {}
     done = "repaired" if d.repaired else "not repaired by this run (another run had already changed it)"
     if d.kind == "missing_fill":
@@ -476,7 +480,9 @@ async def _look_up_db_open_orders(conn: psycopg.AsyncConnection, rest: AlpacaRES
     return len(wanted)
 
 
-# ------------------------------------------------------------------------------------- compare + repair
+# ------------------------------------------------------------------------------- compute (pure)
+# Plain data in, plain data out: no connection, no network. The store steps below feed them what
+# the database holds and write what they decide.
 
 
 def _newer(a: Order, b: Order) -> bool:
@@ -495,39 +501,15 @@ def _values(**fields: Any) -> dict[str, Any]:
     return {k: _jsonable(v) for k, v in fields.items()}
 
 
-async def _returned(conn: psycopg.AsyncConnection, query: str, params: list[Any]) -> set[Any]:
-    """Run ``query`` (one ``RETURNING`` column or several) for each parameter set, pipelined; the set
-    of returned values (tuples when several columns): what this statement actually wrote."""
-    out: set[Any] = set()
-    if not params:
-        return out
-    async with conn.cursor() as cur:
-        await cur.executemany(query, params, returning=True)
-        while True:
-            for row in await cur.fetchall():
-                out.add(row[0] if len(row) == 1 else tuple(row))
-            if not cur.nextset():
-                break
-    return out
+#: an ``orders`` row as :func:`read_orders` returns it.
+OrderRow = tuple[str, str | None, str, Decimal | None, datetime | None, str | None]  # cid, id, status, filled, updated, symbol
 
 
-async def _compare_orders(conn: psycopg.AsyncConnection, state: BrokerState) -> list[Diff]:
-    broker = state.orders()
-    if not broker and not state.not_found:
-        return []
-    ids = list(broker)
-    cids = [o.client_order_id for o in broker.values()] + [cid for cid, _ in state.not_found]
-    cur = await conn.execute(
-        "SELECT client_order_id, id::text, status, filled_qty, updated_at, symbol FROM orders "
-        "WHERE id = ANY(%s::uuid[]) OR client_order_id = ANY(%s)",
-        (ids, cids),
-    )
-    by_id: dict[str, tuple] = {}
-    by_cid: dict[str, tuple] = {}
-    for row in await cur.fetchall():
-        by_cid[row[0]] = row
-        if row[1] is not None:
-            by_id[row[1]] = row
+def diff_orders(broker: dict[str, Order], rows: list[OrderRow]) -> tuple[list[Diff], list[Order]]:
+    """The broker's orders against the database's rows: one :class:`Diff` (not yet repaired) and
+    one order to upsert per ``unknown_order`` or ``order_status_drift`` (see the module docstring)."""
+    by_id = {row[1]: row for row in rows if row[1] is not None}
+    by_cid = {row[0]: row for row in rows}
     diffs: list[Diff] = []
     repairs: list[Order] = []
     for order in broker.values():
@@ -550,93 +532,57 @@ async def _compare_orders(conn: psycopg.AsyncConnection, state: BrokerState) -> 
             db_value = _values(status=status, filled_qty=filled_qty, updated_at=updated_at, id=db_id)
         repairs.append(order)
         diffs.append(Diff(kind, order.symbol, order.id, order.client_order_id, db_value, broker_value))
-    if repairs:
-        # The worker's own upsert (a newer broker update wins, an older one changes nothing), pipelined;
-        # a row returned is a row this statement inserted or changed.
-        changed = await _returned(
-            conn,
-            UPSERT_ORDER.rstrip() + " RETURNING client_order_id",
-            [order_params(o, source="reconcile") for o in repairs],
-        )
-        diffs = [replace(d, repaired=d.client_order_id in changed) for d in diffs]
-    for cid, oid in state.not_found:
-        row = by_cid.get(cid)
-        diffs.append(
-            Diff(
-                "order_status_drift",
-                row[5] if row else None,
-                oid,
-                cid,
-                _values(status=row[2] if row else None),
-                {"status": "not_found"},
-                repaired=False,
-            )
-        )
-    return diffs
+    return diffs, repairs
 
 
-async def _repair_fills(conn: psycopg.AsyncConnection, state: BrokerState) -> list[Diff]:
-    if not state.fills:
-        return []
-    cids = {o.id: o.client_order_id for o in state.orders().values()}
-    params = [
-        (
-            f.order_id,
-            f.cum_qty,
-            f.id,
-            cids.get(f.order_id),
-            f.symbol,
-            f.side,
-            f.qty,
-            f.price,
-            f.leaves_qty,
-            "partial_fill" if f.type == "partial_fill" else "fill",
-            f.transaction_time,
-            "reconcile",
-        )
-        for f in state.fills
-    ]
-    # Insert-if-absent IS the comparison: a row returned is a fill the database was missing.
-    inserted = {
-        (oid.lower(), cum)
-        for oid, cum in await _returned(
-            conn, INSERT_FILL.rstrip() + " RETURNING order_id::text, cum_qty", params
-        )
-    }
+def not_found_diffs(not_found: list[tuple[str, str | None]], rows: list[OrderRow]) -> list[Diff]:
+    """Orders open here that the broker says do not exist: recorded, never repaired (a person decides)."""
+    by_cid = {row[0]: row for row in rows}
     diffs = []
-    for f in state.fills:
-        if (f.order_id.lower(), f.cum_qty) in inserted:
-            diffs.append(
-                Diff(
-                    "missing_fill",
-                    f.symbol,
-                    f.order_id,
-                    cids.get(f.order_id),
-                    None,
-                    _values(
-                        qty=f.qty,
-                        price=f.price,
-                        cum_qty=f.cum_qty,
-                        side=f.side,
-                        transaction_time=f.transaction_time,
-                        activity_id=f.id,
-                    ),
-                    repaired=True,
-                )
-            )
+    for cid, oid in not_found:
+        row = by_cid.get(cid)
+        diffs.append(Diff("order_status_drift", row[5] if row else None, oid, cid,
+                          _values(status=row[2] if row else None), {"status": "not_found"}, repaired=False))
     return diffs
 
 
-async def _compare_positions(conn: psycopg.AsyncConnection, state: BrokerState) -> list[Diff]:
-    cur = await conn.execute(
-        "SELECT DISTINCT ON (symbol) symbol, qty, time FROM position_snapshots ORDER BY symbol, time DESC"
-    )
-    latest = {symbol: (qty, when) for symbol, qty, when in await cur.fetchall()}
-    at = state.observed_at
-    pending: list[tuple[str, str, Decimal, dict | None, dict]] = []  # kind, symbol, qty, db, broker
+def fill_order_ids(state: BrokerState) -> dict[str, str]:
+    """Broker order id → client order id, for every order the broker returned."""
+    return {o.id: o.client_order_id for o in state.orders().values()}
+
+
+def fill_rows(fills: list[FillActivity], cids: dict[str, str]) -> list[tuple]:
+    """Fill activities as :data:`~tickvault.db.tables.INSERT_FILL` parameters (``source = 'reconcile'``)."""
+    return [
+        (f.order_id, f.cum_qty, f.id, cids.get(f.order_id), f.symbol, f.side, f.qty, f.price, f.leaves_qty,
+         "partial_fill" if f.type == "partial_fill" else "fill", f.transaction_time, "reconcile")
+        for f in fills
+    ]
+
+
+def missing_fill_diffs(fills: list[FillActivity], inserted: set[tuple[str, Decimal]],
+                       cids: dict[str, str]) -> list[Diff]:
+    """One repaired ``missing_fill`` per fill whose ``(order_id, cum_qty)`` the insert wrote."""
+    written = {(oid.lower(), cum) for oid, cum in inserted}
+    return [
+        Diff("missing_fill", f.symbol, f.order_id, cids.get(f.order_id), None,
+             _values(qty=f.qty, price=f.price, cum_qty=f.cum_qty, side=f.side,
+                     transaction_time=f.transaction_time, activity_id=f.id),
+             repaired=True)
+        for f in fills
+        if (f.order_id.lower(), f.cum_qty) in written
+    ]
+
+
+def diff_positions(
+    positions: list[Position], latest: dict[str, tuple[Decimal, datetime]], at: datetime
+) -> tuple[list[Diff], list[tuple]]:
+    """The broker's positions against each symbol's latest snapshot ``(qty, time)``: the diffs (not
+    yet repaired) and the snapshot rows to write (every broker position, plus a zero for each stale one)."""
+    diffs: list[Diff] = []
     snapshots: list[tuple] = []
-    broker = {p.symbol: p for p in state.positions}
-    for p in state.positions:
+    broker = {p.symbol for p in positions}
+    for p in positions:
         snapshots.append(
             (at, p.symbol, p.qty, p.side, p.avg_entry_price, p.cost_basis, p.market_value, p.unrealized_pl)
         )
@@ -645,81 +591,33 @@ async def _compare_positions(conn: psycopg.AsyncConnection, state: BrokerState) 
             continue  # a snapshot newer than this answer exists: compare nothing against it
         bval = _values(qty=p.qty, avg_entry_price=p.avg_entry_price, side=p.side)
         if seen is None:
-            pending.append(("missing_position", p.symbol, p.qty, None, bval))
+            diffs.append(Diff("missing_position", p.symbol, broker_value=bval))
         elif seen[0] != p.qty:
-            pending.append(("position_mismatch", p.symbol, p.qty, _values(qty=seen[0], time=seen[1]), bval))
+            diffs.append(Diff("position_mismatch", p.symbol, db_value=_values(qty=seen[0], time=seen[1]),
+                              broker_value=bval))
     for symbol, (qty, when) in latest.items():
         if symbol in broker or qty == 0 or when > at:
             continue
         snapshots.append((at, symbol, Decimal(0), None, None, Decimal(0), Decimal(0), Decimal(0)))
-        pending.append(("stale_position", symbol, Decimal(0), _values(qty=qty, time=when), {"qty": "0"}))
-    written = await _returned(
-        conn,
-        "INSERT INTO position_snapshots (time, symbol, qty, side, avg_entry_price, cost_basis, "
-        "market_value, unrealized_pl, source) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'broker') "
-        "ON CONFLICT DO NOTHING RETURNING symbol",
-        snapshots,
-    )
-    return [
-        Diff(kind, symbol, None, None, db, bval, repaired=symbol in written)
-        for kind, symbol, _, db, bval in pending
-    ]
+        diffs.append(Diff("stale_position", symbol, db_value=_values(qty=qty, time=when), broker_value={"qty": "0"}))
+    return diffs, snapshots
 
 
-async def _record_account(conn: psycopg.AsyncConnection, state: BrokerState) -> None:
-    a = state.account
-    await conn.execute(
-        "INSERT INTO account_snapshots (time, account_id, status, currency, cash, equity, buying_power, raw) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-        (
-            state.observed_at,
-            a.id,
-            a.status,
-            a.currency,
-            a.cash,
-            a.equity,
-            a.buying_power,
-            Jsonb(a.model_dump(mode="json")),
-        ),
-    )
+def mark_repaired(diffs: list[Diff], repaired: Callable[[Diff], bool]) -> list[Diff]:
+    return [replace(d, repaired=repaired(d)) for d in diffs]
 
 
-async def _record_diffs(conn: psycopg.AsyncConnection, run_id: int, diffs: list[Diff]) -> None:
-    if not diffs:
-        return
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            "INSERT INTO reconciliation_diffs (run_id, kind, symbol, order_id, client_order_id, db_value, "
-            "broker_value, repaired) VALUES (%s, %s, %s, %s::uuid, %s, %s, %s, %s)",
-            [
-                (
-                    run_id,
-                    d.kind,
-                    d.symbol,
-                    d.order_id,
-                    d.client_order_id,
-                    Jsonb(d.db_value) if d.db_value is not None else None,
-                    Jsonb(d.broker_value) if d.broker_value is not None else None,
-                    d.repaired,
-                )
-                for d in diffs
-            ],
-        )
+def count_diffs(diffs: list[Diff]) -> dict[str, int]:
+    """Differences per kind, every kind of :data:`DIFF_KINDS` present (0 included)."""
+    counts = {kind: 0 for kind in DIFF_KINDS}
+    for d in diffs:
+        counts[d.kind] = counts.get(d.kind, 0) + 1
+    return counts
 
 
-# --------------------------------------------------------------------------------------------- the run
-
-
-async def _open_run(conn: psycopg.AsyncConnection) -> tuple[int, datetime | None]:
-    cur = await conn.execute(
-        "SELECT started_at FROM reconciliation_runs WHERE status = 'completed' "
-        "ORDER BY started_at DESC LIMIT 1"
-    )
-    row = await cur.fetchone()
-    last = row[0] if row else None
-    cur = await conn.execute("INSERT INTO reconciliation_runs (status) VALUES ('running') RETURNING id")
-    run_id = (await cur.fetchone())[0]  # type: ignore[index]
-    return run_id, (last - WINDOW_OVERLAP if last is not None else None)
+def positions_checked(state: BrokerState, diffs: list[Diff]) -> int:
+    """Symbols compared: the broker's positions and the stale ones only the database held."""
+    return len({p.symbol for p in state.positions} | {d.symbol for d in diffs if d.kind == "stale_position"})
 
 
 def _error_text(exc: BaseException, secrets: list[str]) -> str:
@@ -727,17 +625,125 @@ def _error_text(exc: BaseException, secrets: list[str]) -> str:
     return redact(text, secrets)[:2000]
 
 
-async def _fail_run(url: str, run_id: int, error: str, duration_s: float) -> None:
+# --------------------------------------------------------------------------------------- store (SQL)
+# Statements from tickvault.db.tables; each step reads or writes one thing.
+
+
+async def _returned(conn: psycopg.AsyncConnection, query: str, params: list[Any]) -> set[Any]:
+    """Run ``query`` (one ``RETURNING`` column or several) for each parameter set, pipelined; the set
+    of returned values (tuples when several columns): what this statement actually wrote."""
+    out: set[Any] = set()
+    if not params:
+        return out
+    async with conn.cursor() as cur:
+        await cur.executemany(query, params, returning=True)
+        while True:
+            for row in await cur.fetchall():
+                out.add(row[0] if len(row) == 1 else tuple(row))
+            if not cur.nextset():
+                break
+    return out
+
+
+async def read_orders(conn: psycopg.AsyncConnection, ids: list[str], cids: list[str]) -> list[OrderRow]:
+    cur = await conn.execute(
+        "SELECT client_order_id, id::text, status, filled_qty, updated_at, symbol FROM orders "
+        "WHERE id = ANY(%s::uuid[]) OR client_order_id = ANY(%s)",
+        (ids, cids),
+    )
+    return list(await cur.fetchall())
+
+
+async def upsert_orders(conn: psycopg.AsyncConnection, orders: list[Order]) -> set[str]:
+    """The worker's own upsert (a newer broker update wins, an older one changes nothing), pipelined;
+    the client order ids of rows this statement inserted or changed."""
+    return await _returned(conn, UPSERT_ORDER.rstrip() + " RETURNING client_order_id",
+                           [order_params(o, source="reconcile") for o in orders])
+
+
+async def insert_fills(conn: psycopg.AsyncConnection, rows: list[tuple]) -> set[tuple[str, Decimal]]:
+    """Insert-if-absent IS the comparison: the ``(order_id, cum_qty)`` returned are fills the database lacked."""
+    return await _returned(conn, INSERT_FILL.rstrip() + " RETURNING order_id::text, cum_qty", rows)
+
+
+async def read_latest_positions(conn: psycopg.AsyncConnection) -> dict[str, tuple[Decimal, datetime]]:
+    cur = await conn.execute(
+        "SELECT DISTINCT ON (symbol) symbol, qty, time FROM position_snapshots ORDER BY symbol, time DESC"
+    )
+    return {symbol: (qty, when) for symbol, qty, when in await cur.fetchall()}
+
+
+async def insert_position_snapshots(conn: psycopg.AsyncConnection, rows: list[tuple]) -> set[str]:
+    """The symbols whose snapshot row was written."""
+    return await _returned(conn, INSERT_POSITION_SNAPSHOT, rows)
+
+
+async def record_account(conn: psycopg.AsyncConnection, state: BrokerState) -> None:
+    a = state.account
+    await conn.execute(
+        INSERT_ACCOUNT_SNAPSHOT,
+        (state.observed_at, a.id, a.status, a.currency, a.cash, a.equity, a.buying_power,
+         Jsonb(a.model_dump(mode="json"))),
+    )
+
+
+async def record_diffs(conn: psycopg.AsyncConnection, run_id: int, diffs: list[Diff]) -> None:
+    if not diffs:
+        return
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            INSERT_RECONCILIATION_DIFF,
+            [
+                (run_id, d.kind, d.symbol, d.order_id, d.client_order_id,
+                 Jsonb(d.db_value) if d.db_value is not None else None,
+                 Jsonb(d.broker_value) if d.broker_value is not None else None, d.repaired)
+                for d in diffs
+            ],
+        )
+
+
+async def compare_and_repair(conn: psycopg.AsyncConnection, state: BrokerState) -> list[Diff]:
+    """Orders, fills, positions: read, compare (pure), repair, in that order; the account snapshot.
+    Call inside the transaction holding :data:`REPAIR_LOCK_KEY`."""
+    broker = state.orders()
+    diffs: list[Diff] = []
+    if broker or state.not_found:
+        rows = await read_orders(conn, list(broker), [o.client_order_id for o in broker.values()]
+                                 + [cid for cid, _ in state.not_found])
+        order_diffs, repairs = diff_orders(broker, rows)
+        if repairs:
+            changed = await upsert_orders(conn, repairs)
+            order_diffs = mark_repaired(order_diffs, lambda d: d.client_order_id in changed)
+        diffs += order_diffs + not_found_diffs(state.not_found, rows)
+    if state.fills:
+        cids = fill_order_ids(state)
+        inserted = await insert_fills(conn, fill_rows(state.fills, cids))
+        diffs += missing_fill_diffs(state.fills, inserted, cids)
+    position_diffs, snapshots = diff_positions(state.positions, await read_latest_positions(conn), state.observed_at)
+    written = await insert_position_snapshots(conn, snapshots)
+    diffs += mark_repaired(position_diffs, lambda d: d.symbol in written)
+    await record_account(conn, state)
+    return diffs
+
+
+async def open_run(conn: psycopg.AsyncConnection) -> tuple[int, datetime | None]:
+    """A ``running`` row, and the start of the window (the last completed run's start, less the overlap)."""
+    row = await (await conn.execute(LAST_COMPLETED_RECONCILIATION)).fetchone()
+    last = row[0] if row else None
+    run_id = (await (await conn.execute(OPEN_RECONCILIATION_RUN)).fetchone())[0]  # type: ignore[index]
+    return run_id, (last - WINDOW_OVERLAP if last is not None else None)
+
+
+async def fail_run(url: str, run_id: int, error: str, duration_s: float) -> None:
     """Mark the run failed on a fresh connection (the run's own may be what broke)."""
     try:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=10) as conn:
-            await conn.execute(
-                "UPDATE reconciliation_runs SET status = 'failed', finished_at = now(), error = %s, "
-                "duration_ms = %s WHERE id = %s",
-                (error, duration_s * 1000, run_id),
-            )
+            await conn.execute(FAIL_RECONCILIATION_RUN, (error, duration_s * 1000, run_id))
     except Exception:
         log.exception("reconcile: could not mark run %s failed", run_id)
+
+
+# --------------------------------------------------------------------------------------------- the run
 
 
 async def reconcile(
@@ -756,7 +762,7 @@ async def reconcile(
     try:
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
             t = time.perf_counter()
-            run_id, fills_after = await _open_run(conn)
+            run_id, fills_after = await open_run(conn)
             phases["phase:open_run"] = time.perf_counter() - t
 
             state = await fetch_broker_state(rest, fills_after=fills_after)
@@ -771,43 +777,25 @@ async def reconcile(
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (REPAIR_LOCK_KEY,))
                 t_locked = time.perf_counter()
                 phases["phase:lock_wait"] = t_locked - t
-                diffs = await _compare_orders(conn, state)
-                diffs += await _repair_fills(conn, state)
-                diffs += await _compare_positions(conn, state)
-                await _record_account(conn, state)
-                await _record_diffs(conn, run_id, diffs)
+                diffs = await compare_and_repair(conn, state)
+                await record_diffs(conn, run_id, diffs)
             phases["phase:compare_repair"] = time.perf_counter() - t_locked
 
-            counts = {kind: 0 for kind in DIFF_KINDS}
-            for d in diffs:
-                counts[d.kind] = counts.get(d.kind, 0) + 1
+            counts = count_diffs(diffs)
             repaired = sum(d.repaired for d in diffs)
             orders_checked = len(state.orders()) + len(state.not_found)
-            positions_checked = len(
-                {p.symbol for p in state.positions} | {d.symbol for d in diffs if d.kind == "stale_position"}
-            )
+            checked_positions = positions_checked(state, diffs)
             duration_s = time.perf_counter() - started
             await conn.execute(
-                "UPDATE reconciliation_runs SET status = 'completed', finished_at = now(), "
-                "orders_checked = %s, "
-                "fills_checked = %s, positions_checked = %s, diffs = %s, repaired = %s, fetch_ms = %s, "
-                "duration_ms = %s WHERE id = %s",
-                (
-                    orders_checked,
-                    len(state.fills),
-                    positions_checked,
-                    len(diffs),
-                    repaired,
-                    state.fetch_s * 1000,
-                    duration_s * 1000,
-                    run_id,
-                ),
+                COMPLETE_RECONCILIATION_RUN,
+                (orders_checked, len(state.fills), checked_positions, len(diffs), repaired,
+                 state.fetch_s * 1000, duration_s * 1000, run_id),
             )
     except BaseException as exc:
         duration_s = time.perf_counter() - started
         error = _error_text(exc, secret_values(settings, db_url))
         if run_id is not None:
-            await asyncio.shield(_fail_run(db_url, run_id, error, duration_s))
+            await asyncio.shield(fail_run(db_url, run_id, error, duration_s))
         log.error("reconcile run %s failed after %.3fs: %s", run_id, duration_s, error)
         if isinstance(exc, Exception):
             raise ReconcileError(f"reconciliation run {run_id} failed: {error}", run_id) from exc
@@ -821,7 +809,7 @@ async def reconcile(
         repaired=repaired,
         orders_checked=orders_checked,
         fills_checked=len(state.fills),
-        positions_checked=positions_checked,
+        positions_checked=checked_positions,
         fetch_s=state.fetch_s,
         duration_s=duration_s,
         timings={**state.timings, **phases},
@@ -835,6 +823,16 @@ async def reconcile(
 
 
 # --------------------------------------------------------------------------------------------- markdown
+
+
+def _position_cells(p: Position) -> tuple[str, ...]:
+    pct = f" ({p.unrealized_plpc * 100:+.2f} %)" if p.unrealized_plpc is not None else ""
+    return (
+        p.symbol, _qty(p.qty), _money(p.avg_entry_price),
+        _money(p.current_price) if p.current_price is not None else "-",
+        _money(p.market_value) if p.market_value is not None else "-",
+        (_money(p.unrealized_pl, signed=True) if p.unrealized_pl is not None else "-") + pct,
+    )
 
 
 def _brief(value: dict[str, Any] | None) -> str:
@@ -864,7 +862,3 @@ def _qty(value: Any) -> str:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
-def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")

@@ -20,13 +20,16 @@ import json
 import logging
 import shutil
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tickvault.config import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from tickvault.jobs.profiling import ProfileReport, Regression
 
 log = logging.getLogger(__name__)
 
@@ -405,3 +408,43 @@ class S3ReportStore(ReportStore):
         except (BotoCoreError, ClientError) as exc:
             raise self._error("read", key, exc) from exc
         return None
+
+
+# --- the profiles row: what the database remembers of a stored report --------------------------
+
+
+def profile_row(report: ProfileReport, stored: StoredReport, regressions: Sequence[Regression]) -> tuple:
+    """Pure: the :data:`~tickvault.db.tables.PROFILES` values of one stored report (CPU %, RSS in MB,
+    the summary and the regressions as JSON)."""
+    from psycopg.types.json import Jsonb
+
+    from tickvault.jobs.profiling import DUMP_TEXT_FILE, FLAMEGRAPH_FILE, SPEEDSCOPE_FILE
+
+    summary = report.summary
+    rss = (summary.get("rss") or {}).get("mean_bytes")
+
+    def key(name: str) -> str | None:
+        artifact = stored.artifacts.get(name)
+        return artifact.key if artifact else None
+
+    return (
+        stored.when, stored.worker, report.pid, report.seconds, stored.location,
+        key(SPEEDSCOPE_FILE), key(FLAMEGRAPH_FILE), key(DUMP_TEXT_FILE), stored.summary.key,
+        (summary.get("cpu") or {}).get("mean_percent"),
+        rss / 2**20 if rss is not None else None,
+        Jsonb(summary),
+        Jsonb([{"function": r.function, "previous_share": r.previous_share, "current_share": r.current_share,
+                "kind": r.kind} for r in regressions]),
+    )
+
+
+async def record_profile_row(url: str, row: tuple) -> int:
+    """Insert one ``profiles`` row (:func:`profile_row`); its id."""
+    import psycopg
+
+    from tickvault.db.tables import INSERT_PROFILE
+
+    async with await psycopg.AsyncConnection.connect(url, connect_timeout=10) as conn:
+        row_id = await (await conn.execute(INSERT_PROFILE, row)).fetchone()
+        await conn.commit()
+    return int(row_id[0])  # type: ignore[index]

@@ -60,7 +60,7 @@ from psycopg import sql
 
 from tickvault.config import Settings
 from tickvault.db.aggregates import AGGREGATES, RAW_HORIZON_SQL, RETENTION_LOCK_KEY
-from tickvault.jobs.markdown import human_bytes
+from tickvault.jobs.markdown import human_bytes, table
 from tickvault.db.jobs import JobHealth, job_health, jobs_markdown, warning_lines
 from tickvault.db.policies import CompressionStats, apply_policies, compression_stats
 from tickvault.market_time import MarketClock
@@ -70,6 +70,7 @@ __all__ = [
     "PurgeError",
     "PurgeReport",
     "TablePurge",
+    "plan_purge",
     "purge_retention",
     "retention_plan",
 ]
@@ -114,6 +115,18 @@ def retention_plan(settings: Settings) -> list[tuple[str, str, int]]:
     return [
         (table, setting, int(getattr(settings, setting))) for setting, tables in _RULES for table in tables
     ]
+
+
+def plan_purge(settings: Settings, now: datetime) -> list[tuple[TablePurge, datetime | None]]:
+    """Pure: every managed table's outcome-to-be and its cutoff (``now`` less its window), in purge
+    order; a window of 0 days is already marked kept forever, with no cutoff."""
+    plan: list[tuple[TablePurge, datetime | None]] = []
+    for table, setting, days in retention_plan(settings):
+        t = TablePurge(table=table, setting=setting, window_days=days)
+        if days == 0:
+            t.skipped = f"kept forever ({setting}=0)"
+        plan.append((t, None if days == 0 else now - timedelta(days=days)))
+    return plan
 
 
 class PurgeError(RuntimeError):
@@ -224,23 +237,21 @@ class PurgeReport:
                 "out (*older rows left*)."
             ),
             "",
-            (
-                f"| table | window | cutoff | chunks {verb} | size before | size after | freed "
-                "| older rows left |"
-            ),
-            "|---|---:|---|---:|---:|---:|---:|---:|",
         ]
+        rows = []
         for t in self.tables:
             if t.skipped or t.error:
-                note = f"error: {t.error}" if t.error else t.skipped
-                lines.append(f"| {t.table} | {_window(t)} | {note} | | | | | |")
+                rows.append((t.table, _window(t), f"error: {t.error}" if t.error else t.skipped, "", "", "", "", ""))
                 continue
             freed = t.chunk_bytes if self.dry_run else t.bytes_freed
             cutoff = clock.stamp(t.cutoff, seconds=False, utc=False) if t.cutoff else ""
-            lines.append(
-                f"| {t.table} | {_window(t)} | {cutoff} | {t.chunks_dropped} | {human_bytes(t.bytes_before)} "
-                f"| {human_bytes(t.bytes_after)} | {human_bytes(freed)} | {t.rows_older_remaining} |"
-            )
+            rows.append((t.table, _window(t), cutoff, t.chunks_dropped, human_bytes(t.bytes_before),
+                         human_bytes(t.bytes_after), human_bytes(freed), t.rows_older_remaining))
+        lines += table(
+            ("table", "window", "cutoff", f"chunks {verb}", "size before", "size after", "freed", "older rows left"),
+            rows,
+            right=(1, 3, 4, 5, 6, 7),
+        )
         lines += [
             "",
             (
@@ -403,14 +414,13 @@ async def purge_retention(
         await conn.execute("SELECT pg_advisory_lock(%s)", (PURGE_LOCK_KEY,))
         await conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
         try:
-            for table, setting, days in retention_plan(settings):
-                t = TablePurge(table=table, setting=setting, window_days=days)
+            for t, cutoff in plan_purge(settings, now):
                 report.tables.append(t)
-                if days == 0:
-                    t.skipped = f"kept forever ({setting}=0)"
+                if cutoff is None:
                     continue
+                table = t.table
                 try:
-                    await _purge_table(conn, t, now - timedelta(days=days), dry_run)
+                    await _purge_table(conn, t, cutoff, dry_run)
                 except psycopg.Error as exc:
                     t.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
                     log.error("retention: %s: %s", table, t.error)

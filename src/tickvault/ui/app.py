@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -102,11 +104,14 @@ def create_app(settings: Settings, *, db_url: str | None = None) -> Starlette:
             days = float(q["days"]) if q.get("days") else None
             if days is not None and not 0 < days <= 3660:
                 raise ValueError("days must be in (0, 3660]")
-            w = queries.bar_window(q.get("symbol", ""), q.get("tf", "1m"), days)
-        except ValueError as exc:
+            before = datetime.fromtimestamp(float(q["before"]), UTC) if q.get("before") else None
+            w = queries.bar_window(q.get("symbol", ""), q.get("tf", "1m"), days, before=before)
+        except (ValueError, OverflowError, OSError) as exc:  # the last two: a `before` no datetime can hold
             return JSON({"error": str(exc)}, status_code=400)
         if not w.symbol:
             return JSON({"error": "symbol is required"}, status_code=400)
+        if q.get("format") == "f64":
+            return await bar_columns(w, started)
         async with state["pool"].connection() as conn:
             found = await queries.bars(conn, w)
             marks = await queries.markers(conn, w)
@@ -114,6 +119,22 @@ def create_app(settings: Settings, *, db_url: str | None = None) -> Starlette:
         # The bars object comes from PostgreSQL as JSON text; the markers join it unparsed.
         body = found.json.encode()[:-1] + b', "markers": ' + orjson.dumps(marks) + b"}"
         return Response(body, media_type="application/json", headers={"Server-Timing": f"db;dur={ms:.1f}"})
+
+    async def bar_columns(w: queries.BarWindow, started: float) -> Response:
+        """``format=f64``: a little-endian uint32 ``n``, ``n`` bytes of JSON (symbol, timeframe, count,
+        the row limit, the window's start and end in epoch seconds, columns, markers), spaces to a multiple of 8, then the columns as PostgreSQL sent them
+        (:data:`queries.BAR_COLUMNS`, ``count`` big-endian float64 each; NaN: no value)."""
+        async with state["pool"].connection() as conn:
+            found = await queries.bar_columns(conn, w)
+            marks = await queries.markers(conn, w)
+        ms = (time.perf_counter() - started) * 1000
+        meta = orjson.dumps({"symbol": w.symbol, "timeframe": w.timeframe, "count": found.count,
+                             "limit": queries.MAX_BARS, "start": w.start.timestamp(), "end": w.end.timestamp(),
+                             "columns": queries.BAR_COLUMNS, "markers": marks})
+        head = struct.pack("<I", len(meta)) + meta
+        head += b" " * (-len(head) % 8)
+        return Response(head + found.data, media_type="application/octet-stream",
+                        headers={"Server-Timing": f"db;dur={ms:.1f}"})
 
     async def live(request: Request) -> Response:
         topic = request.path_params["topic"]

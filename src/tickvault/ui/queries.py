@@ -57,22 +57,44 @@ def is_crypto(symbol: str) -> bool:
     return "/" in symbol
 
 
-# (timeframe, crypto?) → the statement: a crypto pair's candles come from crypto_ohlcv_* (migration 013).
-_BARS_SQL = {
-    (tf, crypto): f"""
+# Binary columns: each column one bytea of float8send values (8 bytes, big-endian, the exact double
+# PostgreSQL holds), ordered by time, built by PostgreSQL; NaN where an indicator has no value.
+# The response is those bytes as they come (no Python float per value); the browser reads them
+# with a DataView. Half the JSON's size, and no JSON.parse of 10 MB on the page.
+BAR_COLUMNS = ("t", "o", "h", "l", "c", "v", *OVERLAYS, *PANES)
+
+
+def _f64_columns(names) -> str:
+    return " || ".join(
+        f"coalesce(string_agg(float8send(coalesce({n}::float8, 'NaN')), ''::bytea ORDER BY t), ''::bytea)"
+        for n in names
+    )
+
+
+def _bars_statement(rel: str, result: str) -> str:
+    """The statement over ``rel`` (``ohlcv_1m``…, or a crypto pair's ``crypto_ohlcv_1m``… from migration
+    013) returning the row count and ``result``."""
+    return f"""
 WITH b AS (
     SELECT {", ".join(f"{expr} AS {name}" for name, expr in _COLUMNS.items())}
-      FROM {"crypto_" + rel if crypto else rel} b
+      FROM {rel} b
       LEFT JOIN indicators i ON i.symbol = %(symbol)s AND i.timeframe = %(tf)s AND i.time = b.bucket
                             AND i.time >= %(start)s AND i.time < %(end)s
      WHERE b.symbol = %(symbol)s AND b.bucket >= %(start)s AND b.bucket < %(end)s
      ORDER BY b.bucket DESC
      LIMIT %(limit)s)
-SELECT count(*), json_build_object('symbol', %(symbol)s::text, 'timeframe', %(tf)s::text, {_json_arrays(_BAR_FIELDS_T)},
-                                   'ind', json_build_object({_json_arrays(OVERLAYS + PANES)}))::text
+SELECT count(*), {result}
   FROM b"""
+
+
+# (timeframe, crypto?) → the statement.
+_BARS_SQL = {
+    (tf, crypto): _bars_statement(("crypto_" if crypto else "") + rel, f"""json_build_object('symbol', %(symbol)s::text, 'timeframe', %(tf)s::text, {_json_arrays(_BAR_FIELDS_T)},
+                                   'ind', json_build_object({_json_arrays(OVERLAYS + PANES)}))::text""")
     for tf, (rel, _w, _d) in TIMEFRAMES.items() for crypto in (False, True)
 }
+_BARS_F64_SQL = {(tf, crypto): _bars_statement(("crypto_" if crypto else "") + rel, _f64_columns(BAR_COLUMNS))
+                 for tf, (rel, _w, _d) in TIMEFRAMES.items() for crypto in (False, True)}
 
 
 class Bars(NamedTuple):
@@ -94,12 +116,17 @@ class BarWindow:
     end: datetime
 
 
-def bar_window(symbol: str, timeframe: str, days: float | None = None, now: datetime | None = None) -> BarWindow:
+def bar_window(symbol: str, timeframe: str, days: float | None = None, now: datetime | None = None,
+               before: datetime | None = None) -> BarWindow:
+    """``days`` (default: the timeframe's window) back from now, or, with ``before``, the older bars
+    ``[before - days, before)`` the Market page loads as the user scrolls back."""
     if timeframe not in TIMEFRAMES:
         raise UnknownTimeframe(f"timeframe must be one of {', '.join(TIMEFRAMES)}, not {timeframe!r}")
     _rel, width, default = TIMEFRAMES[timeframe]
     now = now or datetime.now(UTC)
     span = timedelta(days=days) if days else default
+    if before is not None:
+        return BarWindow(symbol.upper(), timeframe, before - span, before)
     # The end is open: the simulator (or a clock ahead of ours) may stamp trades a little ahead.
     return BarWindow(symbol.upper(), timeframe, now - span, now + timedelta(days=1))
 
@@ -111,14 +138,30 @@ def _num(value: Any) -> float | None:
     return None if value != value else value  # NaN → null (JSON has no NaN)
 
 
+def _bars_params(w: BarWindow, limit: int) -> dict[str, Any]:
+    return {"symbol": w.symbol, "tf": w.timeframe, "start": w.start, "end": w.end, "limit": min(limit, MAX_BARS)}
+
+
 async def bars(conn: psycopg.AsyncConnection, w: BarWindow, limit: int = MAX_BARS) -> Bars:
     """Candles, volume and indicator columns of one symbol and timeframe, oldest first (JSON text)."""
-    cur = await conn.execute(
-        _BARS_SQL[w.timeframe, is_crypto(w.symbol)],
-        {"symbol": w.symbol, "tf": w.timeframe, "start": w.start, "end": w.end, "limit": min(limit, MAX_BARS)},
-    )
+    cur = await conn.execute(_BARS_SQL[w.timeframe, is_crypto(w.symbol)], _bars_params(w, limit))
     count, text = await cur.fetchone()  # type: ignore[misc]
     return Bars(count, text)
+
+
+class BarColumns(NamedTuple):
+    """Bars as :data:`BAR_COLUMNS` columns of ``count`` big-endian float64 each, one after another."""
+
+    count: int
+    data: bytes
+
+
+async def bar_columns(conn: psycopg.AsyncConnection, w: BarWindow, limit: int = MAX_BARS) -> BarColumns:
+    """The same bars as :func:`bars`, as binary columns (see :data:`BAR_COLUMNS`)."""
+    # binary: the bytea as bytes, not 12 MB of hex text to decode
+    cur = await conn.execute(_BARS_F64_SQL[w.timeframe, is_crypto(w.symbol)], _bars_params(w, limit), binary=True)
+    count, data = await cur.fetchone()  # type: ignore[misc]
+    return BarColumns(count, bytes(data))
 
 
 # The open minute, plus the one before it during the first seconds of a minute: its last trades

@@ -14,6 +14,28 @@ async function getJSON(url, options) {
   return body;
 }
 
+// /api/bars?format=f64 (see app.py): a uint32 length, that much JSON, padding to 8 bytes, then each
+// column as big-endian float64. Returns the JSON's shape ({t, o, h, l, c, v, ind: {...}, markers})
+// with Float64Arrays for columns; NaN where an indicator has no value.
+async function getBars(url) {
+  const r = await fetch(url);
+  if (!r.ok) throw new Error((await r.json()).error || `${url}: HTTP ${r.status}`);
+  const buf = await r.arrayBuffer();
+  const view = new DataView(buf);
+  const metaLen = view.getUint32(0, true);
+  const meta = JSON.parse(new TextDecoder().decode(new Uint8Array(buf, 4, metaLen)));
+  const n = meta.count;
+  let offset = Math.ceil((4 + metaLen) / 8) * 8;
+  const d = { symbol: meta.symbol, timeframe: meta.timeframe, markers: meta.markers, limit: meta.limit,
+              start: meta.start, end: meta.end, ind: {} };
+  for (const name of meta.columns) {
+    const col = new Float64Array(n);
+    for (let i = 0; i < n; i++, offset += 8) col[i] = view.getFloat64(offset, false);
+    if (['t', 'o', 'h', 'l', 'c', 'v'].includes(name)) d[name] = col; else d.ind[name] = col;
+  }
+  return d;
+}
+
 function fmt(v, digits = 1) {
   if (v === null || v === undefined) return '–';
   if (typeof v === 'number') return v.toLocaleString(undefined, { maximumFractionDigits: digits });

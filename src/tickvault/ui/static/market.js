@@ -49,24 +49,35 @@
   const vol = (d, i) => ({ time: d.t[i], value: d.v[i], color: d.c[i] >= d.o[i] ? '#26a69a66' : '#ef535066' });
   const point = (d, name, i) => {
     const v = d.ind[name][i];
-    if (v === null) return { time: d.t[i] };
+    if (v === null || v !== v) return { time: d.t[i] }; // null (JSON) or NaN (binary): no value yet
     if (name === 'macd_hist') return { time: d.t[i], value: v, color: v >= 0 ? '#26a69a99' : '#ef535099' };
     return { time: d.t[i], value: v };
   };
   const indicatorSeries = () => Object.entries(Object.assign({}, overlays, panes));
 
+  // Columns may be typed arrays (their map() would coerce the objects to numbers): a plain loop.
+  const rows = (n, make) => {
+    const out = new Array(n);
+    for (let i = 0; i < n; i++) out[i] = make(i);
+    return out;
+  };
+
+  const markerRows = (d) => d.markers.map((m) => m.kind === 'fill'
+    ? { time: m.t - (m.t % widthOf(d.timeframe)), position: m.side === 'buy' ? 'belowBar' : 'aboveBar', shape: m.side === 'buy' ? 'arrowUp' : 'arrowDown', color: m.side === 'buy' ? '#26a69a' : '#ef5350', text: m.text }
+    : { time: m.t - (m.t % widthOf(d.timeframe)), position: 'aboveBar', shape: 'square', color: '#e0a030', text: m.text });
+
   function draw(d) {
-    candles.setData(d.t.map((_, i) => candle(d, i)));
-    volume.setData(d.t.map((_, i) => vol(d, i)));
-    indicatorSeries().forEach(([name, s]) => s.setData(d.t.map((_, i) => point(d, name, i))));
-    markers.setMarkers(d.markers.map((m) => m.kind === 'fill'
-      ? { time: m.t - (m.t % widthOf(d.timeframe)), position: m.side === 'buy' ? 'belowBar' : 'aboveBar', shape: m.side === 'buy' ? 'arrowUp' : 'arrowDown', color: m.side === 'buy' ? '#26a69a' : '#ef5350', text: m.text }
-      : { time: m.t - (m.t % widthOf(d.timeframe)), position: 'aboveBar', shape: 'square', color: '#e0a030', text: m.text }));
+    const t0 = performance.now();
+    const n = d.t.length;
+    candles.setData(rows(n, (i) => candle(d, i)));
+    volume.setData(rows(n, (i) => vol(d, i)));
+    indicatorSeries().forEach(([name, s]) => s.setData(rows(n, (i) => point(d, name, i))));
+    markers.setMarkers(markerRows(d));
     lastTime = d.t.length ? d.t[d.t.length - 1] : 0;
     const paneList = chart.panes(); // RSI and MACD panes: fixed heights, the candles take the rest
     if (paneList.length === 3) { paneList[1].setHeight(110); paneList[2].setHeight(130); }
     empty.hidden = d.t.length > 0;
-    tv.loaded = { symbol: d.symbol, timeframe: d.timeframe, bars: d.t.length };
+    tv.loaded = { symbol: d.symbol, timeframe: d.timeframe, bars: d.t.length, draw_ms: performance.now() - t0 };
   }
 
   // Newer-or-equal bars only: the chart library accepts updates of the last bar and appends.
@@ -83,6 +94,52 @@
 
   function widthOf(tf) { return { '1m': 60, '5m': 300, '1h': 3600, '1d': 86400 }[tf]; }
 
+  // A long window (?days=30 of 1-minute bars: 43,000 candles and 11 indicator series) opens with its
+  // newest part, the timeframe's default window (more than a screen holds), and loads the older bars
+  // as the user scrolls back, each request as long as what is already loaded (1, 1, 2, 4, 8, 14
+  // days), so the chart is drawn in well under a second and scrolling to the first bar costs about
+  // two full draws, not one per day. Binary columns (getBars): exact doubles, no JSON.parse.
+  const firstDays = { '1m': 1, '5m': 5, '1h': 60, '1d': 730 };
+  const SCREEN_BARS = 300; // about what a wide screen shows at the chart's default bar spacing
+  let hist = null; // what is loaded of this page's window: {symbol, tf, floor, cursor, end, complete, chunks}
+  let loadingOlder = null;
+
+  function prepend(d) {
+    const n = d.t.length;
+    if (!n) return;
+    const keep = (series, older) => series.setData(older.concat(series.data()));
+    keep(candles, rows(n, (i) => candle(d, i)));
+    keep(volume, rows(n, (i) => vol(d, i)));
+    indicatorSeries().forEach(([name, s]) => keep(s, rows(n, (i) => point(d, name, i))));
+    markers.setMarkers(markerRows(d).concat(markers.markers()));
+  }
+
+  async function loadOlder() {
+    if (!hist || hist.complete) return hist;
+    if (loadingOlder) return loadingOlder;
+    const h = hist;
+    loadingOlder = (async () => {
+      const days = Math.max(firstDays[h.tf], (h.end - h.cursor) / 86400);
+      const span = Math.min(days, (h.cursor - h.floor) / 86400);
+      const t0 = performance.now();
+      const d = await getBars(`/api/bars?format=f64&symbol=${encodeURIComponent(h.symbol)}&tf=${h.tf}&before=${h.cursor}&days=${span}`);
+      if (hist !== h) return h; // the page moved to another symbol or timeframe meanwhile
+      prepend(d);
+      // A chunk cut at the row limit continues from its oldest bar; otherwise from its start.
+      h.cursor = d.t.length >= d.limit ? d.t[0] : d.start;
+      h.complete = h.cursor <= h.floor + 1; // the server keeps microseconds: a second of slack
+      h.chunks.push({ days: span, bars: d.t.length, ms: performance.now() - t0 });
+      tv.loaded.bars = candles.data().length;
+      return h;
+    })().finally(() => { loadingOlder = null; });
+    return loadingOlder;
+  }
+  tv.loadOlder = loadOlder; // tests and the benchmark scroll back this way, without a mouse
+
+  chart.timeScale().subscribeVisibleLogicalRangeChange((range) => {
+    if (range && range.from < 20 && hist && !hist.complete) loadOlder();
+  });
+
   async function load() {
     const tf = tfSel.value;
     const symbol = symbolSel.value;
@@ -90,8 +147,17 @@
     const days = params.get('days'); // optional: a longer (or shorter) window than the timeframe's default
     const range = days ? `&days=${encodeURIComponent(days)}` : '';
     history.replaceState(null, '', `?symbol=${encodeURIComponent(symbol)}&tf=${tf}${range}`);
-    const d = await getJSON(`/api/bars?symbol=${encodeURIComponent(symbol)}&tf=${tf}${range}`);
+    const span = days ? Number(days) : firstDays[tf];
+    const first = Math.min(span, firstDays[tf]);
+    const d = await getBars(`/api/bars?format=f64&symbol=${encodeURIComponent(symbol)}&tf=${tf}&days=${first}`);
     draw(d);
+    const floor = d.end - 86400 - span * 86400; // the window's start (its end is a day ahead of now)
+    const cursor = d.t.length >= d.limit ? d.t[0] : d.start;
+    hist = { symbol, tf, floor, cursor, end: d.start + first * 86400, complete: cursor <= floor + 1,
+             chunks: [{ days: first, bars: d.t.length }] };
+    tv.history = hist;
+    // A quiet newest day (a weekend) leaves the screen near empty and nothing to scroll: fill it.
+    while (!hist.complete && hist === tv.history && candles.data().length < SCREEN_BARS) await loadOlder();
     chart.timeScale().scrollToRealTime();
     if (source) source.close();
     // 1-minute pages take the pushed bars as they are; longer timeframes re-read their newest
@@ -103,7 +169,7 @@
         if (refetchTimer) return;
         refetchTimer = setTimeout(async () => {
           refetchTimer = null;
-          apply(await getJSON(`/api/bars?symbol=${encodeURIComponent(symbol)}&tf=${tf}&days=${2 * widthOf(tf) / 86400}`));
+          apply(await getBars(`/api/bars?format=f64&symbol=${encodeURIComponent(symbol)}&tf=${tf}&days=${2 * widthOf(tf) / 86400}`));
         }, refetchEvery);
       },
       resync: () => load(),
