@@ -121,8 +121,8 @@ def plan_purge(settings: Settings, now: datetime) -> list[tuple[TablePurge, date
     """Pure: every managed table's outcome-to-be and its cutoff (``now`` less its window), in purge
     order; a window of 0 days is already marked kept forever, with no cutoff."""
     plan: list[tuple[TablePurge, datetime | None]] = []
-    for table, setting, days in retention_plan(settings):
-        t = TablePurge(table=table, setting=setting, window_days=days)
+    for name, setting, days in retention_plan(settings):
+        t = TablePurge(table=name, setting=setting, window_days=days)
         if days == 0:
             t.skipped = f"kept forever ({setting}=0)"
         plan.append((t, None if days == 0 else now - timedelta(days=days)))
