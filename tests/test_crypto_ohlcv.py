@@ -1,4 +1,4 @@
-"""Crypto OHLCV aggregates (``crypto_ohlcv_1m`` … ``crypto_ohlcv_1d``, migration 013) equal a direct
+"""Crypto OHLCV aggregates (``crypto_ohlcv_1m`` … ``crypto_ohlcv_1d``, migration 014) equal a direct
 GROUP BY over ``crypto_trades`` with the volume summed exactly (numeric: the printed fractional sizes
 add up to the last digit), late trades included, through the worker's writer too; and a retention
 purge of raw crypto trades followed by any refresh keeps every aggregate row whose trades it dropped.

@@ -409,11 +409,17 @@ def decode_columnar(data: bytes | str) -> ColumnarFrame:
     1.4-2 µs for ``decode_frame``; other messages cost what they cost in ``decode_frame``, and a
     frame C declines costs ``decode_frame`` plus the Python encoder. Memory O(len(data)).
     """
-    if _c_decode is not None and not isinstance(data, str):
+    return decode_fast_or_python(data, _c_decode, _from_extension, _decode_python)
+
+
+def decode_fast_or_python(data: bytes | str, c_decode, from_extension, decode_python):
+    """A msgpack frame through the compiled decoder ``c_decode`` (None: not built) when it answers,
+    else, and for JSON text, through ``decode_python``. Never raises for the fast path's sake."""
+    if c_decode is not None and not isinstance(data, str):
         try:
-            res = _c_decode(data)
+            res = c_decode(data)
             if res is not None:
-                return _from_extension(data, res)
+                return from_extension(data, res)
         except Exception:  # MemoryError, or a bug: the Python path still answers
-            log.debug("columnar fast path failed; decoding the frame in Python", exc_info=True)
-    return _decode_python(data)
+            log.debug("compiled fast path failed; decoding the frame in Python", exc_info=True)
+    return decode_python(data)

@@ -53,6 +53,7 @@ from tickvault.alpaca.columnar import (
     _float8,
     _int8,
     columns_of,
+    decode_fast_or_python,
     extension_result,
     join_columns,
     _text,
@@ -239,14 +240,7 @@ def decode_crypto(data: bytes | str) -> CryptoFrame:
     ``decode_frame``. With the compiled extension a msgpack frame's trades and quotes are encoded in
     C (see the module docstring); the result is the same.
     """
-    if _c_decode_crypto is not None and not isinstance(data, str):
-        try:
-            res = _c_decode_crypto(data)
-            if res is not None:
-                return _from_extension(data, res)
-        except Exception:  # MemoryError, or a bug: the Python path still answers
-            log.debug("crypto fast path failed; decoding the frame in Python", exc_info=True)
-    return _decode_python(data)
+    return decode_fast_or_python(data, _c_decode_crypto, _from_extension, _decode_python)
 
 
 def _from_extension(data: bytes, res: tuple) -> CryptoFrame:

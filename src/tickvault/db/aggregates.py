@@ -2,7 +2,7 @@
 
 Two families of aggregates (:data:`AGGREGATES`), each computed from one raw table: the stocks'
 ``ohlcv_1m`` … ``ohlcv_1d`` from ``trades`` and the crypto pairs' ``crypto_ohlcv_1m`` …
-``crypto_ohlcv_1d`` from ``crypto_trades`` (migration 013; volume numeric, summed exactly).
+``crypto_ohlcv_1d`` from ``crypto_trades`` (migration 014; volume numeric, summed exactly).
 
 The invariant (both editions, each family): **no refresh — manual, flow or policy — ever covers time
 below the raw horizon**, the oldest time from which the family's raw table is complete
@@ -23,7 +23,7 @@ retention meant to keep. How it holds:
 ``timescale``: ``refresh_continuous_aggregate`` per timeframe, outside a transaction, with typed
 window parameters. Without a window it covers [horizon, open bucket): Timescale's invalidation log
 decides what is really recomputed there, so the cost is what is pending, never "everything".
-``apache``: ``tickvault_refresh_aggregate(family)`` (migrations 004, 007, 013: watermark +
+``apache``: ``tickvault_refresh_aggregate(family)`` (migrations 004, 007, 014: watermark +
 invalidations, idempotent, clamped the same way). Callers never need to know which one ran; both
 record the refreshed range in the family's state table (``ohlcv_state``, ``crypto_ohlcv_state``:
 ``watermark``, ``refreshed_at``).

@@ -73,7 +73,7 @@ def _f64_columns(names) -> str:
 
 def _bars_statement(rel: str, result: str) -> str:
     """The statement over ``rel`` (``ohlcv_1m``…, or a crypto pair's ``crypto_ohlcv_1m``… from migration
-    013) returning the row count and ``result``."""
+    014) returning the row count and ``result``."""
     return f"""
 WITH b AS (
     SELECT {", ".join(f"{expr} AS {name}" for name, expr in _COLUMNS.items())}
