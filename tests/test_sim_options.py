@@ -89,3 +89,93 @@ async def test_option_historical_client_reads_the_truth() -> None:
         quote = await asyncio.to_thread(client.get_option_latest_quote,
                                         OptionLatestQuoteRequest(symbol_or_symbols=symbols[0]))
         assert quote[symbols[0]].bid_price < quote[symbols[0]].ask_price
+
+
+async def test_option_snapshots_and_chain_through_alpaca_py_with_black_scholes_greeks() -> None:
+    """get_option_snapshot and get_option_chain work unchanged: each contract's latest trade and quote
+    are the truth's; implied volatility exactly where the price lies inside the model's bounds, and
+    there it reprices the contract; the chain's filters and paging select exactly the matching contracts."""
+    import math
+
+    import httpx
+    from alpaca.trading.enums import ContractType
+    from alpaca.data.requests import OptionChainRequest, OptionSnapshotRequest
+
+    from tickvault.sim.greeks import RISK_FREE_RATE, bs_price, years_to_expiry
+
+    async with Simulator(symbols=["AAPL"], rate=200, options_rate=2_000) as sim:
+        await _wait(lambda: sim.options_market.total >= 2_000, 60, "2000 option trades")
+        sim.finish()
+        client = OptionHistoricalDataClient(KEY, SECRET, url_override=sim.rest_url)
+        snaps = await asyncio.to_thread(client.get_option_snapshot,
+                                        OptionSnapshotRequest(symbol_or_symbols=sim.option_symbols))
+        assert sorted(snaps) == sorted(sim.option_symbols)
+        spot = sim.underlying_price("AAPL")
+        with_iv = 0
+        for s, snap in snaps.items():
+            last = list(sim.options_market.truth_trades_full(s))[-1]
+            assert (round(snap.latest_trade.price * 100), int(snap.latest_trade.size)) == (last[1], last[2])
+            occ = parse_occ(s)
+            call, strike = occ.option_type == "C", float(occ.strike)
+            t = years_to_expiry(occ.expiration, sim.clock())
+            q = snap.latest_quote
+            price = (q.bid_price + q.ask_price) / 2
+            disc = strike * math.exp(-RISK_FREE_RATE * t)
+            lower, upper = (max(0.0, spot - disc), spot) if call else (max(0.0, disc - spot), disc)
+            assert (snap.implied_volatility is not None) == (lower < price < upper), (s, price, lower, upper)
+            if snap.implied_volatility is None:
+                assert snap.greeks is None
+                continue
+            with_iv += 1
+            assert bs_price(call, spot, strike, t, snap.implied_volatility) == pytest.approx(price, abs=1e-6)
+            g = snap.greeks
+            assert (0 < g.delta < 1) if call else (-1 < g.delta < 0)
+            assert g.gamma > 0 and g.vega > 0 and g.theta < 0 and (g.rho > 0) == call
+        assert with_iv >= 1  # out-of-the-money contracts always price inside the bounds
+
+        calls_over_120 = await asyncio.to_thread(client.get_option_chain, OptionChainRequest(
+            underlying_symbol="AAPL", type=ContractType.CALL, strike_price_gte=120))
+        assert sorted(calls_over_120) == sorted(s for s in sim.option_symbols
+                                                if parse_occ(s).option_type == "C" and parse_occ(s).strike >= 120)
+        first_expiry = min(parse_occ(s).expiration for s in sim.option_symbols)
+        expiring = await asyncio.to_thread(client.get_option_chain, OptionChainRequest(
+            underlying_symbol="AAPL", expiration_date=first_expiry))
+        assert sorted(expiring) == sorted(s for s in sim.option_symbols if parse_occ(s).expiration == first_expiry)
+
+        async with httpx.AsyncClient(base_url=sim.rest_url, headers={
+                "APCA-API-KEY-ID": KEY, "APCA-API-SECRET-KEY": SECRET}) as http:
+            pages, token = [], None
+            while True:
+                r = await http.get("/v1beta1/options/snapshots/AAPL",
+                                   params={"limit": 3, **({"page_token": token} if token else {})})
+                assert r.status_code == 200
+                body = r.json()
+                pages.append(list(body["snapshots"]))
+                token = body["next_page_token"]
+                if token is None:
+                    break
+            assert [len(p) for p in pages] == [3, 3, 2] and sorted(sum(pages, [])) == sorted(sim.option_symbols)
+            bad = await http.get("/v1beta1/options/snapshots/AAPL", params={"strike_price_gte": "abc"})
+            assert bad.status_code == 422 and "strike_price_gte" in bad.text  # as its other bad parameters
+
+
+def test_black_scholes_matches_the_textbook_and_put_call_parity() -> None:
+    import math
+
+    from tickvault.sim.greeks import bs_price, greeks, implied_volatility
+
+    # Hull, Options, Futures and Other Derivatives, example 15.6: S 42, K 40, r 10 %, σ 20 %, T 0.5.
+    assert bs_price(True, 42, 40, 0.5, 0.2, 0.1) == pytest.approx(4.76, abs=0.005)
+    assert bs_price(False, 42, 40, 0.5, 0.2, 0.1) == pytest.approx(0.81, abs=0.005)
+    c, p = bs_price(True, 42, 40, 0.5, 0.2, 0.1), bs_price(False, 42, 40, 0.5, 0.2, 0.1)
+    assert c - p == pytest.approx(42 - 40 * math.exp(-0.1 * 0.5), abs=1e-12)
+    assert implied_volatility(True, c, 42, 40, 0.5, 0.1) == pytest.approx(0.2, abs=1e-9)
+    assert implied_volatility(True, 1.0, 42, 40, 0.5, 0.1) is None  # below intrinsic value
+    assert implied_volatility(True, c, 42, 40, 0.0, 0.1) is None  # expired
+    g, h = greeks(True, 42, 40, 0.5, 0.2, 0.1), 1e-4
+    assert g.delta == pytest.approx((bs_price(True, 42 + h, 40, 0.5, 0.2, 0.1)
+                                     - bs_price(True, 42 - h, 40, 0.5, 0.2, 0.1)) / (2 * h), rel=1e-6)
+    assert g.vega == pytest.approx((bs_price(True, 42, 40, 0.5, 0.2 + h, 0.1)
+                                    - bs_price(True, 42, 40, 0.5, 0.2 - h, 0.1)) / (2 * h) / 100, rel=1e-6)
+    assert g.theta == pytest.approx(-(bs_price(True, 42, 40, 0.5 + h, 0.2, 0.1)
+                                      - bs_price(True, 42, 40, 0.5 - h, 0.2, 0.1)) / (2 * h) / 365, rel=1e-5)

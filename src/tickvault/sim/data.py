@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
+from datetime import date
+from decimal import Decimal
 from typing import Any
 
 from starlette.requests import Request
@@ -335,8 +338,20 @@ class CryptoDataAPI(MarketDataAPI):
 
 class OptionsDataAPI(MarketDataAPI):
     """``/v1beta1/options/...`` over an :class:`~tickvault.sim.options.OptionsMarket`: historical trades
-    (no trade id, as Alpaca's) and bars, latest trades and quotes, paged like the stock paths; the
-    ``feed`` parameter (indicative/opra) is accepted and ignored: one simulated tape."""
+    (no trade id, as Alpaca's) and bars, latest trades and quotes, paged like the stock paths; snapshots
+    (``/snapshots?symbols=``) and the option chain of an underlying (``/snapshots/{underlying}``, with
+    Alpaca's filters), each contract's latest trade and quote with its Black-Scholes implied volatility
+    and greeks against the underlying's last simulated price (:mod:`tickvault.sim.greeks`), paged by
+    ``limit`` (≤ 1000) and ``page_token``. The ``feed`` parameter (indicative/opra) is accepted and
+    ignored: one simulated tape."""
+
+    MAX_PAGE = 1000
+
+    def __init__(self, market: Market, underlying_price: Callable[[str], float | None] | None = None,
+                 clock: Callable[[], int] | None = None) -> None:
+        super().__init__(market)
+        self.underlying_price = underlying_price or (lambda _symbol: None)
+        self.clock = clock or time.time_ns
 
     def routes(self, endpoint: Callable[[Callable[[Request], Any]], Any]) -> list[Route]:
         e = endpoint
@@ -345,7 +360,92 @@ class OptionsDataAPI(MarketDataAPI):
             Route("/v1beta1/options/bars", e(self._hist_bars)),
             Route("/v1beta1/options/trades/latest", e(self._latest_trades)),
             Route("/v1beta1/options/quotes/latest", e(self._latest_quotes)),
+            Route("/v1beta1/options/snapshots", e(self._option_snapshots)),
+            Route("/v1beta1/options/snapshots/{underlying}", e(self._option_chain)),
         ]
+
+    def _option_snapshot(self, symbol: str) -> dict | None:
+        from tickvault.alpaca.options import parse_occ
+        from tickvault.sim import greeks as bs
+
+        b = self.market.books.get(symbol)
+        if b is None or not b.times:
+            return None
+        quote = self._quote_item(b, -1) if b.q_times else None
+        out: dict[str, Any] = {"latestTrade": self._trade_item(b, -1), "latestQuote": quote}
+        occ = parse_occ(symbol)
+        spot = self.underlying_price(occ.underlying)
+        t = bs.years_to_expiry(occ.expiration, self.clock())
+        price = (quote["bp"] + quote["ap"]) / 2 if quote and quote["bp"] > 0 and quote["ap"] > 0 \
+            else out["latestTrade"]["p"]
+        call, strike = occ.option_type == "C", float(occ.strike)
+        iv = bs.implied_volatility(call, price, spot, strike, t) if spot else None
+        if iv is not None:  # Alpaca leaves both out when the price has no implied volatility
+            out["impliedVolatility"] = iv
+            out["greeks"] = bs.greeks(call, spot, strike, t, iv)._asdict()
+        return out
+
+    def _snapshot_page(self, request: Request, symbols: list[str]) -> dict:
+        q = request.query_params
+        limit = int(q.get("limit") or self.MAX_PAGE)
+        if not 1 <= limit <= self.MAX_PAGE:
+            raise ValueError(f"limit must be 1..{self.MAX_PAGE}")
+        after = q.get("page_token")
+        symbols = sorted(s for s in symbols if after is None or s > after)
+        out: dict[str, dict] = {}
+        for s in symbols:
+            snap = self._option_snapshot(s)
+            if snap is None:
+                continue
+            if len(out) == limit:
+                return {"snapshots": out, "next_page_token": next(reversed(out))}
+            out[s] = snap
+        return {"snapshots": out, "next_page_token": None}
+
+    def _option_snapshots(self, request: Request) -> dict:
+        """``GET /v1beta1/options/snapshots?symbols=...``: the named contracts (unknown ones left out)."""
+        return self._snapshot_page(request, self._latest_symbols(request))
+
+    def _option_chain(self, request: Request) -> dict:
+        """``GET /v1beta1/options/snapshots/{underlying}``: every contract on it, filtered by ``type``
+        (call/put), ``strike_price_gte/lte``, ``expiration_date`` or ``expiration_date_gte/lte`` and
+        ``root_symbol``; a bad filter is refused (422) naming it."""
+        from tickvault.alpaca.options import parse_occ
+
+        q = request.query_params
+        underlying = request.path_params["underlying"].upper()
+        kind = q.get("type")
+        if kind not in (None, "call", "put"):
+            raise ValueError("type must be call or put")
+
+        def number(name: str) -> Decimal | None:
+            try:
+                return Decimal(q[name]) if q.get(name) else None
+            except ArithmeticError:
+                raise ValueError(f"{name} must be a number") from None
+
+        def day(name: str) -> date | None:
+            try:
+                return date.fromisoformat(q[name]) if q.get(name) else None
+            except ValueError:
+                raise ValueError(f"{name} must be a date (YYYY-MM-DD)") from None
+
+        lo, hi = number("strike_price_gte"), number("strike_price_lte")
+        on, after, before = day("expiration_date"), day("expiration_date_gte"), day("expiration_date_lte")
+        root = (q.get("root_symbol") or underlying).upper()
+        chosen = []
+        for s in self.market.books:
+            occ = parse_occ(s)  # the simulator's contracts: root = underlying
+            if occ.underlying != underlying or occ.underlying != root or \
+                    (kind and occ.option_type != kind[0].upper()):
+                continue
+            if (lo is not None and occ.strike < lo) or (hi is not None and occ.strike > hi):
+                continue
+            if (on and occ.expiration != on) or (after and occ.expiration < after) or \
+                    (before and occ.expiration > before):
+                continue
+            chosen.append(s)
+        return self._snapshot_page(request, chosen)
 
     def _trade_item(self, b, i: int) -> dict:
         from tickvault.sim.options import OPTION_EXCHANGES

@@ -1,7 +1,8 @@
 """The simulated options market: contracts on the first stock symbols, trading on the same seeded walk.
 
 An :class:`OptionsMarket` is a :class:`~tickvault.sim.market.Market` over OCC symbols: for each of the
-first ``underlyings`` stock symbols, calls and puts at two strikes and two expiries (8 contracts each).
+first ``underlyings`` stock symbols, calls and puts at two strikes ($100, $150) and two monthly expiries
+(:func:`expiries`: always ahead of the day the market is made; 8 contracts each).
 It speaks Alpaca's options stream (``alpaca/options.py``'s wire notes): trades ``{T,S,t,p,s,x,c}``
 (whole contracts, one condition letter, no trade id) and a quote every other trade ``{T,S,t,bx,bp,bs,ax,
 ap,as,c}``; no bars on the stream. Items are tagged ``options:trades`` / ``options:quotes`` so only
@@ -12,6 +13,7 @@ and each trade's exchange index in ``venues``. Memory: as :class:`Market`, plus 
 from __future__ import annotations
 
 from array import array
+from datetime import UTC, date, datetime, timedelta
 from collections.abc import Iterator
 
 from msgpack import Timestamp
@@ -21,7 +23,21 @@ from tickvault.sim.market import Market, SymbolBook
 __all__ = ["OPTION_EXCHANGES", "OptionsMarket", "occ_symbol"]
 
 OPTION_EXCHANGES = ("C", "X", "I", "N")  # CBOE, PHLX, ISE, NYSE Arca: a few OPRA participant codes
-_EXPIRIES = ("270115", "270319")
+
+
+def _third_friday(year: int, month: int) -> date:
+    first = date(year, month, 1)
+    return first + timedelta(days=(4 - first.weekday()) % 7 + 14)
+
+
+def expiries(today: date) -> tuple[str, str]:
+    """Two monthly expirations (third Fridays, YYMMDD) always ahead of ``today``: the month after next
+    and three months after that, so the contracts never expire while a simulator runs."""
+    out = []
+    for ahead in (2, 5):
+        y, m = divmod(today.month - 1 + ahead, 12)
+        out.append(_third_friday(today.year + y, m + 1).strftime("%y%m%d"))
+    return out[0], out[1]
 
 
 def occ_symbol(underlying: str, yymmdd: str, kind: str, strike_thousandths: int) -> str:
@@ -46,10 +62,11 @@ class OptionsMarket(Market):
     calling ``on_trade(contract, cents, time_ns, contracts)`` and ``on_quote(contract, time_ns)`` (the
     broker's fills) per trade and quote."""
 
-    def __init__(self, underlyings: list[str], *, seed: int = 9, truth_limit: int = 1_000_000) -> None:
+    def __init__(self, underlyings: list[str], *, seed: int = 9, truth_limit: int = 1_000_000,
+                 today: date | None = None) -> None:
         contracts = []
         for u in underlyings:
-            for expiry in _EXPIRIES:
+            for expiry in expiries(today or datetime.now(UTC).date()):
                 for kind in ("C", "P"):
                     for strike in (100_000, 150_000):  # $100 and $150
                         contracts.append(occ_symbol(u, expiry, kind, strike))

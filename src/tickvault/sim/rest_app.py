@@ -49,7 +49,8 @@ class SimREST:
         routes = [
             *MarketDataAPI(sim.market).routes(self.endpoint),
             *CryptoDataAPI(sim.crypto_market).routes(self.endpoint),
-            *(OptionsDataAPI(sim.options_market).routes(self.endpoint) if sim.options_market else []),
+            *(OptionsDataAPI(sim.options_market, sim.underlying_price, sim.clock).routes(self.endpoint)
+              if sim.options_market else []),
             Route(NEWS_PATH, self.endpoint(self._news_history)),
             *sim.trading.routes(self.endpoint),
             *sim.trading.control_routes(),

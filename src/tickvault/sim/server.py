@@ -37,6 +37,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -187,7 +188,8 @@ class Simulator(FaultSwitches):
         if options_rate <= 0:
             raise ValueError("options_rate must be > 0")
         underlyings = [s for s in self.symbols[:option_underlyings] if s.isalpha() and len(s) <= 6]
-        self.options_market = OptionsMarket(underlyings, seed=seed + 3) if underlyings else None
+        today = datetime.fromtimestamp(self.clock() / 1e9, UTC).date()  # expiries ahead of simulated time
+        self.options_market = OptionsMarket(underlyings, seed=seed + 3, today=today) if underlyings else None
         self.option_symbols = self.options_market.symbols if self.options_market is not None else []
         self.options_rate = options_rate
         self._options_task: asyncio.Task | None = None
@@ -395,6 +397,11 @@ class Simulator(FaultSwitches):
     def _price_for_broker(self, symbol: str) -> int | None:
         book = self.market.books.get(symbol)
         return None if book is None else book.price_cents
+
+    def underlying_price(self, symbol: str) -> float | None:
+        """The stock's last simulated price in dollars (an option's underlying); None if not simulated."""
+        cents = self._price_for_broker(symbol)
+        return None if cents is None else cents / 100
 
     def trade_update_listeners(self) -> int:
         """Trade-updates connections listening to ``trade_updates`` (a test waits on this, not on a sleep)."""
