@@ -179,3 +179,50 @@ def test_black_scholes_matches_the_textbook_and_put_call_parity() -> None:
                                     - bs_price(True, 42, 40, 0.5, 0.2 - h, 0.1)) / (2 * h) / 100, rel=1e-6)
     assert g.theta == pytest.approx(-(bs_price(True, 42, 40, 0.5 + h, 0.2, 0.1)
                                       - bs_price(True, 42, 40, 0.5 - h, 0.2, 0.1)) / (2 * h) / 365, rel=1e-5)
+
+
+async def test_option_contracts_through_alpaca_py_trading_client() -> None:
+    """TradingClient.get_option_contracts / get_option_contract: every simulated contract, Alpaca's
+    filters and paging, by symbol and by id; an unknown contract is a 404 and a bad filter a 422."""
+    import httpx
+    from alpaca.common.exceptions import APIError
+    from alpaca.trading.client import TradingClient
+    from alpaca.trading.enums import ContractType, ExerciseStyle
+    from alpaca.trading.requests import GetOptionContractsRequest
+
+    async with Simulator(symbols=["AAPL", "MSFT", "AMZN"], rate=200, options_rate=500) as sim:
+        await _wait(lambda: sim.options_market.total >= 200, 60, "option trades")
+        sim.finish()
+        client = TradingClient(KEY, SECRET, url_override=sim.rest_url)
+        every = await asyncio.to_thread(client.get_option_contracts, GetOptionContractsRequest(limit=1000))
+        assert sorted(c.symbol for c in every.option_contracts) == sorted(sim.option_symbols)
+        assert every.next_page_token is None and len(sim.option_symbols) == 16  # 2 underlyings × 8
+        for c in every.option_contracts:
+            occ = parse_occ(c.symbol)
+            assert (c.underlying_symbol, c.root_symbol, c.expiration_date, c.strike_price, c.size) == (
+                occ.underlying, occ.underlying, occ.expiration, float(occ.strike), "100")
+            assert c.type == (ContractType.CALL if occ.option_type == "C" else ContractType.PUT)
+            assert c.style == ExerciseStyle.AMERICAN and c.tradable
+            book = sim.options_market.books[c.symbol]
+            if book.times:
+                assert c.close_price == f"{book.cents[-1] / 100:.2f}"
+        puts = await asyncio.to_thread(client.get_option_contracts, GetOptionContractsRequest(
+            underlying_symbols=["MSFT"], type=ContractType.PUT, strike_price_lte="120"))
+        assert sorted(c.symbol for c in puts.option_contracts) == sorted(
+            s for s in sim.option_symbols if s.startswith("MSFT") and parse_occ(s).option_type == "P"
+            and parse_occ(s).strike <= 120)
+        page = await asyncio.to_thread(client.get_option_contracts, GetOptionContractsRequest(limit=5))
+        rest = await asyncio.to_thread(client.get_option_contracts, GetOptionContractsRequest(
+            limit=1000, page_token=page.next_page_token))
+        assert len(page.option_contracts) == 5 and page.next_page_token is not None
+        assert sorted(c.symbol for c in page.option_contracts + rest.option_contracts) == sorted(sim.option_symbols)
+        one = every.option_contracts[0]
+        assert (await asyncio.to_thread(client.get_option_contract, one.symbol)).id == one.id
+        assert (await asyncio.to_thread(client.get_option_contract, str(one.id))).symbol == one.symbol
+        with pytest.raises(APIError):
+            await asyncio.to_thread(client.get_option_contract, "AAPL990101C00001000")
+        async with httpx.AsyncClient(base_url=sim.rest_url, headers={
+                "APCA-API-KEY-ID": KEY, "APCA-API-SECRET-KEY": SECRET}) as http:
+            assert (await http.get("/v2/options/contracts/AAPL990101C00001000")).status_code == 404
+            bad = await http.get("/v2/options/contracts", params={"type": "straddle"})
+            assert bad.status_code == 422 and "type" in bad.text

@@ -15,8 +15,6 @@ import re
 import time
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
-from datetime import date
-from decimal import Decimal
 from typing import Any
 
 from starlette.requests import Request
@@ -407,55 +405,12 @@ class OptionsDataAPI(MarketDataAPI):
         return self._snapshot_page(request, self._latest_symbols(request))
 
     def _option_chain(self, request: Request) -> dict:
-        """``GET /v1beta1/options/snapshots/{underlying}``: every contract on it, filtered by ``type``
-        (call/put), ``strike_price_gte/lte``, ``expiration_date`` or ``expiration_date_gte/lte`` and
-        ``root_symbol``; a bad filter is refused (422) naming it."""
-        from tickvault.alpaca.options import parse_occ
+        """``GET /v1beta1/options/snapshots/{underlying}``: every contract on it that Alpaca's filters keep
+        (:func:`~tickvault.sim.options.select_contracts`); a bad filter is refused (422) naming it."""
+        from tickvault.sim.options import select_contracts
 
-        q = request.query_params
         underlying = request.path_params["underlying"].upper()
-        kind = q.get("type")
-        if kind not in (None, "call", "put"):
-            raise ValueError("type must be call or put")
-
-        def number(name: str) -> Decimal | None:
-            try:
-                return Decimal(q[name]) if q.get(name) else None
-            except ArithmeticError:
-                raise ValueError(f"{name} must be a number") from None
-
-        def day(name: str) -> date | None:
-            try:
-                return date.fromisoformat(q[name]) if q.get(name) else None
-            except ValueError:
-                raise ValueError(f"{name} must be a date (YYYY-MM-DD)") from None
-
-        lo, hi = number("strike_price_gte"), number("strike_price_lte")
-        on, after, before = day("expiration_date"), day("expiration_date_gte"), day("expiration_date_lte")
-        root = (q.get("root_symbol") or underlying).upper()
-        chosen = []
-        for s in self.market.books:
-            occ = parse_occ(s)  # the simulator's contracts: root = underlying
-            if occ.underlying != underlying or occ.underlying != root or \
-                    (kind and occ.option_type != kind[0].upper()):
-                continue
-            if (lo is not None and occ.strike < lo) or (hi is not None and occ.strike > hi):
-                continue
-            if (on and occ.expiration != on) or (after and occ.expiration < after) or \
-                    (before and occ.expiration > before):
-                continue
-            chosen.append(s)
-        return self._snapshot_page(request, chosen)
-
-    def _trade_item(self, b, i: int) -> dict:
-        from tickvault.sim.options import OPTION_EXCHANGES
-
-        return {"t": ns_to_rfc3339(b.times[i]), "x": OPTION_EXCHANGES[b.venues[i]], "p": b.cents[i] / 100,
-                "s": b.sizes[i], "c": "I"}
-
-    def _quote_item(self, b, i: int) -> dict:
-        return {"t": ns_to_rfc3339(b.q_times[i]), "bx": "C", "bp": b.q_bid[i] / 100, "bs": b.q_bid_size[i],
-                "ax": "X", "ap": b.q_ask[i] / 100, "as": b.q_ask_size[i], "c": "A"}
+        return self._snapshot_page(request, select_contracts(self.market.books, request.query_params, [underlying]))
 
 
 # ---------------------------------------------------------------------- helpers

@@ -13,14 +13,16 @@ and each trade's exchange index in ``venues``. Memory: as :class:`Market`, plus 
 from __future__ import annotations
 
 from array import array
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from collections.abc import Iterator
 
 from msgpack import Timestamp
 
 from tickvault.sim.market import Market, SymbolBook
 
-__all__ = ["OPTION_EXCHANGES", "OptionsMarket", "occ_symbol"]
+__all__ = ["OPTION_EXCHANGES", "OptionsMarket", "expiries", "occ_symbol", "select_contracts"]
 
 OPTION_EXCHANGES = ("C", "X", "I", "N")  # CBOE, PHLX, ISE, NYSE Arca: a few OPRA participant codes
 
@@ -42,6 +44,48 @@ def expiries(today: date) -> tuple[str, str]:
 
 def occ_symbol(underlying: str, yymmdd: str, kind: str, strike_thousandths: int) -> str:
     return f"{underlying}{yymmdd}{kind}{strike_thousandths:08d}"
+
+
+def select_contracts(symbols, query: Mapping[str, str], underlyings: Sequence[str] | None = None) -> list[str]:
+    """The OCC ``symbols`` Alpaca's filters keep (the option chain's and ``/v2/options/contracts``'s):
+    ``type`` (call/put), ``strike_price_gte|lte``, ``expiration_date`` or ``expiration_date_gte|lte``,
+    ``root_symbol``, and the ``underlyings`` asked for (None: any). Sorted. A bad filter raises
+    ``ValueError`` naming it."""
+    from tickvault.alpaca.options import parse_occ
+
+    kind = query.get("type") or None
+    if kind not in (None, "call", "put"):
+        raise ValueError("type must be call or put")
+
+    def number(name: str) -> Decimal | None:
+        try:
+            return Decimal(query[name]) if query.get(name) else None
+        except ArithmeticError:
+            raise ValueError(f"{name} must be a number") from None
+
+    def day(name: str) -> date | None:
+        try:
+            return date.fromisoformat(query[name]) if query.get(name) else None
+        except ValueError:
+            raise ValueError(f"{name} must be a date (YYYY-MM-DD)") from None
+
+    lo, hi = number("strike_price_gte"), number("strike_price_lte")
+    on, after, before = day("expiration_date"), day("expiration_date_gte"), day("expiration_date_lte")
+    root = (query.get("root_symbol") or "").upper() or None
+    wanted = {u.upper() for u in underlyings} if underlyings is not None else None
+    out = []
+    for s in symbols:
+        occ = parse_occ(s)  # the simulator's contracts: root = underlying
+        if (wanted is not None and occ.underlying not in wanted) or (root and occ.underlying != root):
+            continue
+        if kind and occ.option_type != kind[0].upper():
+            continue
+        if (lo is not None and occ.strike < lo) or (hi is not None and occ.strike > hi):
+            continue
+        if (on and occ.expiration != on) or (after and occ.expiration < after) or (before and occ.expiration > before):
+            continue
+        out.append(s)
+    return sorted(out)
 
 
 class _OptionBook(SymbolBook):

@@ -13,7 +13,7 @@ environment.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -24,6 +24,7 @@ from tickvault.alpaca.protocol import ns_to_rfc3339, rfc3339_to_ns
 from tickvault.sim import calendar
 from tickvault.sim.broker import BrokerError, Venue, asset_id, position_symbol
 from tickvault.sim.crypto import SIZE_SCALE
+from tickvault.sim.options import select_contracts
 
 if TYPE_CHECKING:
     from tickvault.sim.server import Simulator
@@ -74,6 +75,8 @@ class TradingAPI:
             Route("/v2/orders/{order_id}", e(self._order), methods=["GET", "PATCH", "DELETE"]),
             Route("/v2/assets", e(self._assets)),
             Route("/v2/assets/{symbol_or_asset_id:path}", e(self._asset)),
+            Route("/v2/options/contracts", e(self._option_contracts)),
+            Route("/v2/options/contracts/{symbol_or_id}", e(self._option_contract)),
             Route("/v2/clock", e(self._clock)),
             Route("/v2/calendar", e(self._calendar)),
         ]
@@ -164,8 +167,8 @@ class TradingAPI:
     def _assets(self, request: Request) -> list[dict]:
         """``GET /v2/assets``: every simulated stock symbol is an active, tradable US equity, every
         simulated pair (``asset_class=crypto``) a crypto asset (like Alpaca, an unset status means
-        every status; an unknown status or class is a 422). Option contracts are not assets at Alpaca
-        (``/v2/options/contracts``, which the simulator does not serve)."""
+        every status; an unknown status or class is a 422). Option contracts are not assets at Alpaca:
+        they are ``/v2/options/contracts``."""
         q = request.query_params
         status = q.get("status")
         asset_class = q.get("asset_class") or "us_equity"
@@ -192,6 +195,80 @@ class TradingAPI:
             if position_symbol(pair) == position_symbol(key.upper()) or asset_id(pair) == key:
                 return crypto_asset_json(pair)
         raise BrokerError(404, 40410000, f"asset not found for {key}")
+
+    # --- option contracts
+    MAX_CONTRACTS_PAGE = 10_000
+
+    def _contract_symbols(self) -> list[str]:
+        market = self.sim.options_market
+        return market.symbols if market is not None else []
+
+    def _option_contracts(self, request: Request) -> dict:
+        """``GET /v2/options/contracts``: the simulated contracts Alpaca's filters keep
+        (``underlying_symbols``, ``status``, ``type``, ``style``, strikes, expirations, ``root_symbol``),
+        ``limit`` (default 100, ≤ 10,000) a page, continued by ``page_token``; a bad filter is a 422."""
+        q = request.query_params
+        status = q.get("status") or "active"
+        if status not in ("active", "inactive"):
+            raise ValueError(f"status must be active or inactive, not {status!r}")
+        style = q.get("style")
+        if style not in (None, "", "american", "european"):
+            raise ValueError(f"style must be american or european, not {style!r}")
+        limit = int(q.get("limit") or 100)
+        if not 1 <= limit <= self.MAX_CONTRACTS_PAGE:
+            raise ValueError(f"limit must be 1..{self.MAX_CONTRACTS_PAGE}")
+        underlyings = [u.strip() for u in (q.get("underlying_symbols") or "").split(",") if u.strip()] or None
+        chosen = select_contracts(self._contract_symbols(), q, underlyings)
+        if status == "inactive" or style == "european":  # every simulated contract is active and American
+            chosen = []
+        after = q.get("page_token")
+        if after:
+            chosen = [c for c in chosen if c > after]
+        page = chosen[:limit]
+        more = len(chosen) > limit
+        return {"option_contracts": [self._contract_json(c) for c in page],
+                "next_page_token": page[-1] if more else None}
+
+    def _option_contract(self, request: Request) -> dict:
+        """``GET /v2/options/contracts/{symbol or id}``; a 404 for one the simulator does not list."""
+        key = request.path_params["symbol_or_id"]
+        for c in self._contract_symbols():
+            if c == key.upper() or asset_id(c) == key:
+                return self._contract_json(c)
+        raise BrokerError(404, 40410000, f"option contract not found for {key}")
+
+    def _contract_json(self, symbol: str) -> dict:
+        """Alpaca's option contract: American style, 100 shares a contract, the close price the last
+        simulated trade's (and its New York date)."""
+        from tickvault.alpaca.options import parse_occ
+
+        occ = parse_occ(symbol)
+        book = self.sim.options_market.books[symbol]
+        last = None
+        if book.times:
+            last = datetime.fromtimestamp(book.times[-1] / 1e9, calendar.NEW_YORK)
+        kind = "call" if occ.option_type == "C" else "put"
+        strike = format(occ.strike.normalize(), "f")
+        return {
+            "id": asset_id(symbol),
+            "symbol": symbol,
+            "name": f"{occ.underlying} {occ.expiration:%b %d %Y} {strike} {kind.capitalize()}",
+            "status": "active",
+            "tradable": True,
+            "expiration_date": occ.expiration.isoformat(),
+            "root_symbol": occ.underlying,
+            "underlying_symbol": occ.underlying,
+            "underlying_asset_id": asset_id(occ.underlying),
+            "type": kind,
+            "style": "american",
+            "strike_price": strike,
+            "multiplier": "100",
+            "size": "100",
+            "open_interest": None,
+            "open_interest_date": None,
+            "close_price": f"{book.cents[-1] / 100:.2f}" if last else None,
+            "close_price_date": last.date().isoformat() if last else None,
+        }
 
     # --- time
     def _clock(self, request: Request) -> dict:
