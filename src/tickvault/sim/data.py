@@ -412,6 +412,16 @@ class OptionsDataAPI(MarketDataAPI):
         underlying = request.path_params["underlying"].upper()
         return self._snapshot_page(request, select_contracts(self.market.books, request.query_params, [underlying]))
 
+    def _trade_item(self, b, i: int) -> dict:
+        from tickvault.sim.options import OPTION_EXCHANGES
+
+        return {"t": ns_to_rfc3339(b.times[i]), "x": OPTION_EXCHANGES[b.venues[i]], "p": b.cents[i] / 100,
+                "s": b.sizes[i], "c": "I"}
+
+    def _quote_item(self, b, i: int) -> dict:
+        return {"t": ns_to_rfc3339(b.q_times[i]), "bx": "C", "bp": b.q_bid[i] / 100, "bs": b.q_bid_size[i],
+                "ax": "X", "ap": b.q_ask[i] / 100, "as": b.q_ask_size[i], "c": "A"}
+
 
 # ---------------------------------------------------------------------- helpers
 def _trade_json(t: int, cents: int, size: int, tid: int) -> dict:
