@@ -137,7 +137,7 @@ def _plans(url: str) -> dict:
 
     w = bar_window(SYMBOL, "1m", DAYS)
     with psycopg.connect(url, prepare_threshold=None) as conn:
-        (plan,) = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + _BARS_F64_SQL["1m"],
+        (plan,) = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + _BARS_F64_SQL["1m", False],
                                {"symbol": w.symbol, "tf": "1m", "start": w.start, "end": w.end, "limit": MAX_BARS}
                                ).fetchone()[0]
     scans: list = []
