@@ -101,6 +101,20 @@ def _market_made(sim: Simulator, n: int):
     return made
 
 
+def _grows(count, url: str):
+    """``grew(by)``: True once ``count(url)`` has grown by ``by`` rows since the last time it was True."""
+    progress = {"n": 0}
+
+    async def grew(by: int) -> bool:
+        n = await count(url)
+        if n >= progress["n"] + by:
+            progress["n"] = n
+            return True
+        return False
+
+    return grew
+
+
 async def _subscribed(sim: Simulator) -> bool:
     return sim.subscribed_clients() > 0
 
@@ -204,14 +218,7 @@ async def test_worker_survives_faults_and_restart_with_exact_ground_truth(fresh_
         workers = WorkerProcesses(env, tmp_path)
         try:
             proc = workers.start()
-            progress = {"n": 0}
-
-            async def grew(by: int) -> bool:
-                n = await _count(url)
-                if n >= progress["n"] + by:
-                    progress["n"] = n
-                    return True
-                return False
+            grew = _grows(_count, url)
 
             await wait_until(lambda: grew(5_000), 120, "first rows")
             for _ in range(5):
@@ -493,14 +500,7 @@ async def test_one_worker_streams_every_feed_through_a_disconnect_exactly(fresh_
         try:
             await asyncio.wait_for(handle.ready.wait(), 120)
             crypto_reader = handle.readers["crypto:us"]
-            progress = {"n": 0}
-
-            async def grew(by: int) -> bool:
-                n = await _crypto_count(url)
-                if n >= progress["n"] + by:
-                    progress["n"] = n
-                    return True
-                return False
+            grew = _grows(_crypto_count, url)
 
             await wait_until(lambda: grew(500), 120, "crypto trades stored")
             assert sim.drop_connections() >= 4  # the stocks, crypto, options and news connections alike
