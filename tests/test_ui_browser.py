@@ -151,6 +151,8 @@ async def test_a_month_window_opens_with_its_newest_day_and_scrolling_back_draws
             "SELECT t, 'HIST', 50000000 + row_number() OVER (), 'V', 100 + 10 * random(), 1 + (random() * 300)::int, "
             "(extract(epoch FROM t) * 1e9)::bigint FROM generate_series(date_trunc('minute', now()) - interval '3 days' "
             "+ interval '1 minute', now() - interval '2 minutes', interval '20 seconds') t")
+        # Planted late, as the writer would note them: a refresh may already have materialized past them.
+        await conn.execute("SELECT tickvault_ohlcv_invalidate(now() - interval '3 days', now())")
         await conn.execute(
             "INSERT INTO indicators (time, symbol, timeframe, close, ema_12) "
             "SELECT bucket, symbol, '1m', close, close / 3 FROM ohlcv_1m WHERE symbol = 'HIST'")
@@ -176,6 +178,32 @@ async def test_a_month_window_opens_with_its_newest_day_and_scrolling_back_draws
     assert drawn["volume"] == [float(v) for *_x, v, _e in stored]
     assert drawn["ema"] == [e for *_x, e in stored]
     assert drawn["bars"] == len(stored)
+
+
+async def test_a_crypto_pair_draws_its_candles_with_fractional_volume(stack, page):
+    """A pair (a slash in its name, through the URL, the bars API and the live stream) draws the
+    candles of crypto_ohlcv_1m exactly, its fractional volume included, with no console error."""
+    async with await psycopg.AsyncConnection.connect(stack.db_url, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO crypto_trades (time, symbol, trade_id, price, size, taker_side, time_ns) "
+            "SELECT t, 'ETH/BTC', row_number() OVER (), 0.05 + random() / 100, round((random() * 3)::numeric, 8), "
+            "'B', (extract(epoch FROM t) * 1e9)::bigint FROM generate_series(date_trunc('minute', now()) "
+            "- interval '2 hours', now() - interval '2 minutes', interval '15 seconds') t")
+        await conn.execute("SELECT tickvault_aggregate_invalidate('crypto_ohlcv', now() - interval '2 hours', now())")
+        stored = await (await conn.execute(
+            "SELECT extract(epoch FROM bucket)::bigint, open, high, low, close, volume::float8 FROM crypto_ohlcv_1m "
+            "WHERE symbol = 'ETH/BTC' ORDER BY bucket")).fetchall()
+    assert len(stored) > 100 and any(v != int(v) for *_x, v in stored)
+
+    await page.goto(f"{stack.base}/market?symbol=ETH%2FBTC&tf=1m")
+    await page.wait_for_function("n => window.tv && tv.loaded && tv.loaded.symbol === 'ETH/BTC' "
+                                 "&& tv.candles.data().length >= n", arg=len(stored), timeout=30_000)
+    drawn = await page.evaluate(
+        "() => ({ candles: tv.candles.data().map(b => [b.time, b.open, b.high, b.low, b.close]),"
+        " volume: tv.volume.data().map(p => p.value) })")
+    assert drawn["candles"][:len(stored)] == [[t, o, h, lo, c] for t, o, h, lo, c, _v in stored]
+    assert drawn["volume"][:len(stored)] == [v for *_x, v in stored]
+    assert await page.evaluate(_CANDLE_PIXELS) > 100
 
 
 async def test_health_page_shows_the_workers_figures(stack, page):
