@@ -281,3 +281,13 @@ async def test_restore_with_a_wildcard_takes_every_symbol_with_recent_bars(fresh
     assert sorted(restarted.indicators) == ["AAA", "BBB"]
     for sym in ("AAA", "BBB"):
         assert restarted.indicators[sym].values() == pytest.approx(live.indicators[sym].values(), nan_ok=True)
+
+
+def test_the_default_empty_symbol_list_restores_like_a_wildcard():
+    """No TICKVAULT_SYMBOLS subscribes to every symbol, as "*" does: the restore must take every symbol
+    with recent bars then too (it took none: only a literal "*" was understood)."""
+    from tickvault.stream.worker import restore_symbols
+
+    assert restore_symbols((), True) == ["*"] and restore_symbols(["*"], True) == ["*"]
+    assert restore_symbols(["AAPL", "MSFT"], True) == ["AAPL", "MSFT"]
+    assert restore_symbols((), False) == () and restore_symbols(["AAPL"], False) == ()

@@ -320,3 +320,21 @@ ALERT_INCIDENTS = ("key", "kind", "title", "detail")
 OPEN_ALERT_INCIDENT = insert_statement("alert_incidents", ALERT_INCIDENTS)
 OPEN_ALERT_INCIDENTS = "SELECT key, kind, title, detail FROM alert_incidents WHERE resolved_at IS NULL"
 RESOLVE_ALERT_INCIDENT = "UPDATE alert_incidents SET resolved_at = now() WHERE key = %s AND resolved_at IS NULL"
+
+
+def recent_symbols_sql(table: str, *, where: str = "") -> str:
+    """Symbols of ``table`` with a row newer than ``now() - %(window)s`` (an interval), at most
+    ``%(limit)s``, sorted; ``where`` adds a condition on the table's columns (e.g. a timeframe).
+
+    A loose index scan over the ``(symbol, time DESC, ...)`` key: one index probe per symbol, not a
+    scan of every row in the window (a plain DISTINCT reads them all on the Apache edition, which has
+    no SkipScan)."""
+    cond = f"time > now() - %(window)s::interval{f' AND {where}' if where else ''}"
+    return f"""WITH RECURSIVE stored(symbol) AS (
+          (SELECT symbol FROM {table} WHERE {cond} ORDER BY symbol LIMIT 1)
+          UNION ALL
+          SELECT (SELECT t.symbol FROM {table} t WHERE t.symbol > stored.symbol AND {cond.replace('time', 't.time')}
+                   ORDER BY t.symbol LIMIT 1)
+            FROM stored WHERE stored.symbol IS NOT NULL)
+        SELECT symbol FROM stored WHERE symbol IS NOT NULL LIMIT %(limit)s"""
+

@@ -27,7 +27,7 @@ from tickvault.alpaca.crypto import CRYPTO_QUOTE_FIELDS, CRYPTO_TRADE_FIELDS, Cr
 from tickvault.alpaca.protocol import datetime_to_ns
 from tickvault.alpaca.news import NewsFrame
 from tickvault.alpaca.options import OptionsFrame
-from tickvault.db.tables import INDICATOR_VALUES
+from tickvault.db.tables import INDICATOR_VALUES, recent_symbols_sql
 from tickvault.indicators import IndicatorSet
 from tickvault.indicators.definitions import WARMUP_BARS
 from tickvault.indicators.sessions import (
@@ -41,6 +41,7 @@ from tickvault.stream.cache import PriceCache
 from tickvault.stream.metrics import Metrics
 from tickvault.stream.reader import QueuedFrame
 from tickvault.stream.strategy import Bar, OrderIntent, Strategy
+from tickvault.stream.universe import MAX_SYMBOLS
 from tickvault.stream.writer import BatchWriter
 
 log = logging.getLogger("tickvault.processor")
@@ -49,6 +50,7 @@ log = logging.getLogger("tickvault.processor")
 RESTORE_HORIZON_S = 30 * 86_400
 # With a "*" subscription, the symbols restored are those with a stored bar this recent.
 RESTORE_RECENT_S = 4 * 86_400
+RESTORE_MAX_SYMBOLS = MAX_SYMBOLS  # a wildcard restore: as many symbols as a wildcard universe holds
 _BARS_TABLE = {False: "bars", True: "crypto_bars"}  # by is-crypto
 
 
@@ -108,11 +110,10 @@ class Processor:
         async with pool.connection() as conn:
             for is_crypto_table, wanted in ((False, list(stocks)), (True, list(crypto))):
                 table = _BARS_TABLE[is_crypto_table]
-                if "*" in wanted:
-                    cur = await conn.execute(
-                        f"SELECT DISTINCT symbol FROM {table} WHERE timeframe = '1Min' "
-                        "AND time > now() - make_interval(secs => %s)", (RESTORE_RECENT_S,))
-                    wanted = sorted(r[0] for r in await cur.fetchall())
+                if "*" in wanted:  # every symbol with a recent bar (a loose index scan, bounded)
+                    cur = await conn.execute(recent_symbols_sql(table, where="timeframe = '1Min'"),
+                                             {"window": f"{RESTORE_RECENT_S} seconds", "limit": RESTORE_MAX_SYMBOLS})
+                    wanted = [r[0] for r in await cur.fetchall()]
                 for symbol in wanted:
                     replayed += await self._restore_symbol(conn, table, symbol, warmup_bars)
         if replayed:

@@ -28,6 +28,7 @@ import psutil
 
 from tickvault.alpaca.protocol import datetime_to_ns, ns_to_rfc3339
 from tickvault.config import Settings
+from tickvault.db.tables import recent_symbols_sql
 from tickvault.stream.cache import PriceCache
 from tickvault.stream.gaps import GapLedger
 from tickvault.stream.metrics import Metrics, serve_prometheus
@@ -110,24 +111,20 @@ async def _resume_point(pool, symbols: Sequence[str], table: str = "trades") -> 
         return row[0] if row else None
 
 
-async def _stored_symbols(pool, limit: int, table: str = "trades") -> list[str]:
-    """Symbols with trades stored in the resume window (at most ``limit``), for a wildcard restart's gap.
+def restore_symbols(configured: Sequence[str], feed_on: bool) -> Sequence[str]:
+    """What a feed's indicators are restored for at start: nothing for a feed not run; ``["*"]`` (every
+    symbol with recent bars) for a wildcard subscription, which an empty list is as much as ``*``
+    (:class:`~tickvault.stream.universe.BackfillUniverse`'s rule); else the configured symbols."""
+    if not feed_on:
+        return ()
+    return ["*"] if BackfillUniverse(list(configured)).wildcard else configured
 
-    A loose index scan over ``(symbol, time DESC)``: one index probe per symbol, not a scan of three
-    days of trades (plain DISTINCT would read them all on the Apache edition, which has no SkipScan).
-    """
+
+async def _stored_symbols(pool, limit: int, table: str = "trades") -> list[str]:
+    """Symbols with trades stored in the resume window (at most ``limit``), for a wildcard restart's gap
+    (a loose index scan: :func:`~tickvault.db.tables.recent_symbols_sql`)."""
     async with pool.connection() as conn:
-        cur = await conn.execute(
-            f"""WITH RECURSIVE stored(symbol) AS (
-                  (SELECT symbol FROM {table} WHERE time > now() - interval '{RESUME_WINDOW}' ORDER BY symbol LIMIT 1)
-                  UNION ALL
-                  SELECT (SELECT t.symbol FROM {table} t
-                           WHERE t.symbol > stored.symbol AND t.time > now() - interval '{RESUME_WINDOW}'
-                           ORDER BY t.symbol LIMIT 1)
-                    FROM stored WHERE stored.symbol IS NOT NULL)
-                SELECT symbol FROM stored WHERE symbol IS NOT NULL LIMIT %s""",
-            (limit,),
-        )
+        cur = await conn.execute(recent_symbols_sql(table), {"window": RESUME_WINDOW, "limit": limit})
         return [row[0] for row in await cur.fetchall()]
 
 
@@ -277,8 +274,8 @@ class Worker:
             log.warning("committed %d rows spilled by the previous run", recovered)
         # After a restart the indicators go on from the stored bars (warm-up + the current session),
         # not from nothing: what the refresh flow computes for the same bars.
-        await self.processor.restore(pool, stocks=settings.symbols if "stocks" in kinds else (),
-                                     crypto=settings.crypto_symbols if "crypto" in kinds else ())
+        await self.processor.restore(pool, stocks=restore_symbols(settings.symbols, "stocks" in kinds),
+                                     crypto=restore_symbols(settings.crypto_symbols, "crypto" in kinds))
         # One reader per feed (TICKVAULT_FEEDS), each on its own connection with its own reconnect,
         # watchdog, gap ledger and backfill, all into the one bounded queue. The first feed's figures
         # are the worker's Metrics (Prometheus, `worker status`); every other feed counts in its own.
@@ -291,6 +288,7 @@ class Worker:
             feed_metrics = metrics if primary else Metrics()
             self.feed_metrics[label] = feed_metrics
             if kind == "stocks":
+                self.stocks_metrics = feed_metrics  # its backfill counts in its own figures
                 self.universe = BackfillUniverse(list(settings.symbols))  # a gap's symbols; with "*" it learns
                 resume, gaps = await self._resume_point()
                 self.readers[label] = MarketDataReader(
@@ -541,13 +539,13 @@ class Worker:
             async for page in rest.historical_trades(chunk, start, end, feed=settings.alpaca_feed):
                 rows = [(t.time_ns, t.symbol, t.id or 0, t.exchange, float(t.price), int(t.size),
                          list(t.conditions) or None, t.tape) for t in page]
-                await writer.submit(time.monotonic_ns(), backfill_trades=rows)
+                await writer.submit(time.monotonic_ns(), metrics=self.stocks_metrics, backfill_trades=rows)
                 total += len(rows)
             async for page in rest.historical_bars(chunk, start, end, feed=settings.alpaca_feed):
                 bars = [(b.time_ns, b.symbol, "1Min", float(b.open), float(b.high), float(b.low), float(b.close),
                          int(b.volume), b.trade_count, float(b.vwap) if b.vwap is not None else None, False, "backfill")
                         for b in page]
-                await writer.submit(time.monotonic_ns(), bars=bars)
+                await writer.submit(time.monotonic_ns(), metrics=self.stocks_metrics, bars=bars)
         return total
 
     # --- serve -------------------------------------------------------------------------------
@@ -577,12 +575,15 @@ class Worker:
         handle.stop_event.set()
         for reader in self.readers.values():
             reader.stop()
-        for name, task in tasks.items():
-            if name.startswith("reader"):
-                try:
-                    await asyncio.wait_for(task, 15)
-                except (asyncio.TimeoutError, Exception):  # noqa: BLE001
-                    task.cancel()
+        # Every feed's reader stops at once: one 15 s wait for all of them, not 15 s each in turn.
+        readers = [task for name, task in tasks.items() if name.startswith("reader")]
+        if readers:
+            done, late = await asyncio.wait(readers, timeout=15)
+            for task in done:  # their errors were surfaced by serve(); retrieved here so none is left unread
+                if not task.cancelled():
+                    task.exception()
+            for task in late:
+                task.cancel()
         self._deadline = asyncio.get_running_loop().time() + self.settings.shutdown_timeout_s
         drained = (
             await self._until_deadline(asyncio.gather(*(r.wait_backfills() for r in self.readers.values())))

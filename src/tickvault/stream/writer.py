@@ -276,6 +276,21 @@ class BatchWriter:
         backfill, tests), which are encoded here once. ``metrics``: the feed whose figures these rows
         count in (committed rows, commit latency, new backfilled trades); default the writer's own.
         """
+        # Row tuples (a REST page of up to 10k rows) are encoded first, YIELD_EVERY rows between
+        # event-loop turns, so a backfill never holds the live stream's processing for tens of ms;
+        # only then are they added to the current batch, with no await in between.
+        encoded: dict[str, tuple[list, list[tuple]]] = {}
+        for name, values in rows.items():
+            if values and name in _COLUMNS and isinstance(values[0], tuple):
+                blocks: list = []
+                bad: list[tuple] = []
+                for i in range(0, len(values), YIELD_EVERY):
+                    if i:
+                        await asyncio.sleep(0)
+                    b, x = _encode_rows(name, values[i:i + YIELD_EVERY])
+                    blocks += b
+                    bad += x
+                encoded[name] = (blocks, bad)
         if self._pending_rows >= self.max_pending_rows:
             started = time.monotonic()
             self.metrics.add("stalls")
@@ -289,8 +304,8 @@ class BatchWriter:
             if not values:
                 continue
             if name in _COLUMNS:
-                if isinstance(values[0], tuple):
-                    values, bad = _encode_rows(name, values)
+                if name in encoded:
+                    values, bad = encoded[name]
                     if bad:
                         batch.bad.extend(bad)
                         n += len(bad)
