@@ -13,6 +13,8 @@ from itertools import pairwise
 import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
+
+from tests.support.waiting import wait_until
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
 from tickvault.alpaca.protocol import (
@@ -723,3 +725,37 @@ def test_the_random_walk_has_no_drift():
         market.generate(n, time.time_ns())
         logs = [math.log(b.price_cents / start[s]) for s, b in market.books.items()]
         assert abs(sum(logs) / len(logs)) < 0.25, (type(market).__name__, logs)
+
+
+async def test_trade_updates_listen_again_after_an_unlisten_gets_events_again() -> None:
+    """listen → listen to nothing → listen: the third gets events again (the client was never re-added)."""
+    async with Simulator(symbols=["AAA"], rate=2000) as sim, rest(sim) as http:
+        updates = await listen_trade_updates(sim)
+        async with updates:
+            await updates.send(json.dumps({"action": "listen", "data": {"streams": []}}))
+            assert json.loads(await updates.recv()) == {"stream": "listening", "data": {"streams": []}}
+            await updates.send(json.dumps({"action": "listen", "data": {"streams": ["trade_updates"]}}))
+            assert json.loads(await updates.recv())["data"] == {"streams": ["trade_updates"]}
+            r = await http.post("/v2/orders", json={"symbol": "AAA", "qty": "1", "side": "buy", "type": "market",
+                                                    "time_in_force": "day"})
+            assert r.status_code == 200, r.text
+            assert (await next_event(updates, "fill", r.json()["id"]))["qty"] == "1"
+
+
+async def test_a_correction_sent_during_a_stall_is_delivered_after_it() -> None:
+    """A stall drops the market's messages (REST has them), never the fault messages queued meanwhile."""
+    async with Simulator(symbols=["AAA"], rate=2000, frame_size=10) as sim:
+        async with connect(sim.stream_url("iex")) as ws:
+            await ws.recv()
+            await ws.send(json.dumps({"action": "auth", "key": KEY, "secret": SECRET}))
+            await ws.recv()
+            await ws.send(json.dumps({"action": "subscribe", "trades": ["AAA"]}))
+            await wait_until(lambda: sim.truth_count("AAA") > 10, 30, "trades")
+            sim.stall(0.5)
+            sent = sim.send_correction("AAA")
+            assert sent is not None
+            async with asyncio.timeout(20):
+                while True:
+                    msgs = json.loads(await ws.recv())
+                    if any(m.get("T") == "c" and m.get("ci") == sent["ci"] for m in msgs):
+                        break

@@ -344,7 +344,7 @@ def _run_worker_foreground(settings: Settings, *, live: bool, strategy=None, chi
 
 
 def _stop_child(proc) -> None:
-    """SIGTERM, then SIGKILL after 15 s: the simulator's own shutdown is quick."""
+    """SIGTERM, then SIGKILL after 15 s (the simulator's and the dashboard's own shutdowns are quick)."""
     import signal
     import subprocess
 
@@ -685,9 +685,9 @@ def run_main() -> None:
     except (AuthFailed, WorkerNameTaken, FeedTaken, ValueError) as exc:  # the name: claimed since the check
         raise _fail(str(exc)) from None
     finally:
-        _stop_dashboard(ui_proc)
-        if sim_proc is not None:
-            _stop_child(sim_proc)
+        for child in (ui_proc, sim_proc):
+            if child is not None:
+                _stop_child(child)
 
 
 def _start_dashboard(settings: Settings):
@@ -711,20 +711,6 @@ def _start_dashboard(settings: Settings):
         return None
     typer.echo(line.rstrip())
     return proc
-
-
-def _stop_dashboard(proc) -> None:
-    import signal
-    import subprocess
-
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def main() -> None:  # pragma: no cover - console entry point

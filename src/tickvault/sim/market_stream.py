@@ -190,12 +190,12 @@ class MarketDataServer:
 
     def fan_out(self, items: list[tuple[str, str, dict]]) -> None:
         """Rate mode: enqueue without waiting; a full queue means a slow client (407, closed)."""
-        rounds = self.frames_for_round(items)
-        stalled = self.stall_until > asyncio.get_running_loop().time()
-        for c, frames in rounds:
-            if stalled:
-                self.stats["stall_dropped_frames"] += len(frames)
-                continue
+        if self.stall_until > asyncio.get_running_loop().time():
+            # The market's messages are lost to the stall (REST has them); pending fault messages
+            # (corrections, cancels, malformed frames) wait for the first round after it.
+            self.stats["stall_dropped_frames"] += -(-len(items) // self.sim.frame_size) if items else 0
+            return
+        for c, frames in self.frames_for_round(items):
             put = c.queue.put_nowait
             try:
                 for f in frames:

@@ -13,23 +13,18 @@ and each trade's exchange index in ``venues``. Memory: as :class:`Market`, plus 
 from __future__ import annotations
 
 from array import array
-from collections.abc import Mapping, Sequence
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, date, datetime
 from decimal import Decimal
-from collections.abc import Iterator
 
 from msgpack import Timestamp
 
+from tickvault.sim.calendar import _nth_weekday
 from tickvault.sim.market import Market, SymbolBook
 
 __all__ = ["OPTION_EXCHANGES", "OptionsMarket", "expiries", "occ_symbol", "select_contracts"]
 
 OPTION_EXCHANGES = ("C", "X", "I", "N")  # CBOE, PHLX, ISE, NYSE Arca: a few OPRA participant codes
-
-
-def _third_friday(year: int, month: int) -> date:
-    first = date(year, month, 1)
-    return first + timedelta(days=(4 - first.weekday()) % 7 + 14)
 
 
 def expiries(today: date) -> tuple[str, str]:
@@ -38,7 +33,7 @@ def expiries(today: date) -> tuple[str, str]:
     out = []
     for ahead in (2, 5):
         y, m = divmod(today.month - 1 + ahead, 12)
-        out.append(_third_friday(today.year + y, m + 1).strftime("%y%m%d"))
+        out.append(_nth_weekday(today.year + y, m + 1, 4, 3).strftime("%y%m%d"))
     return out[0], out[1]
 
 

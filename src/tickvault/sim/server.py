@@ -159,6 +159,8 @@ class Simulator(FaultSwitches):
         self.host = host
         self._ws_port = ws_port
         self._rest_port = rest_port
+        if client_queue_frames < 2:  # a slow client's queue takes the 407 error frame and the close
+            raise ValueError("client_queue_frames must be >= 2")
         self.client_queue_frames = client_queue_frames
         self.write_limit = write_limit
         self.max_connections_per_key = max_connections_per_key

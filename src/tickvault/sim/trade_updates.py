@@ -48,6 +48,7 @@ class TradeUpdatesServer:
             try:
                 q.put_nowait(frame)
             except asyncio.QueueFull:
+                self.queues.discard(q)  # nothing more is queued behind the close
                 drain(q)
                 q.put_nowait(None)  # too far behind: the sender closes it
 
@@ -81,10 +82,11 @@ class TradeUpdatesServer:
                         ok = event.key == self.sim.key and event.secret == self.sim.secret
                         events[:0] = protocol.authorize(ok)
                     elif isinstance(event, session.Listening):
-                        if event.streams and sender is None:
+                        if event.streams:  # (again, after an un-listen: the sender is still there)
                             self.queues.add(queue)
-                            sender = self.sim._spawn(send_events(), "sim-trade-updates")
-                        elif not event.streams and sender is not None:
+                            if sender is None:
+                                sender = self.sim._spawn(send_events(), "sim-trade-updates")
+                        else:
                             self.queues.discard(queue)
         except ConnectionClosed:
             pass

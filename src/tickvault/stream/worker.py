@@ -29,6 +29,7 @@ import psutil
 from tickvault.alpaca.protocol import datetime_to_ns, ns_to_rfc3339
 from tickvault.config import Settings
 from tickvault.db.tables import recent_symbols_sql
+from tickvault.indicators.sessions import is_crypto
 from tickvault.stream.cache import PriceCache
 from tickvault.stream.gaps import GapLedger
 from tickvault.stream.metrics import Metrics, serve_prometheus
@@ -388,7 +389,7 @@ class Worker:
     async def _fetch_latest(self, symbols):
         """Latest trades from REST for the cache: stocks from /v2/stocks, crypto pairs (a "/" in the symbol)
         from the crypto feed's location."""
-        pairs = [s for s in symbols if "/" in s]
+        pairs = [s for s in symbols if is_crypto(s)]
         stocks = [s for s in symbols if "/" not in s]
         out = {}
         if stocks:

@@ -18,6 +18,7 @@ import psycopg
 
 from tickvault.config import Settings
 from tickvault.db.recipes import recipe_sql
+from tickvault.indicators.sessions import is_crypto
 
 # A chart of more candles than this is unreadable and slow to ship; 31 days of 1-minute bars fit.
 MAX_BARS = 50_000
@@ -50,11 +51,6 @@ _COLUMNS = {"t": "extract(epoch FROM b.bucket)::bigint", "o": "b.open", "h": "b.
 
 def _json_arrays(names) -> str:
     return ", ".join(f"'{n}', coalesce(json_agg({n} ORDER BY t), '[]')" for n in names)
-
-
-def is_crypto(symbol: str) -> bool:
-    """A crypto pair ('BTC/USD'): Alpaca's pairs have a slash, its stock symbols never do ('BRK.B')."""
-    return "/" in symbol
 
 
 # Binary columns: each column one bytea of float8send values (8 bytes, big-endian, the exact double
