@@ -24,20 +24,12 @@ with warnings.catch_warnings():
 
 from tickvault.sim import Simulator
 from tickvault.sim.crypto import SIZE_SCALE
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore:websockets.legacy is deprecated:DeprecationWarning")
 
 KEY, SECRET = "key", "secret"
 EPOCH_2000 = datetime(2000, 1, 1, tzinfo=UTC)
-
-
-async def _wait(predicate, timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def _truth(sim: Simulator, pair: str) -> list[tuple[int, float, float, str]]:
@@ -64,11 +56,11 @@ async def test_crypto_data_stream_gets_trades_quotes_and_a_reset_orderbook_equal
         stream.subscribe_orderbooks(on_book, "*")
         task = asyncio.create_task(stream._run_forever())
         try:
-            await _wait(lambda: len(trades) >= 300 and quotes and len(books) > 2, 60, "crypto trades, quotes, books")
+            await wait_until(lambda: len(trades) >= 300 and quotes and len(books) > 2, 60, "crypto trades, quotes, books")
             sim.finish()
             first_id = min(t["i"] for t in trades)
             made = sum(1 for p in sim.crypto_pairs for row in _truth(sim, p) if row[0] >= first_id)
-            await _wait(lambda: len(trades) >= made, 30, "every trade made from the first one received on")
+            await wait_until(lambda: len(trades) >= made, 30, "every trade made from the first one received on")
         finally:
             await stream.stop_ws()
             sim.drop_connections()  # wakes its receive loop so it sees the stop at once
@@ -99,7 +91,7 @@ async def test_a_stock_connection_never_gets_crypto_and_crypto_never_gets_stocks
         crypto.subscribe_trades(on_crypto, "*")
         tasks = [asyncio.create_task(stocks._run_forever()), asyncio.create_task(crypto._run_forever())]
         try:
-            await _wait(lambda: seen_stocks and seen_crypto, 30, "trades on both streams")
+            await wait_until(lambda: seen_stocks and seen_crypto, 30, "trades on both streams")
         finally:
             for s in (stocks, crypto):
                 await s.stop_ws()
@@ -110,7 +102,7 @@ async def test_a_stock_connection_never_gets_crypto_and_crypto_never_gets_stocks
 
 async def test_crypto_historical_client_reads_the_truth_latest_book_and_snapshot() -> None:
     async with Simulator(symbols=1, rate=100, crypto_pairs=["BTC/USD", "ETH/USD"], crypto_rate=2_000) as sim:
-        await _wait(lambda: sim.crypto_market.total >= 3_000, 60, "3000 crypto trades")
+        await wait_until(lambda: sim.crypto_market.total >= 3_000, 60, "3000 crypto trades")
         sim.finish()
         client = CryptoHistoricalDataClient(KEY, SECRET, url_override=sim.rest_url)
         request = CryptoTradesRequest(symbol_or_symbols=["BTC/USD", "ETH/USD"], start=EPOCH_2000)

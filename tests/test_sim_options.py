@@ -19,19 +19,11 @@ with warnings.catch_warnings():
 
 from tickvault.alpaca.options import parse_occ
 from tickvault.sim import Simulator
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore:websockets.legacy is deprecated:DeprecationWarning")
 
 KEY, SECRET = "key", "secret"
-
-
-async def _wait(predicate, timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def test_option_data_stream_gets_trades_and_quotes_on_occ_symbols() -> None:
@@ -51,11 +43,11 @@ async def test_option_data_stream_gets_trades_and_quotes_on_occ_symbols() -> Non
         stream.subscribe_quotes(on_quote, wanted[0])
         task = asyncio.create_task(stream._run_forever())
         try:
-            await _wait(lambda: len(trades) >= 100 and quotes, 60, "option trades and quotes")
+            await wait_until(lambda: len(trades) >= 100 and quotes, 60, "option trades and quotes")
             sim.finish()
             first = min(t["t"].to_unix_nano() for t in trades)
             made = sum(1 for s in wanted for row in sim.options_market.truth_trades_full(s) if row[0] >= first)
-            await _wait(lambda: len(trades) >= made, 30, "every option trade made from the first one received on")
+            await wait_until(lambda: len(trades) >= made, 30, "every option trade made from the first one received on")
         finally:
             await stream.stop_ws()
             sim.drop_connections()
@@ -77,7 +69,7 @@ async def test_a_json_client_is_refused_on_the_msgpack_only_options_stream() -> 
 
 async def test_option_historical_client_reads_the_truth() -> None:
     async with Simulator(symbols=["AAPL"], rate=100, options_rate=2_000) as sim:
-        await _wait(lambda: sim.options_market.total >= 2_000, 60, "2000 option trades")
+        await wait_until(lambda: sim.options_market.total >= 2_000, 60, "2000 option trades")
         sim.finish()
         client = OptionHistoricalDataClient(KEY, SECRET, url_override=sim.rest_url)
         symbols = sim.option_symbols[:3]
@@ -104,7 +96,7 @@ async def test_option_snapshots_and_chain_through_alpaca_py_with_black_scholes_g
     from tickvault.sim.greeks import RISK_FREE_RATE, bs_price, years_to_expiry
 
     async with Simulator(symbols=["AAPL"], rate=200, options_rate=2_000) as sim:
-        await _wait(lambda: sim.options_market.total >= 2_000, 60, "2000 option trades")
+        await wait_until(lambda: sim.options_market.total >= 2_000, 60, "2000 option trades")
         sim.finish()
         client = OptionHistoricalDataClient(KEY, SECRET, url_override=sim.rest_url)
         snaps = await asyncio.to_thread(client.get_option_snapshot,
@@ -191,7 +183,7 @@ async def test_option_contracts_through_alpaca_py_trading_client() -> None:
     from alpaca.trading.requests import GetOptionContractsRequest
 
     async with Simulator(symbols=["AAPL", "MSFT", "AMZN"], rate=200, options_rate=500) as sim:
-        await _wait(lambda: sim.options_market.total >= 200, 60, "option trades")
+        await wait_until(lambda: sim.options_market.total >= 200, 60, "option trades")
         sim.finish()
         client = TradingClient(KEY, SECRET, url_override=sim.rest_url)
         every = await asyncio.to_thread(client.get_option_contracts, GetOptionContractsRequest(limit=1000))

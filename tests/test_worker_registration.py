@@ -68,7 +68,8 @@ async def test_second_worker_with_a_taken_name_refuses_to_start_and_leaves_the_f
 
             assert first.poll() is None  # the first one runs on, still registered under its pid
             assert _registered_pid(path) == first.pid
-            assert sim.stats["connections"] == 1  # the second never reached the feed
+            # the second never reached the feed (a loaded host may make the first reconnect as a slow client)
+            assert sim.stats["connections"] - sim.stats["slow_disconnects"] == 1
         finally:
             if second is not None:
                 await _stop(second)
