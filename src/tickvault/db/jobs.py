@@ -91,10 +91,19 @@ class JobHealth:
         return f"{self.name}" + (f" on {self.relation}" if self.relation else "")
 
 
+_EDITION = "SELECT current_setting('timescaledb.license', true)"
+
+
 def job_health(conn: psycopg.Connection) -> list[JobHealth]:
     """Every background job of this database with its health (see the module docstring)."""
-    edition = conn.execute("SELECT current_setting('timescaledb.license', true)").fetchone()[0]  # type: ignore[index]
+    edition = conn.execute(_EDITION).fetchone()[0]  # type: ignore[index]
     return [JobHealth(*row, edition=edition) for row in conn.execute(_QUERY).fetchall()]  # type: ignore[misc]
+
+
+async def job_health_async(conn: psycopg.AsyncConnection) -> list[JobHealth]:
+    """:func:`job_health` on an async connection (the dashboard's pool)."""
+    edition = (await (await conn.execute(_EDITION)).fetchone())[0]  # type: ignore[index]
+    return [JobHealth(*row, edition=edition) for row in await (await conn.execute(_QUERY)).fetchall()]
 
 
 def failing_jobs(conn: psycopg.Connection) -> list[JobHealth]:

@@ -159,7 +159,7 @@ def create_app(settings: Settings, *, db_url: str | None = None) -> Starlette:
         async with state["pool"].connection() as conn:
             workers = await queries.workers(conn)
             chunks = await queries.chunks(conn, settings)
-        jobs = await queries.job_health(url)
+            jobs = await queries.job_health(conn)
         return JSON({"workers": workers, "jobs": jobs, "chunks": chunks})
 
     async def health_history(request: Request) -> Response:

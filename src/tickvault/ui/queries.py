@@ -351,22 +351,17 @@ async def chunks(conn: psycopg.AsyncConnection, settings: Settings) -> list[dict
     return out
 
 
-async def job_health(url: str) -> list[dict[str, Any]]:
-    """TimescaleDB background jobs through :func:`tickvault.db.jobs.job_health` (sync, in a thread)."""
-    import asyncio
+async def job_health(conn: psycopg.AsyncConnection) -> list[dict[str, Any]]:
+    """TimescaleDB background jobs (:mod:`tickvault.db.jobs`) on one of the dashboard's pooled
+    connections: a Health page polling every few seconds opens no connection of its own."""
+    from tickvault.db.jobs import job_health_async
 
-    from tickvault.db.jobs import job_health as _jobs
-
-    def read() -> list[dict[str, Any]]:
-        with psycopg.connect(url, autocommit=True, connect_timeout=5) as c:
-            return [
-                {"job_id": j.job_id, "what": j.what, "state": j.state, "failing": j.failing,
-                 "last_success": j.last_success.isoformat() if j.last_success else None,
-                 "runs": j.total_runs, "failures": j.total_failures, "last_error": j.last_error}
-                for j in _jobs(c)
-            ]
-
-    return await asyncio.to_thread(read)
+    return [
+        {"job_id": j.job_id, "what": j.what, "state": j.state, "failing": j.failing,
+         "last_success": j.last_success.isoformat() if j.last_success else None,
+         "runs": j.total_runs, "failures": j.total_failures, "last_error": j.last_error}
+        for j in await job_health_async(conn)
+    ]
 
 
 # --- trading -----------------------------------------------------------------------------------
