@@ -143,20 +143,23 @@ async def record_stream(
         await _expect(ws, "success", "authenticated")
         await ws.send(encode_client_message(subscribe_message(**subscription)))
         await _expect(ws, "subscription", None)
-        with FrameWriter(path, meta) as writer:
-            while not stop.is_set() and (max_frames is None or writer.frames < max_frames):
-                timeout = None if deadline is None else deadline - loop.time()
-                if timeout is not None and timeout <= 0:
-                    break
-                recv = asyncio.ensure_future(ws.recv())
-                stopped = asyncio.ensure_future(stop.wait())
-                done, _ = await asyncio.wait({recv, stopped}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                stopped.cancel()
-                if recv not in done:
-                    recv.cancel()
-                    break
-                writer.write(time.time_ns(), recv.result())
-            return writer.frames
+        stopped = asyncio.ensure_future(stop.wait())  # one for the whole recording, not one per frame
+        try:
+            with FrameWriter(path, meta) as writer:
+                while not stop.is_set() and (max_frames is None or writer.frames < max_frames):
+                    timeout = None if deadline is None else deadline - loop.time()
+                    if timeout is not None and timeout <= 0:
+                        break
+                    recv = asyncio.ensure_future(ws.recv())
+                    done, _ = await asyncio.wait({recv, stopped}, timeout=timeout,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    if recv not in done:
+                        recv.cancel()
+                        break
+                    writer.write(time.time_ns(), recv.result())
+                return writer.frames
+        finally:
+            stopped.cancel()
 
 
 async def _expect(ws: Any, kind: str, msg: str | None) -> None:

@@ -2,8 +2,10 @@
 
 However many pages are open, the database sees one query per watched symbol (its open 1-minute
 bar, and the one before during the first seconds of a minute, with their indicators) and one for new ``ingest_stats`` rows, every
-``ui_live_interval_s``. Pages on other timeframes fold the 1-minute bars into their bucket
-themselves. Nothing is polled while no page listens.
+``ui_live_interval_s``. A 1-minute page takes those bars as they are; a page on a longer timeframe
+re-reads its newest bucket through ``/api/bars`` on its own timer (every 5-30 s by timeframe), so
+each such open page adds one bars query per tick of that timer. Nothing is polled while no page
+listens.
 
 Bounds: each page's queue holds ``PAGE_QUEUE_MAX`` updates (about that many seconds of updates).
 A page that falls that far behind (a frozen tab, a slow link) has its queue emptied and gets one
