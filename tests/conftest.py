@@ -120,3 +120,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="the browser tests (tests/test_flows.py's Prefect UI, tests/test_ui_browser.py's dashboard) save "
         "the docs' screenshots (small PNGs) into DIR, e.g. docs/img (`make screenshots`)",
     )
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """The session's one real Prefect server (``prefect server start`` on 127.0.0.1, SQLite under a
+    temp home, its scheduler off: tests/support/prefect.py says why). A start costs ~20 s, so the
+    modules that need one share it; each leaves it as it found it (the Prefect worker of
+    tests/test_flows.py stops with that module, before this server)."""
+    from tests.support.net import free_port
+    from tests.support.prefect import prefect_server_env
+    from tickvault.deploy import LocalPrefectServer
+
+    mp = pytest.MonkeyPatch()
+    home = tmp_path_factory.mktemp("prefect-home")
+    for k, v in prefect_server_env(home).items():
+        mp.setenv(k, v)
+    server = LocalPrefectServer(home=home, port=free_port())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        mp.undo()

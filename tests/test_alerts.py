@@ -12,7 +12,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import psycopg
 import pytest
 
-from tests.support.net import free_port
 from tickvault.jobs.alerts import OPENED, RESOLVED, Condition, check_alerts
 from tickvault.config import load_settings
 
@@ -122,22 +121,16 @@ def receiver() -> Iterator[_Receiver]:
 
 
 @pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory) -> Iterator[str]:
-    """A real local Prefect server for this module, as tests/test_flows.py starts one."""
-    from tickvault.deploy import LocalPrefectServer
+def prefect_api(prefect_server) -> Iterator[str]:
+    """The session's Prefect server (conftest); the automations this module makes are deleted after
+    it, so no later module's failed run notifies this module's (by then closed) webhook."""
+    yield prefect_server.api_url
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    mp = pytest.MonkeyPatch()
-    home = tmp_path_factory.mktemp("prefect-alerts")
-    for k, v in {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-                 "PREFECT_LOGGING_TO_API_ENABLED": "false"}.items():
-        mp.setenv(k, v)
-    server = LocalPrefectServer(home=home, port=free_port())
-    try:
-        server.start()
-        yield server.api_url
-    finally:
-        server.stop()
-        mp.undo()
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}), get_client(sync_client=True) as client:
+        for automation in client.read_automations():
+            client.delete_automation(automation.id)
 
 
 def _texts(bodies: list[dict]) -> list[str]:

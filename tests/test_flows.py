@@ -2,7 +2,7 @@
 a real Prefect worker, run against a test database, a simulator subprocess and moto's S3 server;
 each run must reach COMPLETED and publish its markdown artifact.
 
-One Prefect server for the module (a start costs ~20 s); deployments are run one at a time
+The session's one Prefect server (conftest; a start costs ~20 s); deployments are run one at a time
 (Prefect on SQLite can report `database is locked` under concurrent runs).
 """
 
@@ -68,29 +68,20 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(fresh_database, tmp_path_factory) -> Iterator[Stack]:
+def stack(fresh_database, prefect_server, tmp_path_factory) -> Iterator[Stack]:
     from moto.server import ThreadedMotoServer
 
     from tickvault.config import load_settings
-    from tickvault.deploy import LocalPrefectServer, deploy_main, work_pool_name, worker_command
+    from tickvault.deploy import deploy_main, work_pool_name, worker_command
     from tickvault.registration import WorkerNotRunning, find_worker
 
     tmp = tmp_path_factory.mktemp("flows")
     db_url = fresh_database()
     procs: list[subprocess.Popen] = []
-    mp = pytest.MonkeyPatch()
-    home = tmp / "prefect-home"
-    for k, v in {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-                 # this pytest process runs no flows; without this its API log handler tries to flush
-                 # to the (by then stopped) test server at exit and prints a connection error
-                 "PREFECT_LOGGING_TO_API_ENABLED": "false"}.items():
-        mp.setenv(k, v)
-    server = LocalPrefectServer(home=home, port=free_port())
+    server = prefect_server  # the session's (conftest), its scheduler off: no runs beside the tests' own
     moto = None
     prefect_worker = None
     try:
-        server.start()
-
         # The simulator, as `tickvault sim` in its own process.
         ws_port, rest_port = free_port(), free_port()
         keys = {"TICKVAULT_ALPACA_KEY_ID": "test-key", "TICKVAULT_ALPACA_SECRET_KEY": "test-secret"}
@@ -135,7 +126,7 @@ def stack(fresh_database, tmp_path_factory) -> Iterator[Stack]:
             "TICKVAULT_PROFILE_DIR": str(tmp / "profiles"),
             "TICKVAULT_PROFILE_SECONDS": "3",
             "PREFECT_API_URL": server.api_url,
-            "PREFECT_HOME": str(home),
+            "PREFECT_HOME": str(server.home),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "DO_NOT_TRACK": "1",
             "PREFECT_WORKER_QUERY_SECONDS": "1",  # pick scheduled runs up within a second
@@ -171,8 +162,6 @@ def stack(fresh_database, tmp_path_factory) -> Iterator[Stack]:
             _stop(proc, then=signal.SIGKILL)
         if moto is not None:
             moto.stop()
-        server.stop()
-        mp.undo()
 
 
 async def _run(stack: Stack, name: str, parameters: dict | None = None, *, expect_failed: bool = False):
@@ -447,6 +436,13 @@ async def test_prefect_ui_shows_tickvault_logs_and_artifact_headings_for_every_d
     for spec in specs(REPO):
         run, _, _ = await _run(stack, spec.full_name, parameters.get(spec.flow))
         runs.append((spec, run))
+    # Nothing ran beside these: the test server's scheduler is off (tests/support/prefect.py), so a
+    # scheduled reconcile cannot repair the planted fill before reconcile-pre-open reports it.
+    from prefect.client.orchestration import PrefectClient
+
+    async with PrefectClient(stack.api_url) as client:
+        scheduled = [r.name for r in await client.read_flow_runs() if r.auto_scheduled]
+    assert not scheduled, f"the test server's scheduler made runs: {scheduled}"
 
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
