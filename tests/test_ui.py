@@ -21,6 +21,7 @@ import pytest
 
 from tests.support.dashboard import plant_minute_trades, serve_dashboard, settings_for_sim
 from tests.support.net import free_port
+from tests.support.pipes import read_lines
 from tickvault.config import ConfigError, load_settings
 from tickvault.sim.server import Simulator
 
@@ -280,7 +281,7 @@ def test_tickvault_ui_serves_on_loopback_and_stops_on_sigterm(planted):
     proc = subprocess.Popen([sys.executable, "-m", "tickvault.cli", "ui"], env=env, stdout=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
-        line = proc.stdout.readline()
+        (line,) = read_lines(proc, 60, "the dashboard's address", count=1)
         assert line.strip() == f"dashboard    http://127.0.0.1:{port}"
         r = httpx.get(f"http://127.0.0.1:{port}/market", timeout=10)
         assert r.status_code == 200 and "lightweight-charts" in r.text
