@@ -24,7 +24,9 @@ The fill model, which a strategy tested here can rely on:
   working). As at Alpaca, a working pair's take-profit shows ``new`` and its stop stays ``held`` (it
   watches the market; a trigger makes it ``new``); canceling either cancels the other. When an exit
   fills in part, the other exit's qty shrinks to what is left of the position; when it fills
-  completely, the other is canceled. The two hold the position's shares once.
+  completely, the other is canceled. The two hold the position's shares once. A qty the broker
+  changes (that shrink; the held exits of an entry replaced with a new qty) goes out as a
+  ``replaced`` event whose order, same id and status, carries the new qty.
 - **Hours**: with ``hours="always"`` the exchange never closes; ``day`` orders do not expire. With
   ``hours="calendar"`` (see :mod:`tickvault.sim.calendar`) an order sent while the market is closed is
   ``accepted`` and goes to work (``new``) at the next open; a ``day`` order expires at its session's
@@ -992,8 +994,7 @@ class Broker:
                 self._cancel(sibling, t_ns, cascade=False)  # one-cancels-other: the sibling goes with the last fill
             elif sibling.remaining > o.remaining:
                 # A partly filled exit: the other exit now covers only what is left of the position.
-                sibling.qty = sibling.filled_qty + o.remaining
-                sibling.updated_ns = t_ns
+                self._resize(sibling, sibling.filled_qty + o.remaining, t_ns)
         if done and o.parent is None and o.order_class in ("bracket", "oto"):
             for leg in o.legs:  # the exits go to work once the entry is completely filled
                 if leg.status == "held":
@@ -1070,6 +1071,15 @@ class Broker:
         self._emit("canceled", o)
         if cascade:
             self._close_children(o, now)
+
+    def _resize(self, o: _Order, qty: Decimal, now: int) -> None:
+        """The broker changes a working order's qty (an exit whose sibling filled in part, the held exits of
+        a replaced entry): Alpaca reports such an update as ``replaced`` (its order status documents
+        "replaced by another order, or updated due to a market event"); the order keeps its id and status,
+        and the event's order carries the new ``qty`` and ``replaced_at``."""
+        o.qty = qty
+        o.updated_ns = o.replaced_ns = now
+        self._emit("replaced", o)
 
     def _expire(self, o: _Order, now: int) -> None:
         o.status = "expired"
@@ -1220,13 +1230,14 @@ class Broker:
             o.parent.legs = [new if leg is o else leg for leg in o.parent.legs]
         for leg in o.legs:
             leg.parent = new
-            if leg.status == "held":
-                leg.qty = total  # the exits close what the whole entry (old fills and new) opens
         if o.sibling is not None:
             o.sibling.sibling = new
         self._prune(o.symbol)
         self.pending = [p for p in self.pending if p is not o]
         self._emit("replaced", o)
+        for leg in o.legs:
+            if leg.status == "held" and leg.qty != total:
+                self._resize(leg, total, now)  # the exits close what the whole entry (old fills and new) opens
         self._start(new, now)
         return new.to_json()
 
