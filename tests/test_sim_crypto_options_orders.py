@@ -261,3 +261,17 @@ async def test_exercise_a_long_contract_early_delivers_the_shares_at_the_strike(
         assert closed.status_code == 403 and "market close" in str(closed)
         assert {p.symbol for p in await bot.trade("get_all_positions")} == {"AAPL", put100, call150}
         assert len(await activities_of(bot, "OPEXC")) == 1
+
+
+async def test_a_contract_whose_expiration_is_a_holiday_expires_at_the_session_before() -> None:
+    # Started in February 2025, the near contracts are April's: third Friday 2025-04-18, Good Friday.
+    clock = SimClock(start_ns=ny_ns(2025, 2, 10, 10, 0), scale=1)
+    async with sim(clock=clock) as s:
+        bot = Bot(s)
+        contract = "AAPL250418C00100000"
+        assert contract in s.option_symbols
+        assert s.broker.contract_expiry_ns(contract) == ny_ns(2025, 4, 17, 16, 0)
+        await bot.sim_control("/_sim/clock", {"set": "2025-04-17T19:59:00Z"})
+        assert (await bot.trade("get_option_contract", contract)).status == AssetStatus.ACTIVE
+        await bot.sim_control("/_sim/clock", {"to": "next_close"})
+        assert (await bot.trade("get_option_contract", contract)).status == AssetStatus.INACTIVE
