@@ -193,7 +193,7 @@ class Processor:
                 for symbol, symbol_bars in groupby(rows, _SYMBOL_OF_ROW):
                     self._replay(symbol, symbol_bars)
                 replayed += len(rows)
-                await asyncio.sleep(0)  # let the loop run between pages
+                await asyncio.sleep(0)  # the loop runs between pages, even when a fetch did not wait
         return replayed
 
     async def run(self) -> None:
