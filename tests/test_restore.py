@@ -169,3 +169,29 @@ async def test_restore_gives_the_loop_control_after_every_page(bars_url):
     finally:
         task.cancel()
     assert ticks - before >= count // 10  # at least once per page, besides the network waits
+
+
+async def test_a_database_lost_mid_restore_raises_instead_of_restoring_part(bars_url):
+    """The server ends the restore's connection after its first page: the restore raises psycopg's
+    error, saying what it was doing (the worker does not open the feed on half-restored
+    indicators); it does not hang."""
+    pool = await open_pool(load_settings(database_url=bars_url), min_size=1, max_size=1, name="restore-lost")
+    processor = Processor(asyncio.Queue(), None, None, None, calendar=CALENDAR)
+
+    async def end_its_connection_once_replaying() -> None:
+        while not processor.indicators:  # the first page is being replayed
+            await asyncio.sleep(0)
+        with psycopg.connect(bars_url, autocommit=True) as admin:
+            ended = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                  "WHERE application_name = 'restore-lost'").fetchall()
+        assert ended == [(True,)]
+
+    killer = asyncio.create_task(end_its_connection_once_replaying())
+    try:
+        with pytest.raises(psycopg.OperationalError) as lost:
+            await asyncio.wait_for(processor.restore(pool, stocks=STOCKS, page_rows=1), timeout=60)
+        assert f"while restoring the indicators of {len(STOCKS)} symbols from bars:" in "".join(lost.value.__notes__)
+        await killer
+    finally:
+        killer.cancel()
+        await pool.close()

