@@ -22,6 +22,7 @@ from tickvault.config import load_settings
 from tickvault.db.pool import open_pool
 from tickvault.indicators.sessions import SessionCalendar
 from tickvault.stream.processor import RESTORE_PAGE_ROWS, Processor
+from tests.support.waiting import loop_turns
 
 # The default session rule (weekdays 04:00-20:00 New York time); March 2026 before the DST switch: EST.
 CALENDAR = SessionCalendar(reason="test: the default rule", warned=True)
@@ -153,22 +154,9 @@ async def test_batched_restore_of_a_wildcard_equals_the_per_symbol_restore(fresh
 async def test_restore_gives_the_loop_control_after_every_page(bars_url):
     """The restore runs before the feed opens, but the worker's metrics endpoint and signal handlers
     share its loop: another task runs between any two pages of a long restore."""
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0)
-
-    task = asyncio.create_task(ticker())
-    try:
-        await asyncio.sleep(0)  # the ticker is running
-        before = ticks
+    async with loop_turns() as turns:
         count, _ = await _restored(bars_url, True, stocks=STOCKS, crypto=CRYPTO, page_rows=10)
-    finally:
-        task.cancel()
-    assert ticks - before >= count // 10  # at least once per page, besides the network waits
+    assert turns.count >= count // 10  # at least once per page, besides the network waits
 
 
 async def test_a_database_lost_mid_restore_raises_instead_of_restoring_part(bars_url):
