@@ -152,8 +152,8 @@ async def test_batched_restore_of_a_wildcard_equals_the_per_symbol_restore(fresh
 
 
 async def test_restore_gives_the_loop_control_after_every_page(bars_url):
-    """The restore runs before the feed opens, but the worker's metrics endpoint and signal handlers
-    share its loop: another task runs between any two pages of a long restore."""
+    """The restore runs before the feed opens, but not alone on its loop (the worker's writer runs
+    already): another task runs between any two pages of a long restore."""
     async with loop_turns() as turns:
         count, _ = await _restored(bars_url, True, stocks=STOCKS, crypto=CRYPTO, page_rows=10)
     assert turns.count >= count // 10  # at least once per page, besides the network waits
