@@ -183,3 +183,22 @@ async def test_a_database_lost_mid_restore_raises_instead_of_restoring_part(bars
     finally:
         killer.cancel()
         await pool.close()
+
+
+async def test_a_restore_cancelled_mid_way_leaves_its_pooled_connection_usable(bars_url):
+    """Cancelled between two pages (a stop during start-up), the restore ends at once: the FETCH in
+    flight is cancelled, and the pool's one connection restores everything afterwards."""
+    pool = await open_pool(load_settings(database_url=bars_url), min_size=1, max_size=1, name="restore-cancel")
+    try:
+        processor = Processor(asyncio.Queue(), None, None, None, calendar=CALENDAR)
+        restore = asyncio.create_task(processor.restore(pool, stocks=STOCKS, page_rows=5))
+        while len(processor.indicators) < 3:  # three symbols into the replay
+            await asyncio.sleep(0)
+        restore.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await restore
+        expected, _ = await _restored(bars_url, False, stocks=STOCKS)
+        again = Processor(asyncio.Queue(), None, None, None, calendar=CALENDAR)
+        assert await asyncio.wait_for(again.restore(pool, stocks=STOCKS), timeout=60) == expected
+    finally:
+        await pool.close()
