@@ -5,7 +5,7 @@ path (same results, slower).
 
 * ``tickvault._columnar`` (see ``tickvault.alpaca.columnar``): msgpack frames to binary COPY data;
 * ``tickvault._indicators`` (see ``tickvault.indicators``): the SMA and VWAP state machines and the
-  ATR kernel. ``-ffp-contract=off``: no ``a * b + c`` fused into one rounding (GCC's default
+  ATR and MACD array passes. ``-ffp-contract=off``: no ``a * b + c`` fused into one rounding (GCC's default
   contracts where the CPU has FMA), so the results are the Python twins' bits.
 """
 

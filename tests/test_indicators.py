@@ -93,8 +93,11 @@ def test_vectorized_atr_matches_talib(bars):
 def test_vectorized_macd_matches_talib_seed_alignment(bars):
     _, _, close, _, scale = bars
     for periods in ((12, 26, 9), (5, 35, 5), (26, 12, 9)):
-        for ours, theirs in zip(ind.macd(close, *periods), talib.MACD(close, *periods)):
+        expected = talib.MACD(close, *periods)
+        for ours, numpy_form, theirs in zip(ind.macd(close, *periods), vectorized.macd_numpy(close, *periods),
+                                            expected):
             assert_matches(ours, theirs, atol=price_atol(scale))
+            assert_matches(numpy_form, theirs, atol=price_atol(scale))
 
 
 def test_vectorized_bbands_match_talib(bars):

@@ -1,6 +1,6 @@
 """tickvault._indicators (C) against its Python twins: SMA and VWAP equal PySMA and PyVWAP bit for
-bit on every update (values, warm-up, resets, errors); the compiled ATR equals the numpy one and
-TA-Lib; without the extension the package runs the Python forms.
+bit on every update (values, warm-up, resets, errors); the compiled ATR and MACD equal the numpy
+ones and TA-Lib; without the extension the package runs the Python forms.
 
 The series are test_indicators.market's: regimes, gaps, flat runs, a flat start, three magnitudes.
 """
@@ -156,6 +156,40 @@ def test_compiled_atr_equals_numpy_atr_and_talib_including_inverted_bars():
             assert_matches(compiled, talib.ATR(high, low, close, period), atol=price_atol(scale) * 1e-3)
 
 
+def test_compiled_macd_equals_numpy_macd_and_talib_including_seed_alignment():
+    for scale in SCALES:
+        _, _, close, _ = market(100_000, seed=43, scale=scale)
+        for periods in ((12, 26, 9), (5, 35, 5), (26, 12, 9), (2, 2, 1), (3, 4, 30)):
+            compiled = ind.macd(close, *periods)
+            numpy_form = vectorized.macd_numpy(close, *periods)
+            for ours, numpy_output, theirs in zip(compiled, numpy_form, talib.MACD(close, *periods)):
+                assert_matches(ours, numpy_output, atol=price_atol(scale) * 1e-3)
+                assert_matches(ours, theirs, atol=price_atol(scale))
+
+
+def test_compiled_macd_short_and_bad_inputs():
+    first = d.macd_first_index(12, 26, 9)
+    for n in (0, 1, first):  # all warm-up, as talib
+        close = np.linspace(1.0, 2.0, n)
+        assert all(o.shape == (n,) and np.isnan(o).all() for o in ind.macd(close))
+    close = np.linspace(1.0, 2.0, first + 1)
+    for ours, theirs in zip(ind.macd(close), talib.MACD(close, 12, 26, 9)):
+        assert_matches(ours, theirs, atol=1e-12)  # exactly one value: the seeds alone
+    with pytest.raises(d.InvalidPeriodError):
+        ind.macd(close, 1, 26, 9)
+    out = [np.empty(first + 1) for _ in range(3)]
+    with pytest.raises(ValueError, match="same length"):
+        _compiled.compiled.macd_into(close, 12, 26, 9, out[0], out[1], np.empty(first))
+    with pytest.raises(ValueError, match="fast <= slow"):
+        _compiled.compiled.macd_into(close, 26, 12, 9, *out)  # the caller orders them (definitions)
+    with pytest.raises(ValueError, match="len"):
+        _compiled.compiled.macd_into(close[:-1], 12, 26, 9, *(o[:-1] for o in out))
+    with pytest.raises(TypeError, match="macd_into: close must be"):
+        _compiled.compiled.macd_into(close.astype(np.float32), 12, 26, 9, *out)
+    with pytest.raises(BufferError):
+        _compiled.compiled.macd_into(close, 12, 26, 9, out[0], out[1], bytes((first + 1) * 8))
+
+
 def test_compiled_atr_short_and_bad_inputs():
     for n in (0, 1, 14):  # all warm-up, as talib
         bars = np.linspace(1.0, 2.0, n)
@@ -197,14 +231,15 @@ def test_without_the_extension_the_package_runs_the_python_forms():
         "for row in zip(h.tolist(), l.tolist(), c.tolist(), v.tolist()):\n"
         "    s.update(*row)\n"
         "    rows.append(list(s.values().values()))\n"
-        "sys.stdout.write(np.array(rows).tobytes().hex() + ' ' + ind.atr(h, l, c).tobytes().hex())\n"
+        "sys.stdout.write(np.array(rows).tobytes().hex() + ' ' + ind.atr(h, l, c).tobytes().hex()\n"
+        "                 + ' ' + np.array(ind.macd(c)).tobytes().hex())\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script, *(a.tobytes().hex() for a in (high, low, close, volume))],
         capture_output=True, text=True, check=True,
     )
     assert "tickvault._indicators is not available" in done.stderr
-    rows_hex, atr_hex = done.stdout.split()
+    rows_hex, atr_hex, macd_hex = done.stdout.split()
     fallback_rows = np.frombuffer(bytes.fromhex(rows_hex)).reshape(3000, len(ind.COLUMNS))
     bundle = ind.IndicatorSet()
     compiled_rows = []
@@ -213,3 +248,6 @@ def test_without_the_extension_the_package_runs_the_python_forms():
         compiled_rows.append(list(bundle.values().values()))
     assert np.array_equal(bits(fallback_rows.ravel().tolist()), bits(np.ravel(compiled_rows).tolist()))
     assert_matches(np.frombuffer(bytes.fromhex(atr_hex)), ind.atr(high, low, close), rtol=1e-12)
+    fallback_macd = np.frombuffer(bytes.fromhex(macd_hex)).reshape(3, 3000)
+    for numpy_output, ours in zip(fallback_macd, ind.macd(close)):
+        assert_matches(numpy_output, ours, atol=price_atol(1.0) * 1e-3)

@@ -4,8 +4,9 @@ Each function takes float arrays (anything ``np.asarray`` turns into float64; va
 finite), returns arrays of the input's length, NaN during warm-up, with the definitions and first
 valid indexes of :mod:`.definitions` (TA-Lib's). Nothing here loops in Python per element: the
 recursive indicators go through :func:`._kernels.linear_recurrence`, the windowed ones through
-:func:`._kernels.window_sums` / :func:`._kernels.rolling_moments`; ATR runs one compiled pass
-(``tickvault._indicators.atr_into``) when the extension is built, :func:`atr_numpy` otherwise.
+:func:`._kernels.window_sums` / :func:`._kernels.rolling_moments`; ATR and MACD run one compiled
+pass each (``tickvault._indicators``) when the extension is built, :func:`atr_numpy` and
+:func:`macd_numpy` otherwise.
 Memory: a few temporaries of the input's size; inputs are never modified.
 """
 
@@ -175,7 +176,30 @@ def macd(
     slow: int = d.MACD_SLOW,
     signal: int = d.MACD_SIGNAL,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(macd, signal, hist) as ``talib.MACD``, including its fast-EMA seed alignment."""
+    """(macd, signal, hist) as ``talib.MACD``, including its fast-EMA seed alignment.
+
+    Compiled: the three recurrences in one pass (~3 ns/value; :func:`macd_numpy`'s three BLAS
+    recurrences ~11). The two agree to a few ulps.
+    """
+    if compiled is None:
+        return macd_numpy(close, fast, slow, signal)
+    fast, slow, signal = d.macd_periods(fast, slow, signal)
+    x = _prices(close)
+    n = x.shape[0]
+    first = d.macd_first_index(fast, slow, signal)
+    line, sig, hist = _output(n, first), _output(n, first), _output(n, first)
+    if n > first:
+        compiled.macd_into(x, fast, slow, signal, line, sig, hist)
+    return line, sig, hist
+
+
+def macd_numpy(
+    close: np.ndarray,
+    fast: int = d.MACD_FAST,
+    slow: int = d.MACD_SLOW,
+    signal: int = d.MACD_SIGNAL,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`macd` in numpy: the fallback without the compiled extension (and its cross-check)."""
     fast, slow, signal = d.macd_periods(fast, slow, signal)
     x = _prices(close)
     n = x.shape[0]
