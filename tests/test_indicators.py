@@ -86,8 +86,9 @@ def test_vectorized_atr_matches_talib(bars):
     high, low, close, _, scale = bars
     for period in (1, 14, 30):
         expected = talib.ATR(high, low, close, period)
-        assert_matches(ind.atr(high, low, close, period), expected, atol=price_atol(scale) * 1e-3)
-        assert_matches(vectorized.atr_numpy(high, low, close, period), expected, atol=price_atol(scale) * 1e-3)
+        atol = price_atol(scale) * 1e-3
+        assert_matches(ind.atr(high, low, close, period), expected, atol=atol)
+        assert_matches(vectorized.atr_numpy(high, low, close, period), expected, atol=atol)
 
 
 def test_vectorized_macd_matches_talib_seed_alignment(bars):

@@ -23,4 +23,5 @@ try:
                           f"this package needs {_FORMAT_VERSION}: rebuild with `pip install -e .`")
 except ImportError as exc:
     compiled = None
-    log.warning("tickvault._indicators is not available (%s); SMA, VWAP, ATR and MACD run in Python (slower)", exc)
+    log.warning("tickvault._indicators is not available (%s); SMA, VWAP, ATR and MACD run in Python "
+                "(slower)", exc)
