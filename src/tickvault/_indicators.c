@@ -322,26 +322,40 @@ static int get_doubles(PyObject *obj, Py_buffer *view, int writable, const char 
     return 0;
 }
 
+/* Four 1-d float64 buffers of one length, views[i] for objs[i], writable from index `first_out`
+ * on. Returns the length, or -1 with an exception set and no buffer held. */
+static Py_ssize_t get_arrays(PyObject *const objs[4], Py_buffer views[4], int first_out,
+                             const char *function, const char *const names[4]) {
+    int got;
+    for (got = 0; got < 4; got++)
+        if (get_doubles(objs[got], &views[got], got >= first_out, function, names[got])) goto fail;
+    Py_ssize_t n = views[0].len / 8;
+    if (views[1].len / 8 == n && views[2].len / 8 == n && views[3].len / 8 == n) return n;
+    PyErr_Format(PyExc_ValueError, "%s: %s, %s, %s and %s must have the same length", function,
+                 names[0], names[1], names[2], names[3]);
+fail:
+    while (got-- > 0) PyBuffer_Release(&views[got]);
+    return -1;
+}
+
+static void release_arrays(Py_buffer views[4]) {
+    for (int i = 0; i < 4; i++) PyBuffer_Release(&views[i]);
+}
+
 static PyObject *atr_into(PyObject *module, PyObject *args) {
     (void)module;
     PyObject *objs[4];
     Py_ssize_t period;
     if (!PyArg_ParseTuple(args, "OOOnO:atr_into", &objs[0], &objs[1], &objs[2], &period, &objs[3]))
         return NULL;
-    static const char *names[4] = {"high", "low", "close", "out"};
+    static const char *const names[4] = {"high", "low", "close", "out"};
     Py_buffer views[4];
-    int got = 0;
-    PyObject *result = NULL;
-    for (; got < 4; got++)
-        if (get_doubles(objs[got], &views[got], got == 3, "atr_into", names[got])) goto done;
-    Py_ssize_t n = views[0].len / 8;
-    if (views[1].len / 8 != n || views[2].len / 8 != n || views[3].len / 8 != n) {
-        PyErr_SetString(PyExc_ValueError, "atr_into: high, low, close and out must have the same length");
-        goto done;
-    }
+    Py_ssize_t n = get_arrays(objs, views, 3, "atr_into", names);
+    if (n < 0) return NULL;
     if (period < 1 || n <= period) {
         PyErr_SetString(PyExc_ValueError, "atr_into: needs 1 <= period < len(high)");
-        goto done;
+        release_arrays(views);
+        return NULL;
     }
     const double *high = views[0].buf, *low = views[1].buf, *close = views[2].buf;
     double *out = views[3].buf;
@@ -356,11 +370,8 @@ static PyObject *atr_into(PyObject *module, PyObject *args) {
         y = decay * y + gain * true_range(high[i], low[i], close[i - 1]);
         out[i] = y;
     }
-    result = Py_None;
-    Py_INCREF(result);
-done:
-    while (got-- > 0) PyBuffer_Release(&views[got]);
-    return result;
+    release_arrays(views);
+    Py_RETURN_NONE;
 }
 
 /* MACD over an array, as vectorized.macd defines it (TA-Lib's seeding): both EMAs seeded at index
@@ -376,22 +387,16 @@ static PyObject *macd_into(PyObject *module, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OnnnOOO:macd_into", &objs[0], &fast, &slow, &signal, &objs[1],
                           &objs[2], &objs[3]))
         return NULL;
-    static const char *names[4] = {"close", "line", "signal", "hist"};
+    static const char *const names[4] = {"close", "line", "signal", "hist"};
     Py_buffer views[4];
-    int got = 0;
-    PyObject *result = NULL;
-    for (; got < 4; got++)
-        if (get_doubles(objs[got], &views[got], got > 0, "macd_into", names[got])) goto done;
-    Py_ssize_t n = views[0].len / 8;
-    if (views[1].len / 8 != n || views[2].len / 8 != n || views[3].len / 8 != n) {
-        PyErr_SetString(PyExc_ValueError, "macd_into: close, line, signal and hist must have the same length");
-        goto done;
-    }
+    Py_ssize_t n = get_arrays(objs, views, 1, "macd_into", names);
+    if (n < 0) return NULL;
     Py_ssize_t first = slow + signal - 2;
     if (fast < 2 || slow < fast || signal < 1 || n <= first) {
         PyErr_SetString(PyExc_ValueError, "macd_into: needs 2 <= fast <= slow, signal >= 1, "
                                           "slow + signal - 2 < len(close)");
-        goto done;
+        release_arrays(views);
+        return NULL;
     }
     const double *x = views[0].buf;
     double *line = views[1].buf, *sig = views[2].buf, *hist = views[3].buf;
@@ -421,11 +426,8 @@ static PyObject *macd_into(PyObject *module, PyObject *args) {
         sig[i] = g;
         hist[i] = l - g;
     }
-    result = Py_None;
-    Py_INCREF(result);
-done:
-    while (got-- > 0) PyBuffer_Release(&views[got]);
-    return result;
+    release_arrays(views);
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {

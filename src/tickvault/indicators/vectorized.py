@@ -183,14 +183,21 @@ def macd(
     """
     if compiled is None:
         return macd_numpy(close, fast, slow, signal)
-    fast, slow, signal = d.macd_periods(fast, slow, signal)
+    x, (fast, slow, signal), first, outputs = _macd_outputs(close, fast, slow, signal)
+    if x.shape[0] > first:
+        compiled.macd_into(x, fast, slow, signal, *outputs)
+    return outputs
+
+
+def _macd_outputs(
+    close: np.ndarray, fast: int, slow: int, signal: int
+) -> tuple[np.ndarray, tuple[int, int, int], int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(prices, validated periods, first valid index, (line, signal, hist) NaN up to it)."""
+    periods = d.macd_periods(fast, slow, signal)
     x = _prices(close)
     n = x.shape[0]
-    first = d.macd_first_index(fast, slow, signal)
-    line, sig, hist = _output(n, first), _output(n, first), _output(n, first)
-    if n > first:
-        compiled.macd_into(x, fast, slow, signal, line, sig, hist)
-    return line, sig, hist
+    first = d.macd_first_index(*periods)
+    return x, periods, first, (_output(n, first), _output(n, first), _output(n, first))
 
 
 def macd_numpy(
@@ -200,12 +207,8 @@ def macd_numpy(
     signal: int = d.MACD_SIGNAL,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`macd` in numpy: the fallback without the compiled extension (and its cross-check)."""
-    fast, slow, signal = d.macd_periods(fast, slow, signal)
-    x = _prices(close)
-    n = x.shape[0]
-    first = d.macd_first_index(fast, slow, signal)
-    line, sig, hist = _output(n, first), _output(n, first), _output(n, first)
-    if n <= first:
+    x, (fast, slow, signal), first, (line, sig, hist) = _macd_outputs(close, fast, slow, signal)
+    if x.shape[0] <= first:
         return line, sig, hist
     seed_at = d.macd_seed_index(slow)
     # `line` first holds the fast EMA and `hist` the slow one (from seed_at on).
