@@ -12,8 +12,8 @@ CHROMIUM := /usr/bin/chromium
 
 .PHONY: install chromium db run test bench deploy screenshots clean-venv
 
-# The C source is a dependency too: `pip install -e .` rebuilds tickvault._columnar from it.
-$(STAMP): pyproject.toml setup.py src/tickvault/_columnar.c
+# The C sources are dependencies too: `pip install -e .` rebuilds the extensions from them.
+$(STAMP): pyproject.toml setup.py src/tickvault/_columnar.c src/tickvault/_indicators.c
 	@if ! $(PYTHON) -m venv $(VENV) 2>/dev/null; then \
 	  echo "python venv is missing; installing python3-venv with apt-get"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); \

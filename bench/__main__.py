@@ -22,7 +22,7 @@ from collections.abc import Callable
 from bench.common import write_results  # noqa: F401 - imported so a missing bench/common.py fails first
 
 BENCHES = ("decode", "columnar", "indicators", "ingest", "crypto", "memory", "orders", "reconcile",
-           "dashboard")
+           "restore", "dashboard")
 OPTIONAL = {"indicators", "reconcile"}  # written by other engineers; skipped with a note if absent
 
 
@@ -90,6 +90,10 @@ def _headline(name: str, r: dict) -> tuple[str, str]:
         loads = r["page_load_s"]
         return (f"page {loads['all_30d']['max_s']} s max with 30 d of 1m bars; UI RSS {r['ui_rss_mb_max']} MB",
                 "worker unmoved: " + ("yes" if r["goals_met"]["worker_unmoved"] else "no"))
+    if name == "restore":
+        return (", ".join(f"{n} symbols {_fmt(ms)} ms" for n, ms in r["batched_ms"].items()),
+                "per-symbol " + ", ".join(f"{_fmt(ms)} ms" for ms in r["per_symbol_ms"].values())
+                + " (" + ", ".join(f"{v}x" for v in r["speedup"].values()) + ")")
     if name == "reconcile":
         keys = [k for k in r if k.endswith("_s") and isinstance(r[k], (int, float))][:2]
         return (", ".join(f"{k} {r[k]}" for k in keys) or "-", "")

@@ -3,33 +3,48 @@
 Run from the repo root: ``python -m bench.bench_indicators``. Writes
 ``bench/results/indicators.json`` and prints a table. Takes ~30-60 s.
 
-* incremental: ns per ``update`` over a 100k-bar random walk (50k for talipp, which is slower
-  and keeps every output it ever produced), same values fed to both, best of a few repeats.
-  talipp's ATR and VWAP take ``OHLCV`` objects; those are built before timing starts.
-* vectorized: ns per value on 100k points, best of several repeats, tickvault's numpy function
-  against the TA-Lib C function (VWAP has no TA-Lib equivalent).
+* incremental: ns per ``update`` over the same 100k bars of a random walk for both libraries (talipp
+  keeps every output it ever produced; its per-update cost is measured over as many bars as ours),
+  a fresh indicator per round (warm-up included on both sides), rounds alternating the two, best
+  round of each. talipp's ATR and VWAP take ``OHLCV`` objects; those are built before timing starts,
+  as our tuples are.
+* vectorized: ns per value on 100k points, tickvault's function against the TA-Lib C function
+  (VWAP has no TA-Lib equivalent), rounds alternating the two, best round of each; measured in a
+  child process whose allocator keeps freed memory (see ``_pin_allocator``), with ``compute_all``.
 
 Goals: incremental >= 5x faster than talipp; vectorized within 3x of TA-Lib.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import importlib.metadata
+import json
 import platform
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import talib
-import talipp
 from talipp import indicators as tp
 from talipp.ohlcv import OHLCV
 
 import tickvault.indicators as ind
 from bench.common import RESULTS_DIR, write_results
+from tickvault.indicators._compiled import compiled as ind_compiled
 
 N_VECTOR = 100_000
-N_INCREMENTAL = 100_000
-N_TALIPP = 50_000
+N_INCREMENTAL = 100_000  # bars fed to each library's incremental form, the same bars to both
+ROUNDS_INCREMENTAL = 4
+ROUNDS_VECTOR = 15
+ROOT = Path(__file__).resolve().parent.parent
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
 INCREMENTAL_GOAL = 5.0
 VECTOR_GOAL = 3.0
 
@@ -62,12 +77,12 @@ def _feed(update: Callable, rows: list) -> Callable[[], None]:
 
 
 def _incremental(high, low, close, volume) -> tuple[dict[str, float], dict[str, float]]:
-    n, m = N_INCREMENTAL, N_TALIPP
+    n = N_INCREMENTAL
     closes = [(c,) for c in close[:n].tolist()]
     hlc = list(zip(high[:n].tolist(), low[:n].tolist(), close[:n].tolist()))
     hlcv = list(zip(high[:n].tolist(), low[:n].tolist(), close[:n].tolist(), volume[:n].tolist()))
-    scalars = closes[:m]
-    bars = [(OHLCV(c, h, lo, c, v),) for h, lo, c, v in hlcv[:m]]  # built before timing
+    scalars = closes
+    bars = [(OHLCV(c, h, lo, c, v),) for h, lo, c, v in hlcv]  # built before timing
     pairs = {
         "rsi": ((lambda: ind.RSI(14), closes), (lambda: tp.RSI(14), scalars)),
         "ema": ((lambda: ind.EMA(12), closes), (lambda: tp.EMA(12), scalars)),
@@ -83,7 +98,7 @@ def _incremental(high, low, close, volume) -> tuple[dict[str, float], dict[str, 
         best_ours = best_theirs = float("inf")
         # Rounds alternate the two libraries, so a noisy neighbour on the machine hits both alike;
         # a fresh indicator each round (warm-up included, as in a real session).
-        for _ in range(4):
+        for _ in range(ROUNDS_INCREMENTAL):
             best_ours = min(best_ours, _best(_feed(make_ours().update, rows_ours), 1))
             best_theirs = min(best_theirs, _best(_feed(make_theirs().add, rows_theirs), 1))
         ours[name] = best_ours / len(rows_ours) * 1e9
@@ -113,11 +128,60 @@ def _vectorized(high, low, close, volume) -> tuple[dict[str, float], dict[str, f
     ours: dict[str, float] = {}
     theirs: dict[str, float | None] = {}
     for name, call in ours_calls.items():
-        # Interleave the two sides so a noisy neighbour on the machine hits both alike.
-        call(), talib_calls.get(name, call)()
-        ours[name] = _best(call, 15) / N_VECTOR * 1e9
-        theirs[name] = _best(talib_calls[name], 15) / N_VECTOR * 1e9 if name in talib_calls else None
+        peer = talib_calls.get(name)
+        call()  # warm both sides (our scratch workspace is kept between calls)
+        if peer is not None:
+            peer()
+        # Rounds alternate the two sides, so a noisy neighbour on the machine hits both alike.
+        best_ours = best_theirs = float("inf")
+        for _ in range(ROUNDS_VECTOR):
+            best_ours = min(best_ours, _best(call, 1))
+            if peer is not None:
+                best_theirs = min(best_theirs, _best(peer, 1))
+        ours[name] = best_ours / N_VECTOR * 1e9
+        theirs[name] = best_theirs / N_VECTOR * 1e9 if peer is not None else None
     return ours, theirs
+
+
+def _pin_allocator() -> bool:
+    """Make glibc keep freed memory for reuse: no trimming of the heap's top, no mmap per large array.
+
+    Both libraries return fresh output arrays of 100k values (800 kB), and TA-Lib's MACD also
+    mallocs two work buffers per call. With glibc's defaults whether such an array comes from
+    reused heap or from fresh pages (~380 page faults, zeroed by the kernel, per 1.5 MB) depends on
+    what the process freed before -- it was measured to double one side's time and not the
+    other's (our BBANDS 10 -> 20 ns/value after another scratch slot was allocated, TA-Lib's
+    BBANDS 4.9 or 9 by run, TA-Lib's MACD 10 ns/value with faults, 2.4 without). Pinned, both sides
+    are measured on reused memory, as the refresh flow's arrays of a few thousand bars are.
+    Returns False (figures then include that noise) where mallopt is not glibc's.
+    """
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    # 32 MiB: glibc's largest mmap threshold on 64-bit, far above any array here.
+    return bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30)) and bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20))
+
+
+def _vectorized_child() -> None:
+    """The vectorized half, run in its own process (``_vectorized_in_child``): JSON on stdout."""
+    pinned = _pin_allocator()
+    high, low, close, volume = _market(max(N_VECTOR, N_INCREMENTAL))
+    ours, theirs = _vectorized(high, low, close, volume)
+    compute_all_s = _best(lambda: ind.compute_all(high, low, close, volume), 5)
+    json.dump({"ours": ours, "theirs": theirs, "allocator_pinned": pinned,
+               "compute_all_ns_per_bar": compute_all_s / high.shape[0] * 1e9}, sys.stdout)
+
+
+def _vectorized_in_child() -> dict:
+    # A process of its own: the allocator setting stays out of this one (and out of the benches
+    # that `python -m bench` runs after this one), and no heap left by the incremental half.
+    code = "from bench.bench_indicators import _vectorized_child; _vectorized_child()"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the vectorized half of the indicators bench failed:\n{done.stderr}")
+    return json.loads(done.stdout)
 
 
 def run() -> dict:
@@ -125,12 +189,13 @@ def run() -> dict:
     ``python -m bench`` gets it too), return the results."""
     high, low, close, volume = _market(max(N_VECTOR, N_INCREMENTAL))
     incremental, talipp_ns = _incremental(high, low, close, volume)
-    vectorized, talib_ns = _vectorized(high, low, close, volume)
+    child = _vectorized_in_child()
+    vectorized, talib_ns = child["ours"], child["theirs"]
 
     rows = list(zip(high.tolist(), low.tolist(), close.tolist(), volume.tolist()))
     indicator_set_s = min(_best(_feed(ind.IndicatorSet().update, rows), 1) for _ in range(3))
     indicator_set_ns = indicator_set_s / len(rows) * 1e9
-    compute_all_ns = _best(lambda: ind.compute_all(high, low, close, volume), 5) / len(rows) * 1e9
+    compute_all_ns = child["compute_all_ns_per_bar"]
 
     speedup = {k: talipp_ns[k] / incremental[k] for k in incremental}
     ratio = {k: (vectorized[k] / talib_ns[k]) if talib_ns[k] else None for k in vectorized}
@@ -154,11 +219,15 @@ def run() -> dict:
         "setup": {
             "points_vectorized": N_VECTOR,
             "updates_incremental": N_INCREMENTAL,
-            "updates_talipp": N_TALIPP,
+            "updates_talipp": N_INCREMENTAL,
+            "rounds_incremental": ROUNDS_INCREMENTAL,
+            "rounds_vectorized": ROUNDS_VECTOR,
+            "compiled_extension": ind_compiled is not None,
+            "vectorized_allocator_pinned": child["allocator_pinned"],
             "python": platform.python_version(),
             "numpy": np.__version__,
             "talib": talib.__version__,
-            "talipp": getattr(talipp, "__version__", "2.7"),
+            "talipp": importlib.metadata.version("talipp"),
             "machine": platform.machine(),
         },
     }

@@ -15,6 +15,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 import tickvault.indicators as ind
 from tickvault.indicators import definitions as d
+from tickvault.indicators import incremental, vectorized
 
 N = 200_000
 SCALES = (1e-6, 1.0, 1e6)
@@ -84,15 +85,20 @@ def test_vectorized_rsi_matches_talib_including_flat_runs(bars):
 def test_vectorized_atr_matches_talib(bars):
     high, low, close, _, scale = bars
     for period in (1, 14, 30):
-        assert_matches(ind.atr(high, low, close, period), talib.ATR(high, low, close, period),
-                       atol=price_atol(scale) * 1e-3)
+        expected = talib.ATR(high, low, close, period)
+        atol = price_atol(scale) * 1e-3
+        assert_matches(ind.atr(high, low, close, period), expected, atol=atol)
+        assert_matches(vectorized.atr_numpy(high, low, close, period), expected, atol=atol)
 
 
 def test_vectorized_macd_matches_talib_seed_alignment(bars):
     _, _, close, _, scale = bars
     for periods in ((12, 26, 9), (5, 35, 5), (26, 12, 9)):
-        for ours, theirs in zip(ind.macd(close, *periods), talib.MACD(close, *periods)):
+        expected = talib.MACD(close, *periods)
+        for ours, numpy_form, theirs in zip(ind.macd(close, *periods), vectorized.macd_numpy(close, *periods),
+                                            expected):
             assert_matches(ours, theirs, atol=price_atol(scale))
+            assert_matches(numpy_form, theirs, atol=price_atol(scale))
 
 
 def test_vectorized_bbands_match_talib(bars):
@@ -107,6 +113,7 @@ def test_true_range_matches_talib_even_for_inverted_bars():
     high[100], low[100] = low[100] - 0.5, high[100]  # a malformed bar: high < low
     assert_matches(ind.true_range(high, low, close), talib.TRANGE(high, low, close), rtol=0, atol=0)
     assert_matches(ind.atr(high, low, close), talib.ATR(high, low, close, 14))
+    assert_matches(vectorized.atr_numpy(high, low, close), talib.ATR(high, low, close, 14))
 
 
 def test_vectorized_vwap_is_cumulative_typical_price_weighted_by_volume(bars):
@@ -198,6 +205,7 @@ def test_incremental_matches_talib(unit_bars):
     high, low, close, _ = unit_bars
     atol = price_atol(1.0)
     assert_matches(feed(ind.SMA(20), close), talib.SMA(close, 20))
+    assert_matches(feed(incremental.PySMA(20), close), talib.SMA(close, 20))
     assert_matches(feed(ind.EMA(12), close), talib.EMA(close, 12))
     assert_matches(feed(ind.RSI(14), close), talib.RSI(close, 14), rtol=0.0, atol=1e-9)
     assert_matches(feed(ind.ATR(14), high, low, close), talib.ATR(high, low, close, 14))
@@ -262,6 +270,7 @@ def test_ready_flips_exactly_at_talibs_first_valid_index():
     high, low, close, volume = market(200, seed=17)
     cases = [
         (ind.SMA(20), (close,), talib.SMA(close, 20)),
+        (incremental.PySMA(20), (close,), talib.SMA(close, 20)),
         (ind.EMA(26), (close,), talib.EMA(close, 26)),
         (ind.RSI(14), (close,), talib.RSI(close, 14)),
         (ind.ATR(14), (high, low, close), talib.ATR(high, low, close, 14)),
@@ -285,6 +294,7 @@ def test_reset_returns_every_indicator_to_its_fresh_state():
         (lambda: ind.SMA(20), (close,)), (lambda: ind.EMA(12), (close,)), (lambda: ind.RSI(14), (close,)),
         (lambda: ind.ATR(14), (high, low, close)), (lambda: ind.MACD(), (close,)),
         (lambda: ind.BollingerBands(), (close,)), (lambda: ind.VWAP(), (high, low, close, volume)),
+        (lambda: incremental.PySMA(20), (close,)), (lambda: incremental.PyVWAP(), (high, low, close, volume)),
     ]
     for make, columns in makers:
         used = make()

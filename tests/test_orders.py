@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import time
 from contextlib import asynccontextmanager
 from decimal import Decimal
@@ -83,6 +85,38 @@ async def test_restart_mid_submit_finds_the_order_instead_of_resubmitting(env):
     assert [o.client_order_id for o in broker].count(cid) == 1
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT status FROM orders WHERE client_order_id = %s", (cid,)).fetchone()[0] != "pending_submit"
+
+
+def test_client_order_id_covers_every_field_that_makes_an_order_different():
+    base = OrderIntent("AAPL", "buy", Decimal("3"), type="limit", limit_price=Decimal("100"))
+    other = {"symbol": "MSFT", "side": "sell", "qty": Decimal("4"), "type": "market", "limit_price": Decimal("101"),
+             "time_in_force": "gtc", "tag": "second"}
+    # A field added to OrderIntent without a case here fails: the id must be shown to cover it.
+    assert {f.name for f in dataclasses.fields(OrderIntent)} == set(other)
+    ids = {client_order_id("s", BAR, base)}
+    for name, value in other.items():
+        ids.add(client_order_id("s", BAR, dataclasses.replace(base, **{name: value})))
+    for tif in ("ioc", "fok"):
+        ids.add(client_order_id("s", BAR, dataclasses.replace(base, time_in_force=tif)))
+    ids.add(client_order_id("t", BAR, base))
+    ids.add(client_order_id("s", dataclasses.replace(BAR, time_ns=BAR.time_ns + 60 * 10**9), base))
+    assert len(ids) == len(other) + 5  # every variant its own order
+    # An intent with every later field at its default keeps the id it had before them (the first key).
+    first = f"s|AAPL|{BAR.time_ns}|buy|3|limit|100|"
+    assert client_order_id("s", BAR, base) == "tv-" + hashlib.sha256(first.encode()).hexdigest()[:32]
+    assert client_order_id("s", BAR, base) == client_order_id("s", BAR, dataclasses.replace(base))
+
+
+async def test_two_intents_that_differ_only_in_time_in_force_are_both_sent(env):
+    sim, settings, pool, url = env
+    gateway = OrderGateway(AlpacaREST(settings), pool, Metrics())
+    low = Decimal(sim.market.last_price_cents("MSFT") - 500) / 100  # rests: the two stay open side by side
+    day = OrderIntent("MSFT", "buy", Decimal("1"), type="limit", limit_price=low)
+    gtc = dataclasses.replace(day, time_in_force="gtc")
+    sent = [await gateway.submit("s3", BAR, intent) for intent in (day, gtc)]
+    assert all(o is not None for o in sent) and sent[0].client_order_id != sent[1].client_order_id
+    broker = {o.client_order_id: o for o in await AlpacaREST(settings).list_orders(status="all")}
+    assert [broker[o.client_order_id].time_in_force for o in sent] == ["day", "gtc"]
 
 
 @asynccontextmanager

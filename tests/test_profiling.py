@@ -7,7 +7,6 @@ on top. Needs py-spy and the right to read another process's memory (root or SYS
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -39,6 +38,7 @@ from tickvault.registration import (
     registration_path,
     unregister_worker,
 )
+from tests.support.waiting import loop_turns
 
 HOT = "hot_loop_tickvault_test"
 
@@ -181,22 +181,11 @@ async def test_profile_process_finds_the_hot_loop_without_blocking_the_event_loo
     burner, run_settings, tmp_path
 ):
     info = find_worker(run_settings, "burner")
-    ticks = 0
-
-    async def heartbeat() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0.01)
-
-    beat = asyncio.create_task(heartbeat())
-    try:
+    async with loop_turns(0.01) as turns:
         report = await profile_process_async(info.pid, seconds=2, rate_hz=100, out_dir=tmp_path)
-    finally:
-        beat.cancel()
     # ~200 at 10 ms each; a loop blocked for the 2 s turns once or twice. Not higher: a loaded machine
     # turns it less often, and this is about blocking, not speed.
-    assert ticks >= 10, "the event loop was blocked during profiling"
+    assert turns.count >= 10, "the event loop was blocked during profiling"
 
     speedscope = json.loads(report.files["profile.speedscope.json"].read_text())
     assert {"$schema", "shared", "profiles"} <= speedscope.keys()

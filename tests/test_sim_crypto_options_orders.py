@@ -9,17 +9,25 @@ Alpaca's statuses.
 from __future__ import annotations
 
 import warnings
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "websockets.legacy is deprecated", DeprecationWarning)
-    from alpaca.trading.enums import AssetClass, OrderSide, OrderStatus, TimeInForce
-    from alpaca.trading.models import AccountConfiguration
-    from alpaca.trading.requests import ClosePositionRequest, LimitOrderRequest, MarketOrderRequest, StopOrderRequest
+    from alpaca.trading.enums import AssetClass, AssetStatus, OrderSide, OrderStatus, TimeInForce
+    from alpaca.trading.models import AccountConfiguration, NonTradeActivity
+    from alpaca.trading.requests import (
+        ClosePositionRequest,
+        GetOptionContractsRequest,
+        LimitOrderRequest,
+        MarketOrderRequest,
+        StopOrderRequest,
+    )
 
 from tests.support.alpaca_bot import WAIT, Bot, assert_events_add_up, d, ny_ns, sim
+from tickvault.sim.broker import asset_id
 from tickvault.sim.calendar import SimClock
 
 pytestmark = pytest.mark.filterwarnings("ignore:websockets.legacy is deprecated:DeprecationWarning")
@@ -132,3 +140,138 @@ async def test_options_orders_trade_whole_contracts_for_the_day_at_100_a_point()
         unknown = await bot.refused("submit_order", MarketOrderRequest(
             symbol="AAPL270115C00999000", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY))
         assert unknown.status_code == 422
+
+
+# ------------------------------------------------------------------------------- options expiry and exercise
+CONTRACT = Decimal(100)  # shares a contract delivers
+
+
+async def activities_of(bot: Bot, *types: str) -> list[NonTradeActivity]:
+    rows = await bot.call(bot.trading.get, "/account/activities",
+                          {"activity_types": ",".join(types), "direction": "asc"})
+    return [NonTradeActivity(**r) for r in rows]
+
+
+async def buy_contracts(bot: Bot, contract: str, qty: int):
+    s = bot.sim
+    await bot.until(lambda: s.options_market.last_quote(contract) is not None, f"a {contract} quote")
+    order = await bot.trade("submit_order", MarketOrderRequest(
+        symbol=contract, qty=qty, side=OrderSide.BUY, time_in_force=TimeInForce.DAY))
+    assert order.status == OrderStatus.FILLED
+    return order
+
+
+async def test_options_expire_at_the_close_exercised_assigned_liquidated_or_worthless() -> None:
+    clock = SimClock(start_ns=ny_ns(2025, 3, 4, 10, 0), scale=1)
+    async with sim(clock=clock, option_underlyings=3) as s:
+        bot = Bot(s)
+        # The May contracts (third Friday, 2025-05-16) expire; August's stay. The stocks stand still
+        # (rate=None): AAPL over $150, NVDA under $100, so the calls of AAPL and puts of NVDA are in the money.
+        aapl, nvda = (Decimal(s.market.last_price_cents(u)) / 100 for u in ("AAPL", "NVDA"))
+        assert aapl > 150 and nvda < 100
+        call100, call150, put100, put150 = (f"AAPL250516{k}00{st}000" for k, st in
+                                            (("C", 100), ("C", 150), ("P", 100), ("P", 150)))
+        nvda_put, august = "NVDA250516P00150000", "AAPL250815C00100000"
+        assert {call100, put100, nvda_put, august} <= set(s.option_symbols)
+        await buy_contracts(bot, call100, 2)  # in the money: exercised, 200 shares bought at $100
+        await buy_contracts(bot, put100, 1)  # out of the money: expires worthless
+        await buy_contracts(bot, nvda_put, 1)  # in the money, but no NVDA to deliver: liquidated at the bid
+        await buy_contracts(bot, august, 1)  # not expiring
+        # The simulator never writes options; shorts are planted (covered calls and cash-secured puts at Alpaca).
+        s.broker.set_position(call150, -1, "2.00")  # in the money: assigned, 100 shares sold at $150
+        s.broker.set_position(put150, -1, "1.00")  # out of the money: expires
+        resting = await bot.trade("submit_order", LimitOrderRequest(
+            symbol=put100, qty=1, side=OrderSide.SELL, time_in_force=TimeInForce.DAY, limit_price=999.0))
+        assert resting.status == OrderStatus.NEW
+        # From 15:30 on the expiration day, no new position in the contract (Alpaca's 422); closing still is.
+        await bot.sim_control("/_sim/clock", {"set": "2025-05-16T19:31:00Z"})
+        late = await bot.refused("submit_order", MarketOrderRequest(
+            symbol=call100, qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY))
+        assert late.status_code == 422 and "expires soon" in str(late)
+        cash = d((await bot.trade("get_account")).cash)
+        async with bot.trade_updates():
+            await bot.sim_control("/_sim/clock", {"to": "next_close"})  # 16:00 New York: the contracts expire
+            canceled = await bot.event(resting.id, "canceled")
+            assert canceled.order.status == OrderStatus.CANCELED
+            await bot.until(lambda: any(u.order.symbol == nvda_put and u.price is not None for u in bot.updates),
+                            "the liquidation's fill")
+            liquidation = next(u for u in bot.updates if u.order.symbol == nvda_put and u.price is not None)
+        assert str(getattr(liquidation.event, "value", liquidation.event)) == "fill" and d(liquidation.qty) == 1
+        bid = d(liquidation.price)
+        expiry = datetime(2025, 5, 16, 20, 0, tzinfo=UTC)
+        assert liquidation.timestamp == expiry and liquidation.order.side == OrderSide.SELL
+        # What Alpaca's non-trade activities record: each contract out (qty: the change to the position),
+        # and each delivery of shares at the strike.
+        rows = await activities_of(bot, "OPEXC", "OPASN", "OPEXP", "OPTRD")
+        assert {(str(getattr(a.activity_type, "value", a.activity_type)), a.symbol, d(a.qty), d(a.net_amount),
+                 None if a.price is None else d(a.price)) for a in rows} == {
+            ("OPEXC", call100, -2, 0, None), ("OPTRD", "AAPL", 200, -20_000, 100),
+            ("OPASN", call150, 1, 0, None), ("OPTRD", "AAPL", -100, 15_000, 150),
+            ("OPEXP", put100, -1, 0, None), ("OPEXP", put150, 1, 0, None)}
+        assert {str(a.date) for a in rows} == {"2025-05-16"} and len(rows) == 6
+        assert {a.description for a in rows} >= {"Option Exercise", "Option Assignment", "Option Expiry"}
+        positions = {p.symbol: p for p in await bot.trade("get_all_positions")}
+        assert set(positions) == {"AAPL", august}
+        assert d(positions["AAPL"].qty) == 100 and d(positions["AAPL"].avg_entry_price) == 100
+        assert d((await bot.trade("get_account")).cash) == cash - 20_000 + 15_000 + bid * CONTRACT
+        # An expired contract is inactive and refuses orders.
+        assert (await bot.trade("get_option_contract", call100)).status == AssetStatus.INACTIVE
+        active = await bot.trade("get_option_contracts", GetOptionContractsRequest(underlying_symbols=["AAPL"]))
+        assert {c.symbol for c in active.option_contracts} == {c for c in s.option_symbols if "250815" in c
+                                                               and c.startswith("AAPL")}
+        expired = await bot.refused("submit_order", MarketOrderRequest(
+            symbol=call100, qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY))
+        assert expired.status_code == 422 and "is expired" in str(expired)
+
+
+async def test_exercise_a_long_contract_early_delivers_the_shares_at_the_strike() -> None:
+    clock = SimClock(start_ns=ny_ns(2025, 3, 4, 10, 0), scale=1)
+    async with sim(hours="calendar", clock=clock, cash="100000") as s:
+        bot = Bot(s)
+        call100, put100, call150 = "AAPL250516C00100000", "AAPL250516P00100000", "AAPL250516C00150000"
+        assert Decimal(s.market.last_price_cents("AAPL")) / 100 > 150  # the calls in the money, the puts out
+        await buy_contracts(bot, call100, 2)
+        cash = d((await bot.trade("get_account")).cash)
+        assert await bot.trade("exercise_options_position", call100) is None
+        assert d((await bot.trade("get_account")).cash) == cash - 2 * CONTRACT * 100
+        positions = {p.symbol: p for p in await bot.trade("get_all_positions")}
+        assert set(positions) == {"AAPL"} and d(positions["AAPL"].qty) == 200
+        rows = await activities_of(bot, "OPEXC", "OPTRD")
+        assert [(str(getattr(a.activity_type, "value", a.activity_type)), a.symbol, d(a.qty), d(a.net_amount))
+                for a in rows] == [("OPEXC", call100, -2, 0), ("OPTRD", "AAPL", 200, -20_000)]
+        assert str(rows[0].date) == "2025-03-04" and d(rows[1].price) == 100
+        # Alpaca's refusals, and nothing exercised by them.
+        await buy_contracts(bot, put100, 1)
+        out = await bot.refused("exercise_options_position", put100)
+        assert out.status_code == 403 and "out of the money" in str(out)
+        missing = await bot.refused("exercise_options_position", call150)
+        assert missing.status_code == 404 and "long position not found" in str(missing)
+        await buy_contracts(bot, call150, 1)
+        held = await bot.trade("submit_order", LimitOrderRequest(
+            symbol=call150, qty=1, side=OrderSide.SELL, time_in_force=TimeInForce.DAY, limit_price=999.0))
+        none_left = await bot.refused("exercise_options_position", call150)
+        assert none_left.status_code == 403 and "no qty available" in str(none_left)
+        await bot.trade("cancel_order_by_id", held.id)
+        s.broker.set_cash(1000)
+        poor = await bot.refused("exercise_options_position", call150)
+        assert poor.status_code == 403 and "insufficient cash available (required: 15000" in str(poor)
+        s.broker.set_cash(100000)
+        await bot.sim_control("/_sim/clock", {"to": "next_close"})
+        closed = await bot.refused("exercise_options_position", asset_id(call150))  # by contract id too
+        assert closed.status_code == 403 and "market close" in str(closed)
+        assert {p.symbol for p in await bot.trade("get_all_positions")} == {"AAPL", put100, call150}
+        assert len(await activities_of(bot, "OPEXC")) == 1
+
+
+async def test_a_contract_whose_expiration_is_a_holiday_expires_at_the_session_before() -> None:
+    # Started in February 2025, the near contracts are April's: third Friday 2025-04-18, Good Friday.
+    clock = SimClock(start_ns=ny_ns(2025, 2, 10, 10, 0), scale=1)
+    async with sim(clock=clock) as s:
+        bot = Bot(s)
+        contract = "AAPL250418C00100000"
+        assert contract in s.option_symbols
+        assert s.broker.contract_expiry_ns(contract) == ny_ns(2025, 4, 17, 16, 0)
+        await bot.sim_control("/_sim/clock", {"set": "2025-04-17T19:59:00Z"})
+        assert (await bot.trade("get_option_contract", contract)).status == AssetStatus.ACTIVE
+        await bot.sim_control("/_sim/clock", {"to": "next_close"})
+        assert (await bot.trade("get_option_contract", contract)).status == AssetStatus.INACTIVE

@@ -170,6 +170,11 @@ async def test_an_exit_that_fills_in_pieces_shrinks_its_sibling_then_cancels_it(
             nested = await bot.trade("get_order_by_id", oco.id, GetOrderByIdRequest(nested=True))
             stop_leg = nested.legs[0]
             assert stop_leg.status == OrderStatus.HELD and d(stop_leg.qty) == qty - bid_size  # the rest only
+            # The shrink goes out on trade updates, as Alpaca reports an order it updated: ``replaced``,
+            # the same order (id, held) with its new qty.
+            shrunk = await bot.event(stop_leg.id, "replaced")
+            assert d(shrunk.order.qty) == qty - bid_size and shrunk.order.status == OrderStatus.HELD
+            assert shrunk.order.replaced_at is not None and shrunk.order.replaced_by is None
             position = await bot.trade("get_open_position", "AAPL")
             assert d(position.qty) == qty - bid_size and d(position.qty_available) == 0
             async with asyncio.timeout(WAIT):
@@ -179,6 +184,22 @@ async def test_an_exit_that_fills_in_pieces_shrinks_its_sibling_then_cancels_it(
                             "the other exit canceled")
         assert_events_add_up(bot, oco.id)
         assert_events_add_up(bot, stop_leg.id)
+        # Every piece of one exit shrank the other again, each time on the stream: in the order the events
+        # came, each ``replaced`` order has exactly what is left of the position still to fill.
+        exits = {str(oco.id), str(stop_leg.id)}
+        filled = {oid: Decimal(0) for oid in exits}
+        pieces = shrinks = 0
+        for u in bot.updates:
+            oid, event = str(u.order.id), str(getattr(u.event, "value", u.event))
+            if oid not in exits:
+                continue
+            if u.price is not None:
+                filled[oid] = d(u.order.filled_qty)
+                pieces += event == "partial_fill"
+            elif event == "replaced":
+                shrinks += 1
+                assert d(u.order.qty) - d(u.order.filled_qty) == qty - sum(filled.values())
+        assert shrinks == pieces >= 1  # one shrink per piece that left the position open
         positions = await bot.trade("get_all_positions")
         assert positions == []  # one of the two exits closed it all, never more
 
@@ -229,6 +250,34 @@ async def test_a_brackets_held_stop_can_be_moved_and_goes_to_work_when_triggered
         assert bot.events(moved.id)[:1] == ["new"] and bot.events(moved.id)[-1] == "fill"  # new when triggered
         assert_events_add_up(bot, moved.id)
         assert await bot.trade("get_all_positions") == []
+
+
+async def test_replacing_a_brackets_entry_qty_resizes_its_held_exits_on_trade_updates() -> None:
+    async with sim(symbols=["AAPL"]) as s:
+        bot = Bot(s)
+        await bot.move_market(3)
+        bid = d((await quote(bot, "AAPL")).bid_price)
+        low = bid - 20  # far under the market: the entry rests, its exits stay held
+        async with bot.trade_updates():
+            entry = await bot.trade("submit_order", LimitOrderRequest(
+                symbol="AAPL", qty=5, side=OrderSide.BUY, time_in_force=TimeInForce.GTC, limit_price=float(low),
+                order_class=OrderClass.BRACKET, take_profit=TakeProfitRequest(limit_price=float(low + 10)),
+                stop_loss=StopLossRequest(stop_price=float(low - 5))))
+            take, stop = entry.legs
+            new = await bot.trade("replace_order_by_id", entry.id, ReplaceOrderRequest(qty=8))
+            for leg in (take, stop):
+                resized = await bot.event(leg.id, "replaced")
+                assert d(resized.order.qty) == 8 and resized.order.status == OrderStatus.HELD
+                assert str(resized.order.id) == str(leg.id)  # the same exit, now for the whole new entry
+            assert (await bot.event(entry.id, "replaced")).order.replaced_by is not None
+            await bot.event(new.id, "new")
+            nested = await bot.trade("get_order_by_id", new.id, GetOrderByIdRequest(nested=True))
+            assert [str(leg.id) for leg in nested.legs] == [str(take.id), str(stop.id)]
+            assert [d(leg.qty) for leg in nested.legs] == [8, 8]
+            # A replacement that keeps the qty changes no exit: no event for them.
+            await bot.trade("replace_order_by_id", new.id, ReplaceOrderRequest(limit_price=float(low - 1)))
+            await bot.event(new.id, "replaced")
+        assert bot.events(take.id) == ["replaced"] and bot.events(stop.id) == ["replaced"]
 
 
 # ------------------------------------------------------------------------------- calendar changes

@@ -2,7 +2,8 @@
 
 One helper for async tests (:func:`wait_until`) and one for sync ones (:func:`wait_for`); each polls
 a condition and fails naming what it waited for. The poll interval is how often to look, not a
-guess at how long something takes.
+guess at how long something takes. :func:`loop_turns` counts the event loop's turns while code
+runs, for tests that prove the code does not block the loop.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import asyncio
 import inspect
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 
@@ -49,3 +51,32 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, *, proc: s
                 continue
             raise AssertionError(f"{what}: process exited with {proc.returncode}")
         time.sleep(poll)  # the polling interval, not a synchronisation sleep
+
+
+class LoopTurns:
+    """How often the task of :func:`loop_turns` got the event loop."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+@asynccontextmanager
+async def loop_turns(interval: float = 0) -> AsyncIterator[LoopTurns]:
+    """Count the event loop's turns while the block runs: a task that adds one and sleeps
+    ``interval`` s (0: every turn), started before the block and stopped after it. Code that
+    blocks the loop leaves the count low; the count is about blocking, never about speed."""
+    turns = LoopTurns()
+
+    async def turn() -> None:
+        while True:
+            turns.count += 1
+            await asyncio.sleep(interval)
+
+    task = asyncio.create_task(turn())
+    await asyncio.sleep(0)  # the counting task has started
+    try:
+        yield turns
+    finally:
+        task.cancel()

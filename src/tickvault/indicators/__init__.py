@@ -2,7 +2,9 @@
 
 * incremental state machines for the streaming worker -- :class:`RSI`, :class:`EMA`,
   :class:`SMA`, :class:`MACD`, :class:`BollingerBands`, :class:`ATR`, :class:`VWAP`, bundled per
-  symbol as :class:`IndicatorSet`; O(1) per update, bounded state, never numpy on the hot path;
+  symbol as :class:`IndicatorSet`; O(1) per update, bounded state, never numpy on the hot path
+  (SMA and VWAP compiled, with :class:`~.incremental.PySMA` / :class:`~.incremental.PyVWAP` as their
+  Python twins and fallback);
 * vectorized numpy functions for backfills and flows -- :func:`rsi`, :func:`ema`, :func:`sma`,
   :func:`macd`, :func:`bbands`, :func:`atr`, :func:`vwap`, bundled as :func:`compute_all`.
 

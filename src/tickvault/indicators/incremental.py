@@ -9,6 +9,12 @@ Hot-path rules: ``__slots__``, attribute reads hoisted into locals, plain float 
 (a numpy scalar op costs ~100 ns, a float op ~15 ns), no allocation per update except where a
 multi-output ``value`` is asked for. Memory: SMA and Bollinger keep a ring of ``period`` floats;
 MACD keeps its first ``slow`` closes only until both EMAs are seeded; the others keep a few floats.
+
+:class:`SMA` and :class:`VWAP` are compiled (``tickvault._indicators``): in Python their whole cost
+was the interpreter's (~60 ns of call, ~15-20 ns per float operation and attribute write), which
+kept them near 200 ns per update. :class:`PySMA` and :class:`PyVWAP` are the same state machines in
+Python -- the definition the C code follows operation for operation, the fallback when the
+extension is not built, and what the tests hold the compiled ones to, bit for bit.
 """
 
 from __future__ import annotations
@@ -16,13 +22,15 @@ from __future__ import annotations
 import math
 
 from . import definitions as d
+from ._compiled import compiled
 from .definitions import EXACT_RECOMPUTE_EVERY, BandsValue, MACDValue
 
 _NAN = math.nan
 
 
-class SMA:
-    """Simple moving average over the last ``period`` closes (``talib.SMA``)."""
+class PySMA:
+    """Simple moving average over the last ``period`` closes (``talib.SMA``), in Python (see
+    :class:`SMA`)."""
 
     __slots__ = ("period", "value", "ready", "_ring", "_index", "_sum", "_wraps")
 
@@ -374,11 +382,12 @@ class BollingerBands:
         self.lower = mean - self.dev_dn * std
 
 
-class VWAP:
+class PyVWAP:
     """Session VWAP: ``sum(price * volume) / sum(volume)`` since the last :meth:`reset` (call it
     at each session start; :mod:`.sessions` says when). Price is the bar's own VWAP when given
     (Alpaca's ``vw``; None or NaN when absent), else the typical price ``(high + low + close) / 3``.
-    NaN until some volume has traded; ``ready`` is derived from the traded volume."""
+    NaN until some volume has traded; ``ready`` is derived from the traded volume. In Python (see
+    :class:`VWAP`)."""
 
     __slots__ = ("value", "_pv", "_volume")
 
@@ -404,3 +413,26 @@ class VWAP:
         self._volume = cumulative
         if cumulative:
             self.value = pv / cumulative
+
+
+if compiled is not None:
+
+    class SMA(compiled.SMA):  # type: ignore[misc, name-defined]
+        """Simple moving average over the last ``period`` closes (``talib.SMA``): :class:`PySMA`
+        compiled, the same values bit for bit. ``period``, ``value`` and ``ready`` are read-only."""
+
+        __slots__ = ()
+
+        def __init__(self, period: int = d.SMA_PERIOD) -> None:
+            super().__init__(d.check_period("SMA", period), EXACT_RECOMPUTE_EVERY)
+
+    class VWAP(compiled.VWAP):  # type: ignore[misc, name-defined]
+        """Session VWAP (see :class:`PyVWAP`, whose values these are bit for bit): call
+        :meth:`reset` at each session start; ``update(high, low, close, volume, bar_vwap=None)``;
+        ``value`` is NaN until some volume has traded, ``ready`` says whether it has."""
+
+        __slots__ = ()
+
+else:  # the extension is not built: the Python state machines, same values, slower
+    SMA = PySMA  # type: ignore[assignment, misc]
+    VWAP = PyVWAP  # type: ignore[assignment, misc]

@@ -24,12 +24,23 @@ The fill model, which a strategy tested here can rely on:
   working). As at Alpaca, a working pair's take-profit shows ``new`` and its stop stays ``held`` (it
   watches the market; a trigger makes it ``new``); canceling either cancels the other. When an exit
   fills in part, the other exit's qty shrinks to what is left of the position; when it fills
-  completely, the other is canceled. The two hold the position's shares once.
+  completely, the other is canceled. The two hold the position's shares once. A qty the broker
+  changes (that shrink; the held exits of an entry replaced with a new qty) goes out as a
+  ``replaced`` event whose order, same id and status, carries the new qty.
 - **Hours**: with ``hours="always"`` the exchange never closes; ``day`` orders do not expire. With
   ``hours="calendar"`` (see :mod:`tickvault.sim.calendar`) an order sent while the market is closed is
   ``accepted`` and goes to work (``new``) at the next open; a ``day`` order expires at its session's
   close (``expires_at``), an early one on a half day. ``calendar`` adds one-off closures and early
   closes to NYSE's.
+- **Options' end** (Alpaca's options trading pages): a contract expires at the close of the session on
+  its expiration date (the session before when that day is a holiday), by the simulated clock, whatever
+  ``hours``. Its open orders are canceled; a long position in the money by $0.01 or more against the
+  underlying's last simulated price is exercised (``OPEXC``, and ``OPTRD``: 100 shares a contract at the
+  strike, cash with them) — or, when the account lacks the buying power (call) or the shares (put),
+  liquidated at the contract's bid, as Alpaca liquidates it; a short one in the money is assigned
+  (``OPASN`` + ``OPTRD``); the rest expire worthless (``OPEXP``). From 30 minutes before that close no
+  order may open a position in it (422), and after it no order at all (422 ``is expired``).
+  :meth:`Broker.exercise` exercises a long position early, during market hours, in the money only.
 - **Account rules** (Alpaca's answers): a buy that opens or adds costs ``qty × (limit or ask)`` of
   buying power (403 ``insufficient buying power``); a sell beyond the long position's available qty,
   or a buy beyond the short's, is refused (403 ``insufficient qty available for order``; a position
@@ -50,9 +61,12 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from datetime import date as datetime_date
+from datetime import timedelta
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
+from itertools import chain
 from typing import Any, NamedTuple
 
+from tickvault.alpaca.options import OccSymbol, parse_occ
 from tickvault.alpaca.protocol import ns_to_rfc3339, rfc3339_to_ns
 from tickvault.sim.calendar import NYSE, Calendar, new_york_date
 
@@ -89,6 +103,15 @@ MARK_EVERY_NS = 60 * 10**9  # one equity mark per simulated minute for the portf
 # The non-trade activities the simulator books (``Broker.cash_activity``) and their default description.
 CASH_ACTIVITIES = {"CSD": "cash deposit", "CSW": "cash withdrawal", "FEE": "fee", "DIV": "cash dividend"}
 OPTIONS_APPROVED_LEVEL = 3  # Alpaca's paper accounts come approved for level 3 (spreads)
+# The non-trade activities of an option's end (Alpaca's "Non-Trade Activities for Option Events") and their
+# descriptions: the contract leaves the account (OPEXC exercised, OPASN assigned, OPEXP expired) and, on
+# exercise or assignment, the underlying moves at the strike (OPTRD).
+OPTION_ACTIVITIES = {"OPEXC": "Option Exercise", "OPASN": "Option Assignment", "OPEXP": "Option Expiry",
+                     "OPTRD": "Option Trade"}
+# Alpaca stops accepting orders that open or add to a position in a contract expiring today from 15:30 New
+# York time: 30 minutes before a regular close (the simulator keeps the 30 minutes on an early close).
+OPENING_CUTOFF_NS = 30 * 60 * 10**9
+SHARES_PER_CONTRACT = 100  # the deliverable of a standard US equity option
 TRANSFERS = ("CSD", "CSW")  # cash moved by the owner: no part of profit and loss
 # Every activity type Alpaca documents (alpaca-py's ActivityType): filters may name any of them.
 ACTIVITY_TYPES = frozenset(
@@ -277,6 +300,9 @@ class Broker:
         self.listeners: list[Callable[[dict], None]] = []
         self.created_ns = clock()
         self.base_equity = self.cash  # equity at the start: the portfolio history's base value
+        self._expiry_ns: dict[str, int] = {}  # option contract → its expiry (a close); ≤ listed contracts
+        # Contracts expire only at a session's close: the clock looks for expired ones when it passes one.
+        self._next_expiry_check = self.calendar.next_close(self.created_ns) or 0
 
     # ------------------------------------------------------------------ state for tests
     def set_position(
@@ -593,6 +619,8 @@ class Broker:
             raise BrokerError(422, 40010001, "time_in_force must be day or gtc for advanced orders")
         if venue.asset_class != "us_equity":
             self._validate_class(venue, body, otype, tif, order_class)
+        if self.contract_expired(symbol):
+            raise BrokerError(422, 42210000, f'contract "{symbol}" is expired')
         qty, notional = body.get("qty"), body.get("notional")
         if (qty is None) == (notional is None):
             raise BrokerError(422, 40010001, "qty or notional is required (exactly one)")
@@ -781,6 +809,9 @@ class Broker:
                 leg.position_intent = f"{leg.side}_to_close" if o.order_class == "oco" else f"{leg.side}_to_open"
             return
         o.position_intent = f"{o.side}_to_open"
+        expiry = self.contract_expiry_ns(o.symbol)
+        if expiry and self.clock() >= expiry - OPENING_CUTOFF_NS:
+            raise BrokerError(422, 42210000, f'contract "{o.symbol}" expires soon, unable to open new positions')
         if o.side == "sell" and venue.asset_class == "crypto":
             raise BrokerError(403, 40310000, f"insufficient balance for {o.symbol.split('/')[0]} (requested: "
                               f"{_s(o.qty)}, available: 0)")
@@ -935,7 +966,7 @@ class Broker:
 
     def advance(self, now: int | None = None) -> None:
         """Let the clock act: accepted orders go to work at the open, day orders expire at the close,
-        the equity is marked once a simulated minute. Called by the market loop and on every request."""
+        option contracts at their expiration day's close, the equity is marked once a simulated minute. Called by the market loop and on every request."""
         now = self.clock() if now is None else now
         if self.pending:
             due = [o for o in self.pending if (o.status == "accepted" and o.activate_ns and o.activate_ns <= now)
@@ -950,6 +981,9 @@ class Broker:
                     else:
                         o.activate_ns = 0
                         self._start(o, now)
+        if self._next_expiry_check and now >= self._next_expiry_check:
+            self._expire_contracts(now)
+            self._next_expiry_check = self.calendar.next_close(now) or 0
         if now >= self._next_mark:
             self._next_mark = now - now % MARK_EVERY_NS + MARK_EVERY_NS
             self.marks.append((now, self.equity()))
@@ -960,20 +994,7 @@ class Broker:
         value = price * self.venue(o.symbol).multiplier  # cash per unit of qty
         self.cash -= signed * value
         key = position_symbol(o.symbol)
-        pos = self.positions.get(key)
-        if pos is None:
-            self.positions[key] = [signed, signed * value]
-        else:
-            old_qty, cost = pos
-            new_qty = old_qty + signed
-            if new_qty == 0:
-                del self.positions[key]
-            elif (old_qty > 0) == (signed > 0):
-                pos[0], pos[1] = new_qty, cost + signed * value  # adding to the position
-            elif (old_qty > 0) == (new_qty > 0):
-                pos[0], pos[1] = new_qty, cost * new_qty / old_qty  # reducing: avg entry unchanged
-            else:
-                pos[0], pos[1] = new_qty, new_qty * value  # flipped through zero (planted positions only)
+        self._book_position(key, signed, value)
         o.filled_qty += qty
         o.filled_value += qty * price
         done = o.filled_qty >= o.qty
@@ -992,14 +1013,31 @@ class Broker:
                 self._cancel(sibling, t_ns, cascade=False)  # one-cancels-other: the sibling goes with the last fill
             elif sibling.remaining > o.remaining:
                 # A partly filled exit: the other exit now covers only what is left of the position.
-                sibling.qty = sibling.filled_qty + o.remaining
-                sibling.updated_ns = t_ns
+                self._resize(sibling, sibling.filled_qty + o.remaining, t_ns)
         if done and o.parent is None and o.order_class in ("bracket", "oto"):
             for leg in o.legs:  # the exits go to work once the entry is completely filled
                 if leg.status == "held":
                     if leg.time_in_force == "day" and o.expires_ns:
                         leg.expires_ns = o.expires_ns
                     self._start(leg, t_ns)
+
+    def _book_position(self, key: str, signed: Decimal, value: Decimal) -> None:
+        """``signed`` units of qty into (buy) or out of (sell) the position ``key`` at ``value`` cash a unit:
+        adding raises the cost basis by what it cost, reducing keeps the average entry."""
+        pos = self.positions.get(key)
+        if pos is None:
+            self.positions[key] = [signed, signed * value]
+            return
+        old_qty, cost = pos
+        new_qty = old_qty + signed
+        if new_qty == 0:
+            del self.positions[key]
+        elif (old_qty > 0) == (signed > 0):
+            pos[0], pos[1] = new_qty, cost + signed * value  # adding to the position
+        elif (old_qty > 0) == (new_qty > 0):
+            pos[0], pos[1] = new_qty, cost * new_qty / old_qty  # reducing: avg entry unchanged
+        else:
+            pos[0], pos[1] = new_qty, new_qty * value  # flipped through zero (an assignment, planted positions)
 
     def _record_activity(self, t_ns: int, activity: dict) -> dict:
         """Give the activity Alpaca's id (``YYYYMMDDhhmmssmmm::uuid``) and keep it (the oldest go first)."""
@@ -1071,6 +1109,15 @@ class Broker:
         if cascade:
             self._close_children(o, now)
 
+    def _resize(self, o: _Order, qty: Decimal, now: int) -> None:
+        """The broker changes a working order's qty (an exit whose sibling filled in part, the held exits of
+        a replaced entry): Alpaca reports such an update as ``replaced`` (its order status documents
+        "replaced by another order, or updated due to a market event"); the order keeps its id and status,
+        and the event's order carries the new ``qty`` and ``replaced_at``."""
+        o.qty = qty
+        o.updated_ns = o.replaced_ns = now
+        self._emit("replaced", o)
+
     def _expire(self, o: _Order, now: int) -> None:
         o.status = "expired"
         o.expired_ns = o.updated_ns = now
@@ -1100,6 +1147,148 @@ class Broker:
             )
         for listener in list(self.listeners):
             listener(data)
+
+    # ------------------------------------------------------------------ options: expiry, exercise, assignment
+    def contract_expiry_ns(self, symbol: str) -> int | None:
+        """When an option contract the broker trades expires: the close of the session on its expiration
+        date (the last session before it when the exchange is closed that day); None for anything else."""
+        if self.venue(symbol).asset_class != "us_option":
+            return None
+        ns = self._expiry_ns.get(symbol)
+        if ns is None:
+            day = parse_occ(symbol).expiration
+            session = None
+            for _ in range(10):  # a holiday Friday moves the expiry to the day before (never 10 days back)
+                session = self.calendar.session_on(day)
+                if session is not None:
+                    break
+                day -= timedelta(days=1)
+            ns = self._expiry_ns[symbol] = session.close_ns if session is not None else 0
+        return ns
+
+    def contract_expired(self, symbol: str, now: int | None = None) -> bool:
+        expiry = self.contract_expiry_ns(symbol)
+        return bool(expiry) and expiry <= (self.clock() if now is None else now)  # type: ignore[operator]
+
+    def _moneyness(self, occ: OccSymbol) -> Decimal:
+        """How far in the money a contract is against its underlying's last simulated price (< 0: out)."""
+        spot = Decimal(self.stocks.price_cents(occ.underlying) or 0) / 100
+        return spot - occ.strike if occ.option_type == "C" else occ.strike - spot
+
+    def _expire_contracts(self, now: int) -> None:
+        """Every contract expired by ``now``: its open orders canceled, then its position settled as Alpaca
+        settles it after the close (:meth:`_settle_contract`), each at the contract's own expiry time."""
+        symbols = {s for s in chain(self.positions, self.working, (o.symbol for o in self.pending))
+                   if self.contract_expired(s, now)}
+        for symbol in sorted(symbols):
+            at = self._expiry_ns[symbol]
+            for o in [o for o in chain(self.working.get(symbol, ()), self.pending) if o.symbol == symbol]:
+                if o.is_open:
+                    self._cancel(o, at)
+            self._prune(symbol)
+            self.pending = [o for o in self.pending if o.is_open]
+            if symbol in self.positions:
+                self._settle_contract(symbol, at)
+
+    def _settle_contract(self, symbol: str, at: int) -> None:
+        """An expired contract leaves the account: in the money by $0.01 or more, a long one is exercised
+        (sold at its bid instead when the account cannot take the delivery, as Alpaca liquidates it) and a
+        short one assigned; otherwise it expires worthless (``OPEXP``)."""
+        qty = self.positions[symbol][0]
+        occ = parse_occ(symbol)
+        if self._moneyness(occ) < CENT:
+            self._book_position(symbol, -qty, Decimal(0))
+            self._record_option_activity("OPEXP", symbol, -qty, at)
+        elif qty < 0:
+            self._deliver(symbol, occ, qty, "OPASN", at)
+        elif self._exercise_refusal(occ, qty) is not None:
+            self._liquidate(symbol, qty, at)
+        else:
+            self._deliver(symbol, occ, qty, "OPEXC", at)
+        self.marks.append((at, self.equity()))
+
+    def _delivery(self, occ: OccSymbol, contracts: Decimal) -> Decimal:
+        """Shares of the underlying ``contracts`` (signed: long > 0) deliver into the account: a long call
+        or a short put buys them, a long put or a short call sells them."""
+        shares = abs(contracts) * SHARES_PER_CONTRACT
+        return shares if (occ.option_type == "C") == (contracts > 0) else -shares
+
+    def _exercise_refusal(self, occ: OccSymbol, contracts: Decimal) -> BrokerError | None:
+        """Why the account cannot exercise ``contracts`` long contracts (Alpaca's 403), or None: a call
+        needs the strike's cash in buying power, a put the shares it sells."""
+        shares = self._delivery(occ, contracts)
+        if shares > 0:
+            required = shares * occ.strike
+            available = self.buying_power()
+            if required > available:
+                return BrokerError(403, 40310000, f"insufficient cash available (required: {_s(required)}, "
+                                   f"available: {_s(available.quantize(CENT))})")
+            return None
+        held = max(Decimal(0), self.positions.get(occ.underlying, [Decimal(0)])[0])
+        available = max(Decimal(0), held - self._held_for_orders(occ.underlying, "sell"))
+        if -shares > available:
+            return BrokerError(403, 40310000, f"insufficient underlying qty available for deliverable: "
+                               f"{occ.underlying} (requested: {_s(-shares)}, available: {_s(available)})")
+        return None
+
+    def _deliver(self, symbol: str, occ: OccSymbol, contracts: Decimal, kind: str, at: int) -> None:
+        """``contracts`` (signed) of ``symbol`` leave the account by exercise (``OPEXC``) or assignment
+        (``OPASN``), and their shares of the underlying move at the strike (``OPTRD``), cash with them."""
+        shares = self._delivery(occ, contracts)
+        net = -shares * occ.strike
+        self._book_position(symbol, -contracts, Decimal(0))
+        self.cash += net
+        self._book_position(occ.underlying, shares, occ.strike)
+        self._record_option_activity(kind, symbol, -contracts, at)
+        self._record_option_activity("OPTRD", occ.underlying, shares, at, net_amount=net, price=occ.strike)
+
+    def _record_option_activity(self, kind: str, symbol: str, qty: Decimal, at: int, *,
+                                net_amount: Decimal = Decimal(0), price: Decimal | None = None) -> None:
+        """Alpaca's option event activity: ``qty`` is the change to the position in ``symbol`` (contracts,
+        or shares for ``OPTRD``), ``net_amount`` the cash it moved."""
+        activity = {"activity_type": kind, "date": new_york_date(at).isoformat(), "net_amount": _s(net_amount),
+                    "description": OPTION_ACTIVITIES[kind], "symbol": symbol, "qty": _s(qty)}
+        if price is not None:
+            activity["price"] = _s(price)
+        self._record_activity(at, {**activity, "status": "executed"})
+
+    def _liquidate(self, symbol: str, contracts: Decimal, at: int) -> None:
+        """Alpaca's liquidation of an in-the-money long the account cannot exercise: a market sell of the
+        whole position, filled at the contract's bid (all of it, whatever the bid's size)."""
+        o = self._new_order()
+        o.symbol, o.side, o.type, o.time_in_force, o.qty = symbol, "sell", "market", "day", contracts
+        o.asset_class, o.position_intent = "us_option", "sell_to_close"
+        o.created_ns = o.updated_ns = o.submitted_ns = at
+        self._remember(o)
+        self._emit("new", o)
+        self._fill(o, self._book(symbol)[0], at, contracts)
+
+    def exercise(self, symbol_or_contract_id: str) -> None:
+        """``POST /v2/positions/{symbol_or_contract_id}/exercise``: every available contract of a long
+        position exercised now, in the money only and while the market is open, as Alpaca takes it
+        (its 403s and 404 otherwise)."""
+        wanted = symbol_or_contract_id
+        symbol = next((s for s, (qty, _) in self.positions.items()
+                       if qty > 0 and self.venue(s).asset_class == "us_option"
+                       and (s == wanted.upper() or asset_id(s) == wanted)), None)
+        if symbol is None:
+            raise BrokerError(404, 40410000, f"long position not found: {symbol_or_contract_id}")
+        now = self.clock()
+        if not self.is_open(now):
+            raise BrokerError(403, 40310000,
+                              "exercise requests are not accepted after market close until midnight")
+        occ = parse_occ(symbol)
+        available = self.positions[symbol][0] - self._held_for_orders(symbol, "sell")
+        if available <= 0:
+            raise BrokerError(403, 40310000, "no qty available to exercise")
+        if self._moneyness(occ) < CENT:
+            raise BrokerError(403, 40310000, "you are attempting to exercise an out of the money option contract, "
+                              "please contact support@alpaca.markets to complete this request")
+        refusal = self._exercise_refusal(occ, available)
+        if refusal is not None:
+            raise refusal
+        self._deliver(symbol, occ, available, "OPEXC", now)
+        self.marks.append((now, self.equity()))
 
     # ------------------------------------------------------------------ orders: read, change, cancel
     def _order(self, order_id: str) -> _Order:
@@ -1220,13 +1409,14 @@ class Broker:
             o.parent.legs = [new if leg is o else leg for leg in o.parent.legs]
         for leg in o.legs:
             leg.parent = new
-            if leg.status == "held":
-                leg.qty = total  # the exits close what the whole entry (old fills and new) opens
         if o.sibling is not None:
             o.sibling.sibling = new
         self._prune(o.symbol)
         self.pending = [p for p in self.pending if p is not o]
         self._emit("replaced", o)
+        for leg in o.legs:
+            if leg.status == "held" and leg.qty != total:
+                self._resize(leg, total, now)  # the exits close what the whole entry (old fills and new) opens
         self._start(new, now)
         return new.to_json()
 

@@ -29,7 +29,8 @@ OPTION_EXCHANGES = ("C", "X", "I", "N")  # CBOE, PHLX, ISE, NYSE Arca: a few OPR
 
 def expiries(today: date) -> tuple[str, str]:
     """Two monthly expirations (third Fridays, YYMMDD) always ahead of ``today``: the month after next
-    and three months after that, so the contracts never expire while a simulator runs."""
+    and three months after that, so no contract expires unless the simulated clock is moved past it (the
+    broker then settles it at that close: :meth:`tickvault.sim.broker.Broker.contract_expiry_ns`)."""
     out = []
     for ahead in (2, 5):
         y, m = divmod(today.month - 1 + ahead, 12)

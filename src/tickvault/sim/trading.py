@@ -69,6 +69,7 @@ class TradingAPI:
             Route("/v2/account/activities/{activity_type}", e(self._activities)),
             Route("/v2/account/activities", e(self._activities)),
             Route("/v2/positions", e(self._positions), methods=["GET", "DELETE"]),
+            Route("/v2/positions/{symbol_or_contract_id}/exercise", e(self._exercise), methods=["POST"]),
             Route("/v2/positions/{symbol_or_asset_id:path}", e(self._position), methods=["GET", "DELETE"]),
             Route("/v2/orders", e(self._orders), methods=["GET", "POST", "DELETE"]),
             Route("/v2/orders:by_client_order_id", e(self._order_by_client_id)),
@@ -127,6 +128,11 @@ class TradingAPI:
             q = request.query_params
             return self.broker.close_position(key, qty=q.get("qty"), percentage=q.get("percentage"))
         return self.broker.position(key)
+
+    def _exercise(self, request: Request) -> Response:
+        """Exercise a long option position now (alpaca-py ``exercise_options_position``); an empty 200."""
+        self.broker.exercise(request.path_params["symbol_or_contract_id"])
+        return Response(status_code=200)
 
     # --- orders
     async def _orders(self, request: Request) -> Any:
@@ -219,7 +225,10 @@ class TradingAPI:
             raise ValueError(f"limit must be 1..{self.MAX_CONTRACTS_PAGE}")
         underlyings = [u.strip() for u in (q.get("underlying_symbols") or "").split(",") if u.strip()] or None
         chosen = select_contracts(self._contract_symbols(), q, underlyings)
-        if status == "inactive" or style == "european":  # every simulated contract is active and American
+        now = self.sim.clock()
+        # Every simulated contract is American; it is active until it expires (then inactive, untradable).
+        chosen = [c for c in chosen if self.broker.contract_expired(c, now) == (status == "inactive")]
+        if style == "european":
             chosen = []
         after = q.get("page_token")
         if after:
@@ -249,12 +258,13 @@ class TradingAPI:
             last = datetime.fromtimestamp(book.times[-1] / 1e9, calendar.NEW_YORK)
         kind = "call" if occ.option_type == "C" else "put"
         strike = format(occ.strike.normalize(), "f")
+        active = not self.broker.contract_expired(symbol)
         return {
             "id": asset_id(symbol),
             "symbol": symbol,
             "name": f"{occ.underlying} {occ.expiration:%b %d %Y} {strike} {kind.capitalize()}",
-            "status": "active",
-            "tradable": True,
+            "status": "active" if active else "inactive",
+            "tradable": active,
             "expiration_date": occ.expiration.isoformat(),
             "root_symbol": occ.underlying,
             "underlying_symbol": occ.underlying,

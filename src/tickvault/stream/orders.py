@@ -1,7 +1,7 @@
 """The order gateway and the trade-updates listener.
 
 Gateway: strategy intents → orders at the broker, never twice. Each intent gets a deterministic
-``client_order_id`` (a hash of strategy, symbol, bar time, side, qty and tag), is recorded in
+``client_order_id`` (a hash of the strategy, the bar time and every field of the intent), is recorded in
 ``orders`` as ``pending_submit`` *before* the request (ON CONFLICT DO NOTHING: a duplicate intent
 after a restart finds the row and is skipped), then submitted through the REST client, which
 retries an ambiguous failure and recognises Alpaca's "client_order_id must be unique" as "the
@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import fields
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -52,9 +53,23 @@ MAX_PENDING_INTENTS = 1000
 # One probe of the partial index trading_halts_active_idx, on the connection the intent uses anyway.
 HALTED = "SELECT reason FROM trading_halts WHERE lifted_at IS NULL ORDER BY halted_at DESC LIMIT 1"
 
+# The intent fields the id was first made of, in their place in the key.
+_FIRST_KEY_FIELDS = frozenset({"symbol", "side", "qty", "type", "limit_price", "tag"})
+
+
 def client_order_id(strategy: str, bar: Bar, intent: OrderIntent) -> str:
-    """Deterministic id: the same intent on the same bar always maps to the same order."""
+    """Deterministic id: the same intent on the same bar always maps to the same order, and two intents
+    that would make different orders never share one (the second would be skipped as already sent).
+
+    Every field of :class:`OrderIntent` is in the key. Those added after the first key (``time_in_force``,
+    and any field added later, without anyone remembering to list it here) join it only when they differ
+    from their default, so an intent that always had its own id keeps it across an upgrade: a worker
+    restarted mid-bar on the new version finds its order instead of sending it again."""
     key = f"{strategy}|{intent.symbol}|{bar.time_ns}|{intent.side}|{intent.qty}|{intent.type}|{intent.limit_price}|{intent.tag}"
+    for f in fields(intent):
+        value = getattr(intent, f.name)
+        if f.name not in _FIRST_KEY_FIELDS and value != f.default:
+            key += f"|{f.name}={value}"
     return "tv-" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 

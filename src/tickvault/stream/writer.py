@@ -42,7 +42,7 @@ from pathlib import Path
 
 import psycopg
 from psycopg import postgres
-from psycopg.adapt import Dumper
+from psycopg.adapt import Dumper, Loader
 from psycopg.pq import Format
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -100,6 +100,20 @@ class _NsTimestamptz(Dumper):
 
 class _NsTime(int):
     """Marker type to register the dumper on one cursor only."""
+
+
+_unpack_q = struct.Struct("!q").unpack
+
+
+class NsTimestamptzLoader(Loader):
+    """Binary timestamptz to int nanoseconds (the inverse of :class:`_NsTimestamptz`, exact: the
+    server's µs times 1000): no datetime object per row where a reader wants ns, e.g. the
+    processor's restore. Register it on one cursor: ``cur.adapters.register_loader("timestamptz", ...)``."""
+
+    format = Format.BINARY
+
+    def load(self, data) -> int:
+        return (_unpack_q(data)[0] + _PG_EPOCH_US) * 1000
 
 
 _TEXT_OID = postgres.types["text"].oid
