@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from tests.support.pipes import read_lines
+
 TICKVAULT = [sys.executable, "-m", "tickvault.cli"]
 
 
@@ -136,11 +138,8 @@ def test_sim_prints_the_keys_it_accepts_with_its_urls():
         env.pop(name, None)
     sim = subprocess.Popen([*TICKVAULT, "sim"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        banner = []
-        for line in sim.stdout:  # up to the blank line that ends the banner (EOF if it failed)
-            if not line.strip():
-                break
-            banner.append(line.rstrip())
+        # up to the blank line that ends the banner
+        banner = read_lines(sim, 60, "the simulator's banner", until=lambda line: not line.strip())[:-1]
         assert any("50 symbols, 30 of them synthetic (ZAAAA...)" in line for line in banner), banner
         keys = next(line for line in banner if line.strip().startswith("keys"))
         key, secret = keys.split()[3], keys.split()[5]

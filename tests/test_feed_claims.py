@@ -8,11 +8,11 @@ import asyncio
 import psycopg
 import pytest
 
-from tickvault.config import load_settings
+from tests.support.sim import worker_settings
+from tests.support.waiting import wait_until
 from tickvault.sim.server import Simulator
 from tickvault.stream.feed_claims import FeedTaken, account_id, claim_feeds, release_feeds
 from tickvault.stream.worker import Worker
-from tests.support.waiting import wait_until
 
 
 async def test_a_held_feed_is_refused_naming_its_holder_until_released(fresh_database):
@@ -44,11 +44,7 @@ async def test_a_second_worker_on_the_same_feed_refuses_to_start(fresh_database,
     url = fresh_database()
     async with Simulator(symbols=["AAA"], rate=100, crypto_pairs=["BTC/USD"]) as sim:
         def settings(name: str, feeds: str):
-            return load_settings(database_url=url, alpaca_key_id=sim.key, alpaca_secret_key=sim.secret,
-                                 alpaca_stream_url=sim.ws_url, alpaca_data_url=sim.rest_url,
-                                 alpaca_trading_url=sim.rest_url, alpaca_trade_stream_url=sim.trade_updates_url,
-                                 symbols="AAA", feeds=feeds, metrics_port=0, run_dir=str(tmp_path / name),
-                                 worker_name=name, stats_interval_s=60)
+            return worker_settings(sim, url, tmp_path / name, name, feeds=feeds, stats_interval_s=60)
 
         first = Worker(settings("one", "stocks:iex,crypto:us"))
         await first.start()
@@ -66,11 +62,8 @@ async def test_a_second_worker_on_the_same_feed_refuses_to_start(fresh_database,
 async def test_a_worker_with_only_the_crypto_feed_records_crypto_and_nothing_else(fresh_database, tmp_path):
     url = fresh_database()
     async with Simulator(symbols=["AAA"], rate=500, crypto_pairs=["ETH/USD"], crypto_rate=300) as sim:
-        settings = load_settings(database_url=url, alpaca_key_id=sim.key, alpaca_secret_key=sim.secret,
-                                 alpaca_stream_url=sim.ws_url, alpaca_data_url=sim.rest_url,
-                                 alpaca_trading_url=sim.rest_url, alpaca_trade_stream_url=sim.trade_updates_url,
-                                 feeds="crypto:us", crypto_symbols="ETH/USD", metrics_port=0,
-                                 run_dir=str(tmp_path / "run"), worker_name="crypto-only", stats_interval_s=60)
+        settings = worker_settings(sim, url, tmp_path / "run", "crypto-only", feeds="crypto:us",
+                                   crypto_symbols="ETH/USD", stats_interval_s=60)
         worker = Worker(settings)
         task = asyncio.create_task(worker.run())
         try:

@@ -25,6 +25,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from tests.support.net import free_port
+from tests.support.pipes import read_lines
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
@@ -90,8 +91,7 @@ def stack(fresh_database, prefect_server, tmp_path_factory) -> Iterator[Stack]:
         sim = subprocess.Popen([sys.executable, "-m", "tickvault.cli", "sim"], env=sim_env, stdout=subprocess.PIPE,
                                text=True, start_new_session=True)
         procs.append(sim)
-        lines = [sim.stdout.readline() for _ in range(4)]
-        assert any("REST" in line for line in lines), lines
+        read_lines(sim, 60, "the simulator's banner up to its REST line", until=lambda line: "REST" in line)
         rest_url = f"http://127.0.0.1:{rest_port}"
 
         # S3 on loopback.

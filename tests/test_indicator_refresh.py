@@ -105,11 +105,13 @@ def _assert_equal(stored: dict, expected: dict) -> None:
 
 
 def test_refresh_equals_incremental_indicators_and_is_idempotent(url: str) -> None:
-    # Start 600 minutes before a UTC midnight: ~22 hours of bars, so a session start or end
-    # (04:00 or 20:00 New York time) falls inside the data unless it is all weekend.
-    midnight = (datetime.now(UTC) - timedelta(days=2)).replace(hour=0, minute=0, second=0, microsecond=0)
-    base = midnight - timedelta(minutes=600)
+    # ~22 hours of bars from Tuesday 2026-03-03 09:00 New York time: a session's end (20:00) and the
+    # next one's start (04:00) fall inside them whenever this runs (the bars were once placed before
+    # the day before yesterday: on a Tuesday all weekend, no session edge for VWAP to restart at).
+    base = datetime(2026, 3, 3, 14, 0, tzinfo=UTC)
     now = base + timedelta(minutes=MINUTES + 5)
+    sessions = [_session(base + timedelta(minutes=m)) for m in range(MINUTES)]
+    assert None in sessions and len(set(sessions) - {None}) == 2
 
     _insert(url, _trades(base, range(0, SPLIT), seed=1))
     first = refresh_indicators(url, since=base)

@@ -7,6 +7,7 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from datetime import UTC, datetime
 from decimal import Decimal
 from itertools import pairwise
 
@@ -25,6 +26,7 @@ from tickvault.alpaca.protocol import (
     subscribe_message,
 )
 from tickvault.sim import Simulator, TruthChecksum
+from tickvault.sim.calendar import SimClock
 
 KEY, SECRET = "key", "secret"
 HEADERS = {"APCA-API-KEY-ID": KEY, "APCA-API-SECRET-KEY": SECRET}
@@ -465,7 +467,11 @@ async def test_rest_faults_429_with_retry_after_500_and_latency() -> None:
 
 
 async def test_correction_cancel_and_updated_bar_are_sent_and_recorded() -> None:
-    async with Simulator(symbols=["AAA"], rate=None, max_trades=300) as sim:
+    # The simulated clock starts one second into a minute: on the wall clock, 300 trades made across a
+    # minute boundary (23:59:59.999 → 00:00:00.000) completed a minute bar, and the last assertion failed.
+    minute = int(datetime(2026, 12, 1, tzinfo=UTC).timestamp()) * 10**9  # any whole minute
+    clock = SimClock(start_ns=minute + 10**9)
+    async with Simulator(symbols=["AAA"], rate=None, max_trades=300, clock=clock) as sim:
         ws = await open_stream(sim, subscribe={"trades": ["AAA"], "updated_bars": ["AAA"]})
         async with ws:
             rows = await read_trades(ws, 300)

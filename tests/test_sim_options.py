@@ -218,3 +218,27 @@ async def test_option_contracts_through_alpaca_py_trading_client() -> None:
             assert (await http.get("/v2/options/contracts/AAPL990101C00001000")).status_code == 404
             bad = await http.get("/v2/options/contracts", params={"type": "straddle"})
             assert bad.status_code == 422 and "type" in bad.text
+
+
+@pytest.mark.parametrize("moment", [
+    "2026-11-30T23:59:59.999+00:00",  # a month's last instant (UTC), the next day a new month
+    "2026-12-31T23:59:59.999+00:00",  # a year's last instant (UTC)
+    "2026-12-31T20:00:00-05:00",  # New York's New Year's Eve evening: already 2027 in UTC
+    "2027-01-01T00:00:00+00:00",
+    "2028-02-29T12:00:00+00:00",  # a leap day
+    "2026-03-08T07:00:00+00:00",  # New York's spring DST switch (02:00 EST → 03:00 EDT)
+])
+def test_option_contracts_expire_on_third_fridays_ahead_of_the_simulated_day_at_any_moment(moment: str) -> None:
+    """The contracts are made from the simulated clock's day (``today``): whenever the simulator
+    starts, month and year ends included, both expirations are monthly third Fridays more than a
+    month ahead, so none expires while it runs."""
+    from tickvault.sim.calendar import SimClock
+    from tickvault.sim.greeks import years_to_expiry
+
+    start = datetime.fromisoformat(moment)
+    sim = Simulator(symbols=["AAPL"], clock=SimClock(start_ns=int(start.timestamp() * 1e9)))
+    expirations = sorted({parse_occ(s).expiration for s in sim.option_symbols})
+    assert len(expirations) == 2 and len(sim.option_symbols) == 8
+    for expiry in expirations:
+        assert expiry.weekday() == 4 and 15 <= expiry.day <= 21  # the month's third Friday
+        assert years_to_expiry(expiry, sim.clock()) > 31 / 365

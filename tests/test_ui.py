@@ -21,6 +21,7 @@ import pytest
 
 from tests.support.dashboard import plant_minute_trades, serve_dashboard, settings_for_sim
 from tests.support.net import free_port
+from tests.support.pipes import read_lines
 from tickvault.config import ConfigError, load_settings
 from tickvault.sim.server import Simulator
 
@@ -133,6 +134,27 @@ async def test_market_page_serves_a_crypto_pairs_candles_and_live_bars(fresh_dat
                     pushed = httpx.Response(200, content=line[6:]).json()
                     break
         assert pushed["symbol"] == "BTC/USD" and pushed["t"][-1] == d["t"][-1]
+
+
+async def test_live_bars_of_a_feed_behind_our_clock_carry_the_closed_bars_indicators(fresh_database):
+    """A feed whose newest trade is minutes behind our clock (a delayed feed, a simulator started in
+    the past): each live push holds the newest bar and the whole one before it, so that bar's
+    indicators, stored just after it closed, reach the chart. The push once began a minute before
+    the newest trade and left the previous bar out, its indicators blank until a reload."""
+    from tickvault.ui import queries
+
+    url = fresh_database()
+    start = (datetime.now(UTC) - timedelta(minutes=30)).replace(second=0, microsecond=0)
+    with psycopg.connect(url, autocommit=True) as conn:
+        plant_minute_trades(conn, "AAPL", start, minutes=5)  # the newest trade 45 s into the fifth minute
+        conn.execute("INSERT INTO indicators (time, symbol, timeframe, close, ema_12) "
+                     "SELECT bucket, symbol, '1m', close, close - 1 FROM ohlcv_1m "
+                     "WHERE symbol = 'AAPL' AND bucket < %s", (start + timedelta(minutes=4),))
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        pushed = json.loads((await queries.latest_bars(conn, "AAPL")).json)
+    fourth, fifth = (int((start + timedelta(minutes=m)).timestamp()) for m in (3, 4))
+    assert pushed["t"] == [fourth, fifth]
+    assert pushed["ind"]["ema_12"] == [pushed["c"][0] - 1, None]  # the open bar has none yet
 
 
 def _f64_bars(body: bytes) -> tuple[dict, dict[str, list[float]]]:
@@ -280,7 +302,7 @@ def test_tickvault_ui_serves_on_loopback_and_stops_on_sigterm(planted):
     proc = subprocess.Popen([sys.executable, "-m", "tickvault.cli", "ui"], env=env, stdout=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
-        line = proc.stdout.readline()
+        (line,) = read_lines(proc, 60, "the dashboard's address", count=1)
         assert line.strip() == f"dashboard    http://127.0.0.1:{port}"
         r = httpx.get(f"http://127.0.0.1:{port}/market", timeout=10)
         assert r.status_code == 200 and "lightweight-charts" in r.text

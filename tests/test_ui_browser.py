@@ -133,13 +133,47 @@ async def test_market_chart_draws_candles_and_a_new_bar_arrives_live(stack, page
 
     # Indicators: once 26 bars are in, the overlays and both panes have values.
     await page.wait_for_function(
-        "() => ['ema_12', 'sma_20', 'bb_upper', 'vwap'].every(k => tv.overlays[k].data().some(p => p.value !== undefined))"
+        "() => ['ema_12', 'sma_20', 'bb_upper'].every(k => tv.overlays[k].data().some(p => p.value !== undefined))"
         " && ['rsi_14', 'macd'].every(k => tv.panes[k].data().some(p => p.value !== undefined))",
         timeout=90_000,
     )
     await page.reload()  # markers (the strategy's fills) come with a page load
     await page.wait_for_function("() => tv.loaded && tv.markers.markers().length > 0", timeout=30_000)
+    await _assert_vwap_drawn_where_a_session_holds_the_bar(stack, page)
     await page.screenshot(path=str(stack.shots / "dashboard-market.png"))
+
+
+async def _assert_vwap_drawn_where_a_session_holds_the_bar(stack, page) -> None:
+    """VWAP exists only for a bar inside a US equity session (04:00-20:00 New York on a trading day of
+    the simulator's /v2/calendar, which the worker fetched): the worker stores it there and NULL
+    everywhere else, and the chart draws what is stored (a gap for NULL). The simulator's clock starts
+    at the wall clock, so the bars are a trading day's, a night's, a weekend's or a holiday's: this
+    holds at any moment. The month window's test draws planted VWAP values, whenever it runs."""
+    from datetime import timedelta
+
+    from tickvault.indicators.sessions import SessionCalendar
+    from tickvault.sim.calendar import NYSE, new_york_date
+
+    async with await psycopg.AsyncConnection.connect(stack.db_url) as conn:
+        cur = await conn.execute("SELECT extract(epoch FROM time)::bigint, vwap FROM indicators "
+                                 "WHERE symbol = 'AAPL' AND timeframe = '1m' ORDER BY time")
+        stored = dict(await cur.fetchall())
+    first, last = (new_york_date(t * 10**9) + timedelta(days=k) for t, k in ((min(stored), -1), (max(stored), 1)))
+    sessions = SessionCalendar.from_alpaca([NYSE.day_json(s) for s in NYSE.sessions(first, last)], first, last)
+    for t, vwap in stored.items():
+        in_session = sessions.window("AAPL", t * 10**9) is not None
+        assert (vwap is not None) == in_session, (t, vwap, in_session)
+
+    # The bars the page loaded (not those live updates drew later) but the newest few, whose
+    # indicators may be committed while the page loads them (a simulated minute is a second here).
+    drawn = await page.evaluate(
+        "() => { const v = new Map(tv.overlays.vwap.data().filter(p => p.value !== undefined)"
+        ".map(p => [p.time, p.value])); return tv.candles.data().slice(0, tv.loaded.bars - 5)"
+        ".map(b => [b.time, v.get(b.time) ?? null]); }")
+    compared = [(t, value) for t, value in drawn if t in stored]
+    assert len(compared) >= 15, (drawn, stored)
+    for t, value in compared:
+        assert value == stored[t], (t, value, stored[t])
 
 
 async def test_a_month_window_opens_with_its_newest_day_and_scrolling_back_draws_exactly_the_stored_bars(stack, page):
@@ -154,11 +188,11 @@ async def test_a_month_window_opens_with_its_newest_day_and_scrolling_back_draws
         # Planted late, as the writer would note them: a refresh may already have materialized past them.
         await conn.execute("SELECT tickvault_ohlcv_invalidate(now() - interval '3 days', now())")
         await conn.execute(
-            "INSERT INTO indicators (time, symbol, timeframe, close, ema_12) "
-            "SELECT bucket, symbol, '1m', close, close / 3 FROM ohlcv_1m WHERE symbol = 'HIST'")
+            "INSERT INTO indicators (time, symbol, timeframe, close, ema_12, vwap) "
+            "SELECT bucket, symbol, '1m', close, close / 3, close / 5 FROM ohlcv_1m WHERE symbol = 'HIST'")
         stored = await (await conn.execute(
-            "SELECT extract(epoch FROM bucket)::bigint, open, high, low, close, volume, close / 3 FROM ohlcv_1m "
-            "WHERE symbol = 'HIST' ORDER BY bucket")).fetchall()
+            "SELECT extract(epoch FROM bucket)::bigint, open, high, low, close, volume, close / 3, close / 5 "
+            "FROM ohlcv_1m WHERE symbol = 'HIST' ORDER BY bucket")).fetchall()
 
     await page.goto(f"{stack.base}/market?symbol=HIST&tf=1m&days=3")
     await page.wait_for_function("() => window.tv && tv.history && tv.loaded.symbol === 'HIST'", timeout=30_000)
@@ -173,10 +207,11 @@ async def test_a_month_window_opens_with_its_newest_day_and_scrolling_back_draws
     drawn = await page.evaluate(
         "() => ({ candles: tv.candles.data().map(b => [b.time, b.open, b.high, b.low, b.close]),"
         " volume: tv.volume.data().map(p => p.value), ema: tv.overlays.ema_12.data().map(p => p.value),"
-        " bars: tv.loaded.bars })")
-    assert drawn["candles"] == [[t, o, h, lo, c] for t, o, h, lo, c, _v, _e in stored]
-    assert drawn["volume"] == [float(v) for *_x, v, _e in stored]
-    assert drawn["ema"] == [e for *_x, e in stored]
+        " vwap: tv.overlays.vwap.data().map(p => p.value), bars: tv.loaded.bars })")
+    assert drawn["candles"] == [[t, o, h, lo, c] for t, o, h, lo, c, _v, _e, _w in stored]
+    assert drawn["volume"] == [float(v) for *_x, v, _e, _w in stored]
+    assert drawn["ema"] == [e for *_x, e, _w in stored]
+    assert drawn["vwap"] == [w for *_x, w in stored]
     assert drawn["bars"] == len(stored)
 
 

@@ -13,6 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from tests.support.pipes import read_lines
 from tests.support.sim import worker_env
 from tests.support.waiting import wait_until
 from tickvault.config import Settings
@@ -128,7 +129,8 @@ async def test_concurrent_claims_of_one_name_let_exactly_one_worker_win(tmp_path
         for proc in contenders:
             proc.stdin.write("go\n")
             proc.stdin.flush()
-        answers = [await asyncio.wait_for(asyncio.to_thread(p.stdout.readline), 30) for p in contenders]
+        answers = [(await asyncio.to_thread(read_lines, p, 30, "the contender's answer", count=1))[0]
+                   for p in contenders]
         assert sorted(a.strip() for a in answers) == ["taken", "taken", "taken", "won"]
         winner = contenders[[a.strip() for a in answers].index("won")]
         assert _registered_pid(tmp_path / "worker-contested.json") == winner.pid

@@ -9,20 +9,17 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 from tests.support.net import free_port
+from tests.support.sim import worker_settings
 from tests.support.waiting import wait_until
-from tickvault.config import Settings, load_settings
+from tickvault.config import Settings
 
 
 def settings_for_sim(sim, db_url: str, run_dir: Path, **overrides: object) -> Settings:
-    """Settings of a worker (and dashboard) pointed at an in-process :class:`Simulator`."""
-    values: dict[str, object] = dict(
-        database_url=db_url, alpaca_key_id=sim.key, alpaca_secret_key=sim.secret, alpaca_stream_url=sim.ws_url,
-        alpaca_data_url=sim.rest_url, alpaca_trading_url=sim.rest_url, alpaca_trade_stream_url=sim.trade_updates_url,
-        symbols=",".join(sim.symbols), metrics_port=0, run_dir=run_dir, stats_interval_s=1.0,
-        ui_port=free_port(), ui_live_interval_s=0.5, prefect_ui_url=f"http://127.0.0.1:{free_port()}",
-    )
-    values.update(overrides)
-    return load_settings(**values)
+    """Settings of a worker (tests/support/sim.py) and its dashboard pointed at an in-process
+    :class:`Simulator`: figures every second, the dashboard on a free port polling twice a second."""
+    return worker_settings(sim, db_url, run_dir, **{
+        "stats_interval_s": 1.0, "ui_port": free_port(), "ui_live_interval_s": 0.5,
+        "prefect_ui_url": f"http://127.0.0.1:{free_port()}", **overrides})
 
 
 @asynccontextmanager

@@ -1,24 +1,44 @@
-"""A worker pointed at an in-process :class:`~tickvault.sim.server.Simulator`: its TICKVAULT_* variables."""
+"""A worker pointed at an in-process :class:`~tickvault.sim.server.Simulator`: its settings, as the
+``Settings`` of an in-process worker or as the TICKVAULT_* variables of a ``tickvault worker run``.
+
+One list of fields for both, so a setting the config gains or renames is followed in one place.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from tickvault.config import Settings, load_settings
+
+
+def worker_fields(sim, db_url: str, run_dir: Path, name: str | None = None) -> dict[str, object]:
+    """The settings (by field name) of a worker against ``sim``: its URLs and keys, its symbols, the
+    test's database and run directory, Prometheus off (several workers of a test must not collide
+    on its port); ``name``: the worker's name (None: the default)."""
+    fields: dict[str, object] = {
+        "database_url": db_url,
+        "alpaca_key_id": sim.key,
+        "alpaca_secret_key": sim.secret,
+        "alpaca_stream_url": sim.ws_url,
+        "alpaca_data_url": sim.rest_url,
+        "alpaca_trading_url": sim.rest_url,
+        "alpaca_trade_stream_url": sim.trade_updates_url,
+        "symbols": ",".join(sim.symbols),
+        "metrics_port": 0,
+        "run_dir": str(run_dir),
+    }
+    if name is not None:
+        fields["worker_name"] = name
+    return fields
+
+
+def worker_settings(sim, db_url: str, run_dir: Path, name: str | None = None, **overrides: object) -> Settings:
+    """The :class:`Settings` of an in-process worker against ``sim``; ``overrides`` adds or replaces fields."""
+    return load_settings(**{**worker_fields(sim, db_url, run_dir, name), **overrides})
+
 
 def worker_env(sim, db_url: str, run_dir: Path, name: str, **extra: str) -> dict[str, str]:
-    """The environment of a ``tickvault worker run`` against ``sim`` (Prometheus off: several workers
-    of a test must not collide on its port); ``extra`` adds or overrides variables."""
-    return {
-        "TICKVAULT_DATABASE_URL": db_url,
-        "TICKVAULT_ALPACA_KEY_ID": sim.key,
-        "TICKVAULT_ALPACA_SECRET_KEY": sim.secret,
-        "TICKVAULT_ALPACA_STREAM_URL": sim.ws_url,
-        "TICKVAULT_ALPACA_DATA_URL": sim.rest_url,
-        "TICKVAULT_ALPACA_TRADING_URL": sim.rest_url,
-        "TICKVAULT_ALPACA_TRADE_STREAM_URL": sim.trade_updates_url,
-        "TICKVAULT_SYMBOLS": ",".join(sim.symbols),
-        "TICKVAULT_METRICS_PORT": "0",
-        "TICKVAULT_RUN_DIR": str(run_dir),
-        "TICKVAULT_WORKER_NAME": name,
-        **extra,
-    }
+    """The environment of a ``tickvault worker run`` against ``sim``; ``extra`` adds or overrides
+    variables (by their TICKVAULT_* names)."""
+    return {**{f"TICKVAULT_{k.upper()}": str(v) for k, v in worker_fields(sim, db_url, run_dir, name).items()},
+            **extra}

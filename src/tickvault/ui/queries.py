@@ -182,7 +182,10 @@ async def latest_bars(conn: psycopg.AsyncConnection, symbol: str) -> Bars:
             (symbol, now - timedelta(days=2)))
         row = await cur.fetchone()
         if row is not None:
-            newest = row[0]
+            # Its minute and the whole minute before: that bar's indicators land just after it closes,
+            # and on a feed behind our clock (a delayed feed, a simulator started in the past) no
+            # other poll pushes them (a window from a minute before the trade left that bucket out).
+            newest = row[0].replace(second=0, microsecond=0)
             found = await bars(conn, BarWindow(symbol, "1m", newest - timedelta(minutes=1),
                                                newest + timedelta(minutes=1)), 2)
     return found
