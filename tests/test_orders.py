@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import time
 from contextlib import asynccontextmanager
 from decimal import Decimal
 
@@ -20,6 +19,7 @@ from tickvault.alpaca.rest import AlpacaREST
 from tickvault.config import load_settings
 from tickvault.http import aclose_http_client
 from tickvault.jobs.reconcile import reconcile
+from tickvault.sim.calendar import SimClock
 from tickvault.sim.server import Simulator
 from tickvault.stream.metrics import Metrics
 from tickvault.stream.orders import OrderGateway, TradeUpdatesListener, client_order_id
@@ -168,8 +168,7 @@ async def test_worker_strategy_turns_bars_into_orders_and_fills(fresh_database, 
     from tickvault.stream.worker import WorkerHandle, run_worker
 
     url = fresh_database()
-    t0 = time.time_ns()
-    fast = lambda: t0 + (time.time_ns() - t0) * 120  # noqa: E731 - a simulated minute every 0.5 s
+    fast = SimClock(scale=120)  # a simulated minute every 0.5 s
     async with Simulator(symbols=["AAPL", "MSFT"], rate=2_000, seed=2, clock=fast) as sim:
         settings = load_settings(
             database_url=url, alpaca_key_id=sim.key, alpaca_secret_key=sim.secret,

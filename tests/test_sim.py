@@ -6,7 +6,6 @@ import asyncio
 import json
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from itertools import pairwise
@@ -236,14 +235,8 @@ async def test_subscription_filters_symbols_and_frames_respect_frame_size() -> N
         assert quotes > 0
 
 
-def fast_clock(speed: int) -> Callable[[], int]:
-    """Wall clock running ``speed`` times faster, so minute bars come within a test's patience."""
-    t0 = time.time_ns()
-    return lambda: t0 + (time.time_ns() - t0) * speed
-
-
 async def test_minute_bars_are_sent_and_match_rest_bars() -> None:
-    async with Simulator(symbols=["AAA"], rate=2000, clock=fast_clock(600)) as sim:  # a minute per 0.1 s
+    async with Simulator(symbols=["AAA"], rate=2000, clock=SimClock(scale=600)) as sim:  # a minute per 0.1 s
         ws = await open_stream(sim, subscribe={"bars": ["AAA"]})
         async with ws, asyncio.timeout(10):
             bars: list[tuple] = []
@@ -505,9 +498,8 @@ async def test_every_fault_kind_is_accepted_over_http_and_answers_json() -> None
     updated bar's Timestamp used to make it answer 500), and the updated bar reaches a subscriber."""
     from tickvault.sim.server import FAULTS
 
-    start = time.time_ns()
     # Simulated time runs 120x faster, so a minute bar is completed every half second.
-    async with Simulator(symbols=["AAA"], rate=2000, clock=lambda: start + (time.time_ns() - start) * 120) as sim:
+    async with Simulator(symbols=["AAA"], rate=2000, clock=SimClock(scale=120)) as sim:
         ws = await open_stream(sim, subscribe={"trades": ["AAA"], "updated_bars": ["AAA"]})
         async with ws, rest(sim) as http:
 

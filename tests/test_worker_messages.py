@@ -7,12 +7,12 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 
 import httpx
 import psycopg
 
 from tickvault.config import load_settings
+from tickvault.sim.calendar import SimClock
 from tickvault.sim.server import Simulator
 from tickvault.stream.worker import WorkerHandle, run_worker
 from tests.support.net import free_port
@@ -35,8 +35,7 @@ async def wait_for_row(url: str, sql: str, params: tuple, what: str, timeout: fl
 async def test_corrections_cancels_updated_bars_metrics_and_status(fresh_database, tmp_path):
     url = fresh_database()
     port = free_port()
-    t0 = time.time_ns()
-    fast = lambda: t0 + (time.time_ns() - t0) * 120  # noqa: E731 - a simulated minute every 0.5 s
+    fast = SimClock(scale=120)  # a simulated minute every 0.5 s
     async with Simulator(symbols=["AAPL", "MSFT"], rate=2_000, seed=4, clock=fast) as sim:
         settings = load_settings(
             database_url=url, alpaca_key_id=sim.key, alpaca_secret_key=sim.secret,
