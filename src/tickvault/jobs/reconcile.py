@@ -134,6 +134,7 @@ WINDOW_OVERLAP = timedelta(minutes=5)
 # close, often the next morning, dated the expiration day; a Friday's may appear by Monday. Re-fetching an
 # event costs one keyed insert that writes nothing.
 OPTION_EVENTS_LOOKBACK = timedelta(days=4)
+SHARES_PER_CONTRACT = 100  # the deliverable of a standard US equity option: pairs an OPTRD with its exercise
 # Alpaca returns at most 500 orders per call; 20 pages bound one run's order list to 10,000
 # (a few MB of models). Past that a warning says the window was truncated.
 ORDERS_PAGE_LIMIT = 500
@@ -406,8 +407,8 @@ def describe_diff(d: Diff) -> str:
         done = "snapshot updated" if d.repaired else "another run had already updated the snapshot"
         return f"{d.symbol} {broker.get('change')}: {', '.join(broker.get('option_events', ()))}: {done}"
     # Option events that account for part of a position's difference are named beside it.
-    part = (f" (option events account for {broker['option_change']} of it: {', '.join(broker['option_events'])})"
-            if broker.get("option_events") else "")
+    part = (f" (option events account for {broker['option_change']} of it: "
+            f"{', '.join(broker['option_events'])})" if broker.get("option_events") else "")
     if d.kind == "position_mismatch":
         return f"{d.symbol}: {_qty(db.get('qty'))} here, {_qty(broker.get('qty'))} at the broker{part}: {done}"
     if d.kind == "missing_position":
@@ -474,8 +475,8 @@ async def fetch_broker_state(rest: AlpacaREST, *, fills_after: datetime | None) 
     before that, all six requests in flight at once.
 
     ``timings`` holds each call's own seconds (``account``, ``positions``, ``open_orders``,
-    ``closed_orders``, ``fills``, ``option_events``; a paged call counts all its pages); ``fetch_s`` the wall time of
-    the whole fetch, which with the calls concurrent is about the slowest one.
+    ``closed_orders``, ``fills``, ``option_events``; a paged call counts all its pages); ``fetch_s``
+    the wall time of the whole fetch, which with the calls concurrent is about the slowest one.
     """
     since = fills_after if fills_after is not None else datetime.now(UTC) - DEFAULT_LOOKBACK
     if since.tzinfo is None:
@@ -693,7 +694,7 @@ def _delivered_by(delivery: OptionActivity, events: list[OptionActivity]) -> Opt
             continue
         occ = parse_occ(e.symbol)
         if (occ.underlying == delivery.symbol and occ.strike == delivery.price
-                and abs(e.qty) * 100 == abs(delivery.qty)):
+                and abs(e.qty) * SHARES_PER_CONTRACT == abs(delivery.qty)):
             return e
     return None
 
@@ -705,14 +706,18 @@ def describe_option_event(event: OptionActivity, events: list[OptionActivity]) -
     """One event in words, as it touches its own symbol: ``2 exercised on 2027-01-15`` for a contract,
     ``2 AAPL270115C00100000 exercised at $100.00`` for the shares an exercise delivered."""
     if event.activity_type != "OPTRD":
-        return f"{_qty(abs(event.qty))} {_EVENT_VERBS.get(event.activity_type, event.activity_type)} on {event.date}"
+        verb = _EVENT_VERBS.get(event.activity_type, event.activity_type)
+        return f"{_qty(abs(event.qty))} {verb} on {event.date}"
     source = _delivered_by(event, events)
     if source is None:
         return f"{_signed(event.qty, 'share')} delivered at {_money(event.price)} (option trade {event.id})"
-    return f"{_qty(abs(source.qty))} {source.symbol} {_EVENT_VERBS[source.activity_type]} at {_money(event.price)}"
+    verb = _EVENT_VERBS[source.activity_type]
+    return f"{_qty(abs(source.qty))} {source.symbol} {verb} at {_money(event.price)}"
 
 
-def explain_positions(diffs: list[Diff], recorded: list[OptionActivity], fetched: list[OptionActivity]) -> list[Diff]:
+def explain_positions(
+    diffs: list[Diff], recorded: list[OptionActivity], fetched: list[OptionActivity]
+) -> list[Diff]:
     """Position diffs (not yet repaired) against the option events this run ``recorded`` (``fetched``:
     every event listed, to find the exercise behind a share delivery): a difference the events account
     for exactly becomes :data:`EXPLAINED_KIND`; one they account for in part keeps its kind, the events
@@ -736,8 +741,8 @@ def explain_positions(diffs: list[Diff], recorded: list[OptionActivity], fetched
         noted = {"option_change": _signed(by_events, unit), "option_events": words,
                  "activity_ids": [e.id for e in events]}
         if by_events == change:
-            out.append(replace(d, kind=EXPLAINED_KIND,
-                               broker_value={**broker, "change": _signed(change, unit), "drift_kind": d.kind, **noted}))
+            explained = {**broker, "change": _signed(change, unit), "drift_kind": d.kind, **noted}
+            out.append(replace(d, kind=EXPLAINED_KIND, broker_value=explained))
         else:
             out.append(replace(d, broker_value={**broker, **noted}))
     return out
