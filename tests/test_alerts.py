@@ -24,13 +24,15 @@ def _plant_silent_worker(url: str, worker: str, minutes_ago: float) -> None:
                      (minutes_ago * 60, worker))
 
 
-def _reconcile_run(url: str, unrepaired: int) -> None:
+def _reconcile_run(url: str, unrepaired: int, explained: int = 0) -> None:
+    """A completed run that left ``unrepaired`` drift and ``explained`` option-event diffs unrepaired
+    (another run had written their snapshots)."""
     with psycopg.connect(url, autocommit=True) as conn:
-        run = conn.execute("INSERT INTO reconciliation_runs (status, finished_at, diffs) VALUES ('completed', now(), %s) "
-                           "RETURNING id", (unrepaired,)).fetchone()[0]
-        for i in range(unrepaired):
-            conn.execute("INSERT INTO reconciliation_diffs (run_id, kind, symbol, repaired) VALUES (%s, 'missing_fill', "
-                         "'AAPL', false)", (run,))
+        run = conn.execute("INSERT INTO reconciliation_runs (status, finished_at, diffs, explained) "
+                           "VALUES ('completed', now(), %s, %s) RETURNING id", (unrepaired, explained)).fetchone()[0]
+        for kind in ["missing_fill"] * unrepaired + ["option_event"] * explained:
+            conn.execute("INSERT INTO reconciliation_diffs (run_id, kind, symbol, repaired) VALUES (%s, %s, "
+                         "'AAPL', false)", (run, kind))
 
 
 def test_each_incident_is_announced_once_when_it_opens_and_once_when_it_ends(fresh_database):
@@ -53,7 +55,7 @@ def test_each_incident_is_announced_once_when_it_opens_and_once_when_it_ends(fre
     assert sorted(announced) == [(OPENED, "ingest_silent:w-quiet"), (OPENED, "reconcile_drift")]
 
     _plant_silent_worker(url, "w-quiet", 0)  # the worker writes again
-    _reconcile_run(url, unrepaired=0)  # the next run found nothing left
+    _reconcile_run(url, unrepaired=0, explained=2)  # the next run found no drift, only option events
     ended = check_alerts(url, settings, emit)
     assert sorted(c.key for c in ended.resolved) == ["ingest_silent:w-quiet", "reconcile_drift"]
     assert announced[2:] and all(e == RESOLVED for e, _ in announced[2:]) and len(announced) == 4

@@ -14,7 +14,7 @@ from decimal import Decimal
 import numpy as np
 import pytest
 
-from tickvault.alpaca.models import FillActivity, Order, Position
+from tickvault.alpaca.models import FillActivity, OptionActivity, Order, Position
 from tickvault.config import Settings
 from tickvault.db.jobs import JobHealth
 from tickvault.indicators import COLUMNS, IndicatorSet
@@ -110,6 +110,40 @@ def test_counts_and_repaired_marks():
     assert counts["stale_position"] == 2 and counts["missing_fill"] == 1 and set(counts) == set(reconcile.DIFF_KINDS)
     marked = reconcile.mark_repaired(diffs, lambda d: d.symbol == "MSFT")
     assert [d.repaired for d in marked] == [False, True, False]
+
+
+def _event(kind: str, symbol: str, qty: int, price: str | None = None, day: str = "2026-03-20") -> OptionActivity:
+    return OptionActivity(id=f"{day.replace('-', '')}200000000::{kind}-{symbol}", activity_type=kind, date=day,
+                          net_amount=Decimal(0), symbol=symbol, qty=Decimal(qty),
+                          price=Decimal(price) if price is not None else None)
+
+
+def test_explain_positions_exactly_in_part_or_not_at_all():
+    call = "AAPL260320C00200000"
+    exercised = _event("OPEXC", call, -2)
+    delivered = _event("OPTRD", "AAPL", 200, "200")
+    stray = _event("OPTRD", "MSFT", 100, "300")  # no exercise or assignment of a MSFT contract behind it
+    diffs = [
+        Diff("stale_position", call, db_value={"qty": "2"}, broker_value={"qty": "0"}),
+        Diff("position_mismatch", "AAPL", db_value={"qty": "50"}, broker_value={"qty": "250"}),
+        Diff("missing_position", "MSFT", broker_value={"qty": "150"}),  # +150, the events +100
+        Diff("missing_position", "NVDA", broker_value={"qty": "1"}),  # no events at all
+        Diff("missing_fill", "AAPL", order_id="o-1"),  # not a position kind
+    ]
+    out = reconcile.explain_positions(diffs, [exercised, delivered, stray], [exercised, delivered, stray])
+    assert [d.kind for d in out] == ["option_event", "option_event", "missing_position", "missing_position",
+                                     "missing_fill"]
+    assert out[0].broker_value["change"] == "−2 contracts" and out[0].broker_value["drift_kind"] == "stale_position"
+    assert reconcile.describe_diff(out[1]) == (
+        f"AAPL +200 shares: 2 {call} exercised at $200.00: another run had already updated the snapshot")
+    assert out[2].broker_value["option_change"] == "+100 shares"
+    assert reconcile.describe_diff(out[2]) == (
+        "MSFT: 150 at the broker, never seen here (option events account for +100 shares of it: "
+        f"+100 shares delivered at $300.00 (option trade {stray.id})): not repaired by this run "
+        "(another run had already changed it)")
+    assert out[3] is diffs[3] and out[4] is diffs[4]
+    # Only the events this run recorded count: none recorded, nothing explained.
+    assert reconcile.explain_positions(diffs, [], [exercised, delivered, stray]) == diffs
 
 
 # --- indicators -------------------------------------------------------------------------------

@@ -68,6 +68,7 @@ def test_every_recipe_is_tested():
     assert set(recipe_names()) == {
         "trade_history", "open_orders", "daily_realized_pnl", "position_history", "last_price", "bars_with_indicators",
         "crypto_vwap", "crypto_vwap_1h", "crypto_candles", "news_with_bars", "option_trades_by_expiry",
+        "option_events",
     }
 
 
@@ -185,6 +186,30 @@ def test_option_trades_by_underlying_and_expiry(rconn):
         ("2026-03-20", "P", Decimal("180.000"), 2, 1, 1.5, 1.5),
         ("2026-12-18", "C", Decimal("250.000"), 1, 1, 9.0, 9.0),
     ]
+
+
+def test_option_events_of_an_underlying_with_the_shares_they_delivered(rconn):
+    events = [  # (id, type, symbol, qty, price, net_amount, day)
+        ("20260320200000000::a", "OPEXC", "AAPL260320C00200000", -2, None, 0, "2026-03-20"),
+        ("20260320200000000::b", "OPTRD", "AAPL", 200, "200", -40_000, "2026-03-20"),
+        ("20260320200000000::c", "OPEXP", "AAPL260320P00180000", -1, None, 0, "2026-03-20"),
+        ("20260320200000000::d", "OPEXP", "AAPLX260320C00010000", -1, None, 0, "2026-03-20"),  # another root
+        ("20260320200000000::e", "OPTRD", "MSFT", 100, "300", -30_000, "2026-03-20"),
+        ("20260417200000000::f", "OPEXP", "AAPL260417C00250000", -1, None, 0, "2026-04-17"),  # after the range
+    ]
+    with rconn.transaction():
+        for aid, kind, symbol, qty, price, net, day in events:
+            rconn.execute(
+                "INSERT INTO option_events (activity_id, activity_type, symbol, qty, price, net_amount, trade_date, "
+                "time) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::date + time '20:00' AT TIME ZONE 'UTC')",
+                (aid, kind, symbol, qty, price, net, day, day))
+        rows = run_recipe(rconn, "option_events", underlying="AAPL", from_day="2026-03-01", to_day="2026-03-31")
+    assert [(r[2], r[3], r[4], r[5], r[6]) for r in rows] == [
+        ("OPEXC", "AAPL260320C00200000", Decimal(-2), None, Decimal(0)),
+        ("OPTRD", "AAPL", Decimal(200), Decimal(200), Decimal(-40_000)),
+        ("OPEXP", "AAPL260320P00180000", Decimal(-1), None, Decimal(0)),
+    ]
+    assert rows[0][1] == datetime(2026, 3, 20, 20, 0, tzinfo=timezone.utc)
 
 
 CRYPTO_UNTIL = datetime(2026, 3, 10, 15, 0, 30, tzinfo=timezone.utc)  # 30 s into the 15:00 minute

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -27,6 +28,7 @@ import psycopg
 import pytest
 import pytest_asyncio
 
+from tests.support.option_expiry import close_expiry, plant_expiring_book
 from tickvault.alpaca.models import Order, OrderRequest
 from tickvault.alpaca.rest import AlpacaREST, RetryPolicy, collect
 from tickvault.config import Settings, load_settings
@@ -58,15 +60,15 @@ def reconcile_db(fresh_database) -> str:
     return fresh_database()
 
 
-# The simulator must run on the test's own loop (fixtures default to the session loop here).
-@pytest_asyncio.fixture(loop_scope="function")
-async def env(reconcile_db: str) -> AsyncIterator[Env]:
-    url = reconcile_db
+@asynccontextmanager
+async def _env(url: str, **sim_args: Any) -> AsyncIterator[Env]:
+    """The emptied database and a simulator of ``sim_args``, and a client to it."""
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         await conn.execute(
-            "TRUNCATE orders, fills, position_snapshots, account_snapshots, reconciliation_runs CASCADE"
+            "TRUNCATE orders, fills, option_events, position_snapshots, account_snapshots, reconciliation_runs "
+            "CASCADE"
         )
-    async with Simulator(symbols=6, rate=None, seed=11, key=KEY_ID, secret=SECRET) as sim:
+    async with Simulator(rate=None, key=KEY_ID, secret=SECRET, **sim_args) as sim:
         settings = load_settings(
             database_url=url, alpaca_key_id=KEY_ID, alpaca_secret_key=SECRET,
             alpaca_trading_url=sim.rest_url, alpaca_data_url=sim.rest_url, http_timeout_s=5.0,
@@ -75,6 +77,20 @@ async def env(reconcile_db: str) -> AsyncIterator[Env]:
             yield Env(sim, settings, AlpacaREST(settings, retry=FAST_RETRY), url)
         finally:
             await aclose_http_client()
+
+
+# The simulator must run on the test's own loop (fixtures default to the session loop here).
+@pytest_asyncio.fixture(loop_scope="function")
+async def env(reconcile_db: str) -> AsyncIterator[Env]:
+    async with _env(reconcile_db, symbols=6, seed=11) as e:
+        yield e
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def options_env(reconcile_db: str) -> AsyncIterator[Env]:
+    """A simulator whose AAPL (seed 4) stands above $150, with AAPL and MSFT option contracts."""
+    async with _env(reconcile_db, symbols=["AAPL", "MSFT", "NVDA"], seed=4) as e:
+        yield e
 
 
 @dataclass
@@ -208,7 +224,7 @@ async def test_reconcile_finds_and_repairs_exactly_the_planted_drift(env: Env):
     assert by_kind["missing_position"].symbol == planted.missing_symbol
     assert by_kind["stale_position"].symbol == STALE_SYMBOL
     assert first.orders_checked == 4 and first.fills_checked == 3 and first.positions_checked == 5
-    assert set(first.timings) >= {"account", "positions", "open_orders", "closed_orders", "fills"}
+    assert set(first.timings) >= {"account", "positions", "open_orders", "closed_orders", "fills", "option_events"}
     await _assert_database_agrees_with_broker(env, planted)
 
     async with await psycopg.AsyncConnection.connect(env.db_url, autocommit=True) as conn:
@@ -341,10 +357,138 @@ async def test_broker_calls_go_out_concurrently(env: Env):
     env.sim.rest_latency(200)  # each call is held at the broker long enough for the others to arrive
     before = env.sim.stats["rest_in_flight_max"]
     state = await fetch_broker_state(env.rest, fills_after=None)
-    calls = ("account", "positions", "open_orders", "closed_orders", "fills")
+    calls = ("account", "positions", "open_orders", "closed_orders", "fills", "option_events")
     assert set(state.timings) == set(calls)
     assert all(state.timings[c] >= 0.2 for c in calls)
     # Observed at the broker, not inferred from timings (a busy machine stretches those): one after
-    # another, at most one call would be in flight; together, all five are.
+    # another, at most one call would be in flight; together, all six are.
     assert before <= 1 and env.sim.stats["rest_in_flight_max"] == len(calls)
     assert state.fills_after < state.observed_at
+
+
+# ------------------------------------------------------------------------------- option events
+
+
+async def _expire_book(env: Env, **also_at_broker: int):
+    """A worker's snapshots of the planted option book (tests/support/option_expiry.py), positions in
+    ``also_at_broker`` planted at the broker only (never snapshotted), then the expiry close."""
+    book = plant_expiring_book(env.sim)
+    await _record_worker_view(env, [])
+    for symbol, qty in also_at_broker.items():
+        env.sim.broker.set_position(symbol, qty, "50")
+    expiry_ns = close_expiry(env.sim, book)
+    return book, datetime.fromtimestamp(expiry_ns / 1e9, UTC)
+
+
+def _explained(summary) -> dict[str, tuple[str, str]]:
+    """Each explained symbol: (the drift kind it would have been, the change in words)."""
+    return {d.symbol: (d.broker_value["drift_kind"], d.broker_value["change"]) for d in summary.explained}
+
+
+async def test_option_events_at_an_expiry_close_are_recorded_once_and_explain_the_positions(options_env: Env):
+    """An ITM long call exercised, an OTM long put expired and an ITM short call assigned, beside an
+    unrelated position nobody recorded: the five events land in option_events once, the four position
+    changes they make are explained (not drift, not alerted), the unrelated one is still drift."""
+    env = options_env
+    book, closed_at = await _expire_book(env, MSFT=7)
+    assert {p.symbol: p.qty for p in await env.rest.get_positions()} == {"AAPL": 100, "MSFT": 7}
+
+    first = await reconcile(env.settings, rest=env.rest, db_url=env.db_url)
+
+    assert _kinds(first) == {"missing_position": 1, "option_event": 4}
+    assert [(d.kind, d.symbol, d.repaired) for d in first.drift] == [("missing_position", "MSFT", True)]
+    assert first.total_diffs == 1 and first.repaired == 1 and all(d.repaired for d in first.explained)
+    assert _explained(first) == {
+        book.exercised: ("stale_position", "−2 contracts"),
+        book.expired: ("stale_position", "−1 contract"),
+        book.assigned: ("stale_position", "+1 contract"),
+        "AAPL": ("missing_position", "+100 shares"),
+    }
+    assert first.outcome_line() == "1 difference, 1 repaired; 4 position changes explained by option events"
+    assert first.option_events_checked == 5 and first.option_events_recorded == 5
+    assert first.positions_checked == 5  # AAPL, MSFT and the three contracts gone
+
+    async with await psycopg.AsyncConnection.connect(env.db_url, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT activity_type, symbol, qty, price, net_amount, trade_date, time, source "
+            "FROM option_events ORDER BY activity_id, activity_type"
+        )
+        rows = await cur.fetchall()
+        assert sorted((r[0], r[1], r[2], r[3], r[4]) for r in rows) == sorted([
+            ("OPEXC", book.exercised, Decimal(-2), None, Decimal(0)),
+            ("OPTRD", "AAPL", Decimal(200), Decimal(100), Decimal(-20_000)),
+            ("OPASN", book.assigned, Decimal(1), None, Decimal(0)),
+            ("OPTRD", "AAPL", Decimal(-100), Decimal(150), Decimal(15_000)),
+            ("OPEXP", book.expired, Decimal(-1), None, Decimal(0)),
+        ])
+        assert {(r[5], r[6], r[7]) for r in rows} == {(closed_at.date(), closed_at, "reconcile")}
+        # Plain SQL on the trade history: the shares an exercise bought and their cost, exactly.
+        assert await _one(conn, "SELECT sum(qty), sum(net_amount) FROM option_events "
+                                "WHERE activity_type = 'OPTRD' AND symbol = 'AAPL'") == (100, -5000)
+        assert await _one(conn, "SELECT diffs, repaired, explained FROM reconciliation_runs WHERE id = %s",
+                          first.run_id) == (1, 1, 4)
+        cur = await conn.execute("SELECT kind, count(*) FROM reconciliation_diffs WHERE run_id = %s GROUP BY kind "
+                                 "ORDER BY kind", (first.run_id,))
+        assert await cur.fetchall() == [("missing_position", 1), ("option_event", 4)]
+        cur = await conn.execute(
+            "SELECT DISTINCT ON (symbol) symbol, qty FROM position_snapshots ORDER BY symbol, time DESC"
+        )
+        assert {sym: qty for sym, qty in await cur.fetchall() if qty != 0} == {"AAPL": 100, "MSFT": 7}
+
+    md = first.to_markdown()
+    drift, explained = md.split("## 1 difference, 1 repaired", 1)[1].split(
+        "## 4 position changes explained by option events", 1)
+    assert drift.count("\n- ") == 1 and "MSFT: 7 at the broker, never seen here: repaired" in drift
+    explained = explained.split("## Checked", 1)[0]
+    assert explained.count("\n- ") == 4
+    assert (f"AAPL +100 shares: 2 {book.exercised} exercised at $100.00 (+200), "
+            f"1 {book.assigned} assigned at $150.00 (−100): snapshot updated") in explained
+    day = closed_at.date()
+    assert f"{book.exercised} −2 contracts: 2 exercised on {day}: snapshot updated" in explained
+    assert f"{book.expired} −1 contract: 1 expired worthless on {day}: snapshot updated" in explained
+    assert f"{book.assigned} +1 contract: 1 assigned on {day}: snapshot updated" in explained
+    assert "5 option events (5 new)" in md
+
+    second = await reconcile(env.settings, rest=env.rest, db_url=env.db_url)
+    assert second.diffs == [] and second.option_events_checked == 5 and second.option_events_recorded == 0
+    assert second.outcome_line() == "no differences"
+    async with await psycopg.AsyncConnection.connect(env.db_url, autocommit=True) as conn:
+        assert await _one(conn, "SELECT count(*) FROM option_events") == 5
+        assert await _one(conn, "SELECT diffs, repaired, explained FROM reconciliation_runs WHERE id = %s",
+                          second.run_id) == (0, 0, 0)
+
+
+async def test_a_difference_option_events_explain_only_in_part_stays_drift(options_env: Env):
+    """AAPL shares at the broker before the expiry that no snapshot saw: the exercise and assignment
+    account for +100 of the +130, so AAPL is drift (the events named beside it); the contracts' own
+    changes are still explained."""
+    env = options_env
+    book, _ = await _expire_book(env, AAPL=30)
+
+    summary = await reconcile(env.settings, rest=env.rest, db_url=env.db_url)
+
+    assert _kinds(summary) == {"missing_position": 1, "option_event": 3}
+    (aapl,) = summary.drift
+    assert aapl.symbol == "AAPL" and aapl.broker_value["qty"] == "130" and aapl.repaired
+    assert aapl.broker_value["option_change"] == "+100 shares" and len(aapl.broker_value["activity_ids"]) == 2
+    assert set(_explained(summary)) == set(book.contracts)
+    assert ("AAPL: 130 at the broker, never seen here (option events account for +100 shares of it: "
+            f"2 {book.exercised} exercised at $100.00 (+200), 1 {book.assigned} assigned at $150.00 (−100)): "
+            "repaired") in summary.to_markdown()
+
+
+async def test_two_concurrent_runs_record_and_explain_each_option_event_once(options_env: Env):
+    env = options_env
+    await _expire_book(env)
+    env.sim.rest_latency(20)  # both fetches in flight at the same time
+
+    a, b = await asyncio.gather(
+        reconcile(env.settings, rest=env.rest, db_url=env.db_url),
+        reconcile(env.settings, rest=env.rest, db_url=env.db_url),
+    )
+
+    assert a.option_events_recorded + b.option_events_recorded == 5
+    assert len(a.explained) + len(b.explained) == 4 and a.drift == b.drift == []
+    async with await psycopg.AsyncConnection.connect(env.db_url, autocommit=True) as conn:
+        assert await _one(conn, "SELECT count(*) FROM option_events") == 5
+        assert await _one(conn, "SELECT count(*) FROM reconciliation_diffs WHERE kind = 'option_event'") == 4

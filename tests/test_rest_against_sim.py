@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+import warnings
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -18,7 +20,8 @@ import pytest
 pytest.importorskip("tickvault.sim")
 
 from tickvault.alpaca.errors import ServerError, UnprocessableError
-from tickvault.alpaca.models import OrderRequest, format_rfc3339
+from tests.support.option_expiry import close_expiry, plant_expiring_book
+from tickvault.alpaca.models import OptionActivity, OrderRequest, format_rfc3339
 from tickvault.alpaca.rest import AlpacaREST, RetryPolicy, collect
 from tickvault.config import Settings
 from tickvault.http import build_http_client, pool_stats
@@ -250,3 +253,53 @@ async def test_list_assets_returns_the_tradable_symbols_through_a_server_error()
         assert await rest.list_assets(status="inactive") == []
         with pytest.raises(UnprocessableError):
             await rest.list_assets(asset_class="bonds")  # type: ignore[arg-type]
+
+
+async def test_option_activities_are_paged_oldest_first_in_alpacas_non_trade_shape():
+    """An expiry close at the simulator (a long call exercised, a short call assigned, a long put
+    expired): the client lists the five option events page by page (page_token: the last id), exact
+    decimals, and alpaca-py's NonTradeActivity model reads the very same rows from the same endpoint."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "websockets.legacy is deprecated", DeprecationWarning)
+        from alpaca.trading.client import TradingClient
+        from alpaca.trading.models import NonTradeActivity
+
+    async with _sim(symbols=["AAPL", "MSFT"], rate=None, seed=4) as sim, SimREST(sim) as rest:
+        book = plant_expiring_book(sim)
+        before = datetime.now(UTC)
+        assert await collect(rest.option_activities(after=before)) == []
+        expiry_ns = close_expiry(sim, book)
+        sim.broker.cash_activity("CSD", "100")  # a non-trade activity of another type: not listed
+
+        pages = [page async for page in rest.option_activities(after=before, page_size=2)]
+        assert [len(p) for p in pages] == [2, 2, 1]
+        events = [e for p in pages for e in p]
+        assert [(e.activity_type, e.symbol, e.qty, e.price, e.net_amount) for e in events] == [
+            ("OPEXC", book.exercised, Decimal(-2), None, Decimal(0)),
+            ("OPTRD", "AAPL", Decimal(200), Decimal(100), Decimal(-20_000)),
+            ("OPASN", book.assigned, Decimal(1), None, Decimal(0)),
+            ("OPTRD", "AAPL", Decimal(-100), Decimal(150), Decimal(15_000)),
+            ("OPEXP", book.expired, Decimal(-1), None, Decimal(0)),
+        ]
+        closed_at = datetime.fromtimestamp(expiry_ns / 1e9, UTC)
+        assert {(e.date, e.time, e.status) for e in events} == {(closed_at.date(), closed_at, "executed")}
+        assert await collect(rest.option_activities(after=closed_at)) == []  # ``after`` is exclusive
+
+        trading = TradingClient(sim.key, sim.secret, paper=True, url_override=sim.rest_url)
+        raw = await asyncio.to_thread(trading.get, "/account/activities", {
+            "activity_types": "OPEXC,OPASN,OPEXP,OPTRD", "direction": "asc", "after": format_rfc3339(before)})
+        official = [NonTradeActivity(**row) for row in raw]
+        assert [a.id for a in official] == [e.id for e in events]
+        assert [(str(getattr(a.activity_type, "value", a.activity_type)), a.symbol, Decimal(str(a.qty)),
+                 Decimal(str(a.net_amount)), a.date) for a in official] == [
+            (e.activity_type, e.symbol, e.qty, e.net_amount, e.date) for e in events]
+
+
+def test_an_option_activity_without_a_stamp_in_its_id_is_timed_at_its_date():
+    """Alpaca documents the id as ``<stamp>::<uuid>``; an id without a readable stamp is no error."""
+    row = {"id": "opaque::5f596936", "activity_type": "OPEXP", "date": "2023-07-21", "net_amount": "0",
+           "symbol": "AAPL230721C00150000", "qty": "-2", "status": "executed", "description": "Option Expiry"}
+    event = OptionActivity.model_validate(row)
+    assert event.time == datetime(2023, 7, 21, tzinfo=UTC) and event.date == date(2023, 7, 21)
+    stamped = OptionActivity.model_validate({**row, "id": "20230721200000123::5f596936"})
+    assert stamped.time == datetime(2023, 7, 21, 20, 0, 0, 123_000, tzinfo=UTC)

@@ -3,8 +3,8 @@
 Two families, for two workloads:
 
 * Trading objects (:class:`Account`, :class:`Asset`, :class:`Position`, :class:`Order`, :class:`FillActivity`,
-  :class:`OrderRequest`) are pydantic v2 models: few per call, validated field by field, unknown
-  fields Alpaca adds later ignored (``extra="ignore"``), never fatal.
+  :class:`OptionActivity`, :class:`OrderRequest`) are pydantic v2 models: few per call, validated field
+  by field, unknown fields Alpaca adds later ignored (``extra="ignore"``), never fatal.
 * Historical ticks (:class:`HistTrade`, :class:`HistQuote`, :class:`HistBar`) are slotted frozen
   dataclasses built straight from the parsed JSON: a page holds up to 10,000 of them, so they skip
   per-field validation machinery. Their time is kept as exact int nanoseconds since the epoch
@@ -21,7 +21,7 @@ because Alpaca added a field.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -36,6 +36,8 @@ __all__ = [
     "HistBar",
     "HistQuote",
     "HistTrade",
+    "OPTION_ACTIVITY_TYPES",
+    "OptionActivity",
     "Order",
     "OrderRequest",
     "Position",
@@ -203,6 +205,45 @@ class FillActivity(_AlpacaModel):
     order_id: str
     cum_qty: Decimal
     order_status: str | None = None
+
+
+#: Alpaca's non-trade activities of an option's end ("Non-Trade Activities for Option Events"): the
+#: contract leaves the account by exercise (OPEXC), assignment (OPASN) or expiry (OPEXP) and, on exercise
+#: or assignment, the underlying's shares move at the strike (OPTRD).
+OPTION_ACTIVITY_TYPES = ("OPEXC", "OPASN", "OPEXP", "OPTRD")
+
+
+class OptionActivity(_AlpacaModel):
+    """One option event as Alpaca reports it among the account's non-trade activities.
+
+    ``qty`` is the change to the position in ``symbol``: contracts for ``OPEXC``/``OPASN``/``OPEXP``
+    (``-2``: two long contracts exercised or expired; ``1``: one short contract assigned), shares of the
+    underlying for ``OPTRD`` (``200`` bought, ``-100`` sold). ``net_amount`` is the cash it moved
+    (``OPTRD``: ``-qty × price``; 0 for the contract's own event), ``price`` the strike (``OPTRD`` only).
+    These activities carry a ``date``, not a transaction time; :attr:`time` reads the stamp their id
+    starts with.
+    """
+
+    id: str
+    activity_type: str
+    date: date
+    net_amount: Decimal
+    symbol: str
+    qty: Decimal
+    price: OptDecimal = None
+    description: str | None = None
+    status: str | None = None
+
+    @property
+    def time(self) -> datetime:
+        """The stamp Alpaca's id starts with (``YYYYMMDDhhmmssmmm::uuid``, read as UTC); when the id has
+        none, midnight UTC of :attr:`date`. Alpaca's option events often carry only the date there."""
+        stamp = self.id.split("::", 1)[0]
+        try:
+            return datetime.strptime(stamp[:14], "%Y%m%d%H%M%S").replace(
+                microsecond=int(stamp[14:17]) * 1000, tzinfo=UTC)
+        except ValueError:
+            return datetime(self.date.year, self.date.month, self.date.day, tzinfo=UTC)
 
 
 class OrderRequest(_AlpacaModel):

@@ -53,6 +53,8 @@ from tickvault.alpaca.models import (
     HistBar,
     HistQuote,
     HistTrade,
+    OPTION_ACTIVITY_TYPES,
+    OptionActivity,
     Order,
     OrderRequest,
     Position,
@@ -74,6 +76,7 @@ _NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _NOT_TRANSIENT = (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.ProxyError)
 
 T = TypeVar("T")
+A = TypeVar("A", FillActivity, OptionActivity)  # an activity model: the pages of one paged list
 TimeArg = datetime | str | int  # aware datetime (naive = UTC), RFC 3339 text, or epoch nanoseconds
 
 
@@ -254,23 +257,47 @@ class AlpacaREST:
         """Request cancellation (Alpaca answers 204). A 422 means the order is no longer cancelable."""
         await self._request("DELETE", self.trading_url, f"/v2/orders/{quote(str(order_id), safe='')}")
 
-    # ----------------------------------------------------------------------------- fills
+    # ----------------------------------------------------------------------------- activities
 
-    async def fill_activities(
+    def fill_activities(
         self,
         after: TimeArg | None = None,
         page_size: int = 100,
         until: TimeArg | None = None,
     ) -> AsyncIterator[list[FillActivity]]:
         """Fill activities oldest first, one page per iteration; the next page starts after the last id."""
-        params: dict[str, Any] = {"direction": "asc", "page_size": page_size}
+        return self._activities("/v2/account/activities/FILL", {}, FillActivity, after, until, page_size)
+
+    def option_activities(
+        self,
+        after: TimeArg | None = None,
+        page_size: int = 100,
+        until: TimeArg | None = None,
+    ) -> AsyncIterator[list[OptionActivity]]:
+        """Option exercises, assignments, expiries and their share deliveries (``OPEXC``, ``OPASN``,
+        ``OPEXP``, ``OPTRD``) oldest first, one page per iteration, in one paged list."""
+        params = {"activity_types": ",".join(OPTION_ACTIVITY_TYPES)}
+        return self._activities("/v2/account/activities", params, OptionActivity, after, until, page_size)
+
+    async def _activities(
+        self,
+        path: str,
+        params: dict[str, Any],
+        model: type[A],
+        after: TimeArg | None,
+        until: TimeArg | None,
+        page_size: int,
+    ) -> AsyncIterator[list[A]]:
+        """``GET /v2/account/activities…`` oldest first; a page shorter than ``page_size`` is the last,
+        and each next page starts after the previous page's last id (Alpaca's ``page_token``)."""
+        params = {**params, "direction": "asc", "page_size": page_size}
         if after is not None:
             params["after"] = format_rfc3339(after)
         if until is not None:
             params["until"] = format_rfc3339(until)
         while True:
-            rows = await self._request("GET", self.trading_url, "/v2/account/activities/FILL", params=params)
-            page = [FillActivity.model_validate(row) for row in rows or ()]
+            rows = await self._request("GET", self.trading_url, path, params=params)
+            page = [model.model_validate(row) for row in rows or ()]
             if page:
                 yield page
             if len(page) < page_size:

@@ -53,6 +53,8 @@ __all__ = [
     "INDICATORS",
     "INDICATOR_VALUES",
     "INSERT_FILL",
+    "INSERT_OPTION_EVENT",
+    "OPTION_EVENTS",
     "LULDS",
     "OPTION_QUOTES",
     "OPTION_TRADES",
@@ -296,13 +298,19 @@ RECONCILIATION_DIFFS = ("run_id", "kind", "symbol", "order_id", "client_order_id
                         "repaired")
 INSERT_RECONCILIATION_DIFF = insert_statement("reconciliation_diffs", RECONCILIATION_DIFFS,
                                               casts={"order_id": "uuid"})
+#: option_events rows (Alpaca's OPEXC/OPASN/OPEXP/OPTRD activities); a returned id is a row this statement wrote.
+OPTION_EVENTS = ("activity_id", "activity_type", "symbol", "qty", "price", "net_amount", "trade_date", "time",
+                 "description", "status", "raw")
+INSERT_OPTION_EVENT = insert_statement("option_events", OPTION_EVENTS, constants={"source": "'reconcile'"},
+                                       tail="ON CONFLICT (activity_id) DO NOTHING RETURNING activity_id")
 OPEN_RECONCILIATION_RUN = "INSERT INTO reconciliation_runs (status) VALUES ('running') RETURNING id"
 LAST_COMPLETED_RECONCILIATION = (
     "SELECT started_at FROM reconciliation_runs WHERE status = 'completed' ORDER BY started_at DESC LIMIT 1"
 )
 COMPLETE_RECONCILIATION_RUN = (
     "UPDATE reconciliation_runs SET status = 'completed', finished_at = now(), orders_checked = %s, "
-    "fills_checked = %s, positions_checked = %s, diffs = %s, repaired = %s, fetch_ms = %s, duration_ms = %s "
+    "fills_checked = %s, positions_checked = %s, diffs = %s, repaired = %s, explained = %s, fetch_ms = %s, "
+    "duration_ms = %s "
     "WHERE id = %s"
 )
 FAIL_RECONCILIATION_RUN = (

@@ -5,7 +5,8 @@ Incidents found in the database (:func:`current_conditions`):
 
 * ``ingest_silent:<worker>`` — a worker that wrote ``ingest_stats`` in the last day has written
   nothing for ``TICKVAULT_ALERT_INGEST_SILENCE_MIN`` minutes;
-* ``reconcile_drift`` — the latest completed reconciliation run left differences unrepaired;
+* ``reconcile_drift`` — the latest completed reconciliation run left differences unrepaired (position
+  changes option events explain, diff kind ``option_event``, are no drift);
 * ``timescaledb_job:<id>`` — a TimescaleDB background job is failing (:mod:`tickvault.db.jobs`).
 
 :func:`check_alerts` compares them with the open rows of ``alert_incidents`` (migration 008) under
@@ -161,8 +162,8 @@ def current_conditions(conn: psycopg.Connection, settings: Settings) -> list[Con
         "WHERE time > now() - interval '1 day' GROUP BY worker"
     ).fetchall()
     run = conn.execute(
-        "SELECT r.id, r.started_at, count(d.id) FILTER (WHERE NOT d.repaired), "
-        "string_agg(DISTINCT d.kind, ', ') FILTER (WHERE NOT d.repaired) "
+        "SELECT r.id, r.started_at, count(d.id) FILTER (WHERE NOT d.repaired AND d.kind <> 'option_event'), "
+        "string_agg(DISTINCT d.kind, ', ') FILTER (WHERE NOT d.repaired AND d.kind <> 'option_event') "
         "FROM reconciliation_runs r LEFT JOIN reconciliation_diffs d ON d.run_id = r.id "
         "WHERE r.id = (SELECT max(id) FROM reconciliation_runs WHERE status = 'completed') GROUP BY r.id"
     ).fetchone()

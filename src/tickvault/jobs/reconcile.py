@@ -5,13 +5,15 @@ One run (:func:`reconcile`) does, in order:
 1. opens a row in ``reconciliation_runs`` (status ``running``, committed at once so a person sees it);
 2. picks the window: fills since the last *completed* run's start (minus :data:`WINDOW_OVERLAP`),
    or the last :data:`DEFAULT_LOOKBACK` on a first run;
-3. fetches the broker's account, positions, open orders, recent closed orders and fill activities
+3. fetches the broker's account, positions, open orders, recent closed orders, fill activities and
+   option events (exercises, assignments, expiries: :data:`OPTION_EVENTS_LOOKBACK` further back)
    **concurrently** (:func:`fetch_broker_state`, one ``asyncio.gather`` on the process's pooled
    HTTP client), then looks up one by one — again concurrently — any order the database still
    believes open that neither list returned (it closed before the window);
 4. in one transaction holding :data:`REPAIR_LOCK_KEY` (``pg_advisory_xact_lock``) compares that
-   state with ``orders``, ``fills`` and the latest ``position_snapshots``, repairs the database,
-   writes one ``reconciliation_diffs`` row per difference and fresh broker snapshots;
+   state with ``orders``, ``fills`` and the latest ``position_snapshots``, records the option events
+   in ``option_events``, repairs the database, writes one ``reconciliation_diffs`` row per
+   difference and fresh broker snapshots;
 5. closes the run row with counts and timings (or marks it ``failed`` with the error).
 
 Diff kinds (:data:`DIFF_KINDS`):
@@ -31,6 +33,17 @@ Diff kinds (:data:`DIFF_KINDS`):
   Repair of the three position kinds: a fresh ``position_snapshots`` row (``source = 'broker'``;
   quantity 0 for a stale one). Every run also writes a snapshot of every broker position and of
   the account, so the snapshot tables are a history of what the broker said.
+
+Not drift (:data:`EXPLAINED_KIND`, counted apart from :data:`DIFF_KINDS`):
+
+* ``option_event`` — a position difference of one of the three kinds above that the option events
+  this run recorded account for exactly: the broker's quantity minus the snapshot's (0 for a
+  position never seen or gone) equals the sum of the events' changes to that symbol (an exercised
+  long call: the contracts ``-2``, the underlying ``+200`` shares at the strike). Only events new to
+  ``option_events`` count: an event recorded by an earlier run is already behind that run's
+  snapshots. Repaired like the position kinds; the run row counts it in ``explained``, not in
+  ``diffs``/``repaired``, so no "drift not repaired" alert comes of it. A difference the events
+  account for only in part stays drift, the events' share named beside it.
 
 Concurrency: two runs at once fetch independently but compare and repair one after the other
 (the advisory lock is held for the compare *and* the repair), so the second sees the first's
@@ -57,7 +70,8 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from tickvault.alpaca.errors import NotFoundError
-from tickvault.alpaca.models import Account, FillActivity, Order, Position
+from tickvault.alpaca.models import Account, FillActivity, OptionActivity, Order, Position
+from tickvault.alpaca.options import OccSymbolError, parse_occ
 from tickvault.alpaca.rest import AlpacaREST, collect
 from tickvault.config import Settings, redact, secret_values
 from tickvault.market_time import MarketClock
@@ -66,6 +80,7 @@ from tickvault.db.tables import (
     FAIL_RECONCILIATION_RUN,
     INSERT_ACCOUNT_SNAPSHOT,
     INSERT_FILL,
+    INSERT_OPTION_EVENT,
     INSERT_POSITION_SNAPSHOT,
     INSERT_RECONCILIATION_DIFF,
     LAST_COMPLETED_RECONCILIATION,
@@ -77,6 +92,7 @@ from tickvault.jobs.markdown import cell, table
 
 __all__ = [
     "DIFF_KINDS",
+    "EXPLAINED_KIND",
     "BrokerState",
     "Diff",
     "ReconcileError",
@@ -85,6 +101,7 @@ __all__ = [
     "count_diffs",
     "diff_orders",
     "diff_positions",
+    "explain_positions",
     "fetch_broker_state",
     "fill_rows",
     "missing_fill_diffs",
@@ -105,11 +122,19 @@ DIFF_KINDS = (
     "stale_position",
 )
 
+# A position difference the option events recorded by a run account for exactly: no drift (module doc).
+EXPLAINED_KIND = "option_event"
+
 # First run (or fills_after=None): a trading day and a bit; older history is a backfill's job.
 DEFAULT_LOOKBACK = timedelta(hours=24)
 # The next window starts this long before the previous run's start: a fill the broker reports a
 # little late (or stamped by a skewed clock) is still seen. Re-seeing a fill costs nothing: it is keyed.
 WINDOW_OVERLAP = timedelta(minutes=5)
+# Option events are fetched from this long before the window: Alpaca books an expiry's events after the
+# close, often the next morning, dated the expiration day; a Friday's may appear by Monday. Re-fetching an
+# event costs one keyed insert that writes nothing.
+OPTION_EVENTS_LOOKBACK = timedelta(days=4)
+SHARES_PER_CONTRACT = 100  # the deliverable of a standard US equity option: pairs an OPTRD with its exercise
 # Alpaca returns at most 500 orders per call; 20 pages bound one run's order list to 10,000
 # (a few MB of models). Past that a warning says the window was truncated.
 ORDERS_PAGE_LIMIT = 500
@@ -159,6 +184,7 @@ class BrokerState:
     fetch_s: float = 0.0  # wall time of the whole concurrent fetch
     looked_up: list[Order] = field(default_factory=list)  # orders fetched one by one (see module doc)
     not_found: list[tuple[str, str | None]] = field(default_factory=list)  # (client_order_id, id)
+    option_events: list[OptionActivity] = field(default_factory=list)  # OPEXC/OPASN/OPEXP/OPTRD, oldest first
 
     def orders(self) -> dict[str, Order]:
         """Every order the broker returned, by broker id (an order in two lists appears once)."""
@@ -204,10 +230,22 @@ class ReconcileSummary:
     positions: list[Position] = field(default_factory=list)
     observed_at: datetime | None = None
     lookups: int = 0  # orders fetched one by one (open here, absent from the broker's lists)
+    option_events_checked: int = 0  # option events the broker listed
+    option_events_recorded: int = 0  # of them, new to option_events (this run wrote them)
+
+    @property
+    def drift(self) -> list[Diff]:
+        """The differences that are drift: every diff but the ones option events explain."""
+        return [d for d in self.diffs if d.kind != EXPLAINED_KIND]
+
+    @property
+    def explained(self) -> list[Diff]:
+        """Position differences the option events this run recorded account for (not drift)."""
+        return [d for d in self.diffs if d.kind == EXPLAINED_KIND]
 
     @property
     def total_diffs(self) -> int:
-        return len(self.diffs)
+        return len(self.drift)
 
     @property
     def unrealized_pl(self) -> Decimal | None:
@@ -226,11 +264,19 @@ class ReconcileSummary:
             + (f", unrealized P&L {_money(pl, signed=True)}" if pl is not None else "")
         )
 
-    def outcome_line(self) -> str:
-        """``3 differences, 3 repaired`` / ``no differences``: for logs and the artifact's description."""
-        if not self.diffs:
+    def drift_line(self) -> str:
+        """``3 differences, 3 repaired`` / ``no differences``: the drift alone."""
+        if not self.drift:
             return "no differences"
         return f"{_count(self.total_diffs, 'difference')}, {self.repaired} repaired"
+
+    def outcome_line(self) -> str:
+        """The drift line, and the position changes option events explain when there are any: for logs
+        and the artifact's description."""
+        explained = len(self.explained)
+        if not explained:
+            return self.drift_line()
+        return f"{self.drift_line()}; {_count(explained, 'position change')} explained by option events"
 
     def log_line(self) -> str:
         """The run's summary for its log, with the figures a reader needs."""
@@ -279,22 +325,24 @@ class ReconcileSummary:
             if len(ordered) > MARKDOWN_MAX_POSITIONS:
                 lines.append(f"\n… and {len(ordered) - MARKDOWN_MAX_POSITIONS} smaller positions.")
             lines.append("")
-        lines += [f"## {self.outcome_line().capitalize()}", ""]
-        if self.diffs:
-            lines += [f"- {describe_diff(d)}" for d in self.diffs[:MARKDOWN_MAX_DIFFS]]
-            if len(self.diffs) > MARKDOWN_MAX_DIFFS:
-                lines.append(
-                    f"\n… and {len(self.diffs) - MARKDOWN_MAX_DIFFS} more in `reconciliation_diffs` "
-                    f"(run_id = {self.run_id})."
-                )
+        lines += [f"## {self.drift_line().capitalize()}", ""]
+        if self.drift:
+            lines += self._diff_lines(self.drift)
         else:
             lines.append("No differences: the database agrees with the broker.")
+        if self.explained:
+            lines += ["", f"## {_count(len(self.explained), 'position change').capitalize()} explained by "
+                      "option events", "",
+                      "Exercises, assignments and expiries the broker reported (recorded in `option_events`): "
+                      "not drift.", ""]
+            lines += self._diff_lines(self.explained)
         lines += [
             "",
             "## Checked and timings",
             "",
             (
-                f"Checked {_count(self.orders_checked, 'order')}, {_count(self.fills_checked, 'fill')} and "
+                f"Checked {_count(self.orders_checked, 'order')}, {_count(self.fills_checked, 'fill')}, "
+                f"{_count(self.option_events_checked, 'option event')} ({self.option_events_recorded} new) and "
                 f"{_count(self.positions_checked, 'position')}; fills and closed orders since "
                 f"{clock.stamp(self.fills_after)}."
             ),
@@ -319,6 +367,13 @@ class ReconcileSummary:
             lines += ["", "Per broker call: " + ", ".join(
                 f"{name.replace('_', ' ')} {secs * 1000:.0f} ms" for name, secs in calls.items()) + "."]
         return "\n".join(lines) + "\n"
+
+    def _diff_lines(self, diffs: list[Diff]) -> list[str]:
+        lines = [f"- {describe_diff(d)}" for d in diffs[:MARKDOWN_MAX_DIFFS]]
+        if len(diffs) > MARKDOWN_MAX_DIFFS:
+            lines.append(f"\n… and {len(diffs) - MARKDOWN_MAX_DIFFS} more in `reconciliation_diffs` "
+                         f"(run_id = {self.run_id}).")
+        return lines
 
 
 def describe_diff(d: Diff) -> str:
@@ -348,12 +403,18 @@ def describe_diff(d: Diff) -> str:
             f"{order} is {db.get('status')} here ({_qty(db.get('filled_qty'))} filled), "
             f"{broker.get('status')} at the broker ({_qty(broker.get('filled_qty'))} filled): {done}"
         )
+    if d.kind == EXPLAINED_KIND:
+        done = "snapshot updated" if d.repaired else "another run had already updated the snapshot"
+        return f"{d.symbol} {broker.get('change')}: {', '.join(broker.get('option_events', ()))}: {done}"
+    # Option events that account for part of a position's difference are named beside it.
+    part = (f" (option events account for {broker['option_change']} of it: "
+            f"{', '.join(broker['option_events'])})" if broker.get("option_events") else "")
     if d.kind == "position_mismatch":
-        return f"{d.symbol}: {_qty(db.get('qty'))} here, {_qty(broker.get('qty'))} at the broker: {done}"
+        return f"{d.symbol}: {_qty(db.get('qty'))} here, {_qty(broker.get('qty'))} at the broker{part}: {done}"
     if d.kind == "missing_position":
-        return f"{d.symbol}: {_qty(broker.get('qty'))} at the broker, never seen here: {done}"
+        return f"{d.symbol}: {_qty(broker.get('qty'))} at the broker, never seen here{part}: {done}"
     if d.kind == "stale_position":
-        return f"{d.symbol}: {_qty(db.get('qty'))} here, none at the broker: {done}"
+        return f"{d.symbol}: {_qty(db.get('qty'))} here, none at the broker{part}: {done}"
     return f"{d.kind} {order}: database {_brief(d.db_value)}, broker {_brief(d.broker_value)}: {done}"
 
 
@@ -410,23 +471,26 @@ async def _all_orders(rest: AlpacaREST, status: str, after: datetime | None) -> 
 
 async def fetch_broker_state(rest: AlpacaREST, *, fills_after: datetime | None) -> BrokerState:
     """Account, positions, open orders, closed orders and fill activities since ``fills_after``
-    (None: the last :data:`DEFAULT_LOOKBACK`), all five requests in flight at once.
+    (None: the last :data:`DEFAULT_LOOKBACK`) and option events since :data:`OPTION_EVENTS_LOOKBACK`
+    before that, all six requests in flight at once.
 
     ``timings`` holds each call's own seconds (``account``, ``positions``, ``open_orders``,
-    ``closed_orders``, ``fills``; a paged call counts all its pages); ``fetch_s`` the wall time of
-    the whole fetch, which with the calls concurrent is about the slowest one.
+    ``closed_orders``, ``fills``, ``option_events``; a paged call counts all its pages); ``fetch_s``
+    the wall time of the whole fetch, which with the calls concurrent is about the slowest one.
     """
     since = fills_after if fills_after is not None else datetime.now(UTC) - DEFAULT_LOOKBACK
     if since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    account, positions, open_orders, closed_orders, fills = await _gather_or_cancel(
+    account, positions, open_orders, closed_orders, fills, option_events = await _gather_or_cancel(
         _timed(timings, "account", rest.get_account()),
         _timed(timings, "positions", rest.get_positions()),
         _timed(timings, "open_orders", _all_orders(rest, "open", None)),
         _timed(timings, "closed_orders", _all_orders(rest, "closed", since)),
         _timed(timings, "fills", collect(rest.fill_activities(after=since, page_size=100))),
+        _timed(timings, "option_events",
+               collect(rest.option_activities(after=since - OPTION_EVENTS_LOOKBACK, page_size=100))),
     )
     fetch_s = time.perf_counter() - started
     return BrokerState(
@@ -439,6 +503,7 @@ async def fetch_broker_state(rest: AlpacaREST, *, fills_after: datetime | None) 
         observed_at=datetime.now(UTC),
         timings=dict(timings),
         fetch_s=fetch_s,
+        option_events=option_events,
     )
 
 
@@ -603,6 +668,95 @@ def diff_positions(
     return diffs, snapshots
 
 
+def _sign(value: Decimal) -> str:
+    """``+200``, ``−100``, ``0``."""
+    return ("+" if value > 0 else "−" if value < 0 else "") + _qty(abs(value))
+
+
+def _signed(value: Decimal, unit: str) -> str:
+    """``+100 shares``, ``−2 contracts``, ``−1 contract``."""
+    return f"{_sign(value)} {unit}" + ("" if abs(value) == 1 else "s")
+
+
+def _is_contract(symbol: str) -> bool:
+    try:
+        parse_occ(symbol)
+    except OccSymbolError:
+        return False
+    return True
+
+
+def _delivered_by(delivery: OptionActivity, events: list[OptionActivity]) -> OptionActivity | None:
+    """The exercise or assignment whose shares an ``OPTRD`` delivered: same day, the contract's underlying
+    and strike, 100 shares a contract."""
+    for e in events:
+        if e.activity_type not in ("OPEXC", "OPASN") or e.date != delivery.date or not _is_contract(e.symbol):
+            continue
+        occ = parse_occ(e.symbol)
+        if (occ.underlying == delivery.symbol and occ.strike == delivery.price
+                and abs(e.qty) * SHARES_PER_CONTRACT == abs(delivery.qty)):
+            return e
+    return None
+
+
+_EVENT_VERBS = {"OPEXC": "exercised", "OPASN": "assigned", "OPEXP": "expired worthless"}
+
+
+def describe_option_event(event: OptionActivity, events: list[OptionActivity]) -> str:
+    """One event in words, as it touches its own symbol: ``2 exercised on 2027-01-15`` for a contract,
+    ``2 AAPL270115C00100000 exercised at $100.00`` for the shares an exercise delivered."""
+    if event.activity_type != "OPTRD":
+        verb = _EVENT_VERBS.get(event.activity_type, event.activity_type)
+        return f"{_qty(abs(event.qty))} {verb} on {event.date}"
+    source = _delivered_by(event, events)
+    if source is None:
+        return f"{_signed(event.qty, 'share')} delivered at {_money(event.price)} (option trade {event.id})"
+    verb = _EVENT_VERBS[source.activity_type]
+    return f"{_qty(abs(source.qty))} {source.symbol} {verb} at {_money(event.price)}"
+
+
+def explain_positions(
+    diffs: list[Diff], recorded: list[OptionActivity], fetched: list[OptionActivity]
+) -> list[Diff]:
+    """Position diffs (not yet repaired) against the option events this run ``recorded`` (``fetched``:
+    every event listed, to find the exercise behind a share delivery): a difference the events account
+    for exactly becomes :data:`EXPLAINED_KIND`; one they account for in part keeps its kind, the events
+    named in ``broker_value`` (see the module docstring)."""
+    by_symbol: dict[str, list[OptionActivity]] = {}
+    for e in recorded:
+        by_symbol.setdefault(e.symbol, []).append(e)
+    out = []
+    for d in diffs:
+        events = by_symbol.get(d.symbol or "")
+        if d.kind not in ("position_mismatch", "missing_position", "stale_position") or not events:
+            out.append(d)
+            continue
+        db, broker = d.db_value or {}, d.broker_value or {}
+        change = Decimal(broker.get("qty", "0")) - Decimal(db.get("qty", "0"))
+        by_events = sum((e.qty for e in events), Decimal(0))
+        words = [describe_option_event(e, fetched) for e in events]
+        if len(events) > 1:
+            words = [f"{w} ({_sign(e.qty)})" for w, e in zip(words, events, strict=True)]
+        unit = "contract" if _is_contract(d.symbol or "") else "share"
+        noted = {"option_change": _signed(by_events, unit), "option_events": words,
+                 "activity_ids": [e.id for e in events]}
+        if by_events == change:
+            explained = {**broker, "change": _signed(change, unit), "drift_kind": d.kind, **noted}
+            out.append(replace(d, kind=EXPLAINED_KIND, broker_value=explained))
+        else:
+            out.append(replace(d, broker_value={**broker, **noted}))
+    return out
+
+
+def option_event_rows(events: list[OptionActivity]) -> list[tuple]:
+    """Option events as :data:`~tickvault.db.tables.INSERT_OPTION_EVENT` parameters."""
+    return [
+        (e.id, e.activity_type, e.symbol, e.qty, e.price, e.net_amount, e.date, e.time, e.description, e.status,
+         Jsonb(e.model_dump(mode="json")))
+        for e in events
+    ]
+
+
 def mark_repaired(diffs: list[Diff], repaired: Callable[[Diff], bool]) -> list[Diff]:
     return [replace(d, repaired=repaired(d)) for d in diffs]
 
@@ -617,7 +771,9 @@ def count_diffs(diffs: list[Diff]) -> dict[str, int]:
 
 def positions_checked(state: BrokerState, diffs: list[Diff]) -> int:
     """Symbols compared: the broker's positions and the stale ones only the database held."""
-    return len({p.symbol for p in state.positions} | {d.symbol for d in diffs if d.kind == "stale_position"})
+    stale = {d.symbol for d in diffs
+             if d.kind == "stale_position" or (d.broker_value or {}).get("drift_kind") == "stale_position"}
+    return len({p.symbol for p in state.positions} | stale)
 
 
 def _error_text(exc: BaseException, secrets: list[str]) -> str:
@@ -666,6 +822,11 @@ async def insert_fills(conn: psycopg.AsyncConnection, rows: list[tuple]) -> set[
     return await _returned(conn, INSERT_FILL.rstrip() + " RETURNING order_id::text, cum_qty", rows)
 
 
+async def insert_option_events(conn: psycopg.AsyncConnection, events: list[OptionActivity]) -> set[str]:
+    """Insert-if-absent, keyed by Alpaca's activity id: the ids returned are events the database lacked."""
+    return await _returned(conn, INSERT_OPTION_EVENT, option_event_rows(events))
+
+
 async def read_latest_positions(conn: psycopg.AsyncConnection) -> dict[str, tuple[Decimal, datetime]]:
     cur = await conn.execute(
         "SELECT DISTINCT ON (symbol) symbol, qty, time FROM position_snapshots ORDER BY symbol, time DESC"
@@ -702,9 +863,10 @@ async def record_diffs(conn: psycopg.AsyncConnection, run_id: int, diffs: list[D
         )
 
 
-async def compare_and_repair(conn: psycopg.AsyncConnection, state: BrokerState) -> list[Diff]:
-    """Orders, fills, positions: read, compare (pure), repair, in that order; the account snapshot.
-    Call inside the transaction holding :data:`REPAIR_LOCK_KEY`."""
+async def compare_and_repair(conn: psycopg.AsyncConnection, state: BrokerState) -> tuple[list[Diff], int]:
+    """Orders, fills, option events, positions: read, compare (pure), repair, in that order; the account
+    snapshot. The diffs, and how many option events this call recorded. Call inside the transaction
+    holding :data:`REPAIR_LOCK_KEY`."""
     broker = state.orders()
     diffs: list[Diff] = []
     if broker or state.not_found:
@@ -719,11 +881,14 @@ async def compare_and_repair(conn: psycopg.AsyncConnection, state: BrokerState) 
         cids = fill_order_ids(state)
         inserted = await insert_fills(conn, fill_rows(state.fills, cids))
         diffs += missing_fill_diffs(state.fills, inserted, cids)
+    recorded_ids = await insert_option_events(conn, state.option_events)
+    recorded = [e for e in state.option_events if e.id in recorded_ids]
     position_diffs, snapshots = diff_positions(state.positions, await read_latest_positions(conn), state.observed_at)
+    position_diffs = explain_positions(position_diffs, recorded, state.option_events)
     written = await insert_position_snapshots(conn, snapshots)
     diffs += mark_repaired(position_diffs, lambda d: d.symbol in written)
     await record_account(conn, state)
-    return diffs
+    return diffs, len(recorded)
 
 
 async def open_run(conn: psycopg.AsyncConnection) -> tuple[int, datetime | None]:
@@ -777,19 +942,20 @@ async def reconcile(
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (REPAIR_LOCK_KEY,))
                 t_locked = time.perf_counter()
                 phases["phase:lock_wait"] = t_locked - t
-                diffs = await compare_and_repair(conn, state)
+                diffs, events_recorded = await compare_and_repair(conn, state)
                 await record_diffs(conn, run_id, diffs)
             phases["phase:compare_repair"] = time.perf_counter() - t_locked
 
             counts = count_diffs(diffs)
-            repaired = sum(d.repaired for d in diffs)
+            drift = [d for d in diffs if d.kind != EXPLAINED_KIND]
+            repaired = sum(d.repaired for d in drift)
             orders_checked = len(state.orders()) + len(state.not_found)
             checked_positions = positions_checked(state, diffs)
             duration_s = time.perf_counter() - started
             await conn.execute(
                 COMPLETE_RECONCILIATION_RUN,
-                (orders_checked, len(state.fills), checked_positions, len(diffs), repaired,
-                 state.fetch_s * 1000, duration_s * 1000, run_id),
+                (orders_checked, len(state.fills), checked_positions, len(drift), repaired,
+                 len(diffs) - len(drift), state.fetch_s * 1000, duration_s * 1000, run_id),
             )
     except BaseException as exc:
         duration_s = time.perf_counter() - started
@@ -817,6 +983,8 @@ async def reconcile(
         positions=list(state.positions),
         observed_at=state.observed_at,
         lookups=lookups,
+        option_events_checked=len(state.option_events),
+        option_events_recorded=events_recorded,
     )
     log.info("%s", summary.log_line())
     return summary
