@@ -169,6 +169,23 @@ async def _spill_five_batches(spill_dir: Path, name: str, n: int) -> tuple[list[
     return [b for b, _ in batches], files
 
 
+async def _start_held_at_third_batch(env: dict[str, str], url: str, name: str, log: Path,
+                                     blocker: psycopg.Connection, ids: list[str]) -> subprocess.Popen:
+    """Start the worker with ``blocker`` holding an uncommitted ledger row of the third batch's id:
+    returns once the worker's commit of that batch waits on it (the first two committed)."""
+    blocker.execute("INSERT INTO ingest_batches (batch_id, worker, rows) VALUES (%s, 'test', 0)", (ids[2],))
+    proc = _start(env, log)
+    try:
+        await wait_until(lambda: _waiting_on_a_lock(url, name) or proc.poll() is not None, 120,
+                         "the recovery of the third batch to wait on the test's ledger row")
+        assert proc.poll() is None, log.read_text()[-4000:]
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc
+
+
 def _waiting_on_a_lock(url: str, name: str) -> bool:
     """One of the worker's pooled connections waits on a lock (the test's uncommitted ledger row)."""
     with psycopg.connect(url) as conn:
@@ -226,12 +243,8 @@ async def test_sigterm_during_spill_recovery_commits_the_batch_in_flight_and_the
     async with Simulator(symbols=["AAA"], rate=200) as sim:
         env = {**os.environ, **worker_env(sim, url, run_dir, name, TICKVAULT_METRICS_PORT=str(port))}
         with psycopg.connect(url) as blocker:  # an uncommitted ledger row with the third batch's id
-            blocker.execute("INSERT INTO ingest_batches (batch_id, worker, rows) VALUES (%s, 'test', 0)", (ids[2],))
-            proc = _start(env, log)
+            proc = await _start_held_at_third_batch(env, url, name, log, blocker, ids)
             try:
-                await wait_until(lambda: _waiting_on_a_lock(url, name) or proc.poll() is not None, 120,
-                                 "the recovery of the third batch to wait on the test's ledger row")
-                assert proc.poll() is None, log.read_text()[-4000:]
                 assert await worker_phase(port) == "recovering_spill"
                 proc.send_signal(signal.SIGTERM)
                 await wait_until(lambda: "stop requested while committing the rows the previous run spilled"
@@ -264,12 +277,8 @@ async def test_sigterm_while_the_database_is_gone_during_spill_recovery_stops_an
         env = {**os.environ, **worker_env(sim, url, run_dir, name, TICKVAULT_METRICS_PORT=str(port))}
         try:
             with psycopg.connect(url) as blocker:
-                blocker.execute("INSERT INTO ingest_batches (batch_id, worker, rows) VALUES (%s, 'test', 0)", (ids[2],))
-                proc = _start(env, log)
+                proc = await _start_held_at_third_batch(env, url, name, log, blocker, ids)
                 try:
-                    await wait_until(lambda: _waiting_on_a_lock(url, name) or proc.poll() is not None, 120,
-                                     "the recovery of the third batch to wait on the test's ledger row")
-                    assert proc.poll() is None, log.read_text()[-4000:]
                     with psycopg.connect(admin, autocommit=True) as conn:  # the database goes away for the pool
                         conn.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS false')
                         conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
