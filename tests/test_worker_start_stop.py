@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from tests.support.net import free_port
 from tests.support.prometheus import sample, worker_phase
@@ -81,9 +82,10 @@ async def _stop_and_wait(proc: subprocess.Popen, log: Path) -> int:
     return await _exit_status(proc, log)
 
 
-async def test_sigterm_while_restoring_indicators_stops_at_once_and_releases_everything(fresh_database, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_a_signal_while_restoring_indicators_stops_at_once_and_releases_everything(fresh_database, tmp_path, sig):
     """The restore waits on a table the test holds locked (its stocks are restored, its crypto pair
-    waits): Prometheus shows the phase and the progress; SIGTERM ends the worker while the lock is
+    waits): Prometheus shows the phase and the progress; SIGTERM (or Ctrl-C's SIGINT) ends the worker while the lock is
     still held, exit 0, registration and both feed claims gone, the feed never opened; a worker of
     the same name then starts at once and runs."""
     url = fresh_database()
@@ -108,7 +110,7 @@ async def test_sigterm_while_restoring_indicators_stops_at_once_and_releases_eve
                 assert await sample(port, "tickvault_trades_total", worker=name, feed="stocks:iex") == 0
                 assert _registered_pid(run_dir, name) == proc.pid and _claims(url, name) == 2
 
-                proc.send_signal(signal.SIGTERM)
+                proc.send_signal(sig)
                 rc = await _exit_status(proc, log)  # while the lock is held: the restore was not waited for
             finally:
                 if proc.poll() is None:
@@ -281,8 +283,8 @@ async def test_sigterm_while_the_database_is_gone_during_spill_recovery_stops_an
                 try:
                     with psycopg.connect(admin, autocommit=True) as conn:  # the database goes away for the pool
                         conn.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS false')
-                        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
-                                     (f"tickvault-{name}",))  # its claims connection (…-claims) stays
+                        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                     "WHERE application_name = %s", (f"tickvault-{name}",))  # not its …-claims one
                     await wait_until(lambda: "database unavailable" in log.read_text() or proc.poll() is not None, 60,
                                      "the recovery to retry")
                     assert proc.poll() is None, log.read_text()[-4000:]
@@ -298,5 +300,34 @@ async def test_sigterm_while_the_database_is_gone_during_spill_recovery_stops_an
         _stopped_in_order(url, run_dir, name, log, rc)
         assert "stays for the next start" in log.read_text()
         assert _landed(url, ids) == set(ids[:2])  # the third was cut with its connection
+        assert files["b"].exists() and files["c"].exists()
+        await _next_start_commits_the_rest_once(env, url, port, log, spill_dir, ids, n)
+
+
+async def test_a_second_signal_during_spill_recovery_cancels_the_batch_in_flight_and_loses_nothing(
+        fresh_database, tmp_path):
+    """Held at the third batch, SIGTERM, then a second SIGTERM (an impatient Ctrl-C): the worker stops
+    waiting for that batch and exits 0 with it uncommitted; the next start commits it and the rest once."""
+    url = fresh_database()
+    run_dir, log, port, name = tmp_path / "run", tmp_path / "worker.log", free_port(), "spiller"
+    spill_dir, n = run_dir / "spill", 500
+    ids, files = await _spill_five_batches(spill_dir, name, n)
+    async with Simulator(symbols=["AAA"], rate=200) as sim:
+        env = {**os.environ, **worker_env(sim, url, run_dir, name, TICKVAULT_METRICS_PORT=str(port))}
+        with psycopg.connect(url) as blocker:
+            proc = await _start_held_at_third_batch(env, url, name, log, blocker, ids)
+            try:
+                proc.send_signal(signal.SIGTERM)
+                await wait_until(lambda: "stop requested while committing the rows the previous run spilled"
+                                 in log.read_text() or proc.poll() is not None, 60, "the worker to take the stop")
+                proc.send_signal(signal.SIGTERM)
+                rc = await _exit_status(proc, log)  # while the test still holds the row the batch waits on
+            finally:
+                blocker.rollback()
+                if proc.poll() is None:
+                    proc.kill()
+        _stopped_in_order(url, run_dir, name, log, rc)
+        assert "cancelled (a second signal came)" in log.read_text()
+        assert _landed(url, ids) == set(ids[:2])
         assert files["b"].exists() and files["c"].exists()
         await _next_start_commits_the_rest_once(env, url, port, log, spill_dir, ids, n)

@@ -258,8 +258,10 @@ class Worker:
                                          return_when=asyncio.FIRST_COMPLETED)
             force.cancel()
             if recovery not in done:
-                log.error("the spilled batch being recovered was not committed within the shutdown deadline "
-                          "(or a second signal came); cancelled: the next start asks the ledger whether it landed")
+                why = ("a second signal came" if force in done
+                       else f"not committed within {self.settings.shutdown_timeout_s:.0f} s")
+                log.error("the spilled batch being recovered is cancelled (%s): it stays in its spill file, and "
+                          "the next start asks the ledger whether it landed", why)
         starting.cancel()
         try:
             await starting
