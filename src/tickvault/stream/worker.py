@@ -7,6 +7,8 @@ feed counts in its own :class:`Metrics`, and ``ingest_stats`` gets one row per f
 ``run_worker`` owns every task and its shutdown. On SIGTERM/SIGINT (or ``stop``) it stops
 reading, waits for running backfills, drains the queue through the processor, flushes and commits
 the writer, writes a last ``ingest_stats`` row, unregisters, and returns: no accepted tick is lost.
+A signal during start-up (handlers and Prometheus are up from its first moment) ends the start-up at a
+safe point and releases what it took, as a failed start does; the spill recovery stops between batches.
 The bounded queue (``queue_max_frames`` frames, ≤ ~1000 messages each) is the only buffer between
 the socket and the writer's bounded batch; see reader.py and writer.py for the other bounds.
 """
@@ -155,7 +157,8 @@ class Worker:
       ``TICKVAULT_BACKFILL_FROM`` on a first start) and starts the tasks. Every resource it takes
       is pushed on an ``AsyncExitStack``, so an error half-way releases exactly what was taken:
       an error during start-up ends the process instead of leaving the pool's connection attempts
-      running (``asyncio.run`` would wait for them for ever).
+      running (``asyncio.run`` would wait for them for ever). :meth:`run` starts it as a task that a
+      stop request cuts short (:meth:`_start_until_stopped`); ``handle.phase`` says which step runs.
     * :meth:`serve` waits until the reader is subscribed (``handle.ready``), then until a stop or a
       crashed component (an error, not a silent stop).
     * :meth:`drain` stops reading and, before the shutdown deadline (``shutdown_timeout_s``, or a
