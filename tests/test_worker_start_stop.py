@@ -19,6 +19,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 import psycopg
 import pytest
@@ -171,6 +172,26 @@ async def _spill_five_batches(spill_dir: Path, name: str, n: int) -> tuple[list[
     return [b for b, _ in batches], files
 
 
+class Spilled(NamedTuple):
+    run_dir: Path
+    log: Path
+    port: int  # the worker's Prometheus port
+    name: str
+    spill_dir: Path
+    n: int  # trades (and quotes) per batch
+    ids: list[str]  # the five batches' ids, in recovery order
+    files: dict[str, Path]
+
+
+@pytest.fixture
+async def spilled(tmp_path) -> Spilled:
+    """Worker "spiller"'s run directory holding five spilled batches (:func:`_spill_five_batches`).
+    The database is the test's own (made in its body, so dropped when it ends)."""
+    run_dir, name, n = tmp_path / "run", "spiller", 500
+    ids, files = await _spill_five_batches(run_dir / "spill", name, n)
+    return Spilled(run_dir, tmp_path / "worker.log", free_port(), name, run_dir / "spill", n, ids, files)
+
+
 async def _start_held_at_third_batch(env: dict[str, str], url: str, name: str, log: Path,
                                      blocker: psycopg.Connection, ids: list[str]) -> subprocess.Popen:
     """Start the worker with ``blocker`` holding an uncommitted ledger row of the third batch's id:
@@ -233,15 +254,13 @@ def _stopped_in_order(url: str, run_dir: Path, name: str, log: Path, rc: int) ->
 
 
 async def test_sigterm_during_spill_recovery_commits_the_batch_in_flight_and_the_next_start_the_rest(
-        fresh_database, tmp_path):
+        fresh_database, spilled):
     """The test holds the third batch's ledger row in an open transaction, so its commit waits;
     SIGTERM then: the worker lets that batch commit, stops before the fourth, exits 0 with the rest
     still spilled. The next start commits the rest, skipping the batches of the partly recovered
     file the ledger says landed: every trade and quote once."""
     url = fresh_database()
-    run_dir, log, port, name = tmp_path / "run", tmp_path / "worker.log", free_port(), "spiller"
-    spill_dir, n = run_dir / "spill", 500
-    ids, files = await _spill_five_batches(spill_dir, name, n)
+    run_dir, log, port, name, spill_dir, n, ids, files = spilled
     async with Simulator(symbols=["AAA"], rate=200) as sim:
         env = {**os.environ, **worker_env(sim, url, run_dir, name, TICKVAULT_METRICS_PORT=str(port))}
         with psycopg.connect(url) as blocker:  # an uncommitted ledger row with the third batch's id
@@ -265,16 +284,14 @@ async def test_sigterm_during_spill_recovery_commits_the_batch_in_flight_and_the
 
 
 async def test_sigterm_while_the_database_is_gone_during_spill_recovery_stops_and_loses_nothing(
-        fresh_database, admin_url, tmp_path):
+        fresh_database, spilled, admin_url):
     """The third batch's connection is ended while it waits, and the database refuses new ones: the
     recovery retries, and SIGTERM stops it at its retry (exit 0) instead of waiting for the database.
     Back up, the next start commits the rest, each batch once."""
     url = fresh_database()
+    run_dir, log, port, name, spill_dir, n, ids, files = spilled
     dbname = url.rsplit("/", 1)[1]
     admin = admin_url.rsplit("/", 1)[0] + "/postgres"
-    run_dir, log, port, name = tmp_path / "run", tmp_path / "worker.log", free_port(), "spiller"
-    spill_dir, n = run_dir / "spill", 500
-    ids, files = await _spill_five_batches(spill_dir, name, n)
     async with Simulator(symbols=["AAA"], rate=200) as sim:
         env = {**os.environ, **worker_env(sim, url, run_dir, name, TICKVAULT_METRICS_PORT=str(port))}
         try:
@@ -305,13 +322,11 @@ async def test_sigterm_while_the_database_is_gone_during_spill_recovery_stops_an
 
 
 async def test_a_second_signal_during_spill_recovery_cancels_the_batch_in_flight_and_loses_nothing(
-        fresh_database, tmp_path):
+        fresh_database, spilled):
     """Held at the third batch, SIGTERM, then a second SIGTERM (an impatient Ctrl-C): the worker stops
     waiting for that batch and exits 0 with it uncommitted; the next start commits it and the rest once."""
     url = fresh_database()
-    run_dir, log, port, name = tmp_path / "run", tmp_path / "worker.log", free_port(), "spiller"
-    spill_dir, n = run_dir / "spill", 500
-    ids, files = await _spill_five_batches(spill_dir, name, n)
+    run_dir, log, port, name, spill_dir, n, ids, files = spilled
     async with Simulator(symbols=["AAA"], rate=200) as sim:
         env = {**os.environ, **worker_env(sim, url, run_dir, name, TICKVAULT_METRICS_PORT=str(port))}
         with psycopg.connect(url) as blocker:
