@@ -8,9 +8,10 @@ import logging
 import os
 import re
 
+import pytest
 from rich.console import Console
 
-from tickvault.stream.metrics import LatencyHistogram, Metrics
+from tickvault.stream.metrics import LatencyHistogram, Metrics, WorkerPhase
 from tickvault.stream.status import RecentLatency, StatusDisplay, StatusLine
 
 MS = 1_000_000
@@ -38,6 +39,33 @@ def test_status_line_shows_the_recent_and_the_since_start_p99():
         text = line.render()
     recent, since_start = map(int, re.search(r"commit (\d+) ms \(all (\d+)\)", text).groups())
     assert 18 <= recent <= 24 and 730 <= since_start <= 880  # the histogram's buckets are ±9 %
+
+
+def test_status_line_says_what_a_starting_worker_waits_for_then_shows_its_figures():
+    phase = WorkerPhase()
+    line = StatusLine(Metrics(), rss_mb=lambda: 42.0, phase=phase)
+    assert line.render().startswith("starting: registration")
+    phase.set("recovering_spill")
+    assert line.render() == "committing the rows the previous run spilled"
+    phase.set("restoring_indicators")
+    phase.restore.symbols, phase.restore.done = 5_000, 1_200
+    assert line.render() == "restoring indicators: 1,200 of 5,000 symbols"
+    phase.set("running")
+    assert "trades/s" in line.render()
+
+
+def test_the_phase_is_a_prometheus_enum_with_the_restore_progress():
+    phase = WorkerPhase()
+    phase.set("restoring_indicators")
+    phase.restore.symbols, phase.restore.done = 40, 12
+    text = phase.prometheus("w")
+    assert text.count("# TYPE tickvault_worker_phase gauge") == 1
+    assert 'tickvault_worker_phase{worker="w",phase="restoring_indicators"} 1' in text
+    assert 'tickvault_worker_phase{worker="w",phase="running"} 0' in text
+    assert sum(int(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("tickvault_worker_phase")) == 1
+    assert 'tickvault_restore_symbols{worker="w"} 40' in text and 'tickvault_restored_symbols{worker="w"} 12' in text
+    with pytest.raises(ValueError, match="one of starting, recovering_spill"):
+        phase.set("restoring")
 
 
 def _screen_lines(raw: str) -> list[str]:

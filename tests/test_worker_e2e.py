@@ -27,6 +27,7 @@ from tickvault.config import load_settings
 from tickvault.sim.server import Simulator
 from tickvault.stream.worker import WorkerHandle, run_worker
 from tests.support.net import free_port
+from tests.support.prometheus import sample
 from tests.support.sim import worker_env
 from tests.support.waiting import wait_until
 
@@ -347,17 +348,7 @@ async def _grew_past(url: str, n: int) -> bool:
 
 async def _worker_gauge(port: int, name: str) -> float:
     """A figure from the worker's Prometheus endpoint (0 while it is not up yet)."""
-    import httpx
-
-    try:
-        async with httpx.AsyncClient(timeout=10) as client:
-            text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
-    except httpx.TransportError:
-        return 0.0
-    for line in text.splitlines():
-        if line.startswith(f"tickvault_{name}{{"):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return await sample(port, f"tickvault_{name}")
 
 
 async def _worker_total(port: int, name: str) -> float:

@@ -331,7 +331,7 @@ def _run_worker_foreground(settings: Settings, *, live: bool, strategy=None, chi
             handle.stop_event.set()
             await tick
 
-    with StatusDisplay(handle.metrics, live=live) as display:
+    with StatusDisplay(handle.metrics, live=live, phase=handle.phase) as display:
         relays = [display.relay(pipe, prefix) for child, prefix in children for pipe in (child.stdout, child.stderr)]
         try:
             asyncio.run(worker_with_status(display))

@@ -121,6 +121,59 @@ class Metrics:
         return prometheus_text(worker, [(None, self)])
 
 
+# What the worker is doing, in the order it does it: the ``phase`` label of ``tickvault_worker_phase``.
+PHASES = ("starting", "recovering_spill", "restoring_indicators", "connecting", "running", "draining", "stopping")
+_PHASE_TEXT = {
+    "starting": "starting: registration, database, feed claims, session calendar",
+    "recovering_spill": "committing the rows the previous run spilled",
+    "connecting": "connecting: resume points, opening and subscribing the feeds",
+    "draining": "draining: committing what was accepted",
+    "stopping": "stopping",
+}
+
+
+class RestoreProgress:
+    """How far the indicator restore is: ``done`` of ``symbols`` symbols (both tables together)."""
+
+    __slots__ = ("done", "symbols")
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.symbols = 0
+
+
+@dataclass
+class WorkerPhase:
+    """The worker's phase (one of :data:`PHASES`) and the restore's progress, for Prometheus and the
+    status line: an operator sees what a starting worker waits for before any feed exists."""
+
+    name: str = "starting"
+    restore: RestoreProgress = field(default_factory=RestoreProgress)
+
+    def set(self, name: str) -> None:
+        if name not in PHASES:
+            raise ValueError(f"unknown worker phase {name!r}; one of {', '.join(PHASES)}")
+        self.name = name
+
+    def describe(self) -> str:
+        """One line for a person: ``restoring indicators: 1,200 of 5,000 symbols``."""
+        if self.name == "restoring_indicators":
+            return f"restoring indicators: {self.restore.done:,} of {self.restore.symbols:,} symbols"
+        return _PHASE_TEXT.get(self.name, self.name)
+
+    def prometheus(self, worker: str) -> str:
+        """An enum as Prometheus clients write one (a sample per phase, 1 for the current one), and the
+        restore's progress as two gauges (symbols to restore, symbols restored so far)."""
+        label = f'worker="{worker}"'
+        lines = ["# TYPE tickvault_worker_phase gauge"]
+        lines.extend(f'tickvault_worker_phase{{{label},phase="{p}"}} {int(p == self.name)}' for p in PHASES)
+        lines.append("# TYPE tickvault_restore_symbols gauge")
+        lines.append(f"tickvault_restore_symbols{{{label}}} {self.restore.symbols}")
+        lines.append("# TYPE tickvault_restored_symbols gauge")
+        lines.append(f"tickvault_restored_symbols{{{label}}} {self.restore.done}")
+        return "\n".join(lines) + "\n"
+
+
 def prometheus_text(worker: str, feeds: list[tuple[str | None, Metrics]]) -> str:
     """The exposition text of one worker: one ``# TYPE`` line per metric, then a sample per feed, labelled
     ``feed="crypto:us"`` when the worker records several feeds (a single feed keeps only ``worker``, as
@@ -150,17 +203,26 @@ def prometheus_text(worker: str, feeds: list[tuple[str | None, Metrics]]) -> str
     return "\n".join(lines) + "\n"
 
 
-async def serve_prometheus(metrics: Metrics | dict[str, Metrics], worker: str, port: int) -> asyncio.AbstractServer:
+async def serve_prometheus(metrics: Metrics | dict[str, Metrics], worker: str, port: int, *,
+                           phase: WorkerPhase | None = None) -> asyncio.AbstractServer:
     """A minimal HTTP/1.0 endpoint on 127.0.0.1 answering every GET with the metrics text. ``metrics``: the
-    worker's, or a feed label → Metrics map (several feeds: each sample carries its ``feed`` label)."""
-    feeds: list[tuple[str | None, Metrics]] = (
-        [(None, metrics)] if isinstance(metrics, Metrics)
-        else [(None, m) for m in metrics.values()] if len(metrics) == 1 else list(metrics.items()))
+    worker's, or a feed label → Metrics map (several feeds: each sample carries its ``feed`` label), read
+    at every scrape; ``phase``: the worker's phase, written first (it answers before the feeds exist)."""
+
+    def feeds() -> list[tuple[str | None, Metrics]]:
+        if isinstance(metrics, Metrics):
+            return [(None, metrics)]
+        return [(None, m) for m in metrics.values()] if len(metrics) == 1 else list(metrics.items())
+
+    def text() -> str:
+        head = phase.prometheus(worker) if phase is not None else ""
+        current = feeds()
+        return head + (prometheus_text(worker, current) if current else "")
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
-            body = prometheus_text(worker, feeds).encode()
+            body = text().encode()
             writer.write(
                 b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: "
                 + str(len(body)).encode() + b"\r\n\r\n" + body

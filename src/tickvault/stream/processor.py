@@ -44,7 +44,7 @@ from tickvault.indicators.sessions import (
     default_calendar,
 )
 from tickvault.stream.cache import PriceCache
-from tickvault.stream.metrics import Metrics
+from tickvault.stream.metrics import Metrics, RestoreProgress
 from tickvault.stream.reader import QueuedFrame
 from tickvault.stream.strategy import Bar, OrderIntent, Strategy
 from tickvault.stream.universe import MAX_SYMBOLS
@@ -137,7 +137,8 @@ class Processor:
         return ind
 
     async def restore(self, pool, stocks: Sequence[str] = (), crypto: Sequence[str] = (),
-                      *, warmup_bars: int = WARMUP_BARS, page_rows: int = RESTORE_PAGE_ROWS) -> int:
+                      *, warmup_bars: int = WARMUP_BARS, page_rows: int = RESTORE_PAGE_ROWS,
+                      progress: RestoreProgress | None = None) -> int:
         """Rebuild the indicators of ``stocks`` and ``crypto`` symbols from their stored 1-minute
         bars (``bars`` / ``crypto_bars``; ``"*"`` means every symbol with a bar in the last
         :data:`RESTORE_RECENT_S`): the last ``warmup_bars`` bars and, further back when needed, the
@@ -150,7 +151,10 @@ class Processor:
         symbol's warm-up bounds, one streaming every symbol's bars through a server-side cursor,
         ``page_rows`` bars a fetch (the memory held: two pages, not the ~1000 bars × symbols read).
         The loop gets control back after every page (a page is ~25 ms of replay), so the tasks
-        already on it (the worker's writer) run during a long restore."""
+        already on it (the worker's writer) run during a long restore, and so does ``progress``
+        (symbols to restore, symbols begun: what the worker's phase shows). Cancelling it (a stop
+        during start-up) is safe at any await: it only reads."""
+        progress = progress or RestoreProgress()
         replayed = 0
         started = time.monotonic()
         async with pool.connection() as conn:
@@ -162,13 +166,14 @@ class Processor:
                                              {"window": f"{RESTORE_RECENT_S} seconds", "limit": RESTORE_MAX_SYMBOLS})
                     wanted = [r[0] for r in await cur.fetchall()]
                 if wanted:
-                    replayed += await self._restore_table(conn, table, wanted, warmup_bars, page_rows)
+                    replayed += await self._restore_table(conn, table, wanted, warmup_bars, page_rows, progress)
         if replayed:
             log.info("indicators restored from %d stored bars of %d symbols in %.1f s", replayed,
                      len(self.indicators), time.monotonic() - started)
         return replayed
 
-    async def _restore_table(self, conn, table: str, symbols: list[str], warmup_bars: int, page_rows: int) -> int:
+    async def _restore_table(self, conn, table: str, symbols: list[str], warmup_bars: int, page_rows: int,
+                             progress: RestoreProgress) -> int:
         """Restore ``symbols`` from ``table``: their bounds in one statement, their bars in another.
         A database error goes on as it is, with a note of what the restore was doing."""
         replayed = 0
@@ -176,6 +181,8 @@ class Processor:
             names, starts = await self._restore_starts(conn, table, symbols, warmup_bars)
             if not names:
                 return 0
+            progress.symbols += len(names)
+            previous = None  # the symbol the last page ended with: it may go on in this one
             async with conn.cursor(name="tickvault_restore", binary=True) as bars:
                 bars.adapters.register_loader("timestamptz", NsTimestamptzLoader)
                 await bars.execute(_RESTORE_BARS_SQL.format(table=table), (names, starts))
@@ -188,6 +195,9 @@ class Processor:
                         await asyncio.sleep(0)  # the fetch sends its FETCH; the loop runs between pages
                         # A symbol's bars are consecutive and in time order; one may go on in the next page.
                         for symbol, symbol_bars in groupby(rows, _SYMBOL_OF_ROW):
+                            if symbol != previous:
+                                progress.done += 1
+                                previous = symbol
                             self._replay(symbol, symbol_bars)
                         replayed += len(rows)
                 finally:

@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from tickvault.stream.metrics import LatencyHistogram, Metrics
+from tickvault.stream.metrics import LatencyHistogram, Metrics, WorkerPhase
 
 RECENT_WINDOW_S = 10  # long enough for a stable p99 at a few hundred frames/s, short enough to show now
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -67,8 +67,9 @@ class RecentLatency:
 class StatusLine:
     """Formats the status line from a worker's metrics; call :meth:`render` once a second."""
 
-    def __init__(self, metrics: Metrics, rss_mb=None) -> None:
+    def __init__(self, metrics: Metrics, rss_mb=None, phase: WorkerPhase | None = None) -> None:
         self.metrics = metrics
+        self.phase = phase  # the worker's: before it runs, the line says what it waits for
         self._recent = {stage: RecentLatency(metrics.lifetime[stage])
                         for stage in ("received_to_processed", "received_to_committed")}
         self._last_trades = 0.0
@@ -76,6 +77,8 @@ class StatusLine:
         self._rss_mb = rss_mb or _own_rss_mb
 
     def render(self) -> str:
+        if self.phase is not None and self.phase.name in ("starting", "recovering_spill", "restoring_indicators"):
+            return self.phase.describe()
         m = self.metrics
         now = time.monotonic()
         trades = m.totals["trades"]
@@ -127,10 +130,11 @@ class StatusDisplay:
     """
 
     def __init__(self, metrics: Metrics, *, live: bool, console: Console | None = None,
-                 level: int = logging.WARNING, quiet_level: int = logging.INFO) -> None:
+                 level: int = logging.WARNING, quiet_level: int = logging.INFO,
+                 phase: WorkerPhase | None = None) -> None:
         self.live = live
         self.console = console or Console(stderr=True)
-        self.status = StatusLine(metrics)
+        self.status = StatusLine(metrics, phase=phase)
         self._level = level if live else quiet_level
         # Relayed child output until the next tick. Bound: RELAY_MAX_LINES; past it (a child flooding its
         # output, or nobody ticking any more) lines are dropped and the count is printed.

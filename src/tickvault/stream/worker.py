@@ -7,6 +7,8 @@ feed counts in its own :class:`Metrics`, and ``ingest_stats`` gets one row per f
 ``run_worker`` owns every task and its shutdown. On SIGTERM/SIGINT (or ``stop``) it stops
 reading, waits for running backfills, drains the queue through the processor, flushes and commits
 the writer, writes a last ``ingest_stats`` row, unregisters, and returns: no accepted tick is lost.
+A signal during start-up (handlers and Prometheus are up from its first moment) ends the start-up at a
+safe point and releases what it took, as a failed start does; the spill recovery stops between batches.
 The bounded queue (``queue_max_frames`` frames, ≤ ~1000 messages each) is the only buffer between
 the socket and the writer's bounded batch; see reader.py and writer.py for the other bounds.
 """
@@ -32,12 +34,12 @@ from tickvault.db.tables import recent_symbols_sql
 from tickvault.indicators.sessions import is_crypto
 from tickvault.stream.cache import PriceCache
 from tickvault.stream.gaps import GapLedger
-from tickvault.stream.metrics import Metrics, serve_prometheus
+from tickvault.stream.metrics import Metrics, WorkerPhase, serve_prometheus
 from tickvault.stream.processor import Processor
 from tickvault.stream.reader import MarketDataReader
 from tickvault.stream.strategy import Strategy
 from tickvault.stream.universe import BackfillUniverse
-from tickvault.stream.writer import BatchWriter, ns_to_datetime
+from tickvault.stream.writer import BatchWriter, RecoveryStopped, ns_to_datetime
 
 log = logging.getLogger("tickvault.worker")
 
@@ -56,6 +58,7 @@ class WorkerHandle:
     """What tests and the CLI hold on a running worker."""
 
     metrics: Metrics = field(default_factory=Metrics)
+    phase: WorkerPhase = field(default_factory=WorkerPhase)  # what it does now (Prometheus, status line)
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     reader: MarketDataReader | None = None  # the first feed's
@@ -154,7 +157,8 @@ class Worker:
       ``TICKVAULT_BACKFILL_FROM`` on a first start) and starts the tasks. Every resource it takes
       is pushed on an ``AsyncExitStack``, so an error half-way releases exactly what was taken:
       an error during start-up ends the process instead of leaving the pool's connection attempts
-      running (``asyncio.run`` would wait for them for ever).
+      running (``asyncio.run`` would wait for them for ever). :meth:`run` starts it as a task that a
+      stop request cuts short (:meth:`_start_until_stopped`); ``handle.phase`` says which step runs.
     * :meth:`serve` waits until the reader is subscribed (``handle.ready``), then until a stop or a
       crashed component (an error, not a silent stop).
     * :meth:`drain` stops reading and, before the shutdown deadline (``shutdown_timeout_s``, or a
@@ -194,6 +198,7 @@ class Worker:
         self.spill_dir = settings.run_dir / "spill"
         self._stack = contextlib.AsyncExitStack()
         self._tasks: dict[str, asyncio.Task] = {}
+        self._recovery: asyncio.Future | None = None  # the spill recovery while start() runs it
         self.drained = False
         self._started = False  # every component exists and its task runs
         self._stats_clock = time.monotonic()
@@ -202,8 +207,8 @@ class Worker:
     async def run(self) -> WorkerHandle:
         """start → serve → drain (or spill) → close; raises ShutdownIncomplete after a spill."""
         try:
-            await self.start()
-            await self.serve()
+            if await self._start_until_stopped():
+                await self.serve()
         finally:
             if self._started:  # shut down in order, whatever happened
                 self.drained = await self.drain()
@@ -224,13 +229,69 @@ class Worker:
         return handle
 
     # --- start -------------------------------------------------------------------------------
+    async def _start_until_stopped(self) -> bool:
+        """:meth:`start`, unless a stop request (a signal, ``handle.stop()``) comes first: then the
+        start-up is cut at a safe point and False returned (``run`` releases what it took, and the
+        stop is as orderly as one while serving). The spill recovery stops by itself between two
+        batches (the one in flight commits, up to the shutdown deadline or a second signal); the other
+        steps only read or claim what the exit stack gives back, so they are cancelled where they are."""
+        handle = self.handle
+        starting = asyncio.create_task(self.start(), name="start")
+        stopping = asyncio.create_task(handle.stop_event.wait())
+        try:
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # run() itself cancelled: the start-up ends before run()'s cleanup
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            raise
+        finally:
+            stopping.cancel()
+        if starting.done():  # started (a stop at this moment is serve's to see), or failed
+            try:
+                starting.result()
+                return True
+            except RecoveryStopped as exc:  # the stop reached the recovery first
+                log.warning("%s", exc)
+                return False
+        log.warning("stop requested while %s: start-up stopped, releasing what it took", handle.phase.describe())
+        recovery = self._recovery
+        if recovery is not None and not recovery.done():
+            force = asyncio.create_task(handle.force_event.wait())
+            done, _ = await asyncio.wait({recovery, force}, timeout=self.settings.shutdown_timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            force.cancel()
+            if recovery not in done:
+                why = ("a second signal came" if force in done
+                       else f"not committed within {self.settings.shutdown_timeout_s:.0f} s")
+                log.error("the spilled batch being recovered is cancelled (%s): it stays in its spill file, and "
+                          "the next start asks the ledger whether it landed", why)
+        starting.cancel()
+        try:
+            await starting
+        except asyncio.CancelledError:
+            pass
+        except RecoveryStopped as exc:
+            log.warning("%s", exc)
+        except Exception as exc:  # noqa: BLE001 - unwinding a cancelled step (a query cut off): the stop goes on
+            log.warning("start-up step ended with %r while being stopped", exc)
+        return False
+
     async def start(self) -> None:
         from tickvault.alpaca.rest import AlpacaREST
         from tickvault.db.pool import open_pool
         from tickvault.indicators.sessions import SessionCalendar, calendar_range, fetch_session_calendar
         from tickvault.registration import register_worker, unregister_worker
 
-        settings, metrics, stack = self.settings, self.metrics, self._stack
+        settings, metrics, stack, phase = self.settings, self.metrics, self._stack, self.handle.phase
+        phase.set("starting")
+        if self.install_signal_handlers:
+            # From the first moment: a SIGTERM during start-up stops it in order (_start_until_stopped)
+            # instead of killing the process with its registration, claims and a recovery half done.
+            # Removed last, so a signal during the cleanup cannot kill it either.
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.handle.stop)
+                stack.callback(loop.remove_signal_handler, sig)
         pid = os.getpid()
         # Claimed before the spill files of this name are recovered or the feed is opened: a second
         # worker of the same name must touch neither.
@@ -238,6 +299,13 @@ class Worker:
                         extra={"metrics_port": settings.metrics_port, "stream": stream_url(settings),
                                "feeds": list(settings.feeds)})
         stack.callback(unregister_worker, settings, settings.worker_name, pid=pid)
+        # Every feed's figures exist from the start (the first feed's are the worker's), so Prometheus
+        # answers at once: the phase while starting, the feeds' series (zero until they run) with it.
+        self.feed_metrics: dict[str, Metrics] = {
+            label: metrics if i == 0 else Metrics() for i, label in enumerate(settings.feeds)}
+        if settings.metrics_port:  # after the registration: a taken name is refused before a taken port
+            prom = await serve_prometheus(self.feed_metrics, settings.worker_name, settings.metrics_port, phase=phase)
+            stack.callback(prom.close)
         self._tune_gc()
         self.pool = pool = await open_pool(settings, min_size=2, name=f"tickvault-{settings.worker_name}")
         stack.push_async_callback(self._close_pool)
@@ -269,25 +337,30 @@ class Worker:
         self.processor = Processor(self.queue, writer, self.cache, metrics, strategy=self.strategy,
                                    on_intent=self.gateway.enqueue if self.gateway else None,
                                    calendar=calendar)
+        metrics.pending_rows_source = writer.pending_rows
         self._tasks["writer"] = asyncio.create_task(writer.run(), name="writer")
-        recovered = await writer.recover(self.spill_dir)  # what a previous run could not commit, first
+        phase.set("recovering_spill")
+        # What a previous run could not commit, first. A stop ends it between batches (see recover).
+        self._recovery = asyncio.ensure_future(writer.recover(self.spill_dir, stop=self.handle.stop_event))
+        recovered = await self._recovery
         if recovered:
             log.warning("committed %d rows spilled by the previous run", recovered)
         # After a restart the indicators go on from the stored bars (warm-up + the current session),
         # not from nothing: what the refresh flow computes for the same bars.
+        phase.set("restoring_indicators")
         await self.processor.restore(pool, stocks=restore_symbols(settings.symbols, "stocks" in kinds),
-                                     crypto=restore_symbols(settings.crypto_symbols, "crypto" in kinds))
+                                     crypto=restore_symbols(settings.crypto_symbols, "crypto" in kinds),
+                                     progress=phase.restore)
+        phase.set("connecting")
         # One reader per feed (TICKVAULT_FEEDS), each on its own connection with its own reconnect,
         # watchdog, gap ledger and backfill, all into the one bounded queue. The first feed's figures
         # are the worker's Metrics (Prometheus, `worker status`); every other feed counts in its own.
         self.readers: dict[str, MarketDataReader] = {}
-        self.feed_metrics: dict[str, Metrics] = {}
         key, secret = settings.alpaca_key_id.get_secret_value(), settings.alpaca_secret_key.get_secret_value()
         for label in settings.feeds:
             kind, _, where = label.partition(":")
             primary = not self.readers
-            feed_metrics = metrics if primary else Metrics()
-            self.feed_metrics[label] = feed_metrics
+            feed_metrics = self.feed_metrics[label]
             if kind == "stocks":
                 self.stocks_metrics = feed_metrics  # its backfill counts in its own figures
                 self.universe = BackfillUniverse(list(settings.symbols))  # a gap's symbols; with "*" it learns
@@ -341,15 +414,6 @@ class Worker:
         self.reader = reader = next(iter(self.readers.values()))
         self.handle.reader, self.handle.writer = reader, writer
         self.handle.readers = self.readers
-        metrics.pending_rows_source = writer.pending_rows
-        if self.install_signal_handlers:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.handle.stop)
-                stack.callback(loop.remove_signal_handler, sig)
-        if settings.metrics_port:
-            prom = await serve_prometheus(self.feed_metrics, settings.worker_name, settings.metrics_port)
-            stack.callback(prom.close)
         self._proc = psutil.Process()
         self._proc.cpu_percent(None)
         self._tasks["processor"] = asyncio.create_task(self.processor.run(), name="processor")
@@ -561,6 +625,7 @@ class Worker:
             for task in done & reader_tasks:
                 task.result()  # AuthFailed and friends surface here
             handle.ready.set()
+            handle.phase.set("running")
             done, _ = await asyncio.wait({stopping, *reader_tasks, tasks["processor"], tasks["writer"]},
                                          return_when=asyncio.FIRST_COMPLETED)
             for task in done - {stopping}:
@@ -574,6 +639,7 @@ class Worker:
         """Stop reading; commit everything accepted before the deadline. False: cut short (spill next)."""
         handle, tasks = self.handle, self._tasks
         handle.stop_event.set()
+        handle.phase.set("draining")
         for reader in self.readers.values():
             reader.stop()
         # Every feed's reader stops at once: one 15 s wait for all of them, not 15 s each in turn.
@@ -624,6 +690,7 @@ class Worker:
     # --- close -------------------------------------------------------------------------------
     async def close(self) -> None:
         tasks = self._tasks
+        self.handle.phase.set("stopping")
         try:
             if "processor" in tasks:  # cancelled by spill(), or finished by drain()
                 await asyncio.gather(tasks["processor"], tasks["writer"], return_exceptions=True)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -245,6 +246,10 @@ def _blocks_from_json(cls, docs: list[dict]) -> list:
     return [cls(d["n"], base64.b64decode(d["copy"]), d["min"], d["max"], d["last"], {}) for d in docs]
 
 
+class RecoveryStopped(Exception):
+    """A stop request ended the spill recovery between batches; what is left stays in its file."""
+
+
 class BatchWriter:
     def __init__(
         self,
@@ -392,13 +397,23 @@ class BatchWriter:
         os.rename(tmp, path)
         return path, rows
 
-    async def recover(self, directory: Path) -> int:
-        """Commit batches a previous run spilled (each once: the ledger is checked first); returns rows."""
+    async def recover(self, directory: Path, stop: asyncio.Event | None = None) -> int:
+        """Commit batches a previous run spilled (each once: the ledger is checked first); returns rows.
+
+        ``stop`` (the worker's stop request) ends the recovery between two batches, never inside
+        one's transaction: the batch in flight commits, then :class:`RecoveryStopped` is raised. A
+        file is deleted only once all its batches committed; what stays is committed by the next
+        start, which asks the ledger about each batch first (none lost, none doubled). A database
+        that is down ends the recovery at its next retry instead of being waited for."""
         if not directory.is_dir():
             return 0
         total = 0
         for path in sorted(directory.glob(f"{self.worker}-*.spill.jsonl")):
+            before = total
             for line in path.read_text().splitlines():
+                if stop is not None and stop.is_set():
+                    raise RecoveryStopped(f"stop requested during the spill recovery: {total} rows recovered; "
+                                          f"{path.name} and any later spill files stay for the next start")
                 doc = json.loads(line)
                 batch = Batch(batch_id=uuid.UUID(doc["batch_id"]), maybe_committed=True, rows=doc["rows"])
                 for name, rows in doc["fields"].items():
@@ -409,10 +424,10 @@ class BatchWriter:
                     if name == "bad":
                         rows = [(r[0], r[1], base64.b64decode(r[2])) for r in rows]
                     getattr(batch, name).extend(tuple(r) for r in rows)
-                await self._commit(batch)
+                await self._commit(batch, stop)
                 total += batch.rows
             path.unlink()
-            log.warning("recovered %s: %d rows committed (or found already committed)", path.name, total)
+            log.warning("recovered %s: %d rows committed (or found already committed)", path.name, total - before)
         return total
 
     # --- consumer side --------------------------------------------------------------------
@@ -445,7 +460,9 @@ class BatchWriter:
             if self._batch.rows == 0:
                 self._idle.set()
 
-    async def _commit(self, batch: Batch) -> None:
+    async def _commit(self, batch: Batch, stop: asyncio.Event | None = None) -> None:
+        """Commit ``batch`` (retrying while the database is unavailable). ``stop``: a recovered batch's
+        retries end at a stop request (RecoveryStopped); the ledger decides about it next time."""
         backoff = retry.COMMIT.start()
         while True:
             try:
@@ -466,7 +483,14 @@ class BatchWriter:
                 delay = backoff.next_delay()
                 log.warning("database unavailable (%s); retrying batch of %d rows in %.1f s",
                             type(exc).__name__, batch.rows, delay)
-                await asyncio.sleep(delay)
+                if stop is None:
+                    await asyncio.sleep(delay)
+                    continue
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                if stop.is_set():
+                    raise RecoveryStopped(f"stop requested while the database was unavailable; spilled batch "
+                                          f"{batch.batch_id} stays for the next start") from exc
         now = time.monotonic_ns()
         counted = 0
         for recv, n, metrics in batch.frames:
