@@ -346,3 +346,25 @@ async def test_a_second_signal_during_spill_recovery_cancels_the_batch_in_flight
         assert _landed(url, ids) == set(ids[:2])
         assert files["b"].exists() and files["c"].exists()
         await _next_start_commits_the_rest_once(env, url, port, log, spill_dir, ids, n)
+
+
+async def test_a_taken_metrics_port_is_refused_in_words_and_releases_everything(fresh_database, tmp_path):
+    """Another program holds TICKVAULT_METRICS_PORT: the worker exits 1 naming the port and the setting,
+    with no traceback, and leaves neither its registration nor a feed claim behind."""
+    import socket
+
+    url = fresh_database()
+    run_dir, log, name = tmp_path / "run", tmp_path / "worker.log", "port-taken"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with Simulator(symbols=2, rate=20) as sim:
+            env = {**os.environ, **worker_env(sim, url, run_dir, name, TICKVAULT_METRICS_PORT=str(port))}
+            rc = await _exit_status(_start(env, log), log)
+    text = log.read_text()
+    assert rc == 1, text[-4000:]
+    assert f"the metrics port 127.0.0.1:{port} is in use by another program" in text and "TICKVAULT_METRICS_PORT" in text
+    assert "Traceback" not in text, text[-4000:]
+    assert _registered_pid(run_dir, name) is None and _claims(url, name) == 0
+    assert sim.stats["connections"] == 0

@@ -8,6 +8,7 @@ is an int. ``snapshot_and_reset`` hands the interval's figures to the stats writ
 from __future__ import annotations
 
 import asyncio
+import errno
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -203,6 +204,10 @@ def prometheus_text(worker: str, feeds: list[tuple[str | None, Metrics]]) -> str
     return "\n".join(lines) + "\n"
 
 
+class MetricsPortTaken(ValueError):
+    """TICKVAULT_METRICS_PORT is taken: a setting to change, said in words (the CLI exits 1 with it)."""
+
+
 async def serve_prometheus(metrics: Metrics | dict[str, Metrics], worker: str, port: int, *,
                            phase: WorkerPhase | None = None) -> asyncio.AbstractServer:
     """A minimal HTTP/1.0 endpoint on 127.0.0.1 answering every GET with the metrics text. ``metrics``: the
@@ -233,4 +238,11 @@ async def serve_prometheus(metrics: Metrics | dict[str, Metrics], worker: str, p
         finally:
             writer.close()
 
-    return await asyncio.start_server(handle, "127.0.0.1", port)
+    try:
+        return await asyncio.start_server(handle, "127.0.0.1", port)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise MetricsPortTaken(
+            f"the metrics port 127.0.0.1:{port} is in use by another program: set TICKVAULT_METRICS_PORT to a "
+            "free port (or 0 for no metrics endpoint)") from None
