@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from uuid import UUID, uuid4
+from uuid import uuid4
 from zoneinfo import ZoneInfo
 
 import psycopg
@@ -52,23 +52,24 @@ class History:
 
     conn: psycopg.Connection
 
-    def fill(self, symbol: str, side: str, qty: str, price: str, at: datetime, order_id: UUID | None = None) -> None:
+    def fill(self, symbol: str, side: str, qty: str, price: str, at: datetime) -> None:
+        """One fill of its own order (cum_qty = qty)."""
         self.conn.execute(
             "INSERT INTO fills (order_id, cum_qty, symbol, side, qty, price, transaction_time) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            (order_id or uuid4(), Decimal(qty), symbol, side, Decimal(qty), Decimal(price), at),
+            (uuid4(), Decimal(qty), symbol, side, Decimal(qty), Decimal(price), at),
         )
 
     def event(self, kind: str, symbol: str, qty: str, day: date, *, price: str | None = None,
               at: datetime | None = None) -> str:
         """An option event; ``at`` its id's stamp, by default the date alone (midnight UTC), as Alpaca
         often sends it. Returns its activity id."""
-        stamp = at or datetime.combine(day, time(0), ZoneInfo("UTC"))
-        activity_id = f"{stamp.astimezone(ZoneInfo('UTC')):%Y%m%d%H%M%S}000::{uuid4()}"
+        stamp = at or datetime.combine(day, time(0), UTC)
+        activity_id = f"{stamp.astimezone(UTC):%Y%m%d%H%M%S}000::{uuid4()}"
         net = -Decimal(qty) * Decimal(price) if kind == "OPTRD" and price else Decimal(0)
         self.conn.execute(
-            "INSERT INTO option_events (activity_id, activity_type, symbol, qty, price, net_amount, trade_date, time) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            "INSERT INTO option_events (activity_id, activity_type, symbol, qty, price, net_amount, "
+            "trade_date, time) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
             (activity_id, kind, symbol, Decimal(qty), Decimal(price) if price else None, net, day, stamp),
         )
         return activity_id
@@ -238,7 +239,7 @@ def test_events_of_one_day_keep_the_position_whatever_their_stamps(history: Hist
     closes what is open at 0, and bought − sold over the days is the position left (none)."""
     h = history
     h.fill(CALL_100, "buy", "3", "1.00", ny(date(2026, 3, 19), 10))
-    h.event("OPEXC", CALL_100, "-1", EXPIRY, at=datetime(2026, 3, 20, 20, 0, tzinfo=ZoneInfo("UTC")))
+    h.event("OPEXC", CALL_100, "-1", EXPIRY, at=datetime(2026, 3, 20, 20, 0, tzinfo=UTC))
     h.event("OPEXP", CALL_100, "-2", EXPIRY)
     total = h.conn.execute("SELECT sum(realized_pnl), sum(bought_qty) - sum(sold_qty), sum(fills) "
                            "FROM tickvault_realized_pnl() WHERE symbol = %s", (CALL_100,)).fetchone()
@@ -265,8 +266,8 @@ def test_a_delivery_without_its_strike_is_a_clear_error_and_nothing_is_lost(hist
 
 def test_a_contract_event_on_a_symbol_that_is_no_contract_is_a_clear_error(history: History, conn):
     bad = history.event("OPEXP", "AAPL", "-1", EXPIRY)
-    with pytest.raises(psycopg.errors.DataException, match=f"option event {bad} \\(OPEXP AAPL\\) cannot be valued: "
-                       "its symbol is not an OCC option contract"):
+    expected = f"option event {bad} \\(OPEXP AAPL\\) cannot be valued: its symbol is not an OCC option"
+    with pytest.raises(psycopg.errors.DataException, match=expected):
         with conn.transaction():
             history.pnl()
 
