@@ -23,12 +23,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
 import pytest_asyncio
 
 from tests.support.option_expiry import close_expiry, plant_expiring_book
+from tests.support.waiting import wait_until
+from tickvault.alpaca.options import parse_occ
 from tickvault.alpaca.models import Order, OrderRequest
 from tickvault.alpaca.rest import AlpacaREST, RetryPolicy, collect
 from tickvault.config import Settings, load_settings
@@ -492,3 +495,48 @@ async def test_two_concurrent_runs_record_and_explain_each_option_event_once(opt
     async with await psycopg.AsyncConnection.connect(env.db_url, autocommit=True) as conn:
         assert await _one(conn, "SELECT count(*) FROM option_events") == 5
         assert await _one(conn, "SELECT count(*) FROM reconciliation_diffs WHERE kind = 'option_event'") == 4
+
+
+async def test_realized_pnl_of_contracts_traded_at_the_simulator_and_settled_at_its_expiry(options_env: Env):
+    """The whole path on real components: 2 in-the-money AAPL calls and 1 out-of-the-money put bought at the
+    simulator (fills at the ask, recorded as the worker records them), the expiry close (exercise and
+    expiry), reconciliation recording the option events, the next day's sale of 100 of the 200 delivered
+    shares; tickvault_realized_pnl then gives, exactly: −premium × 100 a contract, the sale against
+    the strike."""
+    env = options_env
+    expiration = min(parse_occ(s).expiration for s in env.sim.option_symbols if s.startswith("AAPL"))
+    call, put = (f"AAPL{expiration:%y%m%d}{kind}00100000" for kind in ("C", "P"))
+    await wait_until(lambda: all(env.sim.options_market.last_quote(c) for c in (call, put)), 10,
+                     "the contracts' quotes")
+    bought = [await _buy(env.rest, call, 2), await _buy(env.rest, put, 1)]
+    await _record_worker_view(env, bought)
+    expiry_ns = env.sim.broker.contract_expiry_ns(call)
+    env.sim.clock.set(expiry_ns)  # type: ignore[attr-defined]  # the expiry close: exercise and expiry
+    env.sim.broker.advance()
+    await reconcile(env.settings, rest=env.rest, db_url=env.db_url)
+    env.sim.clock.set(expiry_ns + 18 * 3600 * 10**9)  # type: ignore[attr-defined]  # 10:00 the next day
+    sale = await env.rest.submit_order(OrderRequest(symbol="AAPL", side="sell", qty=Decimal(100),
+                                                    client_order_id=OrderRequest.new_client_order_id("test")))
+    assert sale.status == "filled"
+    await _record_worker_view(env, [sale])
+
+    fills = {f.symbol: f for f in await collect(env.rest.fill_activities())}
+    async with await psycopg.AsyncConnection.connect(env.db_url, autocommit=True) as conn:
+        cur = await conn.execute("SELECT activity_type, symbol, qty, price FROM option_events "
+                                 "ORDER BY activity_type")
+        assert await cur.fetchall() == [("OPEXC", call, -2, None), ("OPEXP", put, -1, None),
+                                        ("OPTRD", "AAPL", 200, 100)]
+        cur = await conn.execute("SELECT day, symbol, realized_pnl, sold_qty, bought_qty, fills "
+                                 "FROM tickvault_realized_pnl() ORDER BY day, symbol")
+        rows = await cur.fetchall()
+    day = datetime.fromtimestamp(expiry_ns / 1e9, UTC).date()  # 16:00 New York: 20:00 or 21:00 UTC, same date
+    sale_day = fills["AAPL"].transaction_time.astimezone(ZoneInfo("America/New_York")).date()
+    bought_on = fills[call].transaction_time.astimezone(ZoneInfo("America/New_York")).date()
+    assert sale_day > day and fills["AAPL"].side == "sell"
+    assert [r for r in rows if r[0] == day or r[0] == sale_day] == [
+        (day, "AAPL", 0, 0, 200, 0),
+        (day, call, -2 * fills[call].price * 100, 2, 0, 0),
+        (day, put, -fills[put].price * 100, 1, 0, 0),
+        (sale_day, "AAPL", (fills["AAPL"].price - 100) * 100, 100, 0, 1),
+    ]
+    assert [r[1:] for r in rows if r[0] == bought_on] == [(call, 0, 0, 2, 1), (put, 0, 0, 1, 1)]

@@ -330,3 +330,33 @@ async def test_health_adds_up_a_workers_feeds_into_one_row_per_interval(fresh_da
     assert history[0]["received_to_committed_p99_ms"] == 9.0  # the worst feed's
     assert [w["worker"] for w in latest] == ["multi"] and latest[0]["trades_per_s"] == 120.0
     assert "worker = 'multi'" in plan or "(worker = 'multi'::text)" in plan  # filtered before grouping
+
+
+async def test_trading_page_values_option_pnl_and_names_an_event_it_cannot_value(fresh_database):
+    """Realized P&L on the Trading page counts a contract as 100 shares and an expiry as a close at 0;
+    an option event the function refuses (a share delivery without its strike) leaves the P&L table
+    empty with the reason beside it, and the rest of the page still loads."""
+    url = fresh_database()
+    today = datetime.now(UTC).date()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO fills (order_id, cum_qty, symbol, side, qty, price, transaction_time) "
+                     "VALUES (gen_random_uuid(), 2, 'AAPL991231C00100000', 'buy', 2, 1.25, "
+                     "now() - interval '2 days')")
+        events = ("INSERT INTO option_events (activity_id, activity_type, symbol, qty, net_amount, "
+                  "trade_date, time) ")
+        conn.execute(events + "VALUES ('e1', 'OPEXP', 'AAPL991231C00100000', -2, 0, %s, %s::date)",
+                     (today, today))
+        conn.execute(events + "VALUES ('e2', 'OPTRD', 'AAPL', 100, -10000, %s, %s::date)", (today, today))
+    settings = load_settings(database_url=url, ui_port=free_port())
+    async with serve_dashboard(settings, url) as base, httpx.AsyncClient(base_url=base) as client:
+        trading = (await client.get("/api/trading")).json()
+        assert trading["pnl"] == [] and trading["halt"] is None and len(trading["fills"]) == 1
+        assert trading["pnl_error"] == ("option event e2 (OPTRD AAPL) cannot be valued: "
+                                        "a share delivery without its price (the strike)")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("UPDATE option_events SET price = 100 WHERE activity_id = 'e2'")
+        trading = (await client.get("/api/trading")).json()
+        assert trading["pnl_error"] is None
+        pnl = {(r["symbol"], r["realized_pnl"], r["fills"]) for r in trading["pnl"]
+               if r["day"] == today.isoformat()}
+        assert pnl == {("AAPL991231C00100000", "-250", 0), ("AAPL", "0", 0)}  # Decimals as exact strings

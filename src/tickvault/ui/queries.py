@@ -10,7 +10,7 @@ a few lists, not 43,000 dicts.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple
 
@@ -388,6 +388,18 @@ async def _dicts(conn: psycopg.AsyncConnection, sql: str, params: Any = None) ->
     return [_jsonable(dict(zip(names, r))) for r in await cur.fetchmany(MAX_ROWS)]
 
 
+async def _realized_pnl(conn: psycopg.AsyncConnection, today: date) -> dict[str, Any]:
+    """The last 30 days' realized P&L, or (``pnl_error``) why an option event makes it impossible to value:
+    the function refuses a bad option_events row rather than give a wrong figure, and the rest of the
+    page must still show."""
+    try:
+        rows = await _dicts(conn, recipe_sql("daily_realized_pnl"),
+                            {"from_day": today - timedelta(days=30), "to_day": today})
+    except psycopg.errors.DataException as exc:
+        return {"pnl": [], "pnl_error": exc.diag.message_primary or str(exc)}
+    return {"pnl": rows, "pnl_error": None}
+
+
 async def trading(conn: psycopg.AsyncConnection) -> dict[str, Any]:
     """Orders, fills, positions, realized P&L, open reconciliation diffs, profiles."""
     today = datetime.now(UTC).date()
@@ -401,8 +413,7 @@ async def trading(conn: psycopg.AsyncConnection) -> dict[str, Any]:
         "positions": await _dicts(conn, "SELECT DISTINCT ON (symbol) symbol, time, qty, side, avg_entry_price, "
                                   "market_value, unrealized_pl FROM position_snapshots "
                                   "WHERE time > now() - interval '7 days' ORDER BY symbol, time DESC"),
-        "pnl": await _dicts(conn, recipe_sql("daily_realized_pnl"),
-                            {"from_day": today - timedelta(days=30), "to_day": today}),
+        **await _realized_pnl(conn, today),
         "diffs": await _dicts(conn, "SELECT d.detected_at, d.kind, d.symbol, d.client_order_id, d.db_value, "
                               "d.broker_value, d.run_id FROM reconciliation_diffs d "
                               "WHERE NOT d.repaired AND d.run_id = (SELECT max(id) FROM reconciliation_runs "

@@ -12,6 +12,9 @@
     if (t.halt) halt.textContent = `Trading halted since ${fmtTime(t.halt.halted_at)}: ${t.halt.reason}. Strategies' new orders are refused.`;
     fillTable(document.getElementById('open_orders'), t.open_orders);
     fillTable(document.getElementById('positions'), t.positions);
+    const pnlError = document.getElementById('pnl-error');
+    pnlError.hidden = !t.pnl_error;
+    pnlError.textContent = t.pnl_error ? `Realized P&L cannot be computed: ${t.pnl_error}` : '';
     fillTable(document.getElementById('pnl'), t.pnl);
     fillTable(document.getElementById('fills'), t.fills);
     fillTable(document.getElementById('orders'), t.orders);
