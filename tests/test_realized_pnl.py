@@ -62,10 +62,10 @@ class History:
 
     def event(self, kind: str, symbol: str, qty: str, day: date, *, price: str | None = None,
               at: datetime | None = None) -> str:
-        """An option event; ``at`` its id's stamp, by default the date alone (midnight UTC), as Alpaca
-        often sends it. Returns its activity id."""
-        stamp = at or datetime.combine(day, time(0), UTC)
-        activity_id = f"{stamp.astimezone(UTC):%Y%m%d%H%M%S}000::{uuid4()}"
+        """An option event; ``at`` its id's stamp, by default the date alone (midnight in New York, the
+        zone of Alpaca's id stamps), as Alpaca often sends it. Returns its activity id."""
+        stamp = at or datetime.combine(day, time(0), NY)
+        activity_id = f"{stamp.astimezone(NY):%Y%m%d%H%M%S}000::{uuid4()}"
         net = -Decimal(qty) * Decimal(price) if kind == "OPTRD" and price else Decimal(0)
         self.conn.execute(
             "INSERT INTO option_events (activity_id, activity_type, symbol, qty, price, net_amount, "
@@ -207,8 +207,8 @@ def test_an_assignment_keeps_the_premium_and_sells_the_shares_at_the_strike(hist
 
 def test_a_day_of_fills_and_events_walks_the_fills_first(history: History):
     """Expiry day: shares bought at 10:00 and sold at 15:59 New York, one of three calls sold at 11:00, and
-    after-hours at 18:00 half a new lot sold; the exercise's events carry the date alone (midnight UTC, the
-    evening before in New York) yet count on their trade_date, after the day's fills. Were the delivery
+    after-hours at 18:00 half a new lot sold; the exercise's events carry the date alone (midnight, before
+    the session) yet count on their trade_date, after the day's fills. Were the delivery
     (200 at the strike, 100) walked first, the 15:59 sale would realize against an average of 116."""
     h = history
     h.fill(CALL_100, "buy", "3", "2.00", ny(date(2026, 3, 19), 10))

@@ -296,10 +296,14 @@ async def test_option_activities_are_paged_oldest_first_in_alpacas_non_trade_sha
 
 
 def test_an_option_activity_without_a_stamp_in_its_id_is_timed_at_its_date():
-    """Alpaca documents the id as ``<stamp>::<uuid>``; an id without a readable stamp is no error."""
+    """Alpaca documents the id as ``<stamp>::<uuid>``, the stamp in New York time (its documented FILL
+    activity ``20210510100104650::…`` has ``transaction_time`` ``2021-05-10T14:01:04.650275Z``); an id
+    without a readable stamp is no error: the event is timed at midnight New York of its date."""
     row = {"id": "opaque::5f596936", "activity_type": "OPEXP", "date": "2023-07-21", "net_amount": "0",
            "symbol": "AAPL230721C00150000", "qty": "-2", "status": "executed", "description": "Option Expiry"}
     event = OptionActivity.model_validate(row)
-    assert event.time == datetime(2023, 7, 21, tzinfo=UTC) and event.date == date(2023, 7, 21)
-    stamped = OptionActivity.model_validate({**row, "id": "20230721200000123::5f596936"})
-    assert stamped.time == datetime(2023, 7, 21, 20, 0, 0, 123_000, tzinfo=UTC)
+    assert event.time == datetime(2023, 7, 21, 4, 0, tzinfo=UTC) and event.date == date(2023, 7, 21)  # EDT
+    documented = OptionActivity.model_validate({**row, "id": "20210510100104650::88b5f678-fef5-447b-af15-f21e367e6d8c"})
+    assert documented.time == datetime(2021, 5, 10, 14, 1, 4, 650_000, tzinfo=UTC)
+    winter = OptionActivity.model_validate({**row, "id": "20240119160000000::5f596936"})  # EST: UTC-5
+    assert winter.time == datetime(2024, 1, 19, 21, 0, tzinfo=UTC)

@@ -24,10 +24,13 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from tickvault.alpaca.protocol import ns_to_datetime, ns_to_rfc3339, rfc3339_to_ns
+
+NEW_YORK = ZoneInfo("America/New_York")  # the zone of Alpaca's activity id stamps
 
 __all__ = [
     "Account",
@@ -236,14 +239,16 @@ class OptionActivity(_AlpacaModel):
 
     @property
     def time(self) -> datetime:
-        """The stamp Alpaca's id starts with (``YYYYMMDDhhmmssmmm::uuid``, read as UTC); when the id has
-        none, midnight UTC of :attr:`date`. Alpaca's option events often carry only the date there."""
+        """The stamp Alpaca's id starts with (``YYYYMMDDhhmmssmmm::uuid``), in UTC. The stamp is New York
+        time: Alpaca's documented FILL activity ``20210510100104650::…`` has ``transaction_time``
+        ``2021-05-10T14:01:04.650275Z``. When the id has none, midnight New York of :attr:`date`.
+        Alpaca's option events often carry only the date there."""
         stamp = self.id.split("::", 1)[0]
         try:
-            return datetime.strptime(stamp[:14], "%Y%m%d%H%M%S").replace(
-                microsecond=int(stamp[14:17]) * 1000, tzinfo=UTC)
+            local = datetime.strptime(stamp[:14], "%Y%m%d%H%M%S").replace(microsecond=int(stamp[14:17]) * 1000)
         except ValueError:
-            return datetime(self.date.year, self.date.month, self.date.day, tzinfo=UTC)
+            local = datetime(self.date.year, self.date.month, self.date.day)
+        return local.replace(tzinfo=NEW_YORK).astimezone(UTC)
 
 
 class OrderRequest(_AlpacaModel):

@@ -61,6 +61,7 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from datetime import date as datetime_date
+from datetime import datetime
 from datetime import timedelta
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
 from itertools import chain
@@ -68,7 +69,7 @@ from typing import Any, NamedTuple
 
 from tickvault.alpaca.options import OccSymbol, parse_occ
 from tickvault.alpaca.protocol import ns_to_rfc3339, rfc3339_to_ns
-from tickvault.sim.calendar import NYSE, Calendar, new_york_date
+from tickvault.sim.calendar import NEW_YORK, NYSE, Calendar, new_york_date
 
 CENT = Decimal("0.01")
 QTY_STEP = Decimal("0.000000001")  # Alpaca's fractional qty precision (9 decimals)
@@ -1040,9 +1041,10 @@ class Broker:
             pos[0], pos[1] = new_qty, new_qty * value  # flipped through zero (an assignment, planted positions)
 
     def _record_activity(self, t_ns: int, activity: dict) -> dict:
-        """Give the activity Alpaca's id (``YYYYMMDDhhmmssmmm::uuid``) and keep it (the oldest go first)."""
+        """Give the activity Alpaca's id (``YYYYMMDDhhmmssmmm::uuid``, the stamp in New York time as
+        Alpaca's are) and keep it (the oldest go first)."""
         self._activity_seq += 1
-        stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(t_ns // 10**9))
+        stamp = datetime.fromtimestamp(t_ns // 10**9, NEW_YORK).strftime("%Y%m%d%H%M%S")
         activity = {"id": f"{stamp}{(t_ns // 10**6) % 1000:03d}::{uuid.uuid4()}", "account_id": self.account_id,
                     **activity}
         if len(self.activity_log) == self.activity_log.maxlen:

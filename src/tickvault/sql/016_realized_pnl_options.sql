@@ -18,9 +18,9 @@
 -- Order of the walk, per symbol: by New York day (a fill's transaction_time in New York, an event's
 -- trade_date: Alpaca's own date of it), then within a day every fill (by transaction_time, order_id,
 -- cum_qty, as 005 walked them) before every event (by time, activity_id). An event's `time` cannot place
--- it among the day's fills: it is the stamp of Alpaca's activity id read as UTC, often the date alone
--- (midnight UTC: the evening before in New York), and Alpaca books expiries, exercises and assignments
--- after the close (the OCC settles them overnight), dated the trading day.
+-- it among the day's fills: it is the stamp of Alpaca's activity id (New York time), often the date
+-- alone (midnight, before the session), and Alpaca books expiries, exercises and assignments after the
+-- close (the OCC settles them overnight), dated the trading day.
 --
 -- Columns: sold_qty and bought_qty count what left and entered the position by fills and events alike
 -- (an expired long of 2 contracts: sold_qty 2; an exercise's 200 delivered shares: bought_qty 200), so
@@ -66,7 +66,7 @@ BEGIN
 
     CREATE TEMP TABLE IF NOT EXISTS pg_temp.tv_pnl (day date, symbol text, realized_pnl numeric,
         sold_qty numeric, bought_qty numeric, fills bigint, PRIMARY KEY (day, symbol)) ON COMMIT DROP;
-    DELETE FROM pg_temp.tv_pnl;
+    TRUNCATE pg_temp.tv_pnl;  -- not DELETE: a call's dead rows would slow every later call in the transaction
     FOR f IN
         SELECT t.symbol, t.day, t.x, t.price, t.n_fills FROM (
             SELECT fl.symbol, (fl.transaction_time AT TIME ZONE 'America/New_York')::date AS day, 0 AS rank,
