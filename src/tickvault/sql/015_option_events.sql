@@ -12,7 +12,7 @@ CREATE TABLE option_events (
     price          numeric,                   -- OPTRD: the strike, per share
     net_amount     numeric     NOT NULL,      -- the cash it moved (OPTRD: -qty x price); 0 for a contract's own event
     trade_date     date        NOT NULL,      -- Alpaca's date of the event (New York)
-    time           timestamptz NOT NULL,      -- the stamp Alpaca's id starts with (New York time; often only the date: its midnight)
+    time           timestamptz NOT NULL,      -- the stamp Alpaca's id starts with, read as UTC (often only the date)
     description    text,
     status         text,
     source         text        NOT NULL DEFAULT 'reconcile',

@@ -109,3 +109,9 @@ BEGIN
                   WHERE (p_from IS NULL OR p.day >= p_from) AND (p_to IS NULL OR p.day <= p_to)
                   ORDER BY p.day, p.symbol;
 END $$;
+
+-- 015 said option_events.time reads the id's stamp as UTC; Alpaca's stamps are New York time (its
+-- documented FILL activity 20210510100104650 has transaction_time 2021-05-10T14:01:04.650Z), and
+-- tickvault reads them so. Said where a SQL user looks (\d+ option_events).
+COMMENT ON COLUMN option_events.time IS
+    'The stamp Alpaca''s activity id starts with (YYYYMMDDhhmmssmmm, New York time), as UTC; an id without one: midnight New York of trade_date. Often only the date: it cannot order an event among the day''s fills (tickvault_realized_pnl puts events after them).';
