@@ -416,7 +416,8 @@ class Broker:
         """Cash, less twice the short stock and crypto (100 % margin), less what open orders reserve, less the
         strike of every cash-secured put written or being written (its premium, once received, is cash)."""
         short_mv = sum((qty * self._price(symbol) for symbol, (qty, _) in self.positions.items()
-                        if qty < 0 and self.venue(self._market_symbol(symbol)).asset_class != "us_option"), Decimal(0))
+                        if qty < 0 and self.venue(self._market_symbol(symbol)).asset_class != "us_option"),
+                       Decimal(0))
         return max(Decimal(0), self.cash + 2 * short_mv - self._reserved(skip) - self._put_collateral(skip))
 
     def _short_options(self, skip: _Order | None = None) -> list[tuple[OccSymbol, Decimal]]:
@@ -426,7 +427,8 @@ class Broker:
         out = [(parse_occ(symbol), -qty) for symbol, (qty, _) in self.positions.items()
                if qty < 0 and self.venue(symbol).asset_class == "us_option"]
         out += [(parse_occ(o.symbol), o.remaining) for o in self.orders.values()
-                if o.is_open and o is not skip and o.position_intent == "sell_to_open" and o.asset_class == "us_option"]
+                if o.is_open and o is not skip and o.position_intent == "sell_to_open"
+                and o.asset_class == "us_option"]
         return out
 
     def _covering_shares(self, underlying: str, skip: _Order | None = None) -> Decimal:
@@ -722,7 +724,8 @@ class Broker:
 
     def _validate_class(self, venue: Venue, body: dict, otype: str, tif: str, order_class: str) -> None:
         """Alpaca's rules for crypto (gtc/ioc; market, limit, stop_limit; simple orders) and options
-        (day; market or limit; whole contracts, no notional; simple orders; the options level: :meth:`_check_option`)."""
+        (day; market or limit; whole contracts, no notional; simple orders); the options level is
+        :meth:`_check_option_level`'s."""
         if order_class != "simple":
             raise BrokerError(422, 40010001, f"{venue.asset_class} orders must be simple orders")
         if venue.asset_class == "crypto":
@@ -881,7 +884,8 @@ class Broker:
 
     def _check_option_level(self, o: _Order, closing: bool) -> None:
         """Alpaca's options trading levels: 0 none, 1 writes covered calls and cash-secured puts, 2 also buys calls
-        and puts (3: spreads, which the simulator does not take). Closing a position is never refused for its level."""
+        and puts (3: spreads, which the simulator does not take). Closing a position is never refused for its
+        level."""
         level = self.options_trading_level
         if closing:
             return
