@@ -46,7 +46,13 @@ The fill model, which a strategy tested here can rely on:
   or a buy beyond the short's, is refused (403 ``insufficient qty available for order``; a position
   is never flipped in one order); a short sale needs shorting enabled, a whole qty and buying power
   for ``qty × price`` (shorts are carried at 100 % margin: ``buying_power = cash − 2 × |short market
-  value| − open orders' reservations``, multiplier 1).
+  value| − open orders' reservations − written puts' strikes``, multiplier 1).
+- **Written options** (Alpaca's options level 1): a sell of a contract not held long opens a short only when
+  covered — a call by 100 shares of its underlying a contract that no sell order or other written call
+  holds, a put by strike × 100 a contract of buying power (403 with Alpaca's bodies otherwise). It fills
+  like any sell (at the bid), the premium is cash, and the cover stays reserved while the order is open and
+  the position short: until bought back, expired or assigned. Levels: 0 nothing, 1 writes, 2 also buys to
+  open (``options_level``, capped by ``max_options_trading_level``); closing is never refused for the level.
 
 What this module must never do: grow without bound in a long run (orders up to ``max_orders``, the
 oldest closed ones forgotten first with their client_order_id; activities up to ``max_activities``; working
