@@ -27,6 +27,8 @@ with warnings.catch_warnings():
     )
 
 from tests.support.alpaca_bot import Bot, d, ny_ns, sim
+from tickvault.config import ConfigError, load_settings
+from tickvault.sim import Simulator
 from tickvault.sim.broker import asset_id
 from tickvault.sim.calendar import SimClock
 
@@ -245,3 +247,16 @@ async def test_refusals_uncovered_call_wrong_intent_and_the_options_levels() -> 
         assert await bot.trade("get_all_positions") == []
         cash, power = await cover_power(bot)
         assert power == cash
+
+
+def test_the_options_level_is_a_setting_of_the_simulated_account(monkeypatch) -> None:
+    monkeypatch.delenv("TICKVAULT_SIM_OPTIONS_LEVEL", raising=False)
+    assert load_settings().sim_options_level == 3  # Alpaca paper's
+    monkeypatch.setenv("TICKVAULT_SIM_OPTIONS_LEVEL", "1")
+    settings = load_settings()
+    assert settings.sim_options_level == 1
+    account = Simulator.from_settings(settings).broker.account()
+    assert (account["options_approved_level"], account["options_trading_level"]) == (1, 1)
+    monkeypatch.setenv("TICKVAULT_SIM_OPTIONS_LEVEL", "4")
+    with pytest.raises(ConfigError, match="TICKVAULT_SIM_OPTIONS_LEVEL"):
+        load_settings()
