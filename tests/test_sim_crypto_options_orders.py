@@ -17,7 +17,7 @@ import pytest
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "websockets.legacy is deprecated", DeprecationWarning)
     from alpaca.trading.enums import AssetClass, AssetStatus, OrderSide, OrderStatus, TimeInForce
-    from alpaca.trading.models import AccountConfiguration, NonTradeActivity
+    from alpaca.trading.models import AccountConfiguration
     from alpaca.trading.requests import (
         ClosePositionRequest,
         GetOptionContractsRequest,
@@ -26,7 +26,7 @@ with warnings.catch_warnings():
         StopOrderRequest,
     )
 
-from tests.support.alpaca_bot import WAIT, Bot, assert_events_add_up, d, ny_ns, sim
+from tests.support.alpaca_bot import WAIT, Bot, activities_of, assert_events_add_up, d, ny_ns, sim
 from tickvault.sim.broker import asset_id
 from tickvault.sim.calendar import SimClock
 
@@ -144,12 +144,6 @@ async def test_options_orders_trade_whole_contracts_for_the_day_at_100_a_point()
 
 # ------------------------------------------------------------------------------- options expiry and exercise
 CONTRACT = Decimal(100)  # shares a contract delivers
-
-
-async def activities_of(bot: Bot, *types: str) -> list[NonTradeActivity]:
-    rows = await bot.call(bot.trading.get, "/account/activities",
-                          {"activity_types": ",".join(types), "direction": "asc"})
-    return [NonTradeActivity(**r) for r in rows]
 
 
 async def buy_contracts(bot: Bot, contract: str, qty: int):

@@ -18,7 +18,7 @@ import pytest
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "websockets.legacy is deprecated", DeprecationWarning)
     from alpaca.trading.enums import OrderSide, OrderStatus, PositionIntent, PositionSide, TimeInForce
-    from alpaca.trading.models import AccountConfiguration, NonTradeActivity
+    from alpaca.trading.models import AccountConfiguration
     from alpaca.trading.requests import (
         ClosePositionRequest,
         LimitOrderRequest,
@@ -26,7 +26,8 @@ with warnings.catch_warnings():
         ReplaceOrderRequest,
     )
 
-from tests.support.alpaca_bot import Bot, d, ny_ns, sim
+from tests.support.alpaca_bot import Bot, activities_of, d, ny_ns, sim
+from tickvault.alpaca.options import parse_occ
 from tickvault.config import ConfigError, load_settings
 from tickvault.sim import Simulator
 from tickvault.sim.broker import asset_id
@@ -46,14 +47,20 @@ def value(x) -> str:
     return str(getattr(x, "value", x))
 
 
-async def activities_of(bot: Bot, *types: str) -> list[NonTradeActivity]:
-    rows = await bot.call(bot.trading.get, "/account/activities",
-                          {"activity_types": ",".join(types), "direction": "asc"})
-    return [NonTradeActivity(**r) for r in rows]
-
-
 def body(error) -> dict:
     return json.loads(str(error))
+
+
+async def refused_uncovered(bot: Bot, call: str, qty: int, *, available: int) -> None:
+    """Writing ``qty`` calls that the account's free shares (``available``) cannot cover: Alpaca's 403 body."""
+    refused = await bot.refused("submit_order", MarketOrderRequest(
+        symbol=call, qty=qty, side=OrderSide.SELL, time_in_force=TimeInForce.DAY))
+    required = qty * CONTRACT
+    assert refused.status_code == 403
+    assert body(refused) == {"code": 40310000, "message": "insufficient underlying qty available for covered call "
+                             f"(required: {required}, available: {available})", "available_qty": str(available),
+                             "required_qty": str(required), "symbol": call,
+                             "underlying_asset_id": asset_id(parse_occ(call).underlying)}
 
 
 async def write(bot: Bot, contract: str, qty: int, **intent):
@@ -119,12 +126,7 @@ async def test_a_covered_call_is_written_held_against_its_shares_and_assigned_at
                               "held_for_orders": "200"}
         closing = await bot.refused("close_position", "AAPL")
         assert closing.status_code == 403 and "available: 50" in str(closing)
-        another = await bot.refused("submit_order", MarketOrderRequest(
-            symbol=CALL150, qty=1, side=OrderSide.SELL, time_in_force=TimeInForce.DAY))
-        assert another.status_code == 403
-        assert body(another) == {"code": 40310000, "message": "insufficient underlying qty available for covered "
-                                 "call (required: 100, available: 50)", "available_qty": "50", "required_qty": "100",
-                                 "symbol": CALL150, "underlying_asset_id": asset_id("AAPL")}
+        await refused_uncovered(bot, CALL150, 1, available=50)
         await filled(bot, await bot.trade("close_position", "AAPL", ClosePositionRequest(qty="50")))
         assert {p.symbol: d(p.qty) for p in await bot.trade("get_all_positions")} == {"AAPL": 200, CALL150: -2}
         # At the expiration day's close the call, in the money, is assigned: the 200 shares go at the strike.
@@ -206,12 +208,7 @@ async def test_refusals_uncovered_call_wrong_intent_and_the_options_levels() -> 
         assert account.options_approved_level == 1 and account.options_trading_level == 1
         assert (await bot.trade("get_account_configurations")).max_options_trading_level == 1
         await bot.until(lambda: s.options_market.last_quote(CALL100) is not None, "a quote")
-        naked = await bot.refused("submit_order", MarketOrderRequest(
-            symbol=CALL100, qty=3, side=OrderSide.SELL, time_in_force=TimeInForce.DAY))
-        assert naked.status_code == 403
-        assert body(naked) == {"code": 40310000, "message": "insufficient underlying qty available for covered call "
-                               "(required: 300, available: 0)", "available_qty": "0", "required_qty": "300",
-                               "symbol": CALL100, "underlying_asset_id": asset_id("AAPL")}
+        await refused_uncovered(bot, CALL100, 3, available=0)
         # Level 1 writes covered calls and cash-secured puts, and buys them back; buying to open is level 2.
         buy = await bot.refused("submit_order", MarketOrderRequest(
             symbol=CALL100, qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY))
