@@ -17,7 +17,7 @@ import pytest
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "websockets.legacy is deprecated", DeprecationWarning)
     from alpaca.trading.enums import AssetClass, AssetStatus, OrderSide, OrderStatus, TimeInForce
-    from alpaca.trading.models import AccountConfiguration, NonTradeActivity
+    from alpaca.trading.models import AccountConfiguration
     from alpaca.trading.requests import (
         ClosePositionRequest,
         GetOptionContractsRequest,
@@ -26,7 +26,7 @@ with warnings.catch_warnings():
         StopOrderRequest,
     )
 
-from tests.support.alpaca_bot import WAIT, Bot, assert_events_add_up, d, ny_ns, sim
+from tests.support.alpaca_bot import WAIT, Bot, activities_of, assert_events_add_up, d, ny_ns, sim
 from tickvault.sim.broker import asset_id
 from tickvault.sim.calendar import SimClock
 
@@ -146,12 +146,6 @@ async def test_options_orders_trade_whole_contracts_for_the_day_at_100_a_point()
 CONTRACT = Decimal(100)  # shares a contract delivers
 
 
-async def activities_of(bot: Bot, *types: str) -> list[NonTradeActivity]:
-    rows = await bot.call(bot.trading.get, "/account/activities",
-                          {"activity_types": ",".join(types), "direction": "asc"})
-    return [NonTradeActivity(**r) for r in rows]
-
-
 async def buy_contracts(bot: Bot, contract: str, qty: int):
     s = bot.sim
     await bot.until(lambda: s.options_market.last_quote(contract) is not None, f"a {contract} quote")
@@ -177,9 +171,15 @@ async def test_options_expire_at_the_close_exercised_assigned_liquidated_or_wort
         await buy_contracts(bot, put100, 1)  # out of the money: expires worthless
         await buy_contracts(bot, nvda_put, 1)  # in the money, but no NVDA to deliver: liquidated at the bid
         await buy_contracts(bot, august, 1)  # not expiring
-        # The simulator never writes options; shorts are planted (covered calls and cash-secured puts at Alpaca).
-        s.broker.set_position(call150, -1, "2.00")  # in the money: assigned, 100 shares sold at $150
-        s.broker.set_position(put150, -1, "1.00")  # out of the money: expires
+        # Written as Alpaca's level 1 writes them: a call covered by 100 shares, a put secured by its strike.
+        shares = await bot.trade("submit_order", MarketOrderRequest(
+            symbol="AAPL", qty=100, side=OrderSide.BUY, time_in_force=TimeInForce.DAY))
+        assert shares.status == OrderStatus.FILLED
+        for short in (call150, put150):  # the call in the money: assigned, its 100 shares sold at $150
+            await bot.until(lambda: s.options_market.last_quote(short) is not None, f"a {short} quote")
+            written = await bot.trade("submit_order", MarketOrderRequest(
+                symbol=short, qty=1, side=OrderSide.SELL, time_in_force=TimeInForce.DAY))
+            assert written.status == OrderStatus.FILLED and str(written.position_intent.value) == "sell_to_open"
         resting = await bot.trade("submit_order", LimitOrderRequest(
             symbol=put100, qty=1, side=OrderSide.SELL, time_in_force=TimeInForce.DAY, limit_price=999.0))
         assert resting.status == OrderStatus.NEW
@@ -212,7 +212,9 @@ async def test_options_expire_at_the_close_exercised_assigned_liquidated_or_wort
         assert {a.description for a in rows} >= {"Option Exercise", "Option Assignment", "Option Expiry"}
         positions = {p.symbol: p for p in await bot.trade("get_all_positions")}
         assert set(positions) == {"AAPL", august}
-        assert d(positions["AAPL"].qty) == 100 and d(positions["AAPL"].avg_entry_price) == 100
+        # 100 bought, 200 delivered at $100, the 100 covering the call gone at $150: the average entry stays.
+        entry = ((d(shares.filled_avg_price) * 100 + 20_000) / 300).quantize(Decimal("0.0001"))
+        assert d(positions["AAPL"].qty) == 200 and d(positions["AAPL"].avg_entry_price) == entry
         assert d((await bot.trade("get_account")).cash) == cash - 20_000 + 15_000 + bid * CONTRACT
         # An expired contract is inactive and refuses orders.
         assert (await bot.trade("get_option_contract", call100)).status == AssetStatus.INACTIVE

@@ -148,6 +148,10 @@ class Settings(BaseSettings):
         description="One-off changes to NYSE's calendar for `sim_hours=calendar`, one a line: `YYYY-MM-DD` (closed) "
         "or `YYYY-MM-DD HH:MM` (closes early, New York time); `#` comments.",
     )
+    sim_options_level: int = Field(
+        3, ge=0, le=3, description="The simulated account's approved options level, as Alpaca's: 0 no options, 1 "
+        "covered calls and cash-secured puts, 2 also buying calls and puts, 3 (Alpaca paper's) also spreads.",
+    )
     sim_clock_start: datetime | None = Field(
         None, description="Simulated time to start at (ISO 8601 with offset). Unset: now (a replay: its first frame)."
     )

@@ -25,6 +25,7 @@ with warnings.catch_warnings():
     from alpaca.data.live import StockDataStream
     from alpaca.trading.client import TradingClient
     from alpaca.trading.enums import OrderStatus
+    from alpaca.trading.models import NonTradeActivity
     from alpaca.trading.stream import TradingStream
 
 from tickvault.sim import Simulator
@@ -123,6 +124,14 @@ class Bot:
             r = await http.post(path, json=body)
             assert r.status_code == 200, r.text
             return r.json()
+
+
+async def activities_of(bot: Bot, *types: str) -> list[NonTradeActivity]:
+    """The account's non-trade activities of ``types`` (``OPEXC``, ``OPASN``, ...), oldest first, as alpaca-py
+    reads them."""
+    rows = await bot.call(bot.trading.get, "/account/activities",
+                          {"activity_types": ",".join(types), "direction": "asc"})
+    return [NonTradeActivity(**r) for r in rows]
 
 
 def sim(**kwargs) -> Simulator:

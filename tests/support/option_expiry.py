@@ -4,7 +4,9 @@
 in-the-money long call (exercised at the close), an out-of-the-money long put (expires worthless) and an
 in-the-money short call (assigned); :func:`close_expiry` moves the simulated clock to that close, where
 the broker settles them (``OPEXC``/``OPASN``/``OPEXP`` and the ``OPTRD`` share deliveries). The positions
-are planted (the simulator never writes options): the tests are about what the broker reports afterwards.
+are planted, cash untouched, and the short call covered by no shares (the exercised call's delivery, settled
+first, gives the 100 its assignment takes): the tests are about what the broker reports afterwards. Writing
+through orders, as Alpaca's options level 1 does, is tests/test_sim_sell_to_open.py's.
 """
 
 from __future__ import annotations

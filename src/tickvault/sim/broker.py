@@ -46,7 +46,13 @@ The fill model, which a strategy tested here can rely on:
   or a buy beyond the short's, is refused (403 ``insufficient qty available for order``; a position
   is never flipped in one order); a short sale needs shorting enabled, a whole qty and buying power
   for ``qty × price`` (shorts are carried at 100 % margin: ``buying_power = cash − 2 × |short market
-  value| − open orders' reservations``, multiplier 1).
+  value| − open orders' reservations − written puts' strikes``, multiplier 1).
+- **Written options** (Alpaca's options level 1): a sell of a contract not held long opens a short only when
+  covered — a call by 100 shares of its underlying a contract that no sell order or other written call
+  holds, a put by strike × 100 a contract of buying power (403 with Alpaca's bodies otherwise). It fills
+  like any sell (at the bid), the premium is cash, and the cover stays reserved while the order is open and
+  the position short: until bought back, expired or assigned. Levels: 0 nothing, 1 writes, 2 also buys to
+  open (``options_level``, capped by ``max_options_trading_level``); closing is never refused for the level.
 
 What this module must never do: grow without bound in a long run (orders up to ``max_orders``, the
 oldest closed ones forgotten first with their client_order_id; activities up to ``max_activities``; working
@@ -104,6 +110,7 @@ MARK_EVERY_NS = 60 * 10**9  # one equity mark per simulated minute for the portf
 # The non-trade activities the simulator books (``Broker.cash_activity``) and their default description.
 CASH_ACTIVITIES = {"CSD": "cash deposit", "CSW": "cash withdrawal", "FEE": "fee", "DIV": "cash dividend"}
 OPTIONS_APPROVED_LEVEL = 3  # Alpaca's paper accounts come approved for level 3 (spreads)
+POSITION_INTENTS = ("buy_to_open", "buy_to_close", "sell_to_open", "sell_to_close")
 # The non-trade activities of an option's end (Alpaca's "Non-Trade Activities for Option Events") and their
 # descriptions: the contract leaves the account (OPEXC exercised, OPASN assigned, OPEXP expired) and, on
 # exercise or assignment, the underlying moves at the strike (OPTRD).
@@ -258,9 +265,13 @@ class Broker:
         max_activities: int = 100_000,
         max_open_orders: int = 1_000,
         max_marks: int = 100_000,
+        options_level: int = OPTIONS_APPROVED_LEVEL,
     ) -> None:
         if hours not in HOURS:
             raise ValueError(f"hours must be one of {HOURS}")
+        if options_level not in range(4):
+            raise ValueError("options_level must be 0, 1, 2 or 3 (Alpaca's options trading levels)")
+        self.options_approved_level = options_level
         # Stocks by default; add_venue() lists crypto pairs and option contracts with their own markets.
         self.stocks = Venue("us_equity", "NASDAQ", price_cents, quote or (lambda symbol: None))
         self._venues: dict[str, Venue] = {}  # symbol (a pair, an OCC contract) → its venue; ≤ listed symbols
@@ -295,7 +306,7 @@ class Broker:
             "max_margin_multiplier": "1",
             "pdt_check": "entry",
             "ptp_no_exception_entry": False,
-            "max_options_trading_level": OPTIONS_APPROVED_LEVEL,
+            "max_options_trading_level": options_level,
         }
         self.reject_next = 0  # fault: the next N submitted orders are rejected (a ``rejected`` event)
         self.listeners: list[Callable[[dict], None]] = []
@@ -385,11 +396,20 @@ class Broker:
         long_mv, short_mv = self._market_values()
         return self.cash + long_mv + short_mv
 
+    @property
+    def options_trading_level(self) -> int:
+        """Alpaca's ``options_trading_level``: the lower of the approved level and the account configuration's
+        ``max_options_trading_level`` (an account may downgrade itself)."""
+        return min(self.options_approved_level, int(self.configuration["max_options_trading_level"] or 0))
+
     def _reserved(self, skip: _Order | None = None) -> Decimal:
-        """Buying power held by open orders that open or add to a position."""
+        """Buying power held by open orders that open or add to a position (a written option's is its cover:
+        :meth:`_short_options`)."""
         total = Decimal(0)
         for o in self.orders.values():
             if not o.is_open or o is skip or o.status == "held" or o.position_intent.endswith("close"):
+                continue
+            if o.position_intent == "sell_to_open" and o.asset_class == "us_option":
                 continue
             if o.side == "buy":
                 price = o.limit_price if o.limit_price is not None else self._book(o.symbol)[1]
@@ -399,8 +419,33 @@ class Broker:
         return total
 
     def buying_power(self, skip: _Order | None = None) -> Decimal:
-        _, short_mv = self._market_values()
-        return max(Decimal(0), self.cash + 2 * short_mv - self._reserved(skip))
+        """Cash, less twice the short stock and crypto (100 % margin), less what open orders reserve, less the
+        strike of every cash-secured put written or being written (its premium, once received, is cash)."""
+        short_mv = sum((qty * self._price(symbol) for symbol, (qty, _) in self.positions.items()
+                        if qty < 0 and self.venue(self._market_symbol(symbol)).asset_class != "us_option"),
+                       Decimal(0))
+        return max(Decimal(0), self.cash + 2 * short_mv - self._reserved(skip) - self._put_collateral(skip))
+
+    def _short_options(self, skip: _Order | None = None) -> list[tuple[OccSymbol, Decimal]]:
+        """Every option written (short positions) or being written (open sell-to-open orders but ``skip``), as
+        (contract, contracts): what the account must cover, a call with 100 shares of its underlying a contract,
+        a put with its strike's cash (Alpaca's options level 1, covered calls and cash-secured puts)."""
+        out = [(parse_occ(symbol), -qty) for symbol, (qty, _) in self.positions.items()
+               if qty < 0 and self.venue(symbol).asset_class == "us_option"]
+        out += [(parse_occ(o.symbol), o.remaining) for o in self.orders.values()
+                if o.is_open and o is not skip and o.position_intent == "sell_to_open"
+                and o.asset_class == "us_option"]
+        return out
+
+    def _covering_shares(self, underlying: str, skip: _Order | None = None) -> Decimal:
+        """Shares of ``underlying`` that cover written calls: they cannot be sold while they cover."""
+        return sum((n * SHARES_PER_CONTRACT for occ, n in self._short_options(skip)
+                    if occ.option_type == "C" and occ.underlying == underlying), Decimal(0))
+
+    def _put_collateral(self, skip: _Order | None = None) -> Decimal:
+        """The cash that secures written puts: strike × 100 a contract, reserved from buying power."""
+        return sum((occ.strike * SHARES_PER_CONTRACT * n for occ, n in self._short_options(skip)
+                    if occ.option_type == "P"), Decimal(0))
 
     def account(self) -> dict:
         long_mv, short_mv = self._market_values()
@@ -417,9 +462,8 @@ class Broker:
             "daytrading_buying_power": "0",
             "non_marginable_buying_power": _s(bp),
             "options_buying_power": _s(bp),
-            "options_approved_level": OPTIONS_APPROVED_LEVEL,
-            # Alpaca: the lower of the approved level and the account configuration's maximum.
-            "options_trading_level": min(OPTIONS_APPROVED_LEVEL, int(self.configuration["max_options_trading_level"] or 0)),
+            "options_approved_level": self.options_approved_level,
+            "options_trading_level": self.options_trading_level,
             "cash": _s(self.cash.quantize(CENT)),
             "accrued_fees": "0",
             "pending_transfer_in": "0",
@@ -454,10 +498,12 @@ class Broker:
         return dict(self.configuration)
 
     # ------------------------------------------------------------------ positions
-    def _held_for_orders(self, symbol: str, side: str) -> Decimal:
-        # Two exits that cancel each other (OCO, bracket) hold the same shares once: the stop of the
-        # pair is not counted again.
-        return sum(
+    def _held_for_orders(self, symbol: str, side: str, skip: _Order | None = None) -> Decimal:
+        """What the position in ``symbol`` holds for open orders on ``side`` — and, on the sell side of a stock,
+        the shares that cover written calls. Two exits that cancel each other (OCO, bracket) hold the same
+        shares once: the stop of the pair is not counted again."""
+        covering = self._covering_shares(symbol, skip) if side == "sell" else Decimal(0)
+        return covering + sum(
             (o.remaining for o in self.orders.values()
              if o.is_open and position_symbol(o.symbol) == symbol and o.side == side and o.status != "held"
              and not (o.sibling is not None and o.sibling.is_open and o.sibling.status != "held"
@@ -607,7 +653,12 @@ class Broker:
         symbol = self._market_symbol(symbol.upper())
         price = self._price(symbol)
         venue = self.venue(symbol)
-        side = body.get("side")
+        intent = body.get("position_intent")
+        if intent is not None and intent not in POSITION_INTENTS:
+            raise BrokerError(422, 40010001, f"invalid position_intent: {intent!r} ({', '.join(POSITION_INTENTS)})")
+        side = body.get("side") or (intent.split("_")[0] if intent else None)
+        if intent and not intent.startswith(f"{side}_"):
+            raise BrokerError(422, 40010001, f"position_intent {intent} does not agree with side {side}")
         if side not in ("buy", "sell"):
             raise BrokerError(422, 40010001, f"invalid side: {side!r}")
         otype = body.get("type") or body.get("order_type") or "market"
@@ -670,6 +721,7 @@ class Broker:
         o.client_order_id = cid
         o.symbol, o.side, o.type, o.time_in_force = symbol, side, otype, tif
         o.asset_class = venue.asset_class
+        o.position_intent = intent or ""  # what the order asks; _check_account sets what it does
         o.extended_hours = extended
         o.order_class = order_class
         if otype == "trailing_stop":
@@ -678,7 +730,8 @@ class Broker:
 
     def _validate_class(self, venue: Venue, body: dict, otype: str, tif: str, order_class: str) -> None:
         """Alpaca's rules for crypto (gtc/ioc; market, limit, stop_limit; simple orders) and options
-        (day; market or limit; whole contracts, no notional; simple orders; an options level ≥ 2)."""
+        (day; market or limit; whole contracts, no notional; simple orders); the options level is
+        :meth:`_check_option_level`'s."""
         if order_class != "simple":
             raise BrokerError(422, 40010001, f"{venue.asset_class} orders must be simple orders")
         if venue.asset_class == "crypto":
@@ -687,8 +740,6 @@ class Broker:
             if otype not in ("market", "limit", "stop_limit"):
                 raise BrokerError(422, 40010001, f"invalid crypto order type: {otype} (market, limit or stop_limit)")
             return
-        if min(OPTIONS_APPROVED_LEVEL, int(self.configuration["max_options_trading_level"] or 0)) < 2:
-            raise BrokerError(403, 40310000, "options trading is not enabled for this account (level 2 or more)")
         if tif != "day":
             raise BrokerError(422, 40010001, f"invalid options time_in_force: {tif} (day only)")
         if otype not in ("market", "limit"):
@@ -794,6 +845,13 @@ class Broker:
                                   "available: 0)")
         signed = o.qty if o.side == "buy" else -o.qty
         closing = held != 0 and (held > 0) != (signed > 0)
+        intent = f"{o.side}_to_{'close' if closing else 'open'}"
+        if o.position_intent and o.position_intent != intent:
+            raise BrokerError(422, 40010001, f"position_intent {o.position_intent} does not match the position: "
+                              f"{'no' if held == 0 else _s(abs(held))} {'long' if held > 0 else 'short'} "
+                              f"{o.symbol} held, so this order is {intent}")
+        if venue.asset_class == "us_option":
+            self._check_option_level(o, closing)
         if closing:
             closing_side = o.side
             available = abs(held) - self._held_for_orders(position_symbol(o.symbol), closing_side)
@@ -817,8 +875,8 @@ class Broker:
             raise BrokerError(403, 40310000, f"insufficient balance for {o.symbol.split('/')[0]} (requested: "
                               f"{_s(o.qty)}, available: 0)")
         if o.side == "sell" and venue.asset_class == "us_option":
-            raise BrokerError(403, 40310000, "options cannot be sold to open in the simulator: uncovered "
-                              "contracts are not allowed")
+            self._check_cover(o)
+            return
         if o.side == "sell":
             if self.configuration["no_shorting"]:
                 raise BrokerError(403, 40310000, "account is not allowed to short")
@@ -829,6 +887,41 @@ class Broker:
             cost = o.qty * (o.limit_price if o.limit_price is not None else self._book(o.symbol)[1])
         if cost * venue.multiplier > self.buying_power():
             raise BrokerError(403, 40310000, "insufficient buying power")
+
+    def _check_option_level(self, o: _Order, closing: bool) -> None:
+        """Alpaca's options trading levels: 0 none, 1 writes covered calls and cash-secured puts, 2 also buys calls
+        and puts (3: spreads, which the simulator does not take). Closing a position is never refused for its
+        level."""
+        level = self.options_trading_level
+        if closing:
+            return
+        if level < 1:
+            raise BrokerError(403, 40310000, "account not authorized to trade options (options trading level 0)")
+        if o.side == "buy" and level < 2:
+            raise BrokerError(403, 40310000, f"account not eligible to trade this option strategy: buying calls and "
+                              f"puts takes options trading level 2 (the account's is {level})")
+
+    def _check_cover(self, o: _Order, skip: _Order | None = None) -> None:
+        """A written option must be covered, as at Alpaca's level 1: a call by 100 shares of the underlying a
+        contract that no order or other written call holds (they stay held until the call is bought back,
+        expires or is assigned), a put by strike × 100 a contract of options buying power (reserved likewise).
+        Alpaca's 403 bodies otherwise."""
+        occ = parse_occ(o.symbol)
+        if occ.option_type == "C":
+            required = o.qty * SHARES_PER_CONTRACT
+            held = max(Decimal(0), self.positions.get(occ.underlying, [Decimal(0)])[0])
+            available = max(Decimal(0), held - self._held_for_orders(occ.underlying, "sell", skip))
+            if required > available:
+                raise BrokerError(403, 40310000, f"insufficient underlying qty available for covered call (required: "
+                                  f"{_s(required)}, available: {_s(available)})", available_qty=_s(available),
+                                  required_qty=_s(required), symbol=o.symbol,
+                                  underlying_asset_id=asset_id(occ.underlying))
+            return
+        required = o.qty * SHARES_PER_CONTRACT * occ.strike
+        available = self.buying_power(skip)
+        if required > available:
+            raise BrokerError(403, 40310000, f"insufficient options buying power for cash-secured put (required: "
+                              f"{_s(required)}, available: {_s(available.quantize(CENT))})")
 
     def _remember(self, o: _Order) -> None:
         self.orders[o.id] = o
@@ -1347,7 +1440,7 @@ class Broker:
         new = self._new_order()
         for name in ("symbol", "side", "type", "time_in_force", "limit_price", "stop_price", "qty",
                      "extended_hours", "order_class", "parent", "sibling", "legs", "position_intent", "expires_ns",
-                     "trail_price", "trail_percent", "hwm", "triggered"):
+                     "trail_price", "trail_percent", "hwm", "triggered", "asset_class"):
             setattr(new, name, getattr(o, name))
         total = o.qty
         if body.get("qty") is not None:
@@ -1393,6 +1486,8 @@ class Broker:
             price = new.limit_price if new.limit_price is not None else self._book(new.symbol)[1]
             if new.qty * price > self.buying_power(skip=o):
                 raise BrokerError(403, 40310000, "insufficient buying power")
+        if new.position_intent == "sell_to_open" and new.asset_class == "us_option" and new.qty > o.remaining:
+            self._check_cover(new, skip=o)
         if new.position_intent.endswith("_to_close") and new.qty > o.remaining:
             held = abs(self.positions.get(position_symbol(new.symbol), [Decimal(0)])[0])
             available = held - self._held_for_orders(position_symbol(new.symbol), new.side) + o.remaining

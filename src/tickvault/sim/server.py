@@ -46,7 +46,7 @@ from urllib.parse import urlsplit
 import uvicorn
 from websockets.asyncio.server import Server, ServerConnection, serve
 
-from tickvault.sim.broker import HOURS, Broker
+from tickvault.sim.broker import HOURS, OPTIONS_APPROVED_LEVEL, Broker
 from tickvault.sim.calendar import Calendar, SimClock
 from tickvault.sim.crypto import CRYPTO_PAIRS, CryptoMarket
 from tickvault.sim.faults import FAULTS, FaultSwitches
@@ -118,6 +118,7 @@ class Simulator(FaultSwitches):
         clock: Callable[[], int] | None = None,
         hours: str = "always",
         calendar: Calendar | None = None,
+        options_level: int = OPTIONS_APPROVED_LEVEL,
         replay: str | Path | None = None,
         replay_speed: float = 1.0,
         crypto_pairs: list[str] | None = None,
@@ -196,7 +197,7 @@ class Simulator(FaultSwitches):
         self.options_rate = options_rate
         self._options_task: asyncio.Task | None = None
         self.broker = Broker(self._price_for_broker, quote=self.market.last_quote, clock=self.clock,
-                             hours=hours, calendar=calendar, cash=cash)
+                             hours=hours, calendar=calendar, cash=cash, options_level=options_level)
         self.trading = TradingAPI(self)
         self.finished = asyncio.Event()
         self._finish_requested = False  # set by finish(): the market makes no trade after it
@@ -243,6 +244,7 @@ class Simulator(FaultSwitches):
             key=SIM_KEY,
             secret=SIM_SECRET,
             hours=settings.sim_hours,
+            options_level=settings.sim_options_level,
             calendar=Calendar.from_file(settings.sim_calendar_file) if settings.sim_calendar_file else None,
             replay=settings.sim_replay,
             replay_speed=settings.sim_replay_speed,
