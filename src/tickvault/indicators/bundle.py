@@ -83,6 +83,12 @@ class PyIndicatorSet(_Readout):
         bar_vwap: float | None = None,
         in_session: bool = True,
     ) -> None:
+        # Every argument checked before any indicator moves, as the compiled bundle does: a bar with
+        # a price that is no number is refused (TypeError) and changes nothing.
+        high, low, close, volume = high * 1.0, low * 1.0, close * 1.0, volume * 1.0
+        if bar_vwap is not None:
+            bar_vwap = bar_vwap * 1.0
+        in_session = bool(in_session)
         self.rsi.update(close)
         self.ema_fast.update(close)
         self.ema_slow.update(close)

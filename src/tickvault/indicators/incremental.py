@@ -179,7 +179,7 @@ class PyATR:
 
     def update(self, high: float, low: float, close: float) -> None:
         prev = self._prev_close
-        self._prev_close = close
+        self._prev_close = close * 1.0  # a close that is no number is refused before it is kept
         if high >= low:
             # Bit for bit TA-Lib's max(h - l, |c' - h|, |c' - l|) when high >= low: every case
             # reduces to the same single subtraction.
@@ -250,7 +250,7 @@ class PyMACD:
             return
         warm = self._warm
         if warm is not None:
-            warm.append(close)
+            warm.append(close * 1.0)  # a close that is no number is refused before it is kept
             if len(warm) < self.slow:
                 return
             fast_seed = 0.0
@@ -351,9 +351,9 @@ class PyBollingerBands:
         period = self.period
         if self.ready:
             old = ring[index]
-            ring[index] = close
             reference = self._reference
-            new = close - reference
+            new = close - reference  # a close that is no number is refused before it is kept
+            ring[index] = close
             gone = old - reference
             a = self._a + (new - gone)
             b = self._b + (new * new - gone * gone)
@@ -368,7 +368,7 @@ class PyBollingerBands:
                 self._b = b
                 self._since_exact = since
         else:
-            ring[index] = close
+            ring[index] = close * 1.0  # a close that is no number is refused before it is kept
             self._count += 1
             if self._count < period:
                 self._index = index + 1
