@@ -8,7 +8,8 @@ don't assign them.
 Hot-path rules: ``__slots__``, attribute reads hoisted into locals, plain float arithmetic only
 (a numpy scalar op costs ~100 ns, a float op ~15 ns), no allocation per update except where a
 multi-output ``value`` is asked for. Memory: SMA and Bollinger keep a ring of ``period`` floats;
-MACD keeps its first ``slow`` closes only until both EMAs are seeded; the others keep a few floats.
+MACD keeps its first ``slow`` closes (PyMACD only until both EMAs are seeded, the compiled one in a
+ring it reuses after a reset); the others keep a few floats.
 
 Every class here is compiled (``tickvault._indicators``): in Python their whole cost was the
 interpreter's (~60 ns of call, ~15-20 ns per float operation and attribute write), from ~120 ns an
