@@ -145,6 +145,51 @@ static inline double true_range(double high, double low, double prev_close) {
     return greatest;
 }
 
+/* A read-only attribute `field` of Name##Object. */
+#define MEMBER(Name, kind, field, doc) {#field, kind, offsetof(Name##Object, field), READONLY, doc}
+
+/* A compiled indicator's type: its methods and members are Name##_methods and Name##_members. */
+#define INDICATOR_TYPE(Name, py_name, dealloc, doc)            \
+    static PyTypeObject Name##Type = {                          \
+        PyVarObject_HEAD_INIT(NULL, 0)                          \
+        .tp_name = "tickvault._indicators." py_name,            \
+        .tp_basicsize = sizeof(Name##Object),                   \
+        .tp_dealloc = dealloc,                                  \
+        .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,   \
+        .tp_doc = doc,                                          \
+        .tp_methods = Name##_methods,                           \
+        .tp_members = Name##_members,                           \
+        .tp_init = (initproc)Name##_init,                       \
+        .tp_new = PyType_GenericNew,                            \
+    };
+
+/* update(close), reset() and the deallocator of an indicator that owns a buffer (`field`, NULL until
+ * __init__ ran: refused then), its methods table, and its type. step(self, close) returns 0, or -1
+ * with an exception set; Name##_clear_state(self) is the fresh state. */
+#define BUFFERED_TYPE(Name, field, py_name, step, doc)                                                 \
+    static PyObject *Name##_update(Name##Object *self, PyObject *arg) {                                \
+        double close;                                                                                  \
+        if (as_double(arg, &close) || not_initialised(self->field, py_name) || step(self, close))      \
+            return NULL;                                                                               \
+        Py_RETURN_NONE;                                                                                \
+    }                                                                                                  \
+    static PyObject *Name##_reset(Name##Object *self, PyObject *unused) {                              \
+        (void)unused;                                                                                  \
+        if (not_initialised(self->field, py_name)) return NULL;                                        \
+        Name##_clear_state(self);                                                                      \
+        Py_RETURN_NONE;                                                                                \
+    }                                                                                                  \
+    static void Name##_dealloc(Name##Object *self) {                                                   \
+        PyMem_Free(self->field);                                                                       \
+        Py_TYPE(self)->tp_free((PyObject *)self);                                                      \
+    }                                                                                                  \
+    static PyMethodDef Name##_methods[] = {                                                            \
+        {"update", (PyCFunction)Name##_update, METH_O, "update(close): one more close."},              \
+        {"reset", (PyCFunction)Name##_reset, METH_NOARGS, "reset(): back to the fresh state."},        \
+        {NULL, NULL, 0, NULL},                                                                         \
+    };                                                                                                 \
+    INDICATOR_TYPE(Name, py_name, (destructor)Name##_dealloc, doc)
+
 /* ------------------------------------------------------------------------------------------ */
 /* SMA */
 
@@ -188,11 +233,6 @@ static int SMA_init(SMAObject *self, PyObject *args, PyObject *kwds) {
     return 0;
 }
 
-static void SMA_dealloc(SMAObject *self) {
-    PyMem_Free(self->ring);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
 static int sma_step(SMAObject *self, double close) {
     double total;
     double *ring = self->ring;
@@ -228,44 +268,15 @@ static int sma_step(SMAObject *self, double close) {
     return 0;
 }
 
-static PyObject *SMA_update(SMAObject *self, PyObject *arg) {
-    double close;
-    if (as_double(arg, &close) || not_initialised(self->ring, "SMA") || sma_step(self, close)) return NULL;
-    Py_RETURN_NONE;
-}
-
-static PyObject *SMA_reset(SMAObject *self, PyObject *unused) {
-    (void)unused;
-    if (not_initialised(self->ring, "SMA")) return NULL;
-    SMA_clear_state(self);
-    Py_RETURN_NONE;
-}
-
-static PyMethodDef SMA_methods[] = {
-    {"update", (PyCFunction)SMA_update, METH_O, "update(close): one more close."},
-    {"reset", (PyCFunction)SMA_reset, METH_NOARGS, "reset(): back to the fresh state."},
-    {NULL, NULL, 0, NULL},
-};
-
 static PyMemberDef SMA_members[] = {
-    {"period", T_PYSSIZET, offsetof(SMAObject, period), READONLY, "the window length"},
-    {"value", T_DOUBLE, offsetof(SMAObject, value), READONLY, "the mean of the window; NaN until ready"},
-    {"ready", T_BOOL, offsetof(SMAObject, ready), READONLY, "True once the window has filled"},
+    MEMBER(SMA, T_PYSSIZET, period, "the window length"),
+    MEMBER(SMA, T_DOUBLE, value, "the mean of the window; NaN until ready"),
+    MEMBER(SMA, T_BOOL, ready, "True once the window has filled"),
     {NULL, 0, 0, 0, NULL},
 };
 
-static PyTypeObject SMAType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "tickvault._indicators.SMA",
-    .tp_basicsize = sizeof(SMAObject),
-    .tp_dealloc = (destructor)SMA_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "SMA(period, recompute_every): incremental.PySMA compiled; use tickvault.indicators.SMA.",
-    .tp_methods = SMA_methods,
-    .tp_members = SMA_members,
-    .tp_init = (initproc)SMA_init,
-    .tp_new = PyType_GenericNew,
-};
+BUFFERED_TYPE(SMA, ring, "SMA", sma_step,
+              "SMA(period, recompute_every): incremental.PySMA compiled; use tickvault.indicators.SMA.")
 
 /* ------------------------------------------------------------------------------------------ */
 /* VWAP */
@@ -348,7 +359,7 @@ static PyMethodDef VWAP_methods[] = {
 };
 
 static PyMemberDef VWAP_members[] = {
-    {"value", T_DOUBLE, offsetof(VWAPObject, value), READONLY, "the session VWAP; NaN until volume"},
+    MEMBER(VWAP, T_DOUBLE, value, "the session VWAP; NaN until volume"),
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -422,32 +433,47 @@ static inline void ema_step(EMAObject *self, double close) {
     }
 }
 
+/* RSI and ATR: a mean seed, then Wilder smoothing, over what each input adds to the one before it
+ * (RSI: the change; ATR: the true range). RSI keeps its gain and loss sums, then averages, in `up`
+ * and `down`; ATR its true ranges' sum in `up` (its average is `value`). */
 typedef struct {
     PyObject_HEAD
     Py_ssize_t period;
     double keep;        /* period - 1 */
-    double prev;
-    Py_ssize_t count;   /* closes seen minus one = changes seen */
-    double gain;
-    double loss;
+    double prev;        /* the previous close */
+    Py_ssize_t count;   /* inputs seen minus one = changes / true ranges seen */
+    double up;
+    double down;
     double value;
     char ready;
-} RSIObject;
+} WilderObject;
+typedef WilderObject RSIObject;
+typedef WilderObject ATRObject;
 
-static void RSI_clear_state(RSIObject *self) {
+static void Wilder_clear_state(WilderObject *self) {
     self->prev = Py_NAN;
     self->count = -1;
-    self->gain = 0.0;
-    self->loss = 0.0;
+    self->up = 0.0;
+    self->down = 0.0;
     self->value = Py_NAN;
     self->ready = 0;
 }
+#define RSI_clear_state Wilder_clear_state
+#define ATR_clear_state Wilder_clear_state
+
+static int wilder_init(WilderObject *self, PyObject *args, PyObject *kwds, const char *format) {
+    if (parse_period(args, kwds, format, &self->period)) return -1;
+    self->keep = (double)(self->period - 1);
+    Wilder_clear_state(self);
+    return 0;
+}
 
 static int RSI_init(RSIObject *self, PyObject *args, PyObject *kwds) {
-    if (parse_period(args, kwds, "n:RSI", &self->period)) return -1;
-    self->keep = (double)(self->period - 1);
-    RSI_clear_state(self);
-    return 0;
+    return wilder_init(self, args, kwds, "n:RSI");
+}
+
+static int ATR_init(ATRObject *self, PyObject *args, PyObject *kwds) {
+    return wilder_init(self, args, kwds, "n:ATR");
 }
 
 static inline double rsi_from_averages(double gain, double loss) {
@@ -462,59 +488,33 @@ static inline void rsi_step(RSIObject *self, double close) {
     if (self->ready) { /* TA-Lib's exact operation order */
         double keep = self->keep, gain, loss;
         if (change < 0.0) {
-            gain = self->gain * keep / period;
-            loss = (self->loss * keep - change) / period;
+            gain = self->up * keep / period;
+            loss = (self->down * keep - change) / period;
         } else {
-            gain = (self->gain * keep + change) / period;
-            loss = self->loss * keep / period;
+            gain = (self->up * keep + change) / period;
+            loss = self->down * keep / period;
         }
-        self->gain = gain;
-        self->loss = loss;
+        self->up = gain;
+        self->down = loss;
         self->value = rsi_from_averages(gain, loss);
         return;
     }
     self->count += 1;
     if (self->count == 0) return; /* the first close: no change yet */
     if (change < 0.0)
-        self->loss -= change;
+        self->down -= change;
     else
-        self->gain += change;
+        self->up += change;
     if (self->count < self->period) return;
-    self->gain = self->gain / period;
-    self->loss = self->loss / period;
-    self->value = rsi_from_averages(self->gain, self->loss);
+    self->up = self->up / period;
+    self->down = self->down / period;
+    self->value = rsi_from_averages(self->up, self->down);
     self->ready = 1;
 }
 
-typedef struct {
-    PyObject_HEAD
-    Py_ssize_t period;
-    double keep;        /* period - 1 */
-    double prev_close;
-    Py_ssize_t count;   /* bars seen minus one = true ranges seen */
-    double sum;
-    double value;
-    char ready;
-} ATRObject;
-
-static void ATR_clear_state(ATRObject *self) {
-    self->prev_close = Py_NAN;
-    self->count = -1;
-    self->sum = 0.0;
-    self->value = Py_NAN;
-    self->ready = 0;
-}
-
-static int ATR_init(ATRObject *self, PyObject *args, PyObject *kwds) {
-    if (parse_period(args, kwds, "n:ATR", &self->period)) return -1;
-    self->keep = (double)(self->period - 1);
-    ATR_clear_state(self);
-    return 0;
-}
-
 static inline void atr_step(ATRObject *self, double high, double low, double close) {
-    double prev = self->prev_close, tr;
-    self->prev_close = close;
+    double prev = self->prev, tr;
+    self->prev = close;
     if (high >= low) /* TA-Lib's max(h - l, |c' - h|, |c' - l|) when high >= low, bit for bit */
         tr = (high > prev ? high : prev) - (low < prev ? low : prev);
     else
@@ -525,9 +525,9 @@ static inline void atr_step(ATRObject *self, double high, double low, double clo
     }
     self->count += 1;
     if (self->count == 0) return; /* bar 0: no previous close, no true range */
-    self->sum += tr;
+    self->up += tr;
     if (self->count == self->period) {
-        self->value = self->sum / (double)self->period;
+        self->value = self->up / (double)self->period;
         self->ready = 1;
     }
 }
@@ -583,31 +583,19 @@ static PyMethodDef ATR_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-#define SCALAR_MEMBERS(Name)                                                                           \
-    {"period", T_PYSSIZET, offsetof(Name##Object, period), READONLY, "the period"},                    \
-    {"value", T_DOUBLE, offsetof(Name##Object, value), READONLY, "the current value; NaN until ready"}, \
-    {"ready", T_BOOL, offsetof(Name##Object, ready), READONLY, "True from the first valid value on"},  \
+#define SCALAR_MEMBERS(Name)                                                        \
+    MEMBER(Name, T_PYSSIZET, period, "the period"),                                 \
+    MEMBER(Name, T_DOUBLE, value, "the current value; NaN until ready"),            \
+    MEMBER(Name, T_BOOL, ready, "True from the first valid value on"),              \
     {NULL, 0, 0, 0, NULL}
 
 static PyMemberDef EMA_members[] = {SCALAR_MEMBERS(EMA)};
 static PyMemberDef RSI_members[] = {SCALAR_MEMBERS(RSI)};
 static PyMemberDef ATR_members[] = {SCALAR_MEMBERS(ATR)};
 
-#define SIMPLE_TYPE(Name, doc)                                  \
-    static PyTypeObject Name##Type = {                          \
-        PyVarObject_HEAD_INIT(NULL, 0)                          \
-        .tp_name = "tickvault._indicators." #Name,              \
-        .tp_basicsize = sizeof(Name##Object),                   \
-        .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,   \
-        .tp_doc = doc,                                          \
-        .tp_methods = Name##_methods,                           \
-        .tp_members = Name##_members,                           \
-        .tp_init = (initproc)Name##_init,                       \
-        .tp_new = PyType_GenericNew,                            \
-    };
-SIMPLE_TYPE(EMA, "EMA(period): incremental.PyEMA compiled; use tickvault.indicators.EMA.")
-SIMPLE_TYPE(RSI, "RSI(period): incremental.PyRSI compiled; use tickvault.indicators.RSI.")
-SIMPLE_TYPE(ATR, "ATR(period): incremental.PyATR compiled; use tickvault.indicators.ATR.")
+INDICATOR_TYPE(EMA, "EMA", NULL, "EMA(period): incremental.PyEMA compiled; use tickvault.indicators.EMA.")
+INDICATOR_TYPE(RSI, "RSI", NULL, "RSI(period): incremental.PyRSI compiled; use tickvault.indicators.RSI.")
+INDICATOR_TYPE(ATR, "ATR", NULL, "ATR(period): incremental.PyATR compiled; use tickvault.indicators.ATR.")
 
 /* ------------------------------------------------------------------------------------------ */
 /* MACD */
@@ -656,12 +644,7 @@ static int MACD_init(MACDObject *self, PyObject *args, PyObject *kwds) {
     return 0;
 }
 
-static void MACD_dealloc(MACDObject *self) {
-    PyMem_Free(self->warm);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static inline void macd_step(MACDObject *self, double close) {
+static inline int macd_step(MACDObject *self, double close) {
     if (self->ready) {
         double fast = self->fast_ema, slow = self->slow_ema;
         fast += self->kf * (close - fast);
@@ -673,11 +656,11 @@ static inline void macd_step(MACDObject *self, double close) {
         self->macd = line;
         self->signal = signal;
         self->hist = line - signal;
-        return;
+        return 0;
     }
     if (self->warm_count >= 0) {
         self->warm[self->warm_count++] = close;
-        if (self->warm_count < self->slow) return;
+        if (self->warm_count < self->slow) return 0;
         double fast_seed = 0.0, slow_seed = 0.0;
         for (Py_ssize_t i = self->slow - self->fast; i < self->slow; i++) fast_seed += self->warm[i];
         for (Py_ssize_t i = 0; i < self->slow; i++) slow_seed += self->warm[i];
@@ -698,51 +681,22 @@ static inline void macd_step(MACDObject *self, double close) {
         self->hist = line - self->signal;
         self->ready = 1;
     }
+    return 0;
 }
-
-static PyObject *MACD_update(MACDObject *self, PyObject *arg) {
-    double close;
-    if (as_double(arg, &close) || not_initialised(self->warm, "MACD")) return NULL;
-    macd_step(self, close);
-    Py_RETURN_NONE;
-}
-
-static PyObject *MACD_reset(MACDObject *self, PyObject *unused) {
-    (void)unused;
-    if (not_initialised(self->warm, "MACD")) return NULL;
-    MACD_clear_state(self);
-    Py_RETURN_NONE;
-}
-
-static PyMethodDef MACD_methods[] = {
-    {"update", (PyCFunction)MACD_update, METH_O, "update(close): one more close."},
-    {"reset", (PyCFunction)MACD_reset, METH_NOARGS, "reset(): back to the fresh state."},
-    {NULL, NULL, 0, NULL},
-};
 
 static PyMemberDef MACD_members[] = {
-    {"fast", T_PYSSIZET, offsetof(MACDObject, fast), READONLY, "the fast EMA's period"},
-    {"slow", T_PYSSIZET, offsetof(MACDObject, slow), READONLY, "the slow EMA's period"},
-    {"signal_period", T_PYSSIZET, offsetof(MACDObject, signal_period), READONLY, "the signal EMA's period"},
-    {"macd", T_DOUBLE, offsetof(MACDObject, macd), READONLY, "the MACD line; NaN until ready"},
-    {"signal", T_DOUBLE, offsetof(MACDObject, signal), READONLY, "the signal line; NaN until ready"},
-    {"hist", T_DOUBLE, offsetof(MACDObject, hist), READONLY, "line - signal; NaN until ready"},
-    {"ready", T_BOOL, offsetof(MACDObject, ready), READONLY, "True from the first valid value on"},
+    MEMBER(MACD, T_PYSSIZET, fast, "the fast EMA's period"),
+    MEMBER(MACD, T_PYSSIZET, slow, "the slow EMA's period"),
+    MEMBER(MACD, T_PYSSIZET, signal_period, "the signal EMA's period"),
+    MEMBER(MACD, T_DOUBLE, macd, "the MACD line; NaN until ready"),
+    MEMBER(MACD, T_DOUBLE, signal, "the signal line; NaN until ready"),
+    MEMBER(MACD, T_DOUBLE, hist, "line - signal; NaN until ready"),
+    MEMBER(MACD, T_BOOL, ready, "True from the first valid value on"),
     {NULL, 0, 0, 0, NULL},
 };
 
-static PyTypeObject MACDType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "tickvault._indicators.MACD",
-    .tp_basicsize = sizeof(MACDObject),
-    .tp_dealloc = (destructor)MACD_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "MACD(fast, slow, signal): incremental.PyMACD compiled; use tickvault.indicators.MACD.",
-    .tp_methods = MACD_methods,
-    .tp_members = MACD_members,
-    .tp_init = (initproc)MACD_init,
-    .tp_new = PyType_GenericNew,
-};
+BUFFERED_TYPE(MACD, warm, "MACD", macd_step,
+              "MACD(fast, slow, signal): incremental.PyMACD compiled; use tickvault.indicators.MACD.")
 
 /* ------------------------------------------------------------------------------------------ */
 /* Bollinger bands (the numerics are explained in incremental.PyBollingerBands) */
@@ -794,11 +748,6 @@ static int Bands_init(BandsObject *self, PyObject *args, PyObject *kwds) {
     self->drift_limit = drift_limit;
     Bands_clear_state(self);
     return 0;
-}
-
-static void Bands_dealloc(BandsObject *self) {
-    PyMem_Free(self->ring);
-    Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 /* PyBollingerBands._recompute: the reference and both sums from the ring, exactly. */
@@ -866,51 +815,21 @@ static int bands_step(BandsObject *self, double close) {
     return 0;
 }
 
-static PyObject *Bands_update(BandsObject *self, PyObject *arg) {
-    double close;
-    if (as_double(arg, &close) || not_initialised(self->ring, "BollingerBands") || bands_step(self, close))
-        return NULL;
-    Py_RETURN_NONE;
-}
-
-static PyObject *Bands_reset(BandsObject *self, PyObject *unused) {
-    (void)unused;
-    if (not_initialised(self->ring, "BollingerBands")) return NULL;
-    Bands_clear_state(self);
-    Py_RETURN_NONE;
-}
-
-static PyMethodDef Bands_methods[] = {
-    {"update", (PyCFunction)Bands_update, METH_O, "update(close): one more close."},
-    {"reset", (PyCFunction)Bands_reset, METH_NOARGS, "reset(): back to the fresh state."},
-    {NULL, NULL, 0, NULL},
-};
-
 static PyMemberDef Bands_members[] = {
-    {"period", T_PYSSIZET, offsetof(BandsObject, period), READONLY, "the window length"},
-    {"dev_up", T_DOUBLE, offsetof(BandsObject, dev_up), READONLY, "deviations above the middle"},
-    {"dev_dn", T_DOUBLE, offsetof(BandsObject, dev_dn), READONLY, "deviations below the middle"},
-    {"upper", T_DOUBLE, offsetof(BandsObject, upper), READONLY, "the upper band; NaN until ready"},
-    {"middle", T_DOUBLE, offsetof(BandsObject, middle), READONLY, "the window's mean; NaN until ready"},
-    {"lower", T_DOUBLE, offsetof(BandsObject, lower), READONLY, "the lower band; NaN until ready"},
-    {"stddev", T_DOUBLE, offsetof(BandsObject, stddev), READONLY, "the population deviation; NaN until ready"},
-    {"ready", T_BOOL, offsetof(BandsObject, ready), READONLY, "True once the window has filled"},
+    MEMBER(Bands, T_PYSSIZET, period, "the window length"),
+    MEMBER(Bands, T_DOUBLE, dev_up, "deviations above the middle"),
+    MEMBER(Bands, T_DOUBLE, dev_dn, "deviations below the middle"),
+    MEMBER(Bands, T_DOUBLE, upper, "the upper band; NaN until ready"),
+    MEMBER(Bands, T_DOUBLE, middle, "the window's mean; NaN until ready"),
+    MEMBER(Bands, T_DOUBLE, lower, "the lower band; NaN until ready"),
+    MEMBER(Bands, T_DOUBLE, stddev, "the population deviation; NaN until ready"),
+    MEMBER(Bands, T_BOOL, ready, "True once the window has filled"),
     {NULL, 0, 0, 0, NULL},
 };
 
-static PyTypeObject BandsType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "tickvault._indicators.BollingerBands",
-    .tp_basicsize = sizeof(BandsObject),
-    .tp_dealloc = (destructor)Bands_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "BollingerBands(period, dev_up, dev_dn, recompute_every, drift_limit): "
-              "incremental.PyBollingerBands compiled; use tickvault.indicators.BollingerBands.",
-    .tp_methods = Bands_methods,
-    .tp_members = Bands_members,
-    .tp_init = (initproc)Bands_init,
-    .tp_new = PyType_GenericNew,
-};
+BUFFERED_TYPE(Bands, ring, "BollingerBands", bands_step,
+              "BollingerBands(period, dev_up, dev_dn, recompute_every, drift_limit): "
+              "incremental.PyBollingerBands compiled; use tickvault.indicators.BollingerBands.")
 
 /* ------------------------------------------------------------------------------------------ */
 /* IndicatorSet: bundle.PyIndicatorSet.update over the compiled members, in one call */
@@ -987,7 +906,7 @@ static PyObject *Set_update(SetObject *self, PyObject *const *args, Py_ssize_t n
     ema_step((EMAObject *)m[1], close);
     ema_step((EMAObject *)m[2], close);
     if (sma_step((SMAObject *)m[3], close)) return NULL;
-    macd_step((MACDObject *)m[4], close);
+    (void)macd_step((MACDObject *)m[4], close); /* cannot fail */
     if (bands_step((BandsObject *)m[5], close)) return NULL;
     atr_step((ATRObject *)m[6], high, low, close);
     if (in_session)
