@@ -315,7 +315,8 @@ def test_compiled_equals_python_twin_bit_for_bit_across_warm_up_and_resets(name,
     """Warm-up (a flat start included), regimes, gaps, flat runs, and resets mid-warm-up and later;
     30k bars are past many exact recomputes of the Bollinger sums (every 1000 updates and on drift)."""
     high, low, close, volume = market(30_000, seed=47, scale=scale)
-    high[[700, 20_000]], low[[700, 20_000]] = low[[700, 20_000]] - 0.5 * scale, high[[700, 20_000]]  # inverted
+    inverted = [700, 20_000]  # bars with high < low
+    high[inverted], low[inverted] = low[inverted] - 0.5 * scale, high[inverted]
     rows = list(zip(high.tolist(), low.tolist(), close.tolist(), volume.tolist()))
     for period in PERIODS[name]:
         assert_twins_equal(name, period, rows, resets=(5, 12_345, 12_350))
@@ -327,8 +328,9 @@ def test_compiled_equals_python_twin_on_nan_and_infinite_prices(name):
     holding +inf and -inf (math.fsum) fails at the same update, with the same state left behind."""
     rng = np.random.default_rng(53)
     close = (100.0 + np.cumsum(rng.normal(0.0, 0.1, 6000))).tolist()
-    for i, value in ((300, math.nan), (1500, math.inf), (1501, -math.inf), (2600, math.inf), (4000, -math.inf),
-                     (2005, math.inf), (2006, -math.inf)):  # the last two: in the window filled after a reset
+    # The last two: in the window filled after the reset at 2000.
+    for i, value in ((300, math.nan), (1500, math.inf), (1501, -math.inf), (2600, math.inf),
+                     (4000, -math.inf), (2005, math.inf), (2006, -math.inf)):
         close[i] = value
     rows = [(c + 0.1, c - 0.1, c, 10.0) for c in close]
     rows[3000] = (math.nan, 1.0, 2.0, 10.0)  # a NaN high alone
@@ -379,8 +381,8 @@ def test_compiled_indicators_refuse_bad_input_and_periods_like_their_twins():
             for close in (1.0, 2.0, 4.0, 3.0, 5.0):  # a refused value left nothing behind
                 indicator.update(close)
         assert compiled.ready and python.ready
-        assert bits([compiled.value] if not isinstance(compiled.value, tuple) else list(compiled.value)).tolist() \
-            == bits([python.value] if not isinstance(python.value, tuple) else list(python.value)).tolist()
+        got, expected = (np.ravel(i.value).tolist() for i in (compiled, python))  # a float or a tuple
+        assert bits(got).tolist() == bits(expected).tolist()
     for atr in (ind.ATR(2), incremental.PyATR(2)):
         with pytest.raises(TypeError):
             atr.update(1.0, 2.0)  # type: ignore[call-arg]
@@ -456,8 +458,8 @@ def test_compiled_indicator_set_refuses_a_bad_bar_and_changes_nothing():
     bundle_rows(compiled, rows[:200])
     bundle_rows(python, rows[:200])
     before = list(compiled.values().values())
-    for bad in ((None, 1.0, 1.0, 1.0), (1.0, 1.0, "1.0", 1.0), (1.0, 1.0, 1.0, None), (1.0, 1.0, 1.0, 1.0, "vw"),
-                (1.0, 1.0, 1.0), (1.0, 1.0, 1.0, 1.0, None, True, 7)):
+    for bad in ((None, 1.0, 1.0, 1.0), (1.0, 1.0, "1.0", 1.0), (1.0, 1.0, 1.0, None),
+                (1.0, 1.0, 1.0, 1.0, "vw"), (1.0, 1.0, 1.0), (1.0, 1.0, 1.0, 1.0, None, True, 7)):
         with pytest.raises(TypeError):
             compiled.update(*bad)
         assert bits(list(compiled.values().values())).tolist() == bits(before).tolist(), bad
@@ -496,7 +498,8 @@ def test_an_exact_recompute_error_stops_the_bundle_where_the_python_bundle_stops
 
 def test_compiled_indicator_set_base_checks_its_members():
     base = _compiled.compiled.IndicatorSet
-    members = [ind.RSI(), ind.EMA(12), ind.EMA(26), ind.SMA(), ind.MACD(), ind.BollingerBands(), ind.ATR(), ind.VWAP()]
+    members = [ind.RSI(), ind.EMA(12), ind.EMA(26), ind.SMA(), ind.MACD(), ind.BollingerBands(), ind.ATR(),
+               ind.VWAP()]
     base(*members).update(1.0, 1.0, 1.0, 1.0)
     wrong = list(members)
     wrong[0] = incremental.PyRSI()

@@ -859,7 +859,8 @@ static int Set_init(SetObject *self, PyObject *args, PyObject *kwds) {
         }
     }
     /* The rings must exist: an SMA, MACD or bands whose __init__ never ran has none. */
-    if (not_initialised(((SMAObject *)in[3])->ring, "SMA") || not_initialised(((MACDObject *)in[4])->warm, "MACD")
+    if (not_initialised(((SMAObject *)in[3])->ring, "SMA")
+        || not_initialised(((MACDObject *)in[4])->warm, "MACD")
         || not_initialised(((BandsObject *)in[5])->ring, "BollingerBands"))
         return -1;
     for (int i = 0; i < SET_MEMBERS; i++) {

@@ -60,8 +60,8 @@ RESTORE_MAX_SYMBOLS = MAX_SYMBOLS  # a wildcard restore: as many symbols as a wi
 _BARS_TABLE = {False: "bars", True: "crypto_bars"}  # by is-crypto
 # Bars a restore fetches per round trip and replays before the loop gets control back: ~1.3 MB of
 # row tuples (two pages are held: one in hand, one in flight) and ~13 ms of replay on the dev
-# machine (~2.6 µs a bar read and replayed). 2000 symbols × 1000 bars take 400 fetches; pages of 1000 and of 20000
-# bars restored within noise of each other.
+# machine (~2.6 µs a bar read and replayed). 2000 symbols × 1000 bars take 400 fetches; pages of
+# 1000 and of 20000 bars restored within noise of each other.
 RESTORE_PAGE_ROWS = 5000
 
 # Every symbol's warm-up bounds in one statement: per symbol (in the order given), the oldest and
