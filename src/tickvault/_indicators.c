@@ -118,15 +118,21 @@ static int fsum_of(const double *values, Py_ssize_t n, int subtract, double offs
     return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
 }
 
-/* A ring of n doubles, or NULL with MemoryError. */
-static double *new_ring(Py_ssize_t n) {
+/* *buffer becomes a new buffer of n doubles (a second __init__ frees the first); -1 with
+ * MemoryError, *buffer untouched. */
+static int new_buffer(double **buffer, Py_ssize_t n) {
     if (n > PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(double)) {
         PyErr_NoMemory();
-        return NULL;
+        return -1;
     }
-    double *ring = PyMem_Malloc((size_t)n * sizeof(double));
-    if (ring == NULL) PyErr_NoMemory();
-    return ring;
+    double *fresh = PyMem_Malloc((size_t)n * sizeof(double));
+    if (fresh == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    PyMem_Free(*buffer);
+    *buffer = fresh;
+    return 0;
 }
 
 static int not_initialised(const void *ring, const char *name) {
@@ -223,10 +229,7 @@ static int SMA_init(SMAObject *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_ValueError, "SMA period and recompute_every must be >= 1");
         return -1;
     }
-    double *ring = new_ring(period);
-    if (ring == NULL) return -1;
-    PyMem_Free(self->ring);
-    self->ring = ring;
+    if (new_buffer(&self->ring, period)) return -1;
     self->period = period;
     self->recompute_every = recompute_every;
     SMA_clear_state(self);
@@ -630,10 +633,7 @@ static int MACD_init(MACDObject *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_ValueError, "MACD needs 2 <= fast <= slow and signal >= 1");
         return -1;
     }
-    double *warm = new_ring(slow);
-    if (warm == NULL) return -1;
-    PyMem_Free(self->warm);
-    self->warm = warm;
+    if (new_buffer(&self->warm, slow)) return -1;
     self->fast = fast;
     self->slow = slow;
     self->signal_period = signal;
@@ -737,10 +737,7 @@ static int Bands_init(BandsObject *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_ValueError, "BollingerBands period and recompute_every must be >= 1");
         return -1;
     }
-    double *ring = new_ring(period);
-    if (ring == NULL) return -1;
-    PyMem_Free(self->ring);
-    self->ring = ring;
+    if (new_buffer(&self->ring, period)) return -1;
     self->period = period;
     self->dev_up = dev_up;
     self->dev_dn = dev_dn;
