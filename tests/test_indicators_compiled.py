@@ -7,6 +7,7 @@ The series are test_indicators.market's: regimes, gaps, flat runs, a flat start,
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 import talib
 
 import tickvault.indicators as ind
-from tickvault.indicators import _compiled, incremental, vectorized
+from tickvault.indicators import _compiled, bundle, incremental, vectorized
 from tickvault.indicators import definitions as d
 
 from .test_indicators import SCALES, assert_matches, market, price_atol
@@ -251,3 +252,300 @@ def test_without_the_extension_the_package_runs_the_python_forms():
     fallback_macd = np.frombuffer(bytes.fromhex(macd_hex)).reshape(3, 3000)
     for numpy_output, ours in zip(fallback_macd, ind.macd(close)):
         assert_matches(numpy_output, ours, atol=price_atol(1.0) * 1e-3)
+
+
+# ---------------------------------------------------------------- EMA, RSI, ATR, MACD, Bollinger, the bundle
+
+# Each compiled indicator, its Python twin, what one update takes from a bar (high, low, close,
+# volume) and the attributes that are its outputs.
+CLOSE_ONLY = lambda h, lo, c, v: (c,)  # noqa: E731
+TWINS = {
+    "ema": (lambda p: ind.EMA(p), lambda p: incremental.PyEMA(p), CLOSE_ONLY, ("value", "ready")),
+    "rsi": (lambda p: ind.RSI(p), lambda p: incremental.PyRSI(p), CLOSE_ONLY, ("value", "ready")),
+    "atr": (lambda p: ind.ATR(p), lambda p: incremental.PyATR(p), lambda h, lo, c, v: (h, lo, c),
+            ("value", "ready")),
+    "macd": (lambda p: ind.MACD(*p), lambda p: incremental.PyMACD(*p), CLOSE_ONLY,
+             ("macd", "signal", "hist", "ready")),
+    "bands": (lambda p: ind.BollingerBands(*p), lambda p: incremental.PyBollingerBands(*p), CLOSE_ONLY,
+              ("upper", "middle", "lower", "stddev", "ready")),
+}
+PERIODS = {
+    "ema": (1, 2, 12, 26, 200),
+    "rsi": (1, 2, 14, 50),
+    "atr": (1, 2, 14, 30),
+    "macd": ((12, 26, 9), (2, 2, 1), (26, 12, 9), (5, 35, 5), (3, 4, 30)),
+    "bands": ((20, 2.0, 2.0), (1, 2.0, 2.0), (2, 1.5, 3.0), (20, 0.0, 1.0), (250, 2.0, 2.0)),
+}
+
+
+def outputs(indicator, update, rows, attributes) -> tuple[np.ndarray, list[str]]:
+    """Every output attribute after every update (the bits), and the errors raised, by update index."""
+    seen, errors = [], []
+    for i, row in enumerate(rows):
+        try:
+            update(*row)
+        except (ValueError, OverflowError) as exc:
+            errors.append(f"{i}: {type(exc).__name__}: {exc}")
+        seen.append([float(getattr(indicator, name)) for name in attributes])
+    return bits(np.ravel(seen).tolist()), errors
+
+
+def assert_twins_equal(name, period, rows, resets=()) -> list[str]:
+    """The compiled indicator and its twin fed ``rows``, reset before each of ``resets``: the same
+    bits after every update, the same errors at the same updates (returned)."""
+    make_compiled, make_python, pick, attributes = TWINS[name]
+    errors = []
+    compiled, python = make_compiled(period), make_python(period)
+    picked = [pick(*row) for row in rows]
+    for start, end in zip((0, *resets), (*resets, len(rows))):  # a reset before each later segment
+        if start:
+            compiled.reset()
+            python.reset()
+        got = outputs(compiled, compiled.update, picked[start:end], attributes)
+        expected = outputs(python, python.update, picked[start:end], attributes)
+        assert np.array_equal(got[0], expected[0]), (name, period, start)
+        assert got[1] == expected[1], (name, period, start)
+        errors += got[1]
+    return errors
+
+
+@pytest.mark.parametrize("name", list(TWINS))
+@pytest.mark.parametrize("scale", SCALES, ids=["tiny", "unit", "huge"])
+def test_compiled_equals_python_twin_bit_for_bit_across_warm_up_and_resets(name, scale):
+    """Warm-up (a flat start included), regimes, gaps, flat runs, and resets mid-warm-up and later;
+    30k bars are past many exact recomputes of the Bollinger sums (every 1000 updates and on drift)."""
+    high, low, close, volume = market(30_000, seed=47, scale=scale)
+    inverted = [700, 20_000]  # bars with high < low
+    high[inverted], low[inverted] = low[inverted] - 0.5 * scale, high[inverted]
+    rows = list(zip(high.tolist(), low.tolist(), close.tolist(), volume.tolist()))
+    for period in PERIODS[name]:
+        assert_twins_equal(name, period, rows, resets=(5, 12_345, 12_350))
+
+
+@pytest.mark.parametrize("name", list(TWINS))
+def test_compiled_equals_python_twin_on_nan_and_infinite_prices(name):
+    """A NaN or an infinite price poisons the same values in both, and an exact recompute of a window
+    holding +inf and -inf (math.fsum) fails at the same update, with the same state left behind."""
+    rng = np.random.default_rng(53)
+    close = (100.0 + np.cumsum(rng.normal(0.0, 0.1, 6000))).tolist()
+    # The last two: in the window filled after the reset at 2000.
+    for i, value in ((300, math.nan), (1500, math.inf), (1501, -math.inf), (2600, math.inf),
+                     (4000, -math.inf), (2005, math.inf), (2006, -math.inf)):
+        close[i] = value
+    rows = [(c + 0.1, c - 0.1, c, 10.0) for c in close]
+    rows[3000] = (math.nan, 1.0, 2.0, 10.0)  # a NaN high alone
+    errors = []
+    for period in PERIODS[name]:
+        errors += assert_twins_equal(name, period, rows, resets=(2000, 3100))
+    if name == "bands":  # the exact recompute of the window filled after the reset: fsum(inf, -inf)
+        assert errors and all("inf" in error for error in errors)
+
+
+def test_bollinger_recompute_boundaries_bit_for_bit():
+    """Windows that go flat at a new price (A == B == 0 after the recompute), a gap that moves the
+    mean far from the reference (a drift recompute), and runs across the every-1000 recompute."""
+    steps = [100.0] * 50 + [100.0 + 0.01 * i for i in range(1200)] + [250.0] * 60
+    steps += [250.0 + (0.3 if i % 2 else -0.3) for i in range(2500)] + [1e-3] * 40 + [1e9] * 30
+    rows = [(c, c, c, 1.0) for c in steps]
+    for period in ((20, 2.0, 2.0), (1000, 2.0, 2.0), (999, 2.0, 2.0), (3, 2.0, 2.0)):
+        assert_twins_equal("bands", period, rows, resets=(1260, 3000))
+    flat = ind.BollingerBands(20)
+    for _ in range(40):
+        flat.update(250.0)
+    assert flat.stddev == 0.0 and flat.upper == flat.middle == flat.lower == 250.0
+
+
+def test_compiled_indicators_refuse_bad_input_and_periods_like_their_twins():
+    for make in (ind.EMA, ind.RSI, ind.ATR, incremental.PyEMA, incremental.PyRSI, incremental.PyATR):
+        for period in (0, -1, 2.5, True, "14"):
+            with pytest.raises(d.InvalidPeriodError):
+                make(period)
+    for periods in ((1, 26, 9), (12, 26, 0), (12.0, 26, 9)):
+        for make in (ind.MACD, incremental.PyMACD):
+            with pytest.raises(d.InvalidPeriodError):
+                make(*periods)
+    for make in (ind.BollingerBands, incremental.PyBollingerBands):
+        with pytest.raises(d.InvalidPeriodError):
+            make(0)
+        with pytest.raises(ValueError):
+            make(20, "wide")  # type: ignore[arg-type]
+    assert (ind.MACD(26, 12, 9).fast, ind.MACD(26, 12, 9).slow) == (12, 26)  # swapped, as TA-Lib
+    pairs = [(ind.EMA(3), incremental.PyEMA(3)), (ind.RSI(3), incremental.PyRSI(3)),
+             (ind.MACD(2, 3, 1), incremental.PyMACD(2, 3, 1)),
+             (ind.BollingerBands(3), incremental.PyBollingerBands(3))]
+    for compiled, python in pairs:
+        for indicator in (compiled, python):
+            for bad in ("101.5", None, [1.0]):
+                with pytest.raises(TypeError):
+                    indicator.update(bad)
+            for close in (1.0, 2.0, 4.0, 3.0, 5.0):  # a refused value left nothing behind
+                indicator.update(close)
+        assert compiled.ready and python.ready
+        got, expected = (np.ravel(i.value).tolist() for i in (compiled, python))  # a float or a tuple
+        assert bits(got).tolist() == bits(expected).tolist()
+    for atr in (ind.ATR(2), incremental.PyATR(2)):
+        with pytest.raises(TypeError):
+            atr.update(1.0, 2.0)  # type: ignore[call-arg]
+        with pytest.raises(TypeError):
+            atr.update(2.0, 1.0, "1.5")
+        atr.update(high=2.0, low=1.0, close=1.5)  # keywords, as in Python
+        atr.update(3.0, 1.0, close=2.5)
+        atr.update(3.0, 2.0, 2.5)
+        assert atr.ready and atr.value == 1.5  # true ranges 2 and 1
+    with pytest.raises(TypeError):
+        ind.ATR(2).update(2.0, 1.0, 1.5, low=1.0)
+    with pytest.raises(TypeError):
+        ind.ATR(2).update(2.0, 1.0, 1.5, volume=1.0)
+    for indicator, attribute in ((ind.EMA(3), "value"), (ind.RSI(3), "ready"), (ind.ATR(3), "period"),
+                                 (ind.MACD(), "signal"), (ind.BollingerBands(), "upper")):
+        with pytest.raises(AttributeError):
+            setattr(indicator, attribute, 1.0)
+        with pytest.raises(AttributeError):
+            indicator.extra = 1  # type: ignore[attr-defined]
+    assert isinstance(ind.MACD().value, d.MACDValue) and isinstance(ind.BollingerBands().value, d.BandsValue)
+
+
+def session_bars(n: int, seed: int) -> list[tuple]:
+    """Bars for the bundle: own vw given, None or NaN; sessions starting; bars of no session."""
+    high, low, close, volume = market(n, seed=seed)
+    rng = np.random.default_rng(seed)
+    own = ((high + low) / 2.0).tolist()
+    kind = rng.random(n).tolist()
+    rows = []
+    for i, row in enumerate(zip(high.tolist(), low.tolist(), close.tolist(), volume.tolist(), own)):
+        bar_vwap = None if kind[i] < 0.15 else math.nan if kind[i] < 0.25 else row[4]
+        in_session = i % 960 < 900  # 60 bars of no session every 960
+        rows.append((*row[:4], bar_vwap, in_session, i % 960 == 0))  # a new session every 960
+    return rows
+
+
+def bundle_rows(bundle, rows) -> np.ndarray:
+    seen = []
+    for i, (high, low, close, volume, bar_vwap, in_session, new_session) in enumerate(rows):
+        if new_session:
+            bundle.reset_session()
+        if i % 3 == 0:
+            bundle.update(high, low, close, volume, bar_vwap, in_session)
+        elif i % 3 == 1:  # the keyword spellings
+            bundle.update(high, low, close, volume, bar_vwap=bar_vwap, in_session=in_session)
+        elif in_session:
+            bundle.update(high, low, close, volume, bar_vwap)
+        else:
+            bundle.update(high, low, close, volume, in_session=False, bar_vwap=bar_vwap)
+        seen.append(list(bundle.values().values()))
+    return bits(np.ravel(seen).tolist())
+
+
+def test_compiled_indicator_set_equals_python_bundle_bit_for_bit_with_sessions():
+    rows = session_bars(20_000, seed=59)
+    compiled, python = ind.IndicatorSet(), bundle.PyIndicatorSet()
+    assert np.array_equal(bundle_rows(compiled, rows), bundle_rows(python, rows))
+    compiled.reset()
+    python.reset()
+    assert np.array_equal(bundle_rows(compiled, rows[7000:]), bundle_rows(python, rows[7000:]))
+    members = ("rsi", "ema_fast", "ema_slow", "sma", "macd", "bands", "atr", "vwap")
+    kinds = (ind.RSI, ind.EMA, ind.EMA, ind.SMA, ind.MACD, ind.BollingerBands, ind.ATR, ind.VWAP)
+    for member, kind in zip(members, kinds):
+        assert type(getattr(compiled, member)) is kind, member
+        with pytest.raises(AttributeError):
+            setattr(compiled, member, kind())
+    assert (compiled.ema_fast.period, compiled.ema_slow.period) == (d.EMA_FAST_PERIOD, d.EMA_SLOW_PERIOD)
+
+
+def test_compiled_indicator_set_refuses_a_bad_bar_and_changes_nothing():
+    rows = session_bars(300, seed=61)
+    compiled, python = ind.IndicatorSet(), bundle.PyIndicatorSet()
+    bundle_rows(compiled, rows[:200])
+    bundle_rows(python, rows[:200])
+    before = list(compiled.values().values())
+    for bad in ((None, 1.0, 1.0, 1.0), (1.0, 1.0, "1.0", 1.0), (1.0, 1.0, 1.0, None),
+                (1.0, 1.0, 1.0, 1.0, "vw"), (1.0, 1.0, 1.0), (1.0, 1.0, 1.0, 1.0, None, True, 7)):
+        with pytest.raises(TypeError):
+            compiled.update(*bad)
+        assert bits(list(compiled.values().values())).tolist() == bits(before).tolist(), bad
+    with pytest.raises(TypeError):
+        compiled.update(1.0, 1.0, 1.0, 1.0, vw=1.0)
+    with pytest.raises(TypeError):
+        compiled.update(1.0, 1.0, 1.0, 1.0, None, True, in_session=True)
+    with pytest.raises(ValueError):  # in_session whose truth is undefined: refused before any update
+        compiled.update(1.0, 1.0, 1.0, 1.0, None, np.array([True, False]))
+    assert bits(list(compiled.values().values())).tolist() == bits(before).tolist()
+    # Then on as if the refused bars never came: the Python bundle never saw them.
+    assert np.array_equal(bundle_rows(compiled, rows[200:]), bundle_rows(python, rows[200:]))
+
+
+def test_an_exact_recompute_error_stops_the_bundle_where_the_python_bundle_stops():
+    """+inf and -inf in the SMA's and the bands' windows: math.fsum raises in the same member at
+    the same bar in both bundles, which then go on in step."""
+    closes = [100.0 + 0.01 * i for i in range(4000)]
+    for i in range(1000, 3500, 50):  # a pair in the window at the SMA's exact recompute (bar 1019)
+        closes[i], closes[i + 1] = math.inf, -math.inf
+    rows = [(c, c, c, 1.0) for c in closes]
+    results = []
+    for indicators in (ind.IndicatorSet(), bundle.PyIndicatorSet()):
+        errors, seen = [], []
+        for i, row in enumerate(rows):
+            try:
+                indicators.update(*row)
+            except ValueError as exc:
+                errors.append((i, str(exc)))
+            seen.append(list(indicators.values().values()))
+        results.append((errors, bits(np.ravel(seen).tolist())))
+    (errors, got), (expected_errors, expected) = results
+    assert errors and errors == expected_errors
+    assert np.array_equal(got, expected)
+
+
+def test_compiled_indicator_set_base_checks_its_members():
+    base = _compiled.compiled.IndicatorSet
+    members = [ind.RSI(), ind.EMA(12), ind.EMA(26), ind.SMA(), ind.MACD(), ind.BollingerBands(), ind.ATR(),
+               ind.VWAP()]
+    base(*members).update(1.0, 1.0, 1.0, 1.0)
+    wrong = list(members)
+    wrong[0] = incremental.PyRSI()
+    with pytest.raises(TypeError, match="rsi must be"):
+        base(*wrong)
+    with pytest.raises(TypeError):
+        base(*members[:7])
+    with pytest.raises(RuntimeError, match="not called"):
+        base.__new__(base).update(1.0, 1.0, 1.0, 1.0)
+    with pytest.raises(RuntimeError, match="not called"):
+        base(members[0], members[1], members[2], _compiled.compiled.SMA.__new__(_compiled.compiled.SMA),
+             *members[4:])
+
+
+def test_without_the_extension_every_indicator_and_the_bundle_are_the_python_twins():
+    """Without tickvault._indicators every public class is its Python twin, and the bundle's rows
+    over sessions, bars of no session and missing vw are the compiled bundle's, bit for bit."""
+    rows = session_bars(2000, seed=67)
+    script = (
+        "import sys, json, math, numpy as np\n"
+        "sys.modules['tickvault._indicators'] = None\n"
+        "import tickvault.indicators as ind\n"
+        "from tickvault.indicators import bundle, incremental as i\n"
+        "assert (ind.EMA, ind.RSI, ind.ATR, ind.MACD, ind.BollingerBands, ind.SMA, ind.VWAP) == "
+        "(i.PyEMA, i.PyRSI, i.PyATR, i.PyMACD, i.PyBollingerBands, i.PySMA, i.PyVWAP)\n"
+        "assert ind.IndicatorSet is bundle.PyIndicatorSet\n"
+        "s = ind.IndicatorSet()\n"
+        "out = []\n"
+        "for h, l, c, v, vw, session, new in json.loads(sys.stdin.read()):\n"
+        "    if new:\n"
+        "        s.reset_session()\n"
+        "    s.update(h, l, c, v, math.nan if vw == 'nan' else vw, session)\n"
+        "    out.append(list(s.values().values()))\n"
+        "sys.stdout.write(np.array(out).tobytes().hex())\n"
+    )
+    encoded = json.dumps([[*r[:4], "nan" if isinstance(r[4], float) and math.isnan(r[4]) else r[4], *r[5:]]
+                          for r in rows])
+    done = subprocess.run([sys.executable, "-c", script], input=encoded, capture_output=True, text=True,
+                          check=True)
+    assert "tickvault._indicators is not available" in done.stderr
+    fallback = bits(np.frombuffer(bytes.fromhex(done.stdout)).tolist())
+    compiled = ind.IndicatorSet()
+    seen = []
+    for high, low, close, volume, bar_vwap, in_session, new_session in rows:
+        if new_session:
+            compiled.reset_session()
+        compiled.update(high, low, close, volume, bar_vwap, in_session)
+        seen.append(list(compiled.values().values()))
+    assert np.array_equal(fallback, bits(np.ravel(seen).tolist()))

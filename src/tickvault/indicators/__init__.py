@@ -3,8 +3,8 @@
 * incremental state machines for the streaming worker -- :class:`RSI`, :class:`EMA`,
   :class:`SMA`, :class:`MACD`, :class:`BollingerBands`, :class:`ATR`, :class:`VWAP`, bundled per
   symbol as :class:`IndicatorSet`; O(1) per update, bounded state, never numpy on the hot path
-  (SMA and VWAP compiled, with :class:`~.incremental.PySMA` / :class:`~.incremental.PyVWAP` as their
-  Python twins and fallback);
+  (all compiled, ``IndicatorSet.update`` one C call a bar, with the ``Py`` classes of
+  :mod:`.incremental` and :class:`~.bundle.PyIndicatorSet` as their Python twins and fallback);
 * vectorized numpy functions for backfills and flows -- :func:`rsi`, :func:`ema`, :func:`sma`,
   :func:`macd`, :func:`bbands`, :func:`atr`, :func:`vwap`, bundled as :func:`compute_all`.
 

@@ -8,13 +8,16 @@ don't assign them.
 Hot-path rules: ``__slots__``, attribute reads hoisted into locals, plain float arithmetic only
 (a numpy scalar op costs ~100 ns, a float op ~15 ns), no allocation per update except where a
 multi-output ``value`` is asked for. Memory: SMA and Bollinger keep a ring of ``period`` floats;
-MACD keeps its first ``slow`` closes only until both EMAs are seeded; the others keep a few floats.
+MACD keeps its first ``slow`` closes (PyMACD only until both EMAs are seeded, the compiled one in a
+ring it reuses after a reset); the others keep a few floats.
 
-:class:`SMA` and :class:`VWAP` are compiled (``tickvault._indicators``): in Python their whole cost
-was the interpreter's (~60 ns of call, ~15-20 ns per float operation and attribute write), which
-kept them near 200 ns per update. :class:`PySMA` and :class:`PyVWAP` are the same state machines in
-Python -- the definition the C code follows operation for operation, the fallback when the
-extension is not built, and what the tests hold the compiled ones to, bit for bit.
+Every class here is compiled (``tickvault._indicators``): in Python their whole cost was the
+interpreter's (~60 ns of call, ~15-20 ns per float operation and attribute write), from ~120 ns an
+update (EMA) to ~620 (Bollinger). The ``Py``-prefixed classes (:class:`PySMA`, :class:`PyEMA`,
+:class:`PyRSI`, :class:`PyATR`, :class:`PyMACD`, :class:`PyBollingerBands`, :class:`PyVWAP`) are
+the same state machines in Python -- the definition the C code follows operation for operation,
+the fallback when the extension is not built, and what the tests hold the compiled ones to, bit
+for bit. The compiled ones' attributes are read-only.
 """
 
 from __future__ import annotations
@@ -75,8 +78,9 @@ class PySMA:
             self._index = index
 
 
-class EMA:
-    """Exponential moving average, ``k = 2 / (period + 1)``, SMA-seeded (``talib.EMA``)."""
+class PyEMA:
+    """Exponential moving average, ``k = 2 / (period + 1)``, SMA-seeded (``talib.EMA``), in Python
+    (see :class:`EMA`)."""
 
     __slots__ = ("period", "value", "ready", "_k", "_count", "_sum")
 
@@ -103,8 +107,9 @@ class EMA:
             self.ready = True
 
 
-class RSI:
-    """Relative strength index with Wilder smoothing (``talib.RSI``); ready after ``period`` changes."""
+class PyRSI:
+    """Relative strength index with Wilder smoothing (``talib.RSI``); ready after ``period`` changes.
+    In Python (see :class:`RSI`)."""
 
     __slots__ = ("period", "value", "ready", "_prev", "_count", "_gain", "_loss", "_keep")
 
@@ -155,9 +160,9 @@ class RSI:
         self.ready = True
 
 
-class ATR:
+class PyATR:
     """Average true range with Wilder smoothing (``talib.ATR``): first value at the ``period``-th
-    bar after the first (bar 0 has no true range)."""
+    bar after the first (bar 0 has no true range). In Python (see :class:`ATR`)."""
 
     __slots__ = ("period", "value", "ready", "_prev_close", "_count", "_sum", "_keep")
 
@@ -175,7 +180,7 @@ class ATR:
 
     def update(self, high: float, low: float, close: float) -> None:
         prev = self._prev_close
-        self._prev_close = close
+        self._prev_close = close * 1.0  # a close that is no number is refused before it is kept
         if high >= low:
             # Bit for bit TA-Lib's max(h - l, |c' - h|, |c' - l|) when high >= low: every case
             # reduces to the same single subtraction.
@@ -195,10 +200,10 @@ class ATR:
             self.ready = True
 
 
-class MACD:
+class PyMACD:
     """MACD line, signal and histogram (``talib.MACD``), with TA-Lib's seeding of both EMAs at
     bar ``slow - 1``; ``value`` is a :class:`MACDValue`, and ``macd``/``signal``/``hist`` are
-    also plain attributes (cheaper to read)."""
+    also plain attributes (cheaper to read). In Python (see :class:`MACD`)."""
 
     __slots__ = (
         "fast", "slow", "signal_period", "macd", "signal", "hist", "ready",
@@ -246,7 +251,7 @@ class MACD:
             return
         warm = self._warm
         if warm is not None:
-            warm.append(close)
+            warm.append(close * 1.0)  # a close that is no number is refused before it is kept
             if len(warm) < self.slow:
                 return
             fast_seed = 0.0
@@ -273,7 +278,7 @@ class MACD:
             self.ready = True
 
 
-class BollingerBands:
+class PyBollingerBands:
     """Bollinger Bands over the last ``period`` closes with the population standard deviation
     (``talib.BBANDS(close, period, dev_up, dev_dn, matype=0)``). ``value`` is a
     :class:`BandsValue`; ``upper``/``middle``/``lower``/``stddev`` are plain attributes.
@@ -288,6 +293,7 @@ class BollingerBands:
     ``sqrt(_DRIFT_LIMIT)`` deviations from ``r`` -- a gap, a collapse in volatility, a window gone
     flat at a new price -- and every ``EXACT_RECOMPUTE_EVERY`` updates. A recompute costs ~3 us; a
     window flat at ``r`` has ``A == B == 0`` and a deviation of exactly 0, as in TA-Lib.
+    In Python (see :class:`BollingerBands`).
     """
 
     __slots__ = (
@@ -346,9 +352,9 @@ class BollingerBands:
         period = self.period
         if self.ready:
             old = ring[index]
-            ring[index] = close
             reference = self._reference
-            new = close - reference
+            new = close - reference  # a close that is no number is refused before it is kept
+            ring[index] = close
             gone = old - reference
             a = self._a + (new - gone)
             b = self._b + (new * new - gone * gone)
@@ -363,7 +369,7 @@ class BollingerBands:
                 self._b = b
                 self._since_exact = since
         else:
-            ring[index] = close
+            ring[index] = close * 1.0  # a close that is no number is refused before it is kept
             self._count += 1
             if self._count < period:
                 self._index = index + 1
@@ -426,6 +432,65 @@ if compiled is not None:
         def __init__(self, period: int = d.SMA_PERIOD) -> None:
             super().__init__(d.check_period("SMA", period), EXACT_RECOMPUTE_EVERY)
 
+    class EMA(compiled.EMA):  # type: ignore[misc, name-defined]
+        """Exponential moving average, SMA-seeded (``talib.EMA``): :class:`PyEMA` compiled, the same
+        values bit for bit. ``period``, ``value`` and ``ready`` are read-only."""
+
+        __slots__ = ()
+
+        def __init__(self, period: int = d.EMA_FAST_PERIOD) -> None:
+            super().__init__(d.check_period("EMA", period))
+
+    class RSI(compiled.RSI):  # type: ignore[misc, name-defined]
+        """Relative strength index with Wilder smoothing (``talib.RSI``): :class:`PyRSI` compiled,
+        the same values bit for bit. ``period``, ``value`` and ``ready`` are read-only."""
+
+        __slots__ = ()
+
+        def __init__(self, period: int = d.RSI_PERIOD) -> None:
+            super().__init__(d.check_period("RSI", period))
+
+    class ATR(compiled.ATR):  # type: ignore[misc, name-defined]
+        """Average true range with Wilder smoothing (``talib.ATR``): :class:`PyATR` compiled, the
+        same values bit for bit; ``update(high, low, close)``. ``period``, ``value`` and ``ready``
+        are read-only."""
+
+        __slots__ = ()
+
+        def __init__(self, period: int = d.ATR_PERIOD) -> None:
+            super().__init__(d.check_period("ATR", period))
+
+    class MACD(compiled.MACD):  # type: ignore[misc, name-defined]
+        """MACD line, signal and histogram (``talib.MACD``): :class:`PyMACD` compiled, the same
+        values bit for bit. ``value`` is a :class:`MACDValue`; ``macd``/``signal``/``hist``,
+        ``fast``/``slow``/``signal_period`` and ``ready`` are read-only attributes."""
+
+        __slots__ = ()
+
+        def __init__(
+            self, fast: int = d.MACD_FAST, slow: int = d.MACD_SLOW, signal: int = d.MACD_SIGNAL
+        ) -> None:
+            super().__init__(*d.macd_periods(fast, slow, signal))
+
+        value = PyMACD.value
+
+    class BollingerBands(compiled.BollingerBands):  # type: ignore[misc, name-defined]
+        """Bollinger Bands (``talib.BBANDS``, population deviation): :class:`PyBollingerBands`
+        compiled, the same values bit for bit (its docstring says how the window's sums stay
+        exact). ``value`` is a :class:`BandsValue`; ``upper``/``middle``/``lower``/``stddev`` and
+        ``ready`` are read-only attributes."""
+
+        __slots__ = ()
+        _DRIFT_LIMIT = PyBollingerBands._DRIFT_LIMIT
+
+        def __init__(
+            self, period: int = d.BB_PERIOD, dev_up: float = d.BB_DEV_UP, dev_dn: float = d.BB_DEV_DN
+        ) -> None:
+            super().__init__(d.check_period("Bollinger", period), float(dev_up), float(dev_dn),
+                             EXACT_RECOMPUTE_EVERY, self._DRIFT_LIMIT)
+
+        value = PyBollingerBands.value
+
     class VWAP(compiled.VWAP):  # type: ignore[misc, name-defined]
         """Session VWAP (see :class:`PyVWAP`, whose values these are bit for bit): call
         :meth:`reset` at each session start; ``update(high, low, close, volume, bar_vwap=None)``;
@@ -435,4 +500,9 @@ if compiled is not None:
 
 else:  # the extension is not built: the Python state machines, same values, slower
     SMA = PySMA  # type: ignore[assignment, misc]
+    EMA = PyEMA  # type: ignore[assignment, misc]
+    RSI = PyRSI  # type: ignore[assignment, misc]
+    ATR = PyATR  # type: ignore[assignment, misc]
+    MACD = PyMACD  # type: ignore[assignment, misc]
+    BollingerBands = PyBollingerBands  # type: ignore[assignment, misc]
     VWAP = PyVWAP  # type: ignore[assignment, misc]

@@ -59,9 +59,9 @@ RESTORE_RECENT_S = 4 * 86_400
 RESTORE_MAX_SYMBOLS = MAX_SYMBOLS  # a wildcard restore: as many symbols as a wildcard universe holds
 _BARS_TABLE = {False: "bars", True: "crypto_bars"}  # by is-crypto
 # Bars a restore fetches per round trip and replays before the loop gets control back: ~1.3 MB of
-# row tuples (two pages are held: one in hand, one in flight) and ~20-25 ms of replay on the dev
-# machine (4.5 µs a bar). 2000 symbols × 1000 bars take 400 fetches; pages of 1000 and of 20000
-# bars restored within noise of each other.
+# row tuples (two pages are held: one in hand, one in flight) and ~13 ms of replay on the dev
+# machine (~2.6 µs a bar read and replayed). 2000 symbols × 1000 bars take 400 fetches; pages of
+# 1000 and of 20000 bars restored within noise of each other.
 RESTORE_PAGE_ROWS = 5000
 
 # Every symbol's warm-up bounds in one statement: per symbol (in the order given), the oldest and
@@ -150,7 +150,7 @@ class Processor:
         of the whole market has thousands): one for the symbols of a ``"*"``, one for every
         symbol's warm-up bounds, one streaming every symbol's bars through a server-side cursor,
         ``page_rows`` bars a fetch (the memory held: two pages, not the ~1000 bars × symbols read).
-        The loop gets control back after every page (a page is ~25 ms of replay), so the tasks
+        The loop gets control back after every page (a page is ~13 ms of replay), so the tasks
         already on it (the worker's writer) run during a long restore, and so does ``progress``
         (symbols to restore, symbols begun: what the worker's phase shows). Cancelling it (a stop
         during start-up) is safe at any await: it only reads."""
