@@ -882,11 +882,17 @@ class Broker:
                 raise BrokerError(403, 40310000, "account is not allowed to short")
             if o.qty != o.qty.to_integral_value():
                 raise BrokerError(403, 40310000, "fractional orders cannot be sold short")
-            cost = o.qty * (o.limit_price if o.limit_price is not None else self._price(o.symbol))
-        else:
-            cost = o.qty * (o.limit_price if o.limit_price is not None else self._book(o.symbol)[1])
-        if cost * venue.multiplier > self.buying_power():
+        if self._opening_cost(o) > self.buying_power():
             raise BrokerError(403, 40310000, "insufficient buying power")
+
+    def _opening_cost(self, o: _Order) -> Decimal:
+        """The buying power an order that opens a long (or a short stock position) takes: qty × its limit (else
+        the ask to buy, the last price to sell short) × the contract multiplier. Submit and replace both ask it."""
+        if o.limit_price is not None:
+            price = o.limit_price
+        else:
+            price = self._book(o.symbol)[1] if o.side == "buy" else self._price(o.symbol)
+        return o.qty * price * self.venue(o.symbol).multiplier
 
     def _check_option_level(self, o: _Order, closing: bool) -> None:
         """Alpaca's options trading levels: 0 none, 1 writes covered calls and cash-secured puts, 2 also buys calls
@@ -1482,9 +1488,9 @@ class Broker:
         if cid in self.by_client_id:
             raise BrokerError(422, 40010001, "client_order_id must be unique")
         new.client_order_id = cid
-        if new.side == "buy" and new.position_intent == "buy_to_open":
-            price = new.limit_price if new.limit_price is not None else self._book(new.symbol)[1]
-            if new.qty * price > self.buying_power(skip=o):
+        opens_stock_short = new.position_intent == "sell_to_open" and new.asset_class == "us_equity"
+        if (new.side == "buy" and new.position_intent == "buy_to_open") or opens_stock_short:
+            if self._opening_cost(new) > self.buying_power(skip=o):
                 raise BrokerError(403, 40310000, "insufficient buying power")
         if new.position_intent == "sell_to_open" and new.asset_class == "us_option" and new.qty > o.remaining:
             self._check_cover(new, skip=o)
