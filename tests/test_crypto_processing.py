@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from tickvault.alpaca.columnar import decode_columnar
-from tickvault.alpaca.crypto import CRYPTO_QUOTE_FIELDS, CRYPTO_TRADE_FIELDS, decode_crypto
+from tickvault.alpaca.crypto import CRYPTO_TRADE_FIELDS, decode_crypto
 from tickvault.alpaca.protocol import encode_frame
 from tickvault.stream.cache import PriceCache
 from tickvault.stream.metrics import Metrics
@@ -109,7 +109,7 @@ def test_price_cache_takes_each_decoders_rows_by_field_name():
     cache.update_latest_trades(stock.trades.latest, mono)
     cache.update_latest_quotes(stock.quotes.latest, mono)
     cache.update_latest_trades(crypto.trades.latest, mono, CRYPTO_TRADE_FIELDS)
-    cache.update_latest_quotes(crypto.quotes.latest, mono, CRYPTO_QUOTE_FIELDS)
+    cache.update_latest_quotes(crypto.quotes.latest, mono)  # named as crypto quotes when read: a pair
     assert cache.peek("AAPL") == (185.5, True) and cache.peek("ETH/USD") == (3000.25, True)
     assert cache.quote("AAPL")["ask_price"] == 185.6 and cache.quote("AAPL")["ask_size"] == 5
     assert cache.quote("ETH/USD")["ask_price"] == 3000.5 and cache.quote("ETH/USD")["bid_size"] == 1.25

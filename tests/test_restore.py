@@ -166,7 +166,10 @@ async def test_a_database_lost_mid_restore_raises_instead_of_restoring_part(bars
     processor = Processor(asyncio.Queue(), None, None, None, calendar=CALENDAR)
 
     async def end_its_connection_once_replaying() -> None:
-        while not processor.indicators:  # the first page is being replayed
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while not processor.indicators:  # the first page is being replayed (polled every loop turn)
+            assert loop.time() < deadline, "the restore replayed no page within 60 s"
             await asyncio.sleep(0)
         with psycopg.connect(bars_url, autocommit=True) as admin:
             ended = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -178,7 +181,7 @@ async def test_a_database_lost_mid_restore_raises_instead_of_restoring_part(bars
         with pytest.raises(psycopg.OperationalError) as lost:
             await asyncio.wait_for(processor.restore(pool, stocks=STOCKS, page_rows=1), timeout=60)
         assert f"while restoring the indicators of {len(STOCKS)} symbols from bars:" in "".join(lost.value.__notes__)
-        await killer
+        await asyncio.wait_for(killer, timeout=30)
     finally:
         killer.cancel()
         await pool.close()
@@ -191,8 +194,11 @@ async def test_a_restore_cancelled_mid_way_leaves_its_pooled_connection_usable(b
     try:
         processor = Processor(asyncio.Queue(), None, None, None, calendar=CALENDAR)
         restore = asyncio.create_task(processor.restore(pool, stocks=STOCKS, page_rows=5))
-        while len(processor.indicators) < 3:  # three symbols into the replay
-            await asyncio.sleep(0)
+        deadline = asyncio.get_running_loop().time() + 60
+        while len(processor.indicators) < 3 and not restore.done():  # three symbols into the replay
+            assert asyncio.get_running_loop().time() < deadline, "three symbols not replayed within 60 s"
+            await asyncio.sleep(0)  # every loop turn: the cancel must land between two pages
+        assert not restore.done(), "the restore ended before it could be cancelled mid-way"
         restore.cancel()
         with pytest.raises(asyncio.CancelledError):
             await restore

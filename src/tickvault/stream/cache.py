@@ -14,7 +14,9 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
+from tickvault.alpaca.crypto import CRYPTO_QUOTE_FIELDS
 from tickvault.alpaca.protocol import QUOTE_FIELDS, TRADE_FIELDS
+from tickvault.indicators.sessions import is_crypto
 from tickvault.stream.metrics import Metrics
 
 LatestFetcher = Callable[[Sequence[str]], Awaitable[dict[str, tuple[int, float]]]]  # symbol → (time_ns, price)
@@ -31,8 +33,7 @@ class PriceCache:
         # (~4 % of the worker's CPU before).
         self._trades: dict[str, tuple] = {}
         self._trade_mono: dict[str, tuple[int, int]] = {}
-        self._quotes: dict[str, tuple] = {}
-        self._quote_fields: dict[str, tuple[str, ...]] = {}  # symbol → the names of its quote row's fields
+        self._quotes: dict[str, tuple] = {}  # named by quote(): crypto's fields for a pair, the stocks' else
 
     def __len__(self) -> int:
         return len(self._trades)
@@ -48,10 +49,10 @@ class PriceCache:
         self._trades.update(latest)
         self._trade_mono.update(dict.fromkeys(latest, (mono_ns, fields.index("price"))))
 
-    def update_latest_quotes(self, latest: dict[str, tuple], mono_ns: int,
-                             fields: tuple[str, ...] = QUOTE_FIELDS) -> None:
+    def update_latest_quotes(self, latest: dict[str, tuple], mono_ns: int) -> None:
+        """Take a frame's newest quote per symbol: one C-level dict update (the hot path's busiest
+        message); the rows' field names are the symbol's kind's, found when read (:meth:`quote`)."""
         self._quotes.update(latest)
-        self._quote_fields.update(dict.fromkeys(latest, fields))
 
     def peek(self, symbol: str) -> tuple[float | None, bool]:
         """(price, fresh) without any I/O; counts the read."""
@@ -69,7 +70,7 @@ class PriceCache:
     def quote(self, symbol: str) -> dict | None:
         """The newest quote of ``symbol`` by field name (``bid_price``, ``ask_price``...), or None."""
         row = self._quotes.get(symbol)
-        return None if row is None else dict(zip(self._quote_fields[symbol], row))
+        return None if row is None else dict(zip(CRYPTO_QUOTE_FIELDS if is_crypto(symbol) else QUOTE_FIELDS, row))
 
     async def latest_price(self, symbol: str) -> float | None:
         """The freshest price: the cache when fresh, else the REST latest trade (then cached)."""

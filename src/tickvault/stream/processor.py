@@ -29,7 +29,7 @@ from operator import itemgetter
 
 import psycopg
 
-from tickvault.alpaca.crypto import CRYPTO_QUOTE_FIELDS, CRYPTO_TRADE_FIELDS, CryptoFrame
+from tickvault.alpaca.crypto import CRYPTO_TRADE_FIELDS, CryptoFrame
 from tickvault.alpaca.protocol import ns_to_datetime
 from tickvault.alpaca.news import NewsFrame
 from tickvault.alpaca.options import OptionsFrame
@@ -327,7 +327,7 @@ class Processor:
         if quotes is not None:
             n += quotes.n
             metrics.add("quotes", quotes.n)
-            self.cache.update_latest_quotes(quotes.latest, mono, CRYPTO_QUOTE_FIELDS)
+            self.cache.update_latest_quotes(quotes.latest, mono)
         indicator_rows = [self._on_bar(b, strategy=False) for b in f.bars]
         bars = [b[:2] + ("1Min",) + b[2:] + (False, "stream") for b in f.bars]
         bars += [b[:2] + ("1Min",) + b[2:] + (True, "stream") for b in f.updated_bars]
