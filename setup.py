@@ -4,8 +4,9 @@ Both are optional: without a C compiler the install still succeeds and each runs
 path (same results, slower).
 
 * ``tickvault._columnar`` (see ``tickvault.alpaca.columnar``): msgpack frames to binary COPY data;
-* ``tickvault._indicators`` (see ``tickvault.indicators``): the SMA and VWAP state machines and the
-  ATR and MACD array passes. ``-ffp-contract=off``: no ``a * b + c`` fused into one rounding (GCC's default
+* ``tickvault._indicators`` (see ``tickvault.indicators``): the incremental indicators (SMA, EMA, RSI,
+  MACD, Bollinger bands, ATR, VWAP), ``IndicatorSet``'s one-call update, and the ATR and MACD array
+  passes. ``-ffp-contract=off``: no ``a * b + c`` fused into one rounding (GCC's default
   contracts where the CPU has FMA), so the results are the Python twins' bits.
 """
 

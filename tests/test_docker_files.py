@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -160,6 +161,14 @@ def test_dockerfile_builds_one_image_for_worker_and_flows() -> None:
     for copied in ("src", "flows", "tasks", "prefect.yaml", "pyproject.toml", "setup.py"):
         assert re.search(rf"^COPY .*\b{re.escape(copied)}\b", text, re.M), copied
     assert "TICKVAULT_PROJECT_DIR=/app" in text and "WORKDIR /app" in text
+    # The image refuses to build without its compiled extensions: each of those checks runs here too
+    # (the same import paths, on this install, which `make install` compiles), so a renamed module
+    # cannot turn the build's check into an ImportError that no one meets until `docker build`.
+    checks = re.findall(r'python -c "([^"]+)"', text)
+    assert any("_columnar" in c or "columnar" in c for c in checks) and any("_compiled" in c for c in checks), checks
+    for check in checks:
+        done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, (check, done.stderr)
 
 
 def test_compose_commands_exist_in_the_cli(compose: dict) -> None:
