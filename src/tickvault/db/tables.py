@@ -336,12 +336,13 @@ def recent_symbols_sql(table: str, *, where: str = "") -> str:
 
     A loose index scan over the ``(symbol, time DESC, ...)`` key: one index probe per symbol, not a
     scan of every row in the window (a plain DISTINCT reads them all on the Apache edition, which has
-    no SkipScan)."""
+    no SkipScan). In the recursive step ``stored`` has only ``symbol``, so the condition's columns are
+    the table's (``t``) unqualified."""
     cond = f"time > now() - %(window)s::interval{f' AND {where}' if where else ''}"
     return f"""WITH RECURSIVE stored(symbol) AS (
           (SELECT symbol FROM {table} WHERE {cond} ORDER BY symbol LIMIT 1)
           UNION ALL
-          SELECT (SELECT t.symbol FROM {table} t WHERE t.symbol > stored.symbol AND {cond.replace('time', 't.time')}
+          SELECT (SELECT t.symbol FROM {table} t WHERE t.symbol > stored.symbol AND {cond}
                    ORDER BY t.symbol LIMIT 1)
             FROM stored WHERE stored.symbol IS NOT NULL)
         SELECT symbol FROM stored WHERE symbol IS NOT NULL LIMIT %(limit)s"""

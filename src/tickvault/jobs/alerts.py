@@ -40,6 +40,7 @@ import psycopg
 
 from tickvault.config import Settings
 from tickvault.db.tables import OPEN_ALERT_INCIDENT, OPEN_ALERT_INCIDENTS, RESOLVE_ALERT_INCIDENT
+from tickvault.jobs.reconcile import EXPLAINED_KIND
 from tickvault.market_time import MarketClock
 
 if TYPE_CHECKING:
@@ -162,10 +163,11 @@ def current_conditions(conn: psycopg.Connection, settings: Settings) -> list[Con
         "WHERE time > now() - interval '1 day' GROUP BY worker"
     ).fetchall()
     run = conn.execute(
-        "SELECT r.id, r.started_at, count(d.id) FILTER (WHERE NOT d.repaired AND d.kind <> 'option_event'), "
-        "string_agg(DISTINCT d.kind, ', ') FILTER (WHERE NOT d.repaired AND d.kind <> 'option_event') "
+        "SELECT r.id, r.started_at, count(d.id) FILTER (WHERE NOT d.repaired AND d.kind <> %(explained)s), "
+        "string_agg(DISTINCT d.kind, ', ') FILTER (WHERE NOT d.repaired AND d.kind <> %(explained)s) "
         "FROM reconciliation_runs r LEFT JOIN reconciliation_diffs d ON d.run_id = r.id "
-        "WHERE r.id = (SELECT max(id) FROM reconciliation_runs WHERE status = 'completed') GROUP BY r.id"
+        "WHERE r.id = (SELECT max(id) FROM reconciliation_runs WHERE status = 'completed') GROUP BY r.id",
+        {"explained": EXPLAINED_KIND},  # differences option events explain are no drift
     ).fetchone()
     return (silent_workers(workers, settings.alert_ingest_silence_min) + unrepaired_drift(run)
             + failing_job_conditions(job_health(conn)))
