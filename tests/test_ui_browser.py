@@ -12,6 +12,7 @@ else to the test's temporary directory.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,13 +138,22 @@ async def test_market_chart_draws_candles_and_a_new_bar_arrives_live(stack, page
         " && ['rsi_14', 'macd'].every(k => tv.panes[k].data().some(p => p.value !== undefined))",
         timeout=90_000,
     )
+    stored = await _stored_vwap(stack)  # before the reload: every one of these rows is there for it to load
     await page.reload()  # markers (the strategy's fills) come with a page load
     await page.wait_for_function("() => tv.loaded && tv.markers.markers().length > 0", timeout=30_000)
-    await _assert_vwap_drawn_where_a_session_holds_the_bar(stack, page)
+    await _assert_vwap_drawn_where_a_session_holds_the_bar(stored, page)
     await page.screenshot(path=str(stack.shots / "dashboard-market.png"))
 
 
-async def _assert_vwap_drawn_where_a_session_holds_the_bar(stack, page) -> None:
+async def _stored_vwap(stack) -> dict[int, float | None]:
+    """AAPL's stored 1-minute VWAP by bar time (epoch seconds), NULL as None."""
+    async with await psycopg.AsyncConnection.connect(stack.db_url) as conn:
+        cur = await conn.execute("SELECT extract(epoch FROM time)::bigint, vwap FROM indicators "
+                                 "WHERE symbol = 'AAPL' AND timeframe = '1m' ORDER BY time")
+        return dict(await cur.fetchall())
+
+
+async def _assert_vwap_drawn_where_a_session_holds_the_bar(stored: dict[int, float | None], page) -> None:
     """VWAP exists only for a bar inside a US equity session (04:00-20:00 New York on a trading day of
     the simulator's /v2/calendar, which the worker fetched): the worker stores it there and NULL
     everywhere else, and the chart draws what is stored (a gap for NULL). The simulator's clock starts
@@ -154,22 +164,17 @@ async def _assert_vwap_drawn_where_a_session_holds_the_bar(stack, page) -> None:
     from tickvault.indicators.sessions import SessionCalendar
     from tickvault.sim.calendar import NYSE, new_york_date
 
-    async with await psycopg.AsyncConnection.connect(stack.db_url) as conn:
-        cur = await conn.execute("SELECT extract(epoch FROM time)::bigint, vwap FROM indicators "
-                                 "WHERE symbol = 'AAPL' AND timeframe = '1m' ORDER BY time")
-        stored = dict(await cur.fetchall())
     first, last = (new_york_date(t * 10**9) + timedelta(days=k) for t, k in ((min(stored), -1), (max(stored), 1)))
     sessions = SessionCalendar.from_alpaca([NYSE.day_json(s) for s in NYSE.sessions(first, last)], first, last)
     for t, vwap in stored.items():
         in_session = sessions.window("AAPL", t * 10**9) is not None
         assert (vwap is not None) == in_session, (t, vwap, in_session)
 
-    # The bars the page loaded (not those live updates drew later) but the newest few, whose
-    # indicators may be committed while the page loads them (a simulated minute is a second here).
+    # Every bar whose indicators were stored before the page loaded (``stored`` was read first), so
+    # the page's load fetched them all, however long the worker takes to commit the newer ones.
     drawn = await page.evaluate(
         "() => { const v = new Map(tv.overlays.vwap.data().filter(p => p.value !== undefined)"
-        ".map(p => [p.time, p.value])); return tv.candles.data().slice(0, tv.loaded.bars - 5)"
-        ".map(b => [b.time, v.get(b.time) ?? null]); }")
+        ".map(p => [p.time, p.value])); return tv.candles.data().map(b => [b.time, v.get(b.time) ?? null]); }")
     compared = [(t, value) for t, value in drawn if t in stored]
     assert len(compared) >= 15, (drawn, stored)
     for t, value in compared:
@@ -213,6 +218,37 @@ async def test_a_month_window_opens_with_its_newest_day_and_scrolling_back_draws
     assert drawn["ema"] == [e for *_x, e, _w in stored]
     assert drawn["vwap"] == [w for *_x, w in stored]
     assert drawn["bars"] == len(stored)
+
+    # Two timeframes chosen one after the other, the first one's bars answered last (held here until
+    # the second has drawn): the chart keeps the second's bars, exactly ohlcv_1h's, and its live
+    # stream; the late answer is dropped (tv.superseded), not drawn over them. Then 5-minute bars.
+    async with await psycopg.AsyncConnection.connect(stack.db_url) as conn:
+        hourly, five = [[list(r) for r in await (await conn.execute(
+            f"SELECT extract(epoch FROM bucket)::bigint, open, high, low, close FROM ohlcv_{tf} "
+            "WHERE symbol = 'HIST' ORDER BY bucket")).fetchall()] for tf in ("1h", "5m")]
+    release = asyncio.Event()
+
+    async def hold(route) -> None:
+        await release.wait()
+        await route.continue_()
+
+    held = re.compile(r"/api/bars\?.*tf=5m")
+    await page.route(held, hold)
+    await page.select_option("#timeframe", "5m")
+    await page.select_option("#timeframe", "1h")
+    await page.wait_for_function("() => tv.loaded.timeframe === '1h' && tv.history.tf === '1h'", timeout=30_000)
+    release.set()
+    await page.wait_for_function("() => tv.superseded >= 1", timeout=30_000)
+    await page.unroute(held)
+    assert await page.evaluate("() => [tv.loaded.timeframe, tv.history.tf]") == ["1h", "1h"]
+    # The window is the 3 days before now: the bucket holding its first trade starts before it (clipped).
+    drawn_hours = await page.evaluate("() => tv.candles.data().map(b => [b.time, b.open, b.high, b.low, b.close])")
+    assert len(drawn_hours) >= len(hourly) - 1 and drawn_hours == hourly[-len(drawn_hours):]
+    await page.select_option("#timeframe", "5m")
+    await page.wait_for_function("n => tv.loaded.timeframe === '5m' && tv.history.complete "
+                                 "&& tv.candles.data().length >= n", arg=len(five) - 1, timeout=30_000)
+    drawn_fives = await page.evaluate("() => tv.candles.data().map(b => [b.time, b.open, b.high, b.low, b.close])")
+    assert drawn_fives == five[-len(drawn_fives):]
 
 
 async def test_a_crypto_pair_draws_its_candles_with_fractional_volume(stack, page):

@@ -103,6 +103,8 @@
   const SCREEN_BARS = 300; // about what a wide screen shows at the chart's default bar spacing
   let hist = null; // what is loaded of this page's window: {symbol, tf, floor, cursor, end, complete, chunks}
   let loadingOlder = null;
+  let loadGen = 0; // each load() takes the next number; an older one still awaiting stops where it is
+  tv.superseded = 0; // loads that stopped so (tests wait on it)
 
   function prepend(d) {
     const n = d.t.length;
@@ -127,7 +129,10 @@
       prepend(d);
       // A chunk cut at the row limit continues from its oldest bar; otherwise from its start.
       h.cursor = d.t.length >= d.limit ? d.t[0] : d.start;
-      h.complete = h.cursor <= h.floor + 1; // the server keeps microseconds: a second of slack
+      // The server keeps microseconds: a second of slack. A chart holds at most one request's row
+      // limit (MAX_BARS, "more candles than this is unreadable"): past it, scrolling back stops.
+      h.capped = candles.data().length >= d.limit;
+      h.complete = h.cursor <= h.floor + 1 || h.capped;
       h.chunks.push({ days: span, bars: d.t.length, ms: performance.now() - t0 });
       tv.loaded.bars = candles.data().length;
       return h;
@@ -141,6 +146,7 @@
   });
 
   async function load() {
+    const mine = ++loadGen;
     const tf = tfSel.value;
     const symbol = symbolSel.value;
     if (!symbol) { empty.hidden = false; status.textContent = 'no symbols with bars yet'; return; }
@@ -150,6 +156,7 @@
     const span = days ? Number(days) : firstDays[tf];
     const first = Math.min(span, firstDays[tf]);
     const d = await getBars(`/api/bars?format=f64&symbol=${encodeURIComponent(symbol)}&tf=${tf}&days=${first}`);
+    if (mine !== loadGen) { tv.superseded++; return; } // another symbol or timeframe chosen meanwhile: that load draws
     draw(d);
     const floor = d.end - 86400 - span * 86400; // the window's start (its end is a day ahead of now)
     const cursor = d.t.length >= d.limit ? d.t[0] : d.start;
@@ -157,7 +164,8 @@
              chunks: [{ days: first, bars: d.t.length }] };
     tv.history = hist;
     // A quiet newest day (a weekend) leaves the screen near empty and nothing to scroll: fill it.
-    while (!hist.complete && hist === tv.history && candles.data().length < SCREEN_BARS) await loadOlder();
+    while (mine === loadGen && !hist.complete && candles.data().length < SCREEN_BARS) await loadOlder();
+    if (mine !== loadGen) { tv.superseded++; return; } // a newer load owns the chart and the live stream now
     chart.timeScale().scrollToRealTime();
     if (source) source.close();
     // 1-minute pages take the pushed bars as they are; longer timeframes re-read their newest
