@@ -290,3 +290,22 @@ async def test_a_contract_whose_expiration_is_a_holiday_expires_at_the_session_b
         assert (await bot.trade("get_option_contract", contract)).status == AssetStatus.ACTIVE
         await bot.sim_control("/_sim/clock", {"to": "next_close"})
         assert (await bot.trade("get_option_contract", contract)).status == AssetStatus.INACTIVE
+
+
+async def test_a_trade_after_the_close_expires_a_day_order_before_it_can_fill_it() -> None:
+    """A market message stamped after the close reaches the broker before its clock's next turn (a
+    request or the market loop's housekeeping): the order's expiry at the close comes first, so a day
+    limit on a contract is expired at 16:00, never filled by a print at 16:00:01."""
+    close = ny_ns(2025, 3, 4, 16, 0)
+    clock = SimClock(start_ns=ny_ns(2025, 3, 4, 15, 58), scale=1)
+    async with sim(hours="calendar", clock=clock, cash="100000") as s:
+        bot = Bot(s)
+        contract = s.option_symbols[0]
+        resting = await bot.trade("submit_order", LimitOrderRequest(
+            symbol=contract, qty=1, limit_price=0.05, side=OrderSide.BUY, time_in_force=TimeInForce.DAY))
+        assert resting.status == OrderStatus.NEW
+        s.broker.on_trade(contract, 1, close + 10**9)  # $0.01: through the limit, a second after the close
+        order = await bot.trade("get_order_by_id", resting.id)
+        assert order.status == OrderStatus.EXPIRED and d(order.filled_qty) == 0
+        assert order.expired_at == datetime.fromtimestamp(close / 1e9, UTC)
+        assert await bot.trade("get_all_positions") == []

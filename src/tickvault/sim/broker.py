@@ -1016,6 +1016,7 @@ class Broker:
         orders = self.working.get(symbol)
         if not orders:
             return
+        self._clock_first(orders, t_ns)
         for o in list(orders):
             if o.is_open:
                 self._fill_from_quote(o, t_ns)
@@ -1027,6 +1028,7 @@ class Broker:
         orders = self.working.get(symbol)
         if not orders:
             return
+        self._clock_first(orders, t_ns)
         price = Decimal(cents) / 100
         left = Decimal(size) / self.venue(symbol).size_scale
         for o in list(orders):
@@ -1053,6 +1055,15 @@ class Broker:
                     left -= take
                     self._fill(o, o.limit_price, t_ns, take)
         self._prune(symbol)
+
+    def _clock_first(self, orders: list[_Order], t_ns: int) -> None:
+        """What the clock does up to ``t_ns`` (a working order's expiry at the close, a contract's
+        expiry) happens before a message of ``t_ns`` fills anything: the clock otherwise acts only on a
+        request or the market loop's next housekeeping turn, and an order must not fill after it
+        expired. Checked only for the few orders working on the message's symbol."""
+        if (self._next_expiry_check and t_ns >= self._next_expiry_check) or any(
+                o.expires_ns and o.expires_ns <= t_ns for o in orders):
+            self.advance(t_ns)
 
     def _prune(self, symbol: str) -> None:
         orders = self.working.get(symbol)
